@@ -1,0 +1,30 @@
+"""pgblobs: a blob store for end-to-end-encrypted sync services, on PostgreSQL."""
+from pgblobs.backend import PostgresBlobsBackend
+from pgblobs.errors import (
+    BlobExists,
+    BlobNotFound,
+    BlobsError,
+    InvalidArgument,
+    InvalidFlag,
+    InvalidName,
+    QuotaExceeded,
+    SchemaNotReady,
+    TransferStopped,
+)
+from pgblobs.interfaces import IBlobsBackend
+from pgblobs.names import Flags
+
+__all__ = [
+    "BlobExists",
+    "BlobNotFound",
+    "BlobsError",
+    "Flags",
+    "IBlobsBackend",
+    "InvalidArgument",
+    "InvalidFlag",
+    "InvalidName",
+    "PostgresBlobsBackend",
+    "QuotaExceeded",
+    "SchemaNotReady",
+    "TransferStopped",
+]

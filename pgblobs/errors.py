@@ -1,0 +1,42 @@
+"""Every error pgblobs reports, defined once.
+
+The HTTP layer maps these to status codes in one table; the CLI turns them
+into messages. Name errors are ``ValueError`` subclasses so callers that only
+know the interface can still catch bad input generically.
+"""
+
+
+class BlobsError(Exception):
+    """Base of the errors a blobs backend reports."""
+
+
+class BlobNotFound(BlobsError):
+    """No live blob has that user, namespace and id."""
+
+
+class BlobExists(BlobsError):
+    """A live blob already has that user, namespace and id."""
+
+
+class QuotaExceeded(BlobsError):
+    """Storing the blob would take its user past the quota."""
+
+
+class InvalidFlag(BlobsError, ValueError):
+    """A flag outside PENDING, PROCESSING, PROCESSED, FAILED."""
+
+
+class InvalidName(BlobsError, ValueError):
+    """A user, namespace or blob id that is not ``[A-Za-z0-9_-]{1,255}``."""
+
+
+class InvalidArgument(BlobsError, ValueError):
+    """Any other argument out of its domain (an order_by, a range)."""
+
+
+class SchemaNotReady(BlobsError):
+    """The database schema is missing or not at the revision this code needs."""
+
+
+class TransferStopped(BlobsError):
+    """The other side of a transfer went away before its end."""

@@ -1,0 +1,282 @@
+"""Bytes into and out of large objects, with backpressure across threads.
+
+Content is moved by worker threads on synchronous connections (see
+database.py). The reactor side of each direction is a small adapter:
+
+- ``UploadPipe`` is the consumer a body producer writes into. It buffers a
+  bounded number of bytes for the worker and pauses the producer above a
+  high-water mark, resuming it once the worker has drained the buffer.
+- ``DownloadPush`` is the push producer registered on a consumer. The worker
+  hands it chunks; it forwards them on the reactor thread, at most a couple
+  in flight, and blocks the worker while the consumer is paused.
+
+Small blobs skip the large-object calls: they are written with one
+statement (``put_small_blob``) and read with one (``open_blob``).
+"""
+import base64
+import hashlib
+import threading
+from collections import deque
+
+import psycopg2
+from zope.interface import implementer
+from twisted.internet.interfaces import IConsumer, IPushProducer
+
+from pgblobs import queries
+from pgblobs.errors import BlobNotFound, QuotaExceeded, TransferStopped
+
+CHUNK = 1024 * 1024
+# At or below this size a blob travels inline in one statement: the hex text
+# it costs is cheaper than the four round trips of the large-object calls.
+INLINE_LIMIT = 256 * 1024
+_TAG_BYTES = 16
+_WAIT = 1.0  # seconds between checks for a stopped transfer while blocked
+
+
+class ContentDigest:
+    """Size, sha256 and tag of content seen chunk by chunk."""
+
+    def __init__(self):
+        self.size = 0
+        self._sha256 = hashlib.sha256()
+        self._tail = b""
+
+    def update(self, chunk):
+        self.size += len(chunk)
+        self._sha256.update(chunk)
+        self._tail = (self._tail + bytes(chunk[-_TAG_BYTES:]))[-_TAG_BYTES:]
+
+    @property
+    def sha256(self):
+        return self._sha256.digest()
+
+    @property
+    def tag(self):
+        """urlsafe base64 of the last 16 bytes (the AES-GCM tag of Soledad blobs)."""
+        return base64.urlsafe_b64encode(self._tail).decode("ascii")
+
+
+@implementer(IConsumer)
+class UploadPipe:
+    """Carries a producer's bytes to a worker thread, pausing the producer
+    while more than ``HIGH_WATER`` bytes wait."""
+
+    HIGH_WATER = 4 * CHUNK
+    LOW_WATER = CHUNK
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+        self._ready = threading.Condition()
+        self._chunks = deque()
+        self._buffered = 0
+        self._ended = False
+        self._error = None
+        self._paused = False  # touched on the reactor thread only
+        self.producer = None
+
+    # Reactor side.
+
+    def registerProducer(self, producer, streaming):
+        self.producer = producer
+
+    def unregisterProducer(self):
+        self.producer = None
+
+    def write(self, data):
+        with self._ready:
+            if self._ended:
+                return
+            self._chunks.append(data)
+            self._buffered += len(data)
+            over = self._buffered >= self.HIGH_WATER
+            self._ready.notify()
+        if over and not self._paused and self.producer is not None:
+            self._paused = True
+            self.producer.pauseProducing()
+
+    def finish(self, _=None):
+        """The producer is done: what is buffered is the whole content."""
+        with self._ready:
+            self._ended = True
+            self._ready.notify()
+
+    def abort(self, reason):
+        """The producer failed or went away: the worker must give up."""
+        with self._ready:
+            self._ended = True
+            self._error = reason
+            self._chunks.clear()
+            self._ready.notify()
+
+    def _drained(self):
+        if self._paused and not self._ended and self.producer is not None:
+            self._paused = False
+            self.producer.resumeProducing()
+
+    # Worker side.
+
+    def read(self, limit=CHUNK):
+        """Up to ``limit`` bytes, blocking for some; b"" at the end."""
+        with self._ready:
+            while not self._chunks and not self._ended:
+                self._ready.wait()
+            if self._error is not None:
+                raise TransferStopped(f"upload aborted: {self._error}")
+            parts, taken = [], 0
+            while self._chunks and taken < limit:
+                part = self._chunks.popleft()
+                if taken + len(part) > limit:
+                    self._chunks.appendleft(part[limit - taken:])
+                    part = part[:limit - taken]
+                parts.append(part)
+                taken += len(part)
+            self._buffered -= taken
+            low = self._buffered <= self.LOW_WATER
+        if low:
+            self._reactor.callFromThread(self._drained)
+        return b"".join(parts)
+
+
+@implementer(IPushProducer)
+class DownloadPush:
+    """Forwards a worker's chunks to a consumer on the reactor thread."""
+
+    IN_FLIGHT = 2
+
+    def __init__(self, reactor, consumer, on_open=None):
+        self._reactor = reactor
+        self._consumer = consumer
+        self._on_open = on_open
+        self._resumed = threading.Event()
+        self._resumed.set()
+        self._slots = threading.Semaphore(self.IN_FLIGHT)
+        self.stopped = False
+
+    # Reactor side (IPushProducer).
+
+    def pauseProducing(self):
+        self._resumed.clear()
+
+    def resumeProducing(self):
+        self._resumed.set()
+
+    def stopProducing(self):
+        self.stopped = True
+        self._resumed.set()
+
+    def _write(self, chunk):
+        try:
+            if not self.stopped:
+                self._consumer.write(chunk)
+        finally:
+            self._slots.release()
+
+    # Worker side.
+
+    def _check_stopped(self):
+        if self.stopped:
+            raise TransferStopped("the consumer stopped the download")
+
+    def opened(self, size, tag):
+        """Announce the blob's size and tag before its first byte."""
+        if self._on_open is not None:
+            self._reactor.callFromThread(self._on_open, size, tag)
+
+    def deliver(self, chunk):
+        while not self._slots.acquire(timeout=_WAIT):
+            self._check_stopped()
+        while not self._resumed.wait(timeout=_WAIT):
+            self._check_stopped()
+        if self.stopped:
+            self._slots.release()
+            self._check_stopped()
+        self._reactor.callFromThread(self._write, chunk)
+
+
+def store(connection, pipe, key, default_quota, room):
+    """Worker: write what ``pipe`` carries as the blob ``key``, in one transaction.
+
+    ``room`` (bytes the user may still store, None for no limit) stops an
+    upload early; ``pgblobs.put_blob`` makes the final, race-free check.
+    """
+    digest = ContentDigest()
+
+    def take():
+        chunk = pipe.read()
+        digest.update(chunk)
+        if room is not None and digest.size > room:
+            raise QuotaExceeded("the blob does not fit in the user's quota")
+        return chunk
+
+    head, ended = [], False
+    while digest.size <= INLINE_LIMIT:
+        chunk = take()
+        if not chunk:
+            ended = True
+            break
+        head.append(chunk)
+    params = dict(key.params(), default_quota=default_quota)
+
+    if ended:
+        with connection.cursor() as cursor:
+            content = psycopg2.Binary(b"".join(head))
+            queries.execute(cursor, "put_small_blob", dict(
+                params, content=content, size=digest.size, tag=digest.tag,
+                sha256=digest.sha256))
+        return
+
+    connection.autocommit = False
+    try:
+        large_object = connection.lobject(0, "wb")
+        large_object.write(b"".join(head))
+        del head
+        while chunk := take():
+            large_object.write(chunk)
+        large_object.close()
+        with connection.cursor() as cursor:
+            queries.execute(cursor, "put_blob", dict(
+                params, oid=large_object.oid, size=digest.size, tag=digest.tag,
+                sha256=digest.sha256))
+        connection.commit()
+    except BaseException:
+        connection.rollback()  # the large object goes with the transaction
+        raise
+    finally:
+        connection.autocommit = True
+
+
+def load(connection, push, key, start, end):
+    """Worker: deliver bytes ``start:end`` of the blob ``key`` through ``push``."""
+    params = dict(key.params(), start=start, end=end, inline_limit=INLINE_LIMIT)
+    with connection.cursor() as cursor:
+        row = queries.execute(cursor, "open_blob", params).fetchone()
+    if row is None:
+        raise BlobNotFound("no such blob")
+    size, tag, oid, content = row
+    if content is not None:
+        push.opened(size, tag)
+        for offset in range(0, len(content), CHUNK):
+            push.deliver(bytes(content[offset:offset + CHUNK]))
+        return
+
+    # A large blob is read inside one REPEATABLE READ transaction: its row
+    # and every page of its content come from the same snapshot, so a delete
+    # committed meanwhile cannot cut the read short.
+    connection.set_session(isolation_level="REPEATABLE READ", readonly=True, autocommit=False)
+    try:
+        with connection.cursor() as cursor:
+            row = queries.execute(cursor, "open_blob", dict(params, inline_limit=-1)).fetchone()
+        if row is None:
+            raise BlobNotFound("no such blob")
+        size, tag, oid, _ = row
+        push.opened(size, tag)
+        large_object = connection.lobject(oid, "rb")
+        position, stop = min(start, size), min(size if end is None else end, size)
+        large_object.seek(position)
+        while position < stop:
+            chunk = large_object.read(min(CHUNK, stop - position))
+            push.deliver(chunk)
+            position += len(chunk)
+    finally:
+        connection.rollback()
+        connection.set_session(isolation_level="DEFAULT", readonly="DEFAULT", autocommit=True)

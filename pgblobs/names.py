@@ -1,0 +1,88 @@
+"""Validation of the names and values clients choose, in one place.
+
+Everything here runs before any database work, so bad input never costs a
+round trip and never reaches SQL.
+"""
+import re
+from collections import namedtuple
+
+from pgblobs.errors import InvalidArgument, InvalidFlag, InvalidName
+
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
+DEFAULT_NAMESPACE = "default"
+
+
+class Flags:
+    """The four flags a blob may carry."""
+    PENDING = "PENDING"
+    PROCESSING = "PROCESSING"
+    PROCESSED = "PROCESSED"
+    FAILED = "FAILED"
+    ALL = (PENDING, PROCESSING, PROCESSED, FAILED)
+
+
+class BlobKey(namedtuple("BlobKey", "user namespace blob_id")):
+    """A validated (user, namespace, blob id)."""
+
+    @classmethod
+    def of(cls, user, blob_id, namespace=""):
+        return cls(user_name(user), namespace_name(namespace), blob_name(blob_id))
+
+    def params(self):
+        return {"user": self.user, "namespace": self.namespace, "blob_id": self.blob_id}
+
+
+def _checked(kind, value):
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise InvalidName(f"invalid {kind} {value!r}: use 1-255 of A-Z a-z 0-9 _ -")
+    return value
+
+
+def user_name(value):
+    return _checked("user", value)
+
+
+def blob_name(value):
+    return _checked("blob id", value)
+
+
+def namespace_name(value):
+    """The empty (or absent) namespace is the default one."""
+    if value is None or value == "":
+        return DEFAULT_NAMESPACE
+    return _checked("namespace", value)
+
+
+def flag(value):
+    if value not in Flags.ALL:
+        raise InvalidFlag(f"invalid flag {value!r}: use one of {', '.join(Flags.ALL)}")
+    return value
+
+
+def flag_list(values):
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise InvalidFlag(f"flags must be a list, not {values!r}")
+    return sorted({flag(value) for value in values})
+
+
+def descending(order_by):
+    """True for newest first; False for oldest first (also the default)."""
+    if order_by in (None, "date", "+date"):
+        return False
+    if order_by == "-date":
+        return True
+    raise InvalidArgument(f"invalid order_by {order_by!r}: use date, +date or -date")
+
+
+def byte_range(value):
+    """``(start, end)`` end-exclusive like a slice; ``end`` None means to the end."""
+    if value is None:
+        return 0, None
+    try:
+        start, end = value
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"invalid range {value!r}: use (start, end)") from None
+    if not isinstance(start, int) or start < 0 or (
+            end is not None and (not isinstance(end, int) or end < start)):
+        raise InvalidArgument(f"invalid range {value!r}: need 0 <= start <= end")
+    return start, end

@@ -1,0 +1,34 @@
+"""Named SQL: loads ``queries.sql`` once and runs its statements by name.
+
+Keeping every statement in one file (as procrastinate does) means the SQL can
+be read, reviewed and EXPLAINed in one place; Python only ever refers to a
+statement by its name.
+"""
+import re
+from importlib import resources
+
+_HEADER = re.compile(r"^-- name: (\w+)\n((?:--.*\n)*)", re.MULTILINE)
+
+
+def _load():
+    text = resources.files("pgblobs").joinpath("queries.sql").read_text()
+    heads = list(_HEADER.finditer(text))
+    statements = {}
+    for head, following in zip(heads, heads[1:] + [None]):
+        end = following.start() if following else len(text)
+        statements[head.group(1)] = text[head.end():end].strip().rstrip(";")
+    return statements
+
+
+SQL = _load()
+
+
+def fetch(pool, name, params):
+    """Run a named statement on a txpostgres pool; fires with all rows."""
+    return pool.runQuery(SQL[name], params)
+
+
+def execute(cursor, name, params):
+    """Run a named statement on a synchronous psycopg2 cursor."""
+    cursor.execute(SQL[name], params)
+    return cursor

@@ -1,0 +1,44 @@
+"""The database schema's version: alembic's head, upgrading to it, checking it.
+
+migrations/ owns the schema; this module only drives alembic and compares the
+revision a database is at with the revision this code was written for.
+"""
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+from pgblobs.errors import SchemaNotReady
+
+_ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+UPGRADE_HINT = "run `pgblobs db upgrade`"
+
+
+def alembic_config(dsn=None):
+    config = Config(str(_ALEMBIC_INI))
+    if dsn:
+        config.attributes["dsn"] = dsn
+    return config
+
+
+def head_revision():
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def upgrade(dsn, revision="head"):
+    command.upgrade(alembic_config(dsn), revision)
+
+
+def downgrade(dsn, revision):
+    command.downgrade(alembic_config(dsn), revision)
+
+
+def require_head(current):
+    """Raise SchemaNotReady unless ``current`` (None: no schema) is the head."""
+    head = head_revision()
+    if current is None:
+        raise SchemaNotReady(f"the pgblobs schema is missing from this database: {UPGRADE_HINT}")
+    if current != head:
+        raise SchemaNotReady(
+            f"the pgblobs schema is at revision {current}, this pgblobs needs {head}: {UPGRADE_HINT}")

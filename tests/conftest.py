@@ -1,0 +1,83 @@
+"""The test harness: one real PostgreSQL for the session, a clean schema per test.
+
+The server comes from testing.postgresql, started through pgblobs.cluster's
+root-safe programs; if it cannot start, every test that needs it errors (no
+test is skipped for want of a database).
+"""
+import itertools
+
+import psycopg2
+import pytest
+import pytest_twisted
+import testing.postgresql
+
+from pgblobs import PostgresBlobsBackend, cluster, schema
+
+_scratch_names = itertools.count(1)
+
+
+def libpq_dsn(parts):
+    return "host={host} port={port} user={user} dbname={database}".format(**parts)
+
+
+@pytest.fixture(scope="session")
+def postgresql(tmp_path_factory):
+    programs = cluster.server_programs(tmp_path_factory.mktemp("postgres-programs"))
+    factory = testing.postgresql.PostgresqlFactory(cache_initialized_db=True, **programs)
+    server = factory()
+    yield server
+    server.stop()
+    factory.clear_cache()
+
+
+def sql(dsn, statement, params=None):
+    """Run one statement in autocommit mode; rows if it returns any."""
+    connection = psycopg2.connect(dsn)
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(statement, params)
+            return cursor.fetchall() if cursor.description else None
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="session")
+def migrated_dsn(postgresql):
+    dsn = libpq_dsn(postgresql.dsn())
+    schema.upgrade(dsn)
+    return dsn
+
+
+ORPHANS = """
+    SELECT count(*) FROM pg_largeobject_metadata AS m
+    WHERE NOT EXISTS (SELECT 1 FROM pgblobs.blobs AS b
+                      WHERE b.lo_oid = m.oid AND b.deleted_at IS NULL)
+"""
+
+
+@pytest.fixture
+def dsn(migrated_dsn):
+    """A migrated database with no blobs; after the test, no orphan large object."""
+    sql(migrated_dsn, "SELECT lo_unlink(oid) FROM pg_largeobject_metadata")
+    sql(migrated_dsn, "TRUNCATE pgblobs.blobs, pgblobs.blob_flags, pgblobs.quotas")
+    yield migrated_dsn
+    assert sql(migrated_dsn, ORPHANS)[0][0] == 0, "a large object outlived its blob"
+
+
+@pytest.fixture
+def scratch_dsn(postgresql):
+    """An empty database of its own, for tests that migrate up and down."""
+    name = f"scratch_{next(_scratch_names)}"
+    base = libpq_dsn(postgresql.dsn())
+    sql(base, f"DROP DATABASE IF EXISTS {name}")
+    sql(base, f"CREATE DATABASE {name}")
+    yield libpq_dsn(postgresql.dsn(database=name))
+    sql(base, f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest_twisted.async_yield_fixture
+async def backend(dsn):
+    blobs = await PostgresBlobsBackend.connect(dsn, pool_size=4)
+    yield blobs
+    await blobs.close()
