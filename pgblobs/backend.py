@@ -153,5 +153,6 @@ class PostgresBlobsBackend:
 
     @_deferred
     async def get_total_storage(self, user):
-        rows = await self._db.fetch("total_storage_kib", {"user": names.user_name(user)})
+        params = {"user": names.user_name(user)}
+        rows = await self._db.fetch("total_storage_kib", params)
         return int(rows[0][0])

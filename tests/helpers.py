@@ -1,0 +1,110 @@
+"""Producers and consumers for driving a backend in tests."""
+import io
+
+from twisted.internet import defer, reactor, task
+from twisted.web.client import FileBodyProducer
+from twisted.web.iweb import UNKNOWN_LENGTH
+
+
+def content(size, seed=0):
+    """Deterministic, non-repeating-looking bytes."""
+    block = bytes((i * 31 + seed) % 251 for i in range(4096))
+    return (block * (size // len(block) + 1))[:size]
+
+
+def producer(data, known_length=True):
+    body = FileBodyProducer(io.BytesIO(data), cooperator=task.Cooperator())
+    if not known_length:
+        body.length = UNKNOWN_LENGTH
+    return body
+
+
+class Collector:
+    """An IConsumer that keeps what it is given and remembers its producer."""
+
+    def __init__(self):
+        self.chunks = []
+        self.producer = None
+        self.registered = 0
+
+    def registerProducer(self, producer, streaming):
+        assert streaming, "pgblobs registers push producers"
+        self.producer = producer
+        self.registered += 1
+
+    def unregisterProducer(self):
+        self.producer = None
+
+    def write(self, data):
+        self.chunks.append(data)
+
+    @property
+    def data(self):
+        return b"".join(self.chunks)
+
+
+async def write(backend, user, blob_id, data, namespace="", known_length=True):
+    await backend.write_blob(user, blob_id, producer(data, known_length), namespace=namespace)
+
+
+async def read(backend, user, blob_id, namespace="", range=None):
+    collector = Collector()
+    await backend.read_blob(user, blob_id, collector, namespace=namespace, range=range)
+    return collector.data
+
+
+def sleep(seconds):
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+async def gather(*coroutines):
+    """Results (values or exceptions) of coroutines run concurrently."""
+    results = await defer.DeferredList(
+        [defer.ensureDeferred(c) for c in coroutines], consumeErrors=True)
+    return [value if ok else value.value for ok, value in results]
+
+
+class ScriptedProducer:
+    """An IBodyProducer that writes ``chunks`` as fast as it is allowed, then
+    finishes, or fails with ``error`` after ``fail_after`` chunks. It records
+    how often it was paused."""
+
+    def __init__(self, chunks, length=UNKNOWN_LENGTH, fail_after=None, error=None):
+        self.length = length
+        self._chunks = list(chunks)
+        self._fail_after = fail_after
+        self._error = error or RuntimeError("the producer broke")
+        self._paused = False
+        self._stopped = False
+        self.pauses = 0
+        self.written = 0
+
+    def startProducing(self, consumer):
+        self._consumer = consumer
+        self._done = defer.Deferred()
+        reactor.callLater(0, self._next)
+        return self._done
+
+    def _next(self):
+        if self._paused or self._stopped:
+            return
+        if self._fail_after is not None and self.written == self._fail_after:
+            self._done.errback(self._error)
+            return
+        if self.written == len(self._chunks):
+            self._done.callback(None)
+            return
+        self._consumer.write(self._chunks[self.written])
+        self.written += 1
+        reactor.callLater(0, self._next)
+
+    def pauseProducing(self):
+        self.pauses += 1
+        self._paused = True
+
+    def resumeProducing(self):
+        self._paused = False
+        reactor.callLater(0, self._next)
+
+    def stopProducing(self):
+        self._stopped = True

@@ -1,0 +1,276 @@
+"""PostgresBlobsBackend against a real PostgreSQL: every method and every error."""
+import base64
+import hashlib
+
+import pytest
+import pytest_twisted
+from zope.interface.verify import verifyObject
+
+from pgblobs import (
+    BlobExists, BlobNotFound, Flags, IBlobsBackend, InvalidArgument, InvalidFlag,
+    InvalidName, PostgresBlobsBackend, QuotaExceeded, SchemaNotReady,
+)
+from tests.conftest import sql
+from tests.helpers import content, read, write
+
+deferred_test = pytest_twisted.ensureDeferred
+
+
+def tag_of(data):
+    return base64.urlsafe_b64encode(data[-16:]).decode()
+
+
+def test_provides_the_interface(backend):
+    assert verifyObject(IBlobsBackend, backend)
+
+
+def test_flags_are_the_four_soledad_flags():
+    assert (Flags.PENDING, Flags.PROCESSING, Flags.PROCESSED, Flags.FAILED) == (
+        "PENDING", "PROCESSING", "PROCESSED", "FAILED")
+
+
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 256 * 1024, 256 * 1024 + 1, 5 * 1024 * 1024 + 3])
+@pytest.mark.parametrize("known_length", [True, False])
+@deferred_test
+async def test_write_then_read_any_size(backend, dsn, size, known_length):
+    data = content(size, seed=size % 7)
+    await write(backend, "alice", "blob", data, known_length=known_length)
+    assert await read(backend, "alice", "blob") == data
+    assert await backend.get_blob_size("alice", "blob") == size
+    assert await backend.get_tag("alice", "blob") == tag_of(data)
+    stored = sql(dsn, "SELECT sha256, size FROM pgblobs.blobs WHERE blob_id = 'blob'")
+    assert bytes(stored[0][0]) == hashlib.sha256(data).digest()
+    assert stored[0][1] == size
+
+
+@pytest.mark.parametrize("size", [100, 3 * 1024 * 1024 + 5])
+@deferred_test
+async def test_ranges_are_end_exclusive_and_reach_both_edges(backend, size):
+    data = content(size, seed=3)
+    await write(backend, "alice", "ranged", data)
+    for start, end in [(0, 1), (0, size), (size - 1, size), (5, 50), (size, size),
+                       (0, size + 10), (size + 5, size + 10), (7, None),
+                       (1024 * 1024 - 1, 1024 * 1024 + 1)]:
+        assert await read(backend, "alice", "ranged", range=(start, end)) == data[start:end]
+
+
+@deferred_test
+async def test_bad_range_is_a_value_error(backend):
+    await write(backend, "alice", "ranged", b"abc")
+    for bad in [(2, 1), (-1, 2), "0-1", (0,)]:
+        with pytest.raises(InvalidArgument):
+            await read(backend, "alice", "ranged", range=bad)
+
+
+@deferred_test
+async def test_missing_blobs_are_not_found(backend):
+    with pytest.raises(BlobNotFound):
+        await read(backend, "alice", "nothing")
+    for method in (backend.get_blob_size, backend.get_tag, backend.get_flags,
+                   backend.delete_blob):
+        with pytest.raises(BlobNotFound):
+            await method("alice", "nothing")
+    with pytest.raises(BlobNotFound):
+        await backend.set_flags("alice", "nothing", [Flags.PENDING])
+
+
+@deferred_test
+async def test_writing_a_taken_id_fails_and_keeps_the_first(backend):
+    await write(backend, "alice", "twice", b"first")
+    for known_length in (True, False):
+        with pytest.raises(BlobExists):
+            await write(backend, "alice", "twice", b"second!", known_length=known_length)
+    assert await read(backend, "alice", "twice") == b"first"
+
+
+@deferred_test
+async def test_namespaces_separate_blobs_and_empty_means_default(backend):
+    await write(backend, "alice", "same", b"in default")
+    await write(backend, "alice", "same", b"in mail", namespace="mail")
+    assert await read(backend, "alice", "same", namespace="default") == b"in default"
+    assert await read(backend, "alice", "same", namespace="mail") == b"in mail"
+    assert await backend.count("alice") == 1
+    assert await backend.count("alice", namespace="default") == 1
+    assert await backend.list_blobs("alice", namespace="mail") == ["same"]
+    await backend.delete_blob("alice", "same", namespace="mail")
+    assert await backend.count("alice", "mail") == 0
+    assert await backend.count("alice", "") == 1
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "../x", "a b", "é", "x" * 256, "a\x00", None, 7])
+@deferred_test
+async def test_invalid_names_fail_before_any_database_work(bad):
+    backend = PostgresBlobsBackend(database=None)  # any database work would crash
+    attempts = [
+        lambda: write(backend, bad, "ok", b"x"),
+        lambda: write(backend, "ok", bad, b"x"),
+        lambda: read(backend, bad, "ok"),
+        lambda: backend.get_blob_size("ok", bad),
+        lambda: backend.list_blobs(bad),
+        lambda: backend.get_total_storage(bad),
+    ]
+    if bad not in ("", None):  # no namespace means the default one
+        attempts += [lambda: backend.count("ok", bad), lambda: backend.list_blobs("ok", bad)]
+    for attempt in attempts:
+        with pytest.raises(InvalidName) as raised:
+            await attempt()
+        assert isinstance(raised.value, ValueError)
+
+
+@deferred_test
+async def test_longest_valid_names_work(backend):
+    name = "A-z_9" * 51
+    assert len(name) == 255
+    await write(backend, name, name, b"long names", namespace=name)
+    assert await backend.list_blobs(name, namespace=name) == [name]
+
+
+@deferred_test
+async def test_delete_makes_a_tombstone_and_frees_content_at_once(backend, dsn):
+    await write(backend, "alice", "doomed", content(400_000))
+    await write(backend, "alice", "kept", b"kept")
+    assert await backend.get_total_storage("alice") == (400_000 + 4 + 1023) // 1024
+    await backend.delete_blob("alice", "doomed")
+    assert sql(dsn, "SELECT count(*) FROM pg_largeobject_metadata")[0][0] == 1
+    assert await backend.get_total_storage("alice") == 1
+    assert await backend.list_blobs("alice") == ["kept"]
+    assert await backend.list_blobs("alice", deleted=True) == ["doomed"]
+    assert await backend.count("alice") == 1
+    with pytest.raises(BlobNotFound):
+        await read(backend, "alice", "doomed")
+    with pytest.raises(BlobNotFound):
+        await backend.delete_blob("alice", "doomed")
+
+
+@deferred_test
+async def test_writing_a_deleted_id_revives_it(backend):
+    await write(backend, "alice", "phoenix", b"old")
+    await backend.set_flags("alice", "phoenix", [Flags.PROCESSED])
+    await backend.delete_blob("alice", "phoenix")
+    await write(backend, "alice", "phoenix", b"new")
+    assert await read(backend, "alice", "phoenix") == b"new"
+    assert await backend.list_blobs("alice", deleted=True) == []
+    assert await backend.list_blobs("alice") == ["phoenix"]
+    assert await backend.get_flags("alice", "phoenix") == []
+
+
+@deferred_test
+async def test_flags_are_replaced_and_filtered(backend):
+    for name in ("a", "b", "c"):
+        await write(backend, "alice", name, name.encode())
+    assert await backend.get_flags("alice", "a") == []
+    await backend.set_flags("alice", "a", [Flags.PENDING, Flags.FAILED])
+    await backend.set_flags("alice", "b", [Flags.PENDING])
+    assert sorted(await backend.get_flags("alice", "a")) == ["FAILED", "PENDING"]
+    assert await backend.list_blobs("alice", filter_flag=Flags.PENDING) == ["a", "b"]
+    assert await backend.list_blobs("alice", filter_flag=Flags.PENDING, order_by="-date") == ["b", "a"]
+    assert await backend.list_blobs("alice", filter_flag=Flags.FAILED) == ["a"]
+    await backend.set_flags("alice", "a", [Flags.PROCESSED])
+    assert await backend.get_flags("alice", "a") == ["PROCESSED"]
+    assert await backend.list_blobs("alice", filter_flag=Flags.PENDING) == ["b"]
+    await backend.set_flags("alice", "b", [])
+    assert await backend.get_flags("alice", "b") == []
+    await backend.delete_blob("alice", "a")
+    assert await backend.list_blobs("alice", filter_flag=Flags.PROCESSED) == []
+    assert await backend.list_blobs("alice", filter_flag=Flags.PROCESSED, deleted=True) == []
+
+
+@deferred_test
+async def test_invalid_flags_change_nothing(backend):
+    await write(backend, "alice", "flagged", b"x")
+    await backend.set_flags("alice", "flagged", [Flags.PENDING])
+    for bad in (["PENDING", "DONE"], ["pending"], "PENDING", [None], 3):
+        with pytest.raises(InvalidFlag):
+            await backend.set_flags("alice", "flagged", bad)
+    assert await backend.get_flags("alice", "flagged") == ["PENDING"]
+    with pytest.raises(InvalidFlag):
+        await backend.list_blobs("alice", filter_flag="DONE")
+
+
+@deferred_test
+async def test_list_orders_by_creation_date(backend, dsn):
+    for name in ("first", "second", "third"):
+        await write(backend, "alice", name, name.encode())
+    # Creation times may tie within a clock tick: set them apart explicitly.
+    sql(dsn, """UPDATE pgblobs.blobs SET created_at = now() - make_interval(secs => id * -1)""")
+    assert await backend.list_blobs("alice", order_by="date") == ["first", "second", "third"]
+    assert await backend.list_blobs("alice", order_by="+date") == ["first", "second", "third"]
+    assert await backend.list_blobs("alice", order_by="-date") == ["third", "second", "first"]
+    assert sorted(await backend.list_blobs("alice")) == ["first", "second", "third"]
+    with pytest.raises(InvalidArgument):
+        await backend.list_blobs("alice", order_by="size")
+    with pytest.raises(ValueError):
+        await backend.list_blobs("alice", order_by="-name")
+
+
+@deferred_test
+async def test_users_do_not_see_each_other(backend):
+    await write(backend, "alice", "mine", b"alice's")
+    await write(backend, "bob", "mine", b"bob's")
+    assert await read(backend, "bob", "mine") == b"bob's"
+    await backend.delete_blob("bob", "mine")
+    assert await read(backend, "alice", "mine") == b"alice's"
+    assert await backend.count("bob") == 0
+    assert await backend.get_total_storage("bob") == 0
+
+
+@deferred_test
+async def test_total_storage_spans_namespaces_in_kib_rounded_up(backend):
+    assert await backend.get_total_storage("alice") == 0
+    await write(backend, "alice", "one", b"x")
+    assert await backend.get_total_storage("alice") == 1
+    await write(backend, "alice", "two", content(1023), namespace="mail")
+    assert await backend.get_total_storage("alice") == 1
+    await write(backend, "alice", "three", b"y", namespace="other")
+    assert await backend.get_total_storage("alice") == 2
+
+
+@pytest.mark.parametrize("known_length", [True, False])
+@deferred_test
+async def test_quota_refuses_what_does_not_fit(dsn, known_length):
+    backend = await PostgresBlobsBackend.connect(dsn, quota_bytes=1000)
+    try:
+        await write(backend, "alice", "fits", content(600), known_length=known_length)
+        with pytest.raises(QuotaExceeded):
+            await write(backend, "alice", "too-much", content(401), known_length=known_length)
+        await write(backend, "alice", "exactly", content(400), known_length=known_length)
+        await backend.delete_blob("alice", "fits")
+        await write(backend, "alice", "after-delete", content(600), known_length=known_length)
+        # A large upload is stopped when it passes the quota, not at its end.
+        with pytest.raises(QuotaExceeded):
+            await write(backend, "alice", "huge", content(3 * 1024 * 1024), known_length=known_length)
+    finally:
+        await backend.close()
+
+
+@deferred_test
+async def test_quota_overrides_win_over_the_default(dsn):
+    backend = await PostgresBlobsBackend.connect(dsn, quota_bytes=10)
+    unlimited = await PostgresBlobsBackend.connect(dsn, quota_bytes=None)
+    try:
+        sql(dsn, "INSERT INTO pgblobs.quotas VALUES ('big', 5000), ('free', NULL), ('none', 0)")
+        await write(backend, "big", "a", content(4000))
+        await write(backend, "free", "a", content(300_000))
+        with pytest.raises(QuotaExceeded):
+            await write(backend, "alice", "a", content(11))
+        with pytest.raises(QuotaExceeded):
+            await write(unlimited, "none", "a", b"x")
+        await write(unlimited, "alice", "a", content(300_000))
+    finally:
+        await backend.close()
+        await unlimited.close()
+
+
+@deferred_test
+async def test_connect_refuses_a_database_without_the_schema(scratch_dsn):
+    with pytest.raises(SchemaNotReady, match="pgblobs db upgrade"):
+        await PostgresBlobsBackend.connect(scratch_dsn)
+
+
+@deferred_test
+async def test_connect_refuses_a_schema_behind_head(scratch_dsn):
+    sql(scratch_dsn, "CREATE SCHEMA pgblobs")
+    sql(scratch_dsn, "CREATE TABLE pgblobs.alembic_version (version_num text)")
+    sql(scratch_dsn, "INSERT INTO pgblobs.alembic_version VALUES ('0000')")
+    with pytest.raises(SchemaNotReady, match="pgblobs db upgrade"):
+        await PostgresBlobsBackend.connect(scratch_dsn)

@@ -1,0 +1,118 @@
+"""The alembic schema: up, down, offline, and indexes that serve every per-user query."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+
+from pgblobs import PostgresBlobsBackend, schema
+from pgblobs.queries import SQL
+from tests.conftest import sql
+from tests.helpers import write
+
+ROOT = Path(__file__).resolve().parent.parent
+ALEMBIC = [sys.executable, "-m", "alembic"]
+
+
+def alembic(*args, env=None):
+    result = subprocess.run(ALEMBIC + list(args), cwd=ROOT, capture_output=True, text=True,
+                            env=dict(os.environ, **(env or {})), timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def tables(dsn):
+    return {name for (name,) in sql(dsn, """
+        SELECT table_name FROM information_schema.tables WHERE table_schema = 'pgblobs'""")}
+
+
+def test_upgrade_and_downgrade_from_the_repository_root(scratch_dsn):
+    alembic("-x", f"dsn={scratch_dsn}", "upgrade", "head")
+    assert {"blobs", "blob_flags", "quotas", "alembic_version"} <= tables(scratch_dsn)
+    assert sql(scratch_dsn, "SELECT version_num FROM pgblobs.alembic_version") == [
+        (schema.head_revision(),)]
+    alembic("downgrade", "base", env={"PGBLOBS_DSN": scratch_dsn})
+    assert tables(scratch_dsn) == {"alembic_version"}
+    alembic("upgrade", "head", env={"PGBLOBS_DSN": scratch_dsn})
+    assert "blobs" in tables(scratch_dsn)
+
+
+def test_offline_upgrade_prints_the_sql():
+    output = alembic("upgrade", "head", "--sql", env={"PGBLOBS_DSN": ""})
+    assert "CREATE SCHEMA IF NOT EXISTS pgblobs" in output
+    assert "CREATE TABLE pgblobs.blobs" in output
+    assert "CREATE UNIQUE INDEX blobs_live_key" in output
+
+
+@pytest_twisted.ensureDeferred
+async def test_downgrade_unlinks_our_large_objects_and_only_ours(scratch_dsn):
+    schema.upgrade(scratch_dsn)
+    backend = await PostgresBlobsBackend.connect(scratch_dsn)
+    try:
+        await write(backend, "alice", "small", b"tiny")
+        await write(backend, "alice", "large", b"L" * 2_000_000)
+        await write(backend, "alice", "gone", b"deleted")
+        await backend.delete_blob("alice", "gone")
+    finally:
+        await backend.close()
+    foreign = sql(scratch_dsn, "SELECT lo_from_bytea(0, 'not pgblobs''')")[0][0]
+    assert sql(scratch_dsn, "SELECT count(*) FROM pg_largeobject_metadata")[0][0] == 3
+    schema.downgrade(scratch_dsn, "base")
+    assert sql(scratch_dsn, "SELECT oid FROM pg_largeobject_metadata") == [(foreign,)]
+
+
+def test_cli_upgrades_a_database(scratch_dsn):
+    command = [sys.executable, "-m", "pgblobs.cli", "db", "upgrade"]
+    done = subprocess.run(command + ["--dsn", scratch_dsn], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "blobs" in tables(scratch_dsn)
+    again = subprocess.run(command, capture_output=True, text=True,
+                           env=dict(os.environ, PGBLOBS_DSN=scratch_dsn))
+    assert again.returncode == 0, again.stderr
+
+
+def test_cli_says_what_is_wrong_without_a_database():
+    command = [sys.executable, "-m", "pgblobs.cli", "db", "upgrade"]
+    env = {k: v for k, v in os.environ.items() if k != "PGBLOBS_DSN"}
+    missing = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert missing.returncode != 0
+    assert "PGBLOBS_DSN" in missing.stderr and "Traceback" not in missing.stderr
+    unreachable = subprocess.run(command + ["--dsn", "host=127.0.0.1 port=1 connect_timeout=2"],
+                                 capture_output=True, text=True, env=env)
+    assert unreachable.returncode != 0
+    assert "database error" in unreachable.stderr and "Traceback" not in unreachable.stderr
+
+
+SEED = """
+    INSERT INTO pgblobs.blobs (user_id, namespace, blob_id, lo_oid, size, tag, sha256,
+                               created_at, deleted_at)
+    SELECT 'user-' || (i %% 1000), CASE WHEN i %% 3 = 0 THEN 'mail' ELSE 'default' END,
+           'blob-' || i,
+           CASE WHEN i %% 10 = 0 THEN NULL ELSE i END,
+           i %% 5000, 'tag', '\\x00', now() - make_interval(secs => i),
+           CASE WHEN i %% 10 = 0 THEN now() END
+    FROM generate_series(1, %(rows)s) AS i;
+    INSERT INTO pgblobs.blob_flags (blob_row, user_id, namespace, flag)
+    SELECT id, user_id, namespace, 'PENDING' FROM pgblobs.blobs
+    WHERE id %% 7 = 0 AND deleted_at IS NULL;
+"""
+
+PER_USER_QUERIES = ["count_live", "list_live", "list_tombstones", "list_flagged",
+                    "total_storage_kib", "blob_info", "open_blob", "write_precheck",
+                    "delete_blob", "set_flags"]
+
+
+def test_per_user_queries_are_index_scans_on_a_large_table(scratch_dsn):
+    schema.upgrade(scratch_dsn)
+    sql(scratch_dsn, SEED, {"rows": 300_000})
+    sql(scratch_dsn, "VACUUM ANALYZE pgblobs.blobs")
+    sql(scratch_dsn, "VACUUM ANALYZE pgblobs.blob_flags")
+    params = {"user": "user-42", "namespace": "default", "blob_id": "blob-1042",
+              "flag": "PENDING", "flags": ["PENDING"], "default_quota": 1000,
+              "start": 0, "end": None, "inline_limit": 0}
+    for name in PER_USER_QUERIES:
+        plan = "\n".join(row[0] for row in sql(scratch_dsn, "EXPLAIN " + SQL[name], params))
+        assert "Seq Scan" not in plan, f"{name}:\n{plan}"
+        assert "Index" in plan, f"{name}:\n{plan}"
