@@ -8,12 +8,13 @@ the database, which several server nodes may share.
 import functools
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
 from pgblobs import largeobjects, names
 from pgblobs.database import Database
-from pgblobs.errors import BlobExists, BlobNotFound, QuotaExceeded
+from pgblobs.errors import BlobExists, BlobNotFound, QuotaExceeded, TransferStopped
 from pgblobs.interfaces import IBlobsBackend
 
 DEFAULT_QUOTA_BYTES = 200 * 1024 * 1024
@@ -83,7 +84,10 @@ class PostgresBlobsBackend:
         try:
             await stored
         except BaseException:
-            pipe.abort("the blob could not be stored")
+            if pipe.error is not None:
+                # The producer failed first: its reason is the real one.
+                pipe.error.raiseException()
+            pipe.abort(Failure(TransferStopped("the blob could not be stored")))
             producer.stopProducing()
             raise
 

@@ -114,6 +114,14 @@ class Database:
             raise translate(error) from error
         return rows
 
+    @defer.inlineCallbacks
+    def execute(self, name, params):
+        """Run a named statement that returns no rows, on the txpostgres pool."""
+        try:
+            yield self._pool.runOperation(queries.SQL[name], params)
+        except psycopg2.Error as error:
+            raise translate(error) from error
+
     def in_thread(self, work, *args):
         """Run ``work(connection, *args)`` in a content thread; a Deferred of its result."""
         return threads.deferToThreadPool(

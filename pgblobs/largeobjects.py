@@ -70,7 +70,7 @@ class UploadPipe:
         self._chunks = deque()
         self._buffered = 0
         self._ended = False
-        self._error = None
+        self.error = None
         self._paused = False  # touched on the reactor thread only
         self.producer = None
 
@@ -101,10 +101,11 @@ class UploadPipe:
             self._ready.notify()
 
     def abort(self, reason):
-        """The producer failed or went away: the worker must give up."""
+        """The producer failed (``reason``, a Failure) or we gave up: the worker must stop."""
         with self._ready:
             self._ended = True
-            self._error = reason
+            if self.error is None:
+                self.error = reason
             self._chunks.clear()
             self._ready.notify()
 
@@ -120,8 +121,8 @@ class UploadPipe:
         with self._ready:
             while not self._chunks and not self._ended:
                 self._ready.wait()
-            if self._error is not None:
-                raise TransferStopped(f"upload aborted: {self._error}")
+            if self.error is not None:
+                raise TransferStopped("the upload was aborted")
             parts, taken = [], 0
             while self._chunks and taken < limit:
                 part = self._chunks.popleft()

@@ -115,3 +115,37 @@ ORDER BY b.created_at, b.id;
 -- A user's live bytes across namespaces, in KiB rounded up.
 SELECT (coalesce(sum(size), 0) + 1023) / 1024 FROM pgblobs.blobs
 WHERE user_id = %(user)s AND deleted_at IS NULL;
+
+-- name: ping
+-- Is the database answering?
+SELECT 1;
+
+-- name: token_digests
+-- The SHA-256 digests of a user's tokens.
+SELECT token_sha256 FROM pgblobs.tokens WHERE user_id = %(user)s;
+
+-- name: add_token
+-- Store the digest of a new token.
+INSERT INTO pgblobs.tokens (user_id, token_sha256) VALUES (%(user)s, %(digest)s) RETURNING id;
+
+-- name: revoke_tokens
+-- Forget every token of a user; the count says how many there were.
+WITH revoked AS (DELETE FROM pgblobs.tokens WHERE user_id = %(user)s RETURNING 1)
+SELECT count(*) FROM revoked;
+
+-- name: set_quota
+-- Override the default quota of one user (NULL: unlimited).
+INSERT INTO pgblobs.quotas (user_id, quota_bytes) VALUES (%(user)s, %(quota_bytes)s)
+ON CONFLICT (user_id) DO UPDATE SET quota_bytes = excluded.quota_bytes;
+
+-- name: clear_quota
+-- Drop a user's override, so the server default applies again.
+DELETE FROM pgblobs.quotas WHERE user_id = %(user)s;
+
+-- name: show_quota
+-- A user's override (has_override false: the server default applies) and live bytes.
+SELECT q.user_id IS NOT NULL AS has_override, q.quota_bytes,
+       (SELECT coalesce(sum(size), 0) FROM pgblobs.blobs
+        WHERE user_id = %(user)s AND deleted_at IS NULL) AS used_bytes
+FROM (SELECT 1) AS one
+LEFT JOIN pgblobs.quotas AS q ON q.user_id = %(user)s;
