@@ -40,7 +40,7 @@ class PostgresBlobsBackend:
     def __init__(self, database, quota_bytes=DEFAULT_QUOTA_BYTES, reactor=None):
         if reactor is None:
             from twisted.internet import reactor
-        self._db = database
+        self.database = database
         self._reactor = reactor
         self.quota_bytes = quota_bytes
 
@@ -57,10 +57,10 @@ class PostgresBlobsBackend:
         return defer.ensureDeferred(connecting())
 
     def close(self):
-        return self._db.close()
+        return self.database.close()
 
     async def _one(self, name, params):
-        rows = await self._db.fetch(name, params)
+        rows = await self.database.fetch(name, params)
         if not rows:
             raise BlobNotFound("no such blob")
         return rows[0]
@@ -68,7 +68,7 @@ class PostgresBlobsBackend:
     @_deferred
     async def write_blob(self, user, blob_id, producer, namespace=""):
         key = names.BlobKey.of(user, blob_id, namespace)
-        taken, room = (await self._db.fetch("write_precheck", dict(
+        taken, room = (await self.database.fetch("write_precheck", dict(
             key.params(), default_quota=self.quota_bytes)))[0]
         if taken:
             raise BlobExists("a live blob already has this id")
@@ -78,7 +78,7 @@ class PostgresBlobsBackend:
 
         pipe = largeobjects.UploadPipe(self._reactor)
         pipe.registerProducer(producer, True)
-        stored = self._db.in_thread(largeobjects.store, pipe, key, self.quota_bytes, room)
+        stored = self.database.in_thread(largeobjects.store, pipe, key, self.quota_bytes, room)
         produced = producer.startProducing(pipe)
         produced.addCallbacks(pipe.finish, pipe.abort)
         try:
@@ -98,7 +98,7 @@ class PostgresBlobsBackend:
         push = largeobjects.DownloadPush(self._reactor, consumer)
         consumer.registerProducer(push, True)
         try:
-            await self._db.in_thread(largeobjects.load, push, key, start, end)
+            await self.database.in_thread(largeobjects.load, push, key, start, end)
         finally:
             consumer.unregisterProducer()
 
@@ -134,7 +134,7 @@ class PostgresBlobsBackend:
     @_deferred
     async def count(self, user, namespace=""):
         params = {"user": names.user_name(user), "namespace": names.namespace_name(namespace)}
-        rows = await self._db.fetch("count_live", params)
+        rows = await self.database.fetch("count_live", params)
         return rows[0][0]
 
     @_deferred
@@ -149,7 +149,7 @@ class PostgresBlobsBackend:
             name = "list_flagged"
         else:
             name = "list_tombstones" if deleted else "list_live"
-        ids = [blob_id for (blob_id,) in await self._db.fetch(name, params)]
+        ids = [blob_id for (blob_id,) in await self.database.fetch(name, params)]
         # Both orders come from one ascending index scan.
         if newest_first:
             ids.reverse()
@@ -158,5 +158,5 @@ class PostgresBlobsBackend:
     @_deferred
     async def get_total_storage(self, user):
         params = {"user": names.user_name(user)}
-        rows = await self._db.fetch("total_storage_kib", params)
+        rows = await self.database.fetch("total_storage_kib", params)
         return int(rows[0][0])

@@ -80,6 +80,7 @@ class Database:
         self._pool = pool
         self._threadpool = threadpool
         self._sync = sync_connections
+        self._statements_running = 0
 
     @classmethod
     async def connect(cls, dsn, pool_size, reactor=None):
@@ -108,24 +109,38 @@ class Database:
     @defer.inlineCallbacks
     def fetch(self, name, params):
         """Rows of a named statement, run on the txpostgres pool."""
+        self._statements_running += 1
         try:
             rows = yield queries.fetch(self._pool, name, params)
         except psycopg2.Error as error:
             raise translate(error) from error
+        finally:
+            self._statements_running -= 1
         return rows
 
     @defer.inlineCallbacks
     def execute(self, name, params):
         """Run a named statement that returns no rows, on the txpostgres pool."""
+        self._statements_running += 1
         try:
             yield self._pool.runOperation(queries.SQL[name], params)
         except psycopg2.Error as error:
             raise translate(error) from error
+        finally:
+            self._statements_running -= 1
 
     def in_thread(self, work, *args):
         """Run ``work(connection, *args)`` in a content thread; a Deferred of its result."""
         return threads.deferToThreadPool(
             self._reactor, self._threadpool, self._sync.run, work, *args)
+
+    def ping(self):
+        return self.fetch("ping", {})
+
+    def usage(self):
+        """Statements in flight on the pool; content transfers holding a connection."""
+        return {"statements": self._statements_running,
+                "content": len(self._threadpool.working)}
 
     def close(self):
         self._threadpool.stop()

@@ -4,6 +4,7 @@ The server comes from testing.postgresql, started through pgblobs.cluster's
 root-safe programs; if it cannot start, every test that needs it errors (no
 test is skipped for want of a database).
 """
+import base64
 import itertools
 
 import psycopg2
@@ -60,7 +61,7 @@ ORPHANS = """
 def dsn(migrated_dsn):
     """A migrated database with no blobs; after the test, no orphan large object."""
     sql(migrated_dsn, "SELECT lo_unlink(oid) FROM pg_largeobject_metadata")
-    sql(migrated_dsn, "TRUNCATE pgblobs.blobs, pgblobs.blob_flags, pgblobs.quotas")
+    sql(migrated_dsn, "TRUNCATE pgblobs.blobs, pgblobs.blob_flags, pgblobs.quotas, pgblobs.tokens")
     yield migrated_dsn
     assert sql(migrated_dsn, ORPHANS)[0][0] == 0, "a large object outlived its blob"
 
@@ -81,3 +82,33 @@ async def backend(dsn):
     blobs = await PostgresBlobsBackend.connect(dsn, pool_size=4)
     yield blobs
     await blobs.close()
+
+
+class Server:
+    """A pgblobs site listening on a real loopback socket, with a token for alice."""
+
+    def __init__(self, port, backend, token):
+        self.url = f"http://127.0.0.1:{port.getHost().port}"
+        self.port = port
+        self.backend = backend
+        self.token = token
+
+    def auth(self, user="alice", token=None):
+        raw = f"{user}:{token or self.token}".encode()
+        return {b"Authorization": [b"Token " + base64.b64encode(raw)]}
+
+
+@pytest_twisted.async_yield_fixture
+async def server(backend):
+    from twisted.internet import reactor
+    from pgblobs.accounts import Accounts
+    from pgblobs.web.site import Limits, build_site
+
+    token = await Accounts(backend.database).create_token("alice")
+    limits = Limits(max_blob_bytes=64 * 1024 * 1024, max_json_bytes=64 * 1024, idle_timeout=5)
+    site = build_site(backend, backend.database, limits)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    yield Server(port, backend, token)
+    await port.stopListening()
+    for channel in list(getattr(site, "_channels", ())):
+        channel.transport.abortConnection()

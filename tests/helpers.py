@@ -108,3 +108,29 @@ class ScriptedProducer:
 
     def stopProducing(self):
         self._stopped = True
+
+
+def _exchange(port, payload, timeout):
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+        try:
+            connection.sendall(payload)
+        except OSError:
+            pass  # the server may answer and close before taking everything
+        received = b""
+        try:
+            while chunk := connection.recv(65536):
+                received += chunk
+        except OSError:
+            pass
+        return received
+
+
+async def raw_http(server, payload, timeout=10):
+    """Send raw bytes to the server; everything it answers until it closes."""
+    from twisted.internet import threads
+    return await threads.deferToThread(_exchange, server.port.getHost().port, payload, timeout)
+
+
+def auth_header(server, user="alice"):
+    return b"Authorization: " + server.auth(user)[b"Authorization"][0]

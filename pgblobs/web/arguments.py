@@ -1,0 +1,73 @@
+"""Reading path segments, query arguments and headers of a request."""
+import json
+
+from pgblobs.errors import InvalidArgument
+from pgblobs.web.status import MalformedBody, RangeNotSatisfiable
+
+_TRUE = {"true", "1"}
+_FALSE = {"false", "0", ""}
+
+
+def segment(value):
+    """A path segment as text; names.py decides whether it is a valid name."""
+    return value.decode("latin-1")
+
+
+def text(request, name, default=None):
+    values = request.args.get(name.encode("ascii"))
+    if not values:
+        return default
+    return values[0].decode("latin-1")
+
+
+def boolean(request, name):
+    """Soledad sends True/False; true, 1, false and 0 are accepted too."""
+    value = text(request, name)
+    if value is None:
+        return False
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise InvalidArgument(f"invalid {name} {value!r}: use True or False")
+
+
+def json_body(raw, kind):
+    """Decode a JSON body of ``kind`` (a type), or MalformedBody."""
+    try:
+        value = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        raise MalformedBody("the body is not valid JSON") from None
+    if not isinstance(value, kind):
+        raise MalformedBody(f"the body must be a JSON {kind.__name__}")
+    return value
+
+
+def byte_range(header, size):
+    """The inclusive ``(first, last)`` an RFC 7233 Range header asks of ``size``
+    bytes, or None for the whole blob.
+
+    Forms the RFC lets a server ignore (other units, several ranges) give
+    None; anything else that cannot be served is RangeNotSatisfiable.
+    """
+    if header is None:
+        return None
+    unit, _, spec = header.decode("latin-1").strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    try:
+        if not dash or not (first or last) or not (first + last).isdigit():
+            raise ValueError
+        if not first:  # suffix: the last n bytes
+            length = int(last)
+            if length == 0 or size == 0:
+                raise ValueError
+            return max(0, size - length), size - 1
+        start = int(first)
+        end = size - 1 if not last else min(int(last), size - 1)
+        if start >= size or (last and int(last) < start):
+            raise ValueError
+        return start, end
+    except ValueError:
+        raise RangeNotSatisfiable(size) from None

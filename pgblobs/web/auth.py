@@ -1,0 +1,92 @@
+"""Token authentication through twisted.cred.
+
+Soledad clients send ``Authorization: Token base64("user:token")``.
+``TokenCredentialFactory`` decodes that header into credentials,
+``TokenChecker`` checks them against the digests in ``pgblobs.tokens``
+(constant-time, see accounts.py), and the realm's avatar is simply the user
+name. ``Authenticator`` ties them together for the resources, which then
+require that the avatar is the ``{user}`` of the path.
+"""
+import binascii
+from base64 import b64decode
+
+from twisted.cred import credentials, error, portal
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.internet import defer
+from twisted.web.iweb import ICredentialFactory
+from zope.interface import Interface, implementer
+
+from pgblobs.errors import InvalidName
+from pgblobs.web.status import Forbidden, Unauthorized
+
+
+class IBlobsUser(Interface):
+    """The avatar of an authenticated request: the user's name."""
+
+
+@implementer(ICredentialFactory)
+class TokenCredentialFactory:
+    scheme = b"token"
+
+    def getChallenge(self, request):
+        return {}
+
+    def decode(self, response, request):
+        try:
+            user, token = b64decode(response, validate=True).decode("utf-8").split(":", 1)
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            raise error.LoginFailed("malformed Token credentials") from None
+        return credentials.UsernamePassword(user, token)
+
+
+@implementer(ICredentialsChecker)
+class TokenChecker:
+    credentialInterfaces = (credentials.IUsernamePassword,)
+
+    def __init__(self, accounts):
+        self._accounts = accounts
+
+    async def _check(self, offered):
+        try:
+            valid = await self._accounts.token_is_valid(offered.username, offered.password)
+        except InvalidName:
+            valid = False
+        if not valid:
+            raise error.UnauthorizedLogin("invalid token")
+        return offered.username
+
+    def requestAvatarId(self, offered):
+        return defer.ensureDeferred(self._check(offered))
+
+
+@implementer(portal.IRealm)
+class _UserRealm:
+    def requestAvatar(self, avatar_id, mind, *interfaces):
+        if IBlobsUser not in interfaces:
+            raise NotImplementedError("pgblobs avatars are users")
+        return IBlobsUser, avatar_id, lambda: None
+
+
+class Authenticator:
+    """Who a request is, as far as its Token header shows."""
+
+    def __init__(self, accounts):
+        self._portal = portal.Portal(_UserRealm(), [TokenChecker(accounts)])
+        self._factory = TokenCredentialFactory()
+
+    async def user_of(self, request):
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, response = header.partition(b" ")
+        if scheme.lower() != self._factory.scheme:
+            raise Unauthorized("a Token authorization is required")
+        try:
+            offered = self._factory.decode(response.strip(), request)
+            _, user, _ = await self._portal.login(offered, None, IBlobsUser)
+        except (error.LoginFailed, error.UnauthorizedLogin):
+            raise Unauthorized("the token is not valid") from None
+        return user
+
+    async def require(self, request, user):
+        """Fail unless the request carries a valid token for ``user``."""
+        if await self.user_of(request) != user:
+            raise Forbidden("this token is for another user")

@@ -1,0 +1,108 @@
+"""Writing responses: plain and JSON bodies, and errors through the status table."""
+import functools
+import json
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web.server import NOT_DONE_YET
+
+from pgblobs.web.status import RangeNotSatisfiable, status_of
+
+_log = Logger()
+
+
+def send(request, code, body=b"", content_type=b"text/plain; charset=utf-8"):
+    """A complete response, unless the client is gone already."""
+    if request.gone or request.finished:
+        return
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", content_type)
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    if body and request.method != b"HEAD":
+        request.write(body)
+    request.finish()
+
+
+def send_json(request, value, code=200):
+    send(request, code, json.dumps(value).encode("utf-8"), b"application/json")
+
+
+def send_error(request, failure):
+    """Answer ``failure`` with its status; unknown errors are logged and hidden."""
+    error = failure.value
+    if request.gone or request.finished:
+        return
+    if request.startedWriting:
+        # The status line is gone already; only a cut connection says "failed".
+        _log.failure("request {request_id} failed mid-response", failure,
+                     request_id=request.request_id)
+        request.abort()
+        return
+    code = status_of(error)
+    if code is None:
+        _log.failure("request {request_id} failed", failure, request_id=request.request_id)
+        send(request, 500, f"internal error (request id {request.request_id})\n".encode())
+        return
+    if code == 401:
+        request.setHeader(b"WWW-Authenticate", b"Token")
+    if isinstance(error, RangeNotSatisfiable):
+        request.setHeader(b"Content-Range", b"bytes */%d" % error.size)
+    message = str(error)[:300]
+    send(request, code, f"{message}\n".encode("utf-8", "replace"))
+
+
+def rendered(method):
+    """Make a coroutine a ``render_*`` method: it sends its own response, and
+    whatever it raises is answered through the status table."""
+    @functools.wraps(method)
+    def render(resource, request):
+        done = defer.ensureDeferred(method(resource, request))
+        done.addErrback(lambda failure: send_error(request, failure))
+        return NOT_DONE_YET
+    return render
+
+
+class ExactBody:
+    """An IConsumer in front of a request that holds the status line and
+    headers until the first byte, and counts what passes."""
+
+    def __init__(self, request, length, code=200, headers=()):
+        self._request = request
+        self._length = length
+        self._code = code
+        self._headers = headers
+        self.written = 0
+
+    def _start(self):
+        if not self._request.startedWriting:
+            self._request.setResponseCode(self._code)
+            for name, value in self._headers:
+                self._request.setHeader(name, value)
+
+    def registerProducer(self, producer, streaming):
+        self._request.registerProducer(producer, streaming)
+
+    def unregisterProducer(self):
+        self._request.unregisterProducer()
+
+    def write(self, data):
+        self._start()
+        self.written += len(data)
+        self._request.write(data)
+
+    def verified(self):
+        """Whether exactly the promised bytes passed; if not, the connection is
+        cut, since a response of the wrong length must not look complete."""
+        if self.written == self._length:
+            return True
+        _log.warn("request {request_id}: {written} bytes instead of {length}",
+                  request_id=self._request.request_id, written=self.written,
+                  length=self._length)
+        self._request.abort()
+        return False
+
+    def finish(self):
+        """End a response that this body was all of."""
+        if self.verified() and not self._request.gone:
+            self._start()
+            self._request.finish()

@@ -1,0 +1,93 @@
+"""The resource tree and the Site, built from a backend, a database and limits.
+
+    /                 public JSON about the server (Soledad clients read it)
+    /health           200 when the database answers, 503 otherwise
+    /metrics          Prometheus text format
+    /blobs/{user}/... web/blobs.py
+    /stream/{user}    web/stream.py
+"""
+import json
+from dataclasses import dataclass
+
+from twisted.web import server
+from twisted.web.resource import Resource
+
+from pgblobs import __version__
+from pgblobs.accounts import Accounts
+from pgblobs.web.auth import Authenticator
+from pgblobs.web.blobs import BlobsRoot
+from pgblobs.web.metrics import SiteMetrics
+from pgblobs.web.responses import rendered, send, send_json
+from pgblobs.web.stream import StreamRoot
+from pgblobs.web.upload import StreamingRequest
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_blob_bytes: int = 4 * 1024 ** 3
+    max_json_bytes: int = 1024 ** 2
+    idle_timeout: float = 60.0  # seconds a connection may stay silent
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every blobs resource needs."""
+    backend: object
+    auth: Authenticator
+    limits: Limits
+
+
+class _About(Resource):
+    route = "root"
+
+    def getChild(self, path, request):
+        return super().getChild(path, request) if path else self
+
+    def render_GET(self, request):
+        request.route = self.route
+        send_json(request, {"name": "pgblobs", "version": __version__, "blobs": True})
+        return server.NOT_DONE_YET
+
+
+class _Health(Resource):
+    isLeaf = True
+    route = "health"
+
+    def __init__(self, database):
+        super().__init__()
+        self._database = database
+
+    @rendered
+    async def render_GET(self, request):
+        request.route = self.route
+        try:
+            await self._database.ping()
+        except Exception as error:
+            send(request, 503, f"database unavailable: {type(error).__name__}\n".encode())
+            return
+        send(request, 200, b"ok\n")
+
+
+class BlobsSite(server.Site):
+    requestFactory = StreamingRequest
+
+    def __init__(self, root, metrics, limits):
+        super().__init__(root, timeout=limits.idle_timeout)
+        self.metrics = metrics
+
+    def log(self, request):
+        super().log(request)
+        self.metrics.record(request)
+
+
+def build_site(backend, database, limits=Limits()):
+    """A Site serving ``backend`` (any IBlobsBackend); ``database`` holds the
+    tokens and answers health checks."""
+    context = _Context(backend, Authenticator(Accounts(database)), limits)
+    metrics = SiteMetrics(database.usage)
+    root = _About()
+    root.putChild(b"blobs", BlobsRoot(context))
+    root.putChild(b"stream", StreamRoot(context))
+    root.putChild(b"health", _Health(database))
+    root.putChild(b"metrics", metrics.resource())
+    return BlobsSite(root, metrics, limits)

@@ -1,0 +1,66 @@
+"""The one table from errors to HTTP statuses, and the errors only HTTP has.
+
+Soledad clients branch on 404, 409, 406, 507 and 416, so those stay exact.
+Anything not in the table is a 500 whose body carries only a request id.
+"""
+from pgblobs.errors import (
+    BlobExists, BlobNotFound, InvalidArgument, InvalidFlag, InvalidName, QuotaExceeded,
+    TransferStopped,
+)
+
+
+class RequestError(Exception):
+    """Something the client got wrong that only the HTTP layer can see."""
+
+
+class MalformedBody(RequestError):
+    """A body that is not what the route expects (bad JSON, sizes that do not add up)."""
+
+
+class BodyTooLarge(RequestError):
+    """A body beyond the configured limit."""
+
+
+class RangeNotSatisfiable(RequestError):
+    """A Range header no byte of the blob can satisfy."""
+
+    def __init__(self, size):
+        super().__init__(f"the range is outside the blob's {size} bytes")
+        self.size = size
+
+
+class Unauthorized(RequestError):
+    """No token, or one that is not valid."""
+
+
+class Forbidden(RequestError):
+    """A valid token used on another user's blobs."""
+
+
+class NotFound(RequestError):
+    """A path that names no resource."""
+
+
+STATUS = {
+    BlobNotFound: 404,
+    NotFound: 404,
+    BlobExists: 409,
+    InvalidFlag: 406,
+    QuotaExceeded: 507,
+    InvalidName: 400,
+    InvalidArgument: 400,
+    MalformedBody: 400,
+    TransferStopped: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    BodyTooLarge: 413,
+    RangeNotSatisfiable: 416,
+}
+
+
+def status_of(error):
+    """The HTTP status for ``error``, or None when it is not the client's doing."""
+    for kind in type(error).__mro__:
+        if kind in STATUS:
+            return STATUS[kind]
+    return None

@@ -1,0 +1,173 @@
+"""Request bodies streamed to resources as they arrive.
+
+twisted.web reads a whole request body (into memory or a temporary file)
+before it renders anything. ``StreamingRequest`` starts processing as soon
+as the headers are in, and offers the body as ``request.body``, an
+``IBodyProducer`` that pauses the connection while its consumer is behind.
+So an upload flows from the socket into the database with bounded memory,
+and a request that auth, the path or its Content-Length already condemns is
+answered before its body is read.
+"""
+import io
+import secrets
+import time
+
+from twisted.internet import defer, reactor
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from zope.interface import implementer
+
+from pgblobs.errors import TransferStopped
+from pgblobs.web.status import BodyTooLarge, MalformedBody
+
+
+@implementer(IBodyProducer)
+class RequestBody:
+    """The body of one request, produced into one consumer.
+
+    Bytes that arrive before a consumer is attached are held (the connection
+    is paused meanwhile, so that is at most one network read). ``limit``
+    bounds the bytes accepted; past it production fails with BodyTooLarge.
+    """
+
+    def __init__(self, transport, length):
+        self.length = UNKNOWN_LENGTH if length is None else length
+        self.limit = None
+        self.received = 0
+        self._transport = transport
+        self._held = []
+        self._consumer = None
+        self._done = defer.Deferred()
+        self._outcome = None  # None while bytes may still come
+        self._transport.pauseProducing()
+
+    # Fed by the request.
+
+    def _received(self, data):
+        if self._outcome is not None:
+            return
+        self.received += len(data)
+        if self.limit is not None and self.received > self.limit:
+            self._end(Failure(BodyTooLarge(f"the body is larger than {self.limit} bytes")))
+        elif self._consumer is None:
+            self._held.append(data)
+        else:
+            self._consumer.write(data)
+
+    def _end(self, outcome=None):
+        if self._outcome is not None:
+            return
+        self._outcome = outcome or "complete"
+        if self._consumer is not None:
+            self._settle()
+
+    def _settle(self):
+        if self._done.called:
+            return
+        if isinstance(self._outcome, Failure):
+            self._done.errback(self._outcome)
+        else:
+            self._done.callback(None)
+
+    # IBodyProducer.
+
+    def startProducing(self, consumer):
+        if self._consumer is not None:
+            raise RuntimeError("a request body can be produced only once")
+        self._consumer = consumer
+        held, self._held = self._held, []
+        for data in held:
+            consumer.write(data)
+        if self._outcome is not None:
+            self._settle()
+        else:
+            self._transport.resumeProducing()
+        return self._done
+
+    def pauseProducing(self):
+        self._transport.pauseProducing()
+
+    def resumeProducing(self):
+        if self._outcome is None:
+            self._transport.resumeProducing()
+
+    def stopProducing(self):
+        self._end(Failure(TransferStopped("the body's consumer stopped it")))
+
+    async def read_all(self, limit):
+        """The whole body as bytes, refusing more than ``limit`` bytes."""
+        if self.length is not UNKNOWN_LENGTH and self.length > limit:
+            raise BodyTooLarge(f"the body is larger than {limit} bytes")
+        self.limit = limit
+        collected = _Collected()
+        await self.startProducing(collected)
+        return b"".join(collected.parts)
+
+
+class _Collected:
+    def __init__(self):
+        self.parts = []
+
+    def write(self, data):
+        self.parts.append(data)
+
+
+class StreamingRequest(server.Request):
+    """A Request rendered when its headers arrive; its body is ``self.body``."""
+
+    gone = False
+    body = None  # until the headers are in
+    route = "other"  # resources name their route, for metrics
+    request_id = "-"
+
+    def gotLength(self, length):
+        self.started_at = time.monotonic()
+        self.request_id = secrets.token_hex(6)
+        self.setHeader(b"X-Request-Id", self.request_id.encode("ascii"))
+        self.content = io.BytesIO()  # stays empty: resources read self.body
+        self.body = RequestBody(self.channel.transport, length)
+        self.body_complete = False
+        # The channel keeps the request line to itself until the body is in;
+        # reading it here is the one private detail this module relies on.
+        request_line = (self.channel._command, self.channel._path, self.channel._version)
+        # Render on the next turn, after the channel has sent any
+        # "100 Continue" the client waits for.
+        reactor.callLater(0, self._render_early, *request_line)
+
+    def _render_early(self, command, path, version):
+        if self.channel is None:  # the client left already
+            return
+        server.Request.requestReceived(self, command, path, version)
+
+    def handleContentChunk(self, data):
+        self.body._received(data)
+
+    def requestReceived(self, command, path, version):
+        # The channel calls this once the whole body is in; rendering began
+        # at gotLength, so all that is left is to tell the body.
+        self.body_complete = True
+        self.body._end()
+
+    def write(self, data):
+        if self.gone:
+            return
+        if not self.startedWriting and not self.body_complete:
+            # Answering before the body is read: the connection cannot carry
+            # another request, since the rest of this body is still in it.
+            self.setHeader(b"Connection", b"close")
+            self.channel.persistent = False
+        super().write(data)
+
+    def connectionLost(self, reason):
+        self.gone = True
+        super().connectionLost(reason)
+        if self.body is not None:
+            self.body._end(Failure(TransferStopped("the client went away")))
+        if self.producer is not None:
+            self.producer.stopProducing()
+
+    def abort(self):
+        """Drop the connection: for a response that cannot be completed honestly."""
+        if self.channel is not None and self.channel.transport is not None:
+            self.channel.transport.abortConnection()
