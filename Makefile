@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup postgresql test clean
+.PHONY: setup postgresql test run clean
 
 setup: $(STAMP) postgresql
 
@@ -24,6 +24,10 @@ postgresql:
 
 test: setup
 	$(PY) -m pytest -q
+
+# The embedded default: a PostgreSQL kept in ./.pgblobs, the API on 127.0.0.1:9000.
+run: setup
+	$(VENV)/bin/pgblobs serve
 
 clean:
 	rm -rf $(VENV) build *.egg-info

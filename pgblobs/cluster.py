@@ -7,14 +7,20 @@ that account with ``setpriv``. setpriv execs in place, so the wrapper's pid
 *is* the server's pid and a SIGINT sent to it reaches postgres (``runuser``
 and ``su`` stay in between and swallow it, orphaning the server).
 
-The test harness hands these programs to testing.postgresql.
+The test harness hands these programs to testing.postgresql; ``LocalCluster``
+uses them for the embedded database of ``pgblobs serve``.
 """
 import glob
 import os
 import pwd
 import shutil
+import signal
 import stat
+import subprocess
+import time
 from pathlib import Path
+
+import psycopg2
 
 SERVICE_ACCOUNT = "postgres"
 
@@ -67,3 +73,97 @@ def server_programs(workdir):
         wrapper.chmod(stat.S_IRWXU)
         wrapped[name] = str(wrapper)
     return wrapped
+
+
+class ClusterFailed(RuntimeError):
+    """The local PostgreSQL could not be initialised or started."""
+
+
+class LocalCluster:
+    """A PostgreSQL cluster living in one directory and listening only on a
+    Unix socket inside it: the zero-set-up database of ``pgblobs serve``."""
+
+    DATABASE = "pgblobs"
+    PORT = 5432  # only names the socket file; no TCP port is opened
+
+    def __init__(self, directory):
+        self.directory = Path(directory).resolve()
+        self.data = self.directory / "data"
+        self.socket_dir = self.directory / "run"
+        self.log_path = self.directory / "postgresql.log"
+        self._process = None
+
+    @property
+    def dsn(self):
+        return f"host={self.socket_dir} port={self.PORT} user=postgres dbname={self.DATABASE}"
+
+    def is_running(self):
+        return (self.socket_dir / f".s.PGSQL.{self.PORT}").exists()
+
+    def start(self, timeout=60.0):
+        """Initialise the cluster if needed and start it; True when it was new."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        programs = server_programs(self.directory / "bin")
+        created = not (self.data / "PG_VERSION").exists()
+        if created:
+            self._initdb(programs["initdb"])
+        self.socket_dir.mkdir(exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            # A session of its own: a Ctrl-C meant for pgblobs must not reach
+            # postgres first; pgblobs stops it after draining its requests.
+            self._process = subprocess.Popen(
+                [programs["postgres"], "-D", str(self.data), "-k", str(self.socket_dir),
+                 "-p", str(self.PORT), "-c", "listen_addresses=", "-c", "logging_collector=off"],
+                stdout=log, stderr=log, start_new_session=True)
+        self._wait_ready(timeout)
+        self._create_database()
+        return created
+
+    def _initdb(self, initdb):
+        done = subprocess.run(
+            [initdb, "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
+             "--lc-messages=C"], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ClusterFailed(f"initdb failed in {self.data}: {done.stderr.strip()}")
+
+    def _connect(self, database):
+        return psycopg2.connect(host=str(self.socket_dir), port=self.PORT, user="postgres",
+                                dbname=database, connect_timeout=2)
+
+    def _wait_ready(self, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._process.poll() is not None:
+                raise ClusterFailed(f"postgres exited at start; see {self.log_path}")
+            try:
+                self._connect("postgres").close()
+                return
+            except psycopg2.OperationalError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise ClusterFailed(f"postgres did not start in {timeout:.0f}s; "
+                                        f"see {self.log_path}") from None
+                time.sleep(0.1)
+
+    def _create_database(self):
+        connection = self._connect("postgres")
+        connection.autocommit = True
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.DATABASE,))
+                if cursor.fetchone() is None:
+                    cursor.execute(f"CREATE DATABASE {self.DATABASE}")
+        finally:
+            connection.close()
+
+    def stop(self, timeout=60.0):
+        """Fast shutdown (SIGINT): sessions are ended, nothing committed is lost."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -74,6 +74,12 @@ class BlobsSite(server.Site):
     def __init__(self, root, metrics, limits):
         super().__init__(root, timeout=limits.idle_timeout)
         self.metrics = metrics
+        self.in_flight = set()
+
+    def track(self, request):
+        """Count ``request`` as in flight until it is finished or abandoned."""
+        self.in_flight.add(request)
+        request.notifyFinish().addBoth(lambda _: self.in_flight.discard(request))
 
     def log(self, request):
         super().log(request)

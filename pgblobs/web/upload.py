@@ -125,6 +125,7 @@ class StreamingRequest(server.Request):
         self.started_at = time.monotonic()
         self.request_id = secrets.token_hex(6)
         self.setHeader(b"X-Request-Id", self.request_id.encode("ascii"))
+        self.channel.site.track(self)
         self.content = io.BytesIO()  # stays empty: resources read self.body
         self.body = RequestBody(self.channel.transport, length)
         self.body_complete = False

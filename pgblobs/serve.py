@@ -1,0 +1,129 @@
+"""``pgblobs serve``: the database (shared, or embedded), the site, its
+endpoints, and a graceful stop.
+
+Without a DSN, a PostgreSQL cluster is kept under the data directory
+(cluster.LocalCluster), migrated on every start, and a development token
+for the user ``dev`` is kept next to it so the quick start works at once.
+"""
+import os
+import sys
+from dataclasses import dataclass, field
+
+import psycopg2
+from twisted.internet import defer, endpoints, task
+from twisted.logger import Logger
+
+from pgblobs import schema
+from pgblobs.accounts import Accounts
+from pgblobs.backend import DEFAULT_POOL_SIZE, PostgresBlobsBackend
+from pgblobs.cluster import LocalCluster
+from pgblobs.web.site import Limits, build_site
+
+DEV_USER = "dev"
+DEFAULT_LISTEN = "tcp:9000:interface=127.0.0.1"
+_log = Logger()
+
+
+@dataclass
+class ServeOptions:
+    dsn: str = None
+    listen: list = field(default_factory=lambda: [DEFAULT_LISTEN])
+    quota_bytes: int = 200 * 1024 * 1024
+    data_dir: str = ".pgblobs"
+    pool_size: int = DEFAULT_POOL_SIZE
+    limits: Limits = Limits()
+    drain_seconds: float = 30.0
+
+
+async def _dev_token(backend, data_dir):
+    """The development token, created on first start and kept in the data dir."""
+    path = os.path.join(data_dir, "dev-token")
+    if os.path.exists(path):
+        with open(path) as kept:
+            return kept.read().strip()
+    token = await Accounts(backend.database).create_token(DEV_USER)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as kept:
+        kept.write(token + "\n")
+    return token
+
+
+def _quick_start(listening, token):
+    host = listening.host if listening.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    base = f"http://{host}:{listening.port}"
+    auth = f"Authorization: Token $(printf '{DEV_USER}:{token}' | base64 -w0)"
+    return "\n".join([
+        f"development token for user {DEV_USER!r}: {token}",
+        "try:",
+        f"  echo hello > blob && curl -sf -X PUT -H \"{auth}\" --data-binary @blob {base}/blobs/{DEV_USER}/first",
+        f"  curl -s -H \"{auth}\" {base}/blobs/{DEV_USER}/first",
+        f"  curl -s -H \"{auth}\" {base}/blobs/{DEV_USER}/",
+    ])
+
+
+async def _connect(reactor, dsn, options):
+    """Connect, waiting out a database that is not reachable yet (backing off
+    up to 30 s between attempts) rather than exiting into a restart loop."""
+    delay = 0.5
+    while True:
+        try:
+            return await PostgresBlobsBackend.connect(
+                dsn, quota_bytes=options.quota_bytes, pool_size=options.pool_size)
+        except psycopg2.OperationalError as error:
+            reason = str(error).strip().splitlines()[0]
+            _log.warn("database unreachable ({reason}); retrying in {delay:.1f}s",
+                      reason=reason, delay=delay)
+            await task.deferLater(reactor, delay, lambda: None)
+            delay = min(delay * 2, 30.0)
+
+
+async def _drain(site, ports, backend, grace):
+    """Stop accepting, let requests in flight finish (at most ``grace``
+    seconds), then close the database connections."""
+    from twisted.internet import reactor
+    await defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in ports])
+    waited = 0.0
+    while site.in_flight and waited < grace:
+        await task.deferLater(reactor, 0.1, lambda: None)
+        waited += 0.1
+    if site.in_flight:
+        _log.warn("stopping with {count} requests unfinished", count=len(site.in_flight))
+    await backend.close()
+
+
+async def run(reactor, options):
+    """Serve until the reactor stops (SIGINT/SIGTERM)."""
+    cluster = None
+    dsn = options.dsn
+    if not dsn:
+        cluster = LocalCluster(options.data_dir)
+        print(f"starting the embedded PostgreSQL in {cluster.directory}", flush=True)
+        cluster.start()
+        reactor.addSystemEventTrigger("after", "shutdown", cluster.stop)
+        schema.upgrade(cluster.dsn)
+        dsn = cluster.dsn
+    backend = await _connect(reactor, dsn, options)
+    site = build_site(backend, backend.database, options.limits)
+    ports = []
+    for description in options.listen:
+        port = await endpoints.serverFromString(reactor, description).listen(site)
+        ports.append(port)
+        _log.info("listening on {address}", address=port.getHost())
+    reactor.addSystemEventTrigger(
+        "before", "shutdown", lambda: defer.ensureDeferred(
+            _drain(site, ports, backend, options.drain_seconds)))
+    print("pgblobs is serving on " + ", ".join(
+        f"{p.getHost().host}:{p.getHost().port}" for p in ports), flush=True)
+    if cluster is not None:
+        print(_quick_start(ports[0].getHost(), await _dev_token(backend, options.data_dir)),
+              flush=True)
+    await defer.Deferred()  # until the reactor stops
+
+
+def start_logging(log_format):
+    from twisted.logger import globalLogBeginner, jsonFileLogObserver, textFileLogObserver
+    if log_format == "json":
+        observer = jsonFileLogObserver(sys.stdout)
+    else:
+        observer = textFileLogObserver(sys.stderr)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
