@@ -103,6 +103,7 @@ class LocalCluster:
     def start(self, timeout=60.0):
         """Initialise the cluster if needed and start it; True when it was new."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._check_reachable()
         programs = server_programs(self.directory / "bin")
         created = not (self.data / "PG_VERSION").exists()
         if created:
@@ -118,6 +119,19 @@ class LocalCluster:
         self._wait_ready(timeout)
         self._create_database()
         return created
+
+    def _check_reachable(self):
+        """As root the cluster runs as the postgres account, which must be able
+        to walk down to the directory; say so plainly instead of letting
+        initdb fail with "Permission denied"."""
+        if os.geteuid() != 0:
+            return
+        for parent in self.directory.parents:
+            if not parent.stat().st_mode & stat.S_IXOTH:
+                raise ClusterFailed(
+                    f"the {SERVICE_ACCOUNT} account cannot reach {self.directory} because "
+                    f"{parent} is closed to others: choose another --data-dir or "
+                    f"`chmod o+x {parent}`")
 
     def _initdb(self, initdb):
         done = subprocess.run(

@@ -123,7 +123,7 @@ async def run(reactor, options):
 def start_logging(log_format):
     from twisted.logger import globalLogBeginner, jsonFileLogObserver, textFileLogObserver
     if log_format == "json":
-        observer = jsonFileLogObserver(sys.stdout)
+        observer = jsonFileLogObserver(sys.stdout, recordSeparator="")  # JSON lines
     else:
         observer = textFileLogObserver(sys.stderr)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)

@@ -1,0 +1,175 @@
+"""`pgblobs serve` and the operator commands, as separate processes."""
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from urllib.error import HTTPError
+
+import pytest
+
+from tests.conftest import sql
+from tests.processes import ServeProcess, no_stray_postgres
+
+
+def call(method, url, user, token, data=None, headers=None):
+    request = urllib.request.Request(url, data=data, method=method, headers={
+        "Authorization": "Token " + base64.b64encode(f"{user}:{token}".encode()).decode(),
+        **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except HTTPError as error:
+        return error.code, error.read()
+
+
+def pgblobs(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "pgblobs.cli", *args], capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, **(env or {})))
+
+
+@pytest.fixture
+def open_tmp():
+    """A directory the postgres account can reach (pytest's own tmp is 0700)."""
+    path = tempfile.mkdtemp(prefix="pgblobs-")
+    os.chmod(path, 0o755)
+    yield Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_embedded_default_starts_from_nothing_and_keeps_its_data(open_tmp):
+    data_dir = open_tmp / "embedded"
+    server = ServeProcess("--data-dir", str(data_dir))
+    try:
+        token = server.dev_token()
+        assert "curl" in "".join(server.output)
+        status, _ = call("PUT", f"{server.url}/blobs/dev/first", "dev", token, data=b"hello")
+        assert status == 200
+        assert call("GET", f"{server.url}/blobs/dev/first", "dev", token) == (200, b"hello")
+    finally:
+        assert server.stop() == 0
+    assert no_stray_postgres(data_dir)
+    again = ServeProcess("--data-dir", str(data_dir))
+    try:
+        assert again.dev_token() == token
+        assert call("GET", f"{again.url}/blobs/dev/first", "dev", token) == (200, b"hello")
+        created = pgblobs("token", "create", "erin", "--data-dir", str(data_dir))
+        assert created.returncode == 0, created.stderr
+        erin = created.stdout.strip()
+        assert len(erin.split()) == 1 and len(erin) >= 40
+        assert call("PUT", f"{again.url}/blobs/erin/x", "erin", erin, data=b"e")[0] == 200
+    finally:
+        assert again.stop(signal.SIGINT) == 0
+    assert no_stray_postgres(data_dir)
+
+
+def test_embedded_default_explains_an_unreachable_data_dir(tmp_path):
+    if os.geteuid() != 0:
+        pytest.xfail("only root hands the cluster to the postgres account")
+    done = subprocess.run([sys.executable, "-m", "pgblobs.cli", "serve", "--data-dir",
+                           str(tmp_path / "closed"), "--listen", "tcp:0:interface=127.0.0.1"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "cannot reach" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_serve_refuses_a_database_not_at_head(scratch_dsn):
+    done = subprocess.run([sys.executable, "-m", "pgblobs.cli", "serve", "--dsn", scratch_dsn,
+                           "--listen", "tcp:0:interface=127.0.0.1"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "pgblobs db upgrade" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_sigterm_lets_a_request_in_flight_finish(dsn):
+    token = pgblobs("token", "create", "alice", "--dsn", dsn).stdout.strip()
+    server = ServeProcess("--dsn", dsn)
+    try:
+        auth = base64.b64encode(f"alice:{token}".encode())
+        with socket.create_connection(("127.0.0.1", server.port)) as client:
+            client.sendall(b"PUT /blobs/alice/slow HTTP/1.1\r\nHost: x\r\nAuthorization: Token "
+                           + auth + b"\r\nContent-Length: 10\r\n\r\n12345")
+            time.sleep(0.5)
+            server.process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            client.sendall(b"67890")
+            answer = client.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert server.stop() == 0
+    finally:
+        server.stop(signal.SIGKILL)
+    assert sql(dsn, "SELECT size FROM pgblobs.blobs WHERE blob_id = 'slow'") == [(10,)]
+
+
+def test_token_and_quota_commands(dsn):
+    created = pgblobs("token", "create", "carol", "--dsn", dsn)
+    assert created.returncode == 0
+    assert sql(dsn, "SELECT count(*) FROM pgblobs.tokens WHERE user_id = 'carol'") == [(1,)]
+    stored = sql(dsn, "SELECT token_sha256 FROM pgblobs.tokens")[0][0]
+    assert created.stdout.strip().encode() not in bytes(stored)
+    assert pgblobs("quota", "set", "carol", "1000", env={"PGBLOBS_DSN": dsn}).returncode == 0
+    shown = pgblobs("quota", "show", "carol", "--dsn", dsn)
+    assert "1000 bytes" in shown.stdout
+    assert pgblobs("quota", "set", "carol", "unlimited", "--dsn", dsn).returncode == 0
+    assert "unlimited" in pgblobs("quota", "show", "carol", "--dsn", dsn).stdout
+    assert pgblobs("quota", "set", "carol", "default", "--dsn", dsn).returncode == 0
+    assert "server default" in pgblobs("quota", "show", "carol", "--dsn", dsn).stdout
+    revoked = pgblobs("token", "revoke", "carol", "--dsn", dsn)
+    assert revoked.returncode == 0 and "1" in revoked.stdout
+    assert sql(dsn, "SELECT count(*) FROM pgblobs.tokens") == [(0,)]
+    for bad in (["token", "create", "a/b", "--dsn", dsn], ["quota", "set", "carol", "-5", "--dsn", dsn],
+                ["quota", "set", "carol", "lots", "--dsn", dsn]):
+        failed = pgblobs(*bad)
+        assert failed.returncode != 0 and "Traceback" not in failed.stderr, bad
+
+
+def test_a_json_log_line_per_event(dsn):
+    server = ServeProcess("--dsn", dsn, "--log-format", "json")
+    try:
+        urllib.request.urlopen(f"{server.url}/", timeout=10).read()
+    finally:
+        assert server.stop() == 0
+    events = [json.loads(line) for line in server.output if line.startswith("{")]
+    assert events, server.output
+
+
+@pytest.mark.slow
+def test_memory_stays_bounded_during_a_1gib_put_and_a_1gib_get(dsn, tmp_path):
+    token = pgblobs("token", "create", "alice", "--dsn", dsn).stdout.strip()
+    server = ServeProcess("--dsn", dsn, "--quota-bytes", "unlimited")
+    auth = "Authorization: Token " + base64.b64encode(f"alice:{token}".encode()).decode()
+    gib = 1024 ** 3
+
+    def upload(blob_id):
+        return subprocess.Popen(
+            f"head -c {gib} /dev/urandom | curl -sS -o /dev/null -w '%{{http_code}}' "
+            f"-T - -H '{auth}' {server.url}/blobs/alice/{blob_id}",
+            shell=True, stdout=subprocess.PIPE, text=True)
+
+    try:
+        first = upload("first")
+        assert first.communicate(timeout=600)[0] == "200"
+        baseline = server.rss_kib()
+        second = upload("second")
+        reading = subprocess.Popen(
+            ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+             "-H", auth, f"{server.url}/blobs/alice/first"], stdout=subprocess.PIPE, text=True)
+        peak = baseline
+        while second.poll() is None or reading.poll() is None:
+            peak = max(peak, server.rss_kib())
+            time.sleep(0.05)
+        assert second.communicate()[0] == "200"
+        assert reading.communicate()[0] == f"200 {gib}"
+        growth_mib = (peak - baseline) / 1024
+        print(f"server RSS: {baseline / 1024:.0f} MiB before, peak {peak / 1024:.0f} MiB")
+        assert growth_mib < 100, f"RSS grew by {growth_mib:.0f} MiB"
+    finally:
+        assert server.stop() == 0
