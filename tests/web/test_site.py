@@ -1,0 +1,59 @@
+"""/health, /metrics and the handling of errors nobody planned for."""
+import pytest_twisted
+import treq
+from twisted.internet import defer
+from zope.interface import implementer
+
+from pgblobs import IBlobsBackend
+from pgblobs.accounts import Accounts
+from pgblobs.web.site import build_site
+
+deferred_test = pytest_twisted.ensureDeferred
+
+
+@deferred_test
+async def test_health_answers_when_the_database_does(server):
+    response = await treq.get(server.url + "/health")
+    assert response.code == 200
+
+
+@deferred_test
+async def test_metrics_count_requests_by_route_and_status(server):
+    await treq.get(server.url + "/blobs/alice/missing", headers=server.auth())
+    await treq.put(server.url + "/blobs/alice/one", data=b"12345", headers=server.auth())
+    response = await treq.get(server.url + "/metrics")
+    assert response.code == 200
+    text = (await response.content()).decode()
+    assert 'pgblobs_http_requests_total{method="GET",route="blob",status="404"} 1.0' in text
+    assert 'pgblobs_http_requests_total{method="PUT",route="blob",status="200"} 1.0' in text
+    assert "pgblobs_http_request_duration_seconds_bucket" in text
+    assert "pgblobs_http_received_bytes_total 5.0" in text
+    assert 'pgblobs_db_connections_in_use{pool="content"}' in text
+
+
+@implementer(IBlobsBackend)
+class _Exploding:
+    """A backend whose every answer is a bug, to see what a client is told."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: defer.fail(RuntimeError("secret internals"))
+
+
+@deferred_test
+async def test_an_unexpected_error_is_a_500_with_a_request_id_only(backend):
+    from twisted.internet import reactor
+    token = await Accounts(backend.database).create_token("alice")
+    site = build_site(_Exploding(), backend.database)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    try:
+        import base64
+        auth = {b"Authorization": [b"Token " + base64.b64encode(f"alice:{token}".encode())]}
+        response = await treq.get(
+            f"http://127.0.0.1:{port.getHost().port}/blobs/alice/?only_count=True", headers=auth)
+        body = (await response.content()).decode()
+        request_id = response.headers.getRawHeaders(b"x-request-id")[0].decode()
+        assert response.code == 500
+        assert request_id in body
+        assert "secret" not in body and "Traceback" not in body
+    finally:
+        await port.stopListening()
