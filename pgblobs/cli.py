@@ -14,7 +14,7 @@ from twisted.internet import defer, task
 from pgblobs import schema
 from pgblobs.accounts import Accounts
 from pgblobs.cluster import ClusterFailed, LocalCluster, PostgresNotFound
-from pgblobs.database import Database
+from pgblobs.database import Database, connect_sync
 from pgblobs.errors import BlobsError
 from pgblobs.web.site import Limits
 
@@ -118,6 +118,84 @@ async def _quota_show(accounts, args):
     print(f"{args.user}: quota {limit}, {used} bytes used")
 
 
+def _with_connection(work):
+    """Run ``work(connection, args)`` on a plain connection to a schema at head."""
+    def command(args):
+        connection = connect_sync(_dsn(args))
+        try:
+            return work(connection, args)
+        finally:
+            connection.close()
+    return command
+
+
+@_with_connection
+def _report(connection, args):
+    from pgblobs.ops import output, report
+    if args.report == "usage":
+        rows = report.usage(connection, args.quota_bytes, user=args.user, top=args.top)
+        columns = report.USAGE_COLUMNS
+        shown = dict(report.SIZE_COLUMNS, used_percent=lambda v: "-" if v is None else f"{v}%")
+    else:
+        rows, columns, shown = report.daily(connection, args.days), report.DAILY_COLUMNS, \
+            report.SIZE_COLUMNS
+    print(output.render(rows, columns, args.format, shown))
+
+
+@_with_connection
+def _purge(connection, args):
+    from pgblobs.ops import purge
+    count = purge.purge(connection, args.older_than, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{verb} {count} tombstone(s) deleted more than {args.older_than} ago")
+
+
+@_with_connection
+def _fsck(connection, args):
+    from pgblobs.ops import fsck
+    findings = fsck.fsck(connection, repair=args.repair, verify_content=args.verify_content)
+    for oid in findings.orphans:
+        print(f"orphan large object {oid}: no blob references it")
+    for user, namespace, blob_id in findings.broken_rows:
+        print(f"blob {user}/{namespace}/{blob_id}: its large object is missing")
+    for user, namespace, blob_id, problem in findings.mismatches:
+        print(f"blob {user}/{namespace}/{blob_id}: {problem}")
+    if findings.clean:
+        print("clean")
+        return
+    if findings.repaired:
+        print(f"repaired: unlinked {len(findings.orphans)} orphan(s), made "
+              f"{len(findings.broken_rows)} broken blob(s) tombstones")
+    raise SystemExit(1)
+
+
+@_with_connection
+def _import_fs(connection, args):
+    from pgblobs.ops import importfs, output
+    if not os.path.isdir(args.root):
+        raise SystemExit(f"pgblobs: {args.root} is not a directory")
+    report = importfs.import_tree(connection, args.root, only_user=args.user,
+                                  dry_run=args.dry_run)
+    for path, reason in report.skipped:
+        print(f"skipped {path}: {reason}")
+    for path, reason in report.failed:
+        print(f"failed {path}: {reason}", file=sys.stderr)
+    verb = "would import" if args.dry_run else "imported"
+    print(f"{verb} {report.imported} blob(s) ({output.human_size(report.bytes)}) and "
+          f"{report.tombstones} tombstone(s); skipped {len(report.skipped)}; "
+          f"failed {len(report.failed)}")
+    if report.failed:
+        raise SystemExit(1)
+
+
+def _duration(text):
+    from pgblobs.ops.purge import parse_duration
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _db_upgrade(args):
     schema.upgrade(_dsn(args), args.revision)
     print(f"database is at revision {schema.head_revision() if args.revision == 'head' else args.revision}")
@@ -200,6 +278,42 @@ def build_parser():
     show.add_argument("user")
     _database_options(show)
     show.set_defaults(run=_quota_show)
+
+    report = commands.add_parser("report", help="usage reports").add_subparsers(
+        dest="report", required=True, metavar="REPORT")
+    usage = report.add_parser("usage", help="usage per user, biggest first")
+    usage.add_argument("--user", help="only this user")
+    usage.add_argument("--top", type=_non_negative, help="only the N biggest users")
+    usage.add_argument("--quota-bytes", type=_quota_value, default=200 * 1024 * 1024,
+                       help="the servers' default quota, for users without an override")
+    daily = report.add_parser("daily", help="blobs and bytes written and deleted per day")
+    daily.add_argument("--days", type=_non_negative, default=30)
+    for parser_ in (usage, daily):
+        parser_.add_argument("--format", choices=("table", "csv", "json"), default="table")
+        _database_options(parser_)
+        parser_.set_defaults(run=_report)
+
+    purge = commands.add_parser("purge", help="remove old tombstones")
+    purge.add_argument("--older-than", type=_duration, required=True, metavar="DURATION",
+                       help="e.g. 30d, 12h, 2w")
+    purge.add_argument("--dry-run", action="store_true", help="only count them")
+    _database_options(purge)
+    purge.set_defaults(run=_purge)
+
+    fsck = commands.add_parser("fsck", help="check blob rows against large objects; exit 1 on problems")
+    fsck.add_argument("--repair", action="store_true",
+                      help="unlink orphan large objects; make rows without content tombstones")
+    fsck.add_argument("--verify-content", action="store_true",
+                      help="re-read every live blob and compare size and sha256")
+    _database_options(fsck)
+    fsck.set_defaults(run=_fsck)
+
+    import_fs = commands.add_parser("import-fs", help="import a Soledad filesystem blob store")
+    import_fs.add_argument("root", help="the store's root directory")
+    import_fs.add_argument("--user", help="only this user")
+    import_fs.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    _database_options(import_fs)
+    import_fs.set_defaults(run=_import_fs)
     return parser
 
 

@@ -31,6 +31,24 @@ def translate(error):
     return error
 
 
+def connect_sync(dsn):
+    """A plain psycopg2 connection for operator tools, once the schema is at head."""
+    connection = psycopg2.connect(dsn)
+    try:
+        with connection.cursor() as cursor:
+            present = queries.execute(cursor, "schema_present", {}).fetchone()[0]
+            current = None
+            if present:
+                row = queries.execute(cursor, "schema_version", {}).fetchone()
+                current = row[0] if row else None
+        connection.rollback()
+        schema.require_head(current)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
 class _SyncConnections:
     """Idle psycopg2 connections, taken and returned by worker threads."""
 

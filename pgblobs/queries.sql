@@ -113,7 +113,7 @@ ORDER BY b.created_at, b.id;
 
 -- name: total_storage_kib
 -- A user's live bytes across namespaces, in KiB rounded up.
-SELECT (coalesce(sum(size), 0) + 1023) / 1024 FROM pgblobs.blobs
+SELECT (coalesce(sum(size), 0)::bigint + 1023) / 1024 FROM pgblobs.blobs
 WHERE user_id = %(user)s AND deleted_at IS NULL;
 
 -- name: ping
@@ -149,3 +149,87 @@ SELECT q.user_id IS NOT NULL AS has_override, q.quota_bytes,
         WHERE user_id = %(user)s AND deleted_at IS NULL) AS used_bytes
 FROM (SELECT 1) AS one
 LEFT JOIN pgblobs.quotas AS q ON q.user_id = %(user)s;
+
+-- name: report_usage
+-- Usage per user, biggest first; %(user)s NULL for everyone, %(top)s NULL for no limit.
+SELECT user_id, live_blobs, live_bytes, live_kib, tombstones, first_write, last_write,
+       CASE WHEN has_quota_override THEN quota_override_bytes ELSE %(default_quota)s END
+           AS quota_bytes
+FROM pgblobs.usage_by_user
+WHERE %(user)s::text IS NULL OR user_id = %(user)s
+ORDER BY live_bytes DESC, user_id
+LIMIT %(top)s;
+
+-- name: report_daily
+-- Blobs and bytes written and deleted per day, over the last %(days)s days, newest first.
+SELECT day, blobs_written, bytes_written, blobs_deleted, bytes_deleted
+FROM pgblobs.daily_activity
+WHERE day > current_date - %(days)s::int
+ORDER BY day DESC;
+
+-- name: count_old_tombstones
+-- Tombstones deleted before %(cutoff)s.
+SELECT count(*) FROM pgblobs.blobs WHERE deleted_at < %(cutoff)s;
+
+-- name: purge_tombstones
+-- Remove one batch of tombstones deleted before %(cutoff)s; short, so locks stay short.
+DELETE FROM pgblobs.blobs WHERE id IN (
+    SELECT id FROM pgblobs.blobs WHERE deleted_at < %(cutoff)s
+    ORDER BY deleted_at LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+);
+
+-- name: orphan_large_objects
+-- Large objects of the current role that no blob row references.
+SELECT m.oid FROM pg_largeobject_metadata AS m
+WHERE m.lomowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+  AND NOT EXISTS (SELECT 1 FROM pgblobs.blobs AS b WHERE b.lo_oid = m.oid)
+ORDER BY m.oid;
+
+-- name: unlink_large_object
+-- Remove one large object.
+SELECT lo_unlink(%(oid)s);
+
+-- name: rows_without_content
+-- Live blobs whose large object is gone.
+SELECT b.id, b.user_id, b.namespace, b.blob_id FROM pgblobs.blobs AS b
+WHERE b.deleted_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM pg_largeobject_metadata AS m WHERE m.oid = b.lo_oid)
+ORDER BY b.id;
+
+-- name: bury_row
+-- Turn a live blob whose content is lost into a tombstone, so clients learn it is gone.
+UPDATE pgblobs.blobs SET deleted_at = now(), lo_oid = NULL
+WHERE id = %(id)s AND deleted_at IS NULL;
+
+-- name: live_blobs_for_check
+-- Every live blob with what its content should be, in id order, after %(after)s.
+SELECT id, user_id, namespace, blob_id, lo_oid, size, sha256 FROM pgblobs.blobs
+WHERE deleted_at IS NULL AND id > %(after)s
+ORDER BY id LIMIT %(batch)s;
+
+-- name: live_totals
+-- How many live blobs and bytes there are, for progress bars.
+SELECT count(*), coalesce(sum(size), 0) FROM pgblobs.blobs WHERE deleted_at IS NULL;
+
+-- name: existing_blob
+-- Is there a row (live or tombstone) for this name already?
+SELECT deleted_at IS NOT NULL AS is_tombstone FROM pgblobs.blobs
+WHERE user_id = %(user)s AND namespace = %(namespace)s AND blob_id = %(blob_id)s
+ORDER BY deleted_at IS NULL DESC LIMIT 1;
+
+-- name: import_blob
+-- Store a blob from another store as it was, with its own date; no quota applies.
+INSERT INTO pgblobs.blobs (user_id, namespace, blob_id, lo_oid, size, tag, sha256, created_at)
+VALUES (%(user)s, %(namespace)s, %(blob_id)s, %(oid)s, %(size)s, %(tag)s, %(sha256)s, %(created_at)s)
+RETURNING id;
+
+-- name: import_flags
+-- The flags of an imported blob.
+INSERT INTO pgblobs.blob_flags (blob_row, user_id, namespace, flag)
+SELECT %(row)s, %(user)s, %(namespace)s, unnest(%(flags)s::text[]);
+
+-- name: import_tombstone
+-- A tombstone from another store, dated as it was.
+INSERT INTO pgblobs.blobs (user_id, namespace, blob_id, size, created_at, deleted_at)
+VALUES (%(user)s, %(namespace)s, %(blob_id)s, 0, %(created_at)s, %(deleted_at)s);

@@ -223,6 +223,8 @@ async def test_total_storage_spans_namespaces_in_kib_rounded_up(backend):
     assert await backend.get_total_storage("alice") == 1
     await write(backend, "alice", "three", b"y", namespace="other")
     assert await backend.get_total_storage("alice") == 2
+    await write(backend, "alice", "four", content(2000))
+    assert await backend.get_total_storage("alice") == 3  # 3025 bytes: 2.95 KiB, rounded up
 
 
 @pytest.mark.parametrize("known_length", [True, False])

@@ -1,0 +1,68 @@
+"""Presenting results to an operator: tables, CSV, JSON, sizes, progress."""
+import csv
+import datetime
+import io
+import json
+import sys
+
+from tqdm import tqdm
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def human_size(count):
+    """1536 -> '1.5 KiB'; whole bytes below 1 KiB."""
+    if count is None:
+        return "-"
+    value = float(count)
+    for unit in _UNITS:
+        if abs(value) < 1024 or unit == _UNITS[-1]:
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+
+
+def _plain(value):
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return value.isoformat()
+    return value
+
+
+def render(rows, columns, output_format, shown=None):
+    """``rows`` (dicts) as an aligned table, CSV or JSON. ``shown`` maps a
+    column to a function giving its table cell (sizes, dates)."""
+    if output_format == "json":
+        return json.dumps([{c: _plain(row[c]) for c in columns} for row in rows], indent=2)
+    if output_format == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(columns)
+        writer.writerows([[_plain(row[c]) for c in columns] for row in rows])
+        return buffer.getvalue().rstrip("\n")
+    shown = shown or {}
+    cells = [[str(shown.get(c, _cell)(row[c])) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(line[i]) for line in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    for line in cells:
+        lines.append("  ".join(
+            cell.rjust(w) if _numeric(cell) else cell.ljust(w) for cell, w in zip(line, widths)))
+    return "\n".join(lines)
+
+
+def _cell(value):
+    if value is None:
+        return "-"
+    if isinstance(value, datetime.datetime):
+        return value.strftime("%Y-%m-%d %H:%M")
+    return _plain(value)
+
+
+def _numeric(cell):
+    return cell.replace(".", "", 1).replace("%", "").replace(" ", "").rstrip(
+        "BKMGTPi").isdigit()
+
+
+def progress(total, unit, description, unit_scale=False):
+    """A progress bar on a terminal; silent otherwise (callers print a summary)."""
+    return tqdm(total=total, unit=unit, desc=description, unit_scale=unit_scale,
+                disable=not sys.stderr.isatty(), file=sys.stderr, leave=False)

@@ -1,0 +1,41 @@
+"""Removing old tombstones, in short batches."""
+import datetime
+import re
+
+from pgblobs import queries
+from pgblobs.ops.output import progress
+
+_DURATION = re.compile(r"(\d+)([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+BATCH = 1000
+
+
+def parse_duration(text):
+    """'30d', '12h', '1w2d' -> timedelta; ValueError otherwise."""
+    text = text.strip().lower()
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"invalid duration {text!r}: use e.g. 30d, 12h, 90m, 2w")
+    return datetime.timedelta(seconds=sum(int(n) * _UNIT_SECONDS[u] for n, u in parts))
+
+
+def purge(connection, older_than, dry_run=False):
+    """Remove tombstones deleted more than ``older_than`` ago; the number removed
+    (or, with ``dry_run``, that would be). Each batch is its own transaction."""
+    cutoff = datetime.datetime.now(datetime.timezone.utc) - older_than
+    with connection.cursor() as cursor:
+        total = queries.execute(cursor, "count_old_tombstones", {"cutoff": cutoff}).fetchone()[0]
+    connection.rollback()
+    if dry_run or not total:
+        return total
+    removed = 0
+    with progress(total, "tombstones", "purging") as bar:
+        while True:
+            with connection.cursor() as cursor:
+                queries.execute(cursor, "purge_tombstones", {"cutoff": cutoff, "batch": BATCH})
+                batch = cursor.rowcount
+            connection.commit()
+            removed += batch
+            bar.update(batch)
+            if batch == 0:
+                return removed
