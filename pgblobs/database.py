@@ -6,29 +6,82 @@ connections, and the server-side alternative (``lo_put``/``lo_get`` with
 text-escaped bytea) moves about half as many bytes per second as psycopg2's
 synchronous large-object calls. So content travels on synchronous connections
 driven from a dedicated thread pool, one connection per thread.
+
+Both kinds survive a database restart: a txpostgres connection that dies is
+reconnected in the background (txpostgres' own pool never replaces one), a
+synchronous one is dropped and opened afresh on next use. Meanwhile callers
+get DatabaseUnavailable at once, as they do when more work waits for a
+connection than ``max_waiting`` allows.
 """
 import queue
 
 import psycopg2
 from psycopg2 import errorcodes
-from twisted.internet import defer, threads
+from psycopg2.extensions import make_dsn, parse_dsn
+from twisted.internet import defer, error as internet_error, threads
 from twisted.python.threadpool import ThreadPool
-from txpostgres import txpostgres
+from txpostgres import reconnection, retrying, txpostgres
 
 from pgblobs import queries, schema
-from pgblobs.errors import BlobExists, QuotaExceeded
+from pgblobs.errors import BlobExists, DatabaseUnavailable, QuotaExceeded
 
 _QUOTA_EXCEEDED = "PB507"  # raised by pgblobs.put_blob (migrations/versions/0001)
+_SERVER_GOING_AWAY = {"57P01", "57P02", "57P03"}  # admin/crash shutdown, cannot connect now
+_BUSY = {errorcodes.QUERY_CANCELED, errorcodes.TOO_MANY_CONNECTIONS}
+STATEMENT_TIMEOUT_MS = 30_000
+
+
+def connection_lost(error):
+    """Whether ``error`` means the connection itself is gone."""
+    if isinstance(error, (psycopg2.InterfaceError, txpostgres.RollbackFailed,
+                          internet_error.ConnectionLost, internet_error.ConnectionDone)):
+        return True
+    if isinstance(error, psycopg2.OperationalError):
+        code = error.pgcode
+        return code is None or code.startswith("08") or code in _SERVER_GOING_AWAY
+    return False
 
 
 def translate(error):
-    """The pgblobs error a psycopg2 error stands for, or the error itself."""
+    """The pgblobs error a database error stands for, or the error itself."""
     code = getattr(error, "pgcode", None)
     if code == _QUOTA_EXCEEDED:
         return QuotaExceeded(str(error.diag.message_primary))
     if code == errorcodes.UNIQUE_VIOLATION and error.diag.constraint_name == "blobs_live_key":
         return BlobExists("a live blob already has this id")
+    if isinstance(error, reconnection.ConnectionDead) or connection_lost(error):
+        return DatabaseUnavailable("the database is unavailable; try again shortly")
+    if code in _BUSY:
+        return DatabaseUnavailable("the database is too busy; try again shortly")
     return error
+
+
+def with_statement_timeout(dsn, milliseconds):
+    """``dsn`` whose sessions stop any statement running past ``milliseconds``,
+    so a stuck query cannot hold a connection forever."""
+    options = parse_dsn(dsn).get("options", "")
+    return make_dsn(dsn, options=f"{options} -c statement_timeout={milliseconds}".strip())
+
+
+def _reconnect_delays():
+    return retrying.simpleBackoffIterator(initialDelay=0.2, maxDelay=5.0, factor=2.0,
+                                          maxRetries=0, now=True)
+
+
+def _reconnecting_connection(reactor, cooperator):
+    detector = reconnection.DeadConnectionDetector(
+        deathChecker=lambda failure: connection_lost(failure.value),
+        reconnectionIterator=_reconnect_delays, reactor=reactor)
+    return txpostgres.Connection(reactor, cooperator, detector=detector)
+
+
+class _ReconnectingPool(txpostgres.ConnectionPool):
+    connectionFactory = staticmethod(_reconnecting_connection)
+
+    def close(self):
+        for connection in self.connections:
+            connection.detector = None  # closed on purpose: stay closed
+        super().close()
 
 
 def connect_sync(dsn):
@@ -61,6 +114,8 @@ class _SyncConnections:
         try:
             return work(connection, *args)
         except psycopg2.Error as error:
+            if connection_lost(error):
+                self.close()  # the idle ones lost the same server
             raise translate(error) from error
         finally:
             self._give_back(connection)
@@ -69,7 +124,10 @@ class _SyncConnections:
         try:
             return self._idle.get_nowait()
         except queue.Empty:
-            connection = psycopg2.connect(self._dsn)
+            try:
+                connection = psycopg2.connect(self._dsn)
+            except psycopg2.OperationalError as error:
+                raise DatabaseUnavailable("the database is unreachable; try again shortly") from error
             connection.autocommit = True
             return connection
 
@@ -93,18 +151,22 @@ class _SyncConnections:
 class Database:
     """A txpostgres pool for statements, a thread pool for large objects."""
 
-    def __init__(self, reactor, pool, threadpool, sync_connections):
+    def __init__(self, reactor, pool, threadpool, sync_connections, pool_size, max_waiting):
         self._reactor = reactor
         self._pool = pool
         self._threadpool = threadpool
         self._sync = sync_connections
-        self._statements_running = 0
+        self._capacity = pool_size + max_waiting
+        self._statements = 0  # running or waiting for a connection
+        self._transfers = 0
 
     @classmethod
-    async def connect(cls, dsn, pool_size, reactor=None):
+    async def connect(cls, dsn, pool_size, reactor=None, max_waiting=None,
+                      statement_timeout_ms=STATEMENT_TIMEOUT_MS):
         if reactor is None:
             from twisted.internet import reactor
-        pool = txpostgres.ConnectionPool(None, dsn, min=pool_size)
+        dsn = with_statement_timeout(dsn, statement_timeout_ms)
+        pool = _ReconnectingPool(None, dsn, min=pool_size)
         try:
             await pool.start()
         except defer.FirstError as error:
@@ -122,43 +184,53 @@ class Database:
             raise
         threadpool = ThreadPool(minthreads=0, maxthreads=pool_size, name="pgblobs-content")
         threadpool.start()
-        return cls(reactor, pool, threadpool, _SyncConnections(dsn))
+        if max_waiting is None:
+            max_waiting = 4 * pool_size
+        return cls(reactor, pool, threadpool, _SyncConnections(dsn), pool_size, max_waiting)
 
-    @defer.inlineCallbacks
+    def _admit(self, in_flight):
+        if in_flight >= self._capacity:
+            raise DatabaseUnavailable("too many requests wait for the database; try again shortly")
+
+    async def _statement(self, run, name, params):
+        self._admit(self._statements)
+        self._statements += 1
+        try:
+            return await run(queries.SQL[name], params)
+        except (psycopg2.Error, reconnection.ConnectionDead) as error:
+            raise translate(error) from error
+        finally:
+            self._statements -= 1
+
     def fetch(self, name, params):
         """Rows of a named statement, run on the txpostgres pool."""
-        self._statements_running += 1
-        try:
-            rows = yield queries.fetch(self._pool, name, params)
-        except psycopg2.Error as error:
-            raise translate(error) from error
-        finally:
-            self._statements_running -= 1
-        return rows
+        return defer.ensureDeferred(self._statement(self._pool.runQuery, name, params))
 
-    @defer.inlineCallbacks
     def execute(self, name, params):
         """Run a named statement that returns no rows, on the txpostgres pool."""
-        self._statements_running += 1
-        try:
-            yield self._pool.runOperation(queries.SQL[name], params)
-        except psycopg2.Error as error:
-            raise translate(error) from error
-        finally:
-            self._statements_running -= 1
+        return defer.ensureDeferred(self._statement(self._pool.runOperation, name, params))
 
     def in_thread(self, work, *args):
         """Run ``work(connection, *args)`` in a content thread; a Deferred of its result."""
-        return threads.deferToThreadPool(
+        try:
+            self._admit(self._transfers)
+        except DatabaseUnavailable:
+            return defer.fail()
+        self._transfers += 1
+        done = threads.deferToThreadPool(
             self._reactor, self._threadpool, self._sync.run, work, *args)
+
+        def finished(result):
+            self._transfers -= 1
+            return result
+        return done.addBoth(finished)
 
     def ping(self):
         return self.fetch("ping", {})
 
     def usage(self):
-        """Statements in flight on the pool; content transfers holding a connection."""
-        return {"statements": self._statements_running,
-                "content": len(self._threadpool.working)}
+        """Statements and content transfers in flight (running or waiting)."""
+        return {"statements": self._statements, "content": self._transfers}
 
     def close(self):
         self._threadpool.stop()

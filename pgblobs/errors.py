@@ -34,6 +34,11 @@ class InvalidArgument(BlobsError, ValueError):
     """Any other argument out of its domain (an order_by, a range)."""
 
 
+class DatabaseUnavailable(BlobsError):
+    """The database cannot answer now (restarting, unreachable, overloaded);
+    trying again shortly may succeed."""
+
+
 class SchemaNotReady(BlobsError):
     """The database schema is missing or not at the revision this code needs."""
 

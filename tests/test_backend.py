@@ -276,3 +276,18 @@ async def test_connect_refuses_a_schema_behind_head(scratch_dsn):
     sql(scratch_dsn, "INSERT INTO pgblobs.alembic_version VALUES ('0000')")
     with pytest.raises(SchemaNotReady, match="pgblobs db upgrade"):
         await PostgresBlobsBackend.connect(scratch_dsn)
+
+
+@deferred_test
+async def test_close_releases_every_connection(dsn):
+    from tests.helpers import sleep
+    count = ("SELECT count(*) FROM pg_stat_activity "
+             "WHERE backend_type = 'client backend' AND datname = current_database()")
+    before = sql(dsn, count)[0][0]
+    for _ in range(3):
+        backend = await PostgresBlobsBackend.connect(dsn, pool_size=4)
+        await write(backend, "alice", "x", content(400_000))
+        await backend.delete_blob("alice", "x")
+        await backend.close()
+    await sleep(1)  # a reconnecting pool would have reopened by now
+    assert sql(dsn, count)[0][0] == before

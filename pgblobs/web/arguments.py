@@ -38,6 +38,8 @@ def json_body(raw, kind):
         value = json.loads(raw)
     except (UnicodeDecodeError, ValueError):
         raise MalformedBody("the body is not valid JSON") from None
+    except RecursionError:
+        raise MalformedBody("the body's JSON is nested too deeply") from None
     if not isinstance(value, kind):
         raise MalformedBody(f"the body must be a JSON {kind.__name__}")
     return value

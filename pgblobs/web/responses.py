@@ -6,7 +6,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 
-from pgblobs.web.status import RangeNotSatisfiable, status_of
+from pgblobs.web.status import RETRY_AFTER_SECONDS, RangeNotSatisfiable, status_of
 
 _log = Logger()
 
@@ -45,6 +45,8 @@ def send_error(request, failure):
         return
     if code == 401:
         request.setHeader(b"WWW-Authenticate", b"Token")
+    if code == 503:
+        request.setHeader(b"Retry-After", b"%d" % RETRY_AFTER_SECONDS)
     if isinstance(error, RangeNotSatisfiable):
         request.setHeader(b"Content-Range", b"bytes */%d" % error.size)
     message = str(error)[:300]

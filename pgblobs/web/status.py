@@ -4,7 +4,7 @@ Soledad clients branch on 404, 409, 406, 507 and 416, so those stay exact.
 Anything not in the table is a 500 whose body carries only a request id.
 """
 from pgblobs.errors import (
-    BlobExists, BlobNotFound, InvalidArgument, InvalidFlag, InvalidName, QuotaExceeded,
+    BlobExists, BlobNotFound, DatabaseUnavailable, InvalidArgument, InvalidFlag, InvalidName, QuotaExceeded,
     TransferStopped,
 )
 
@@ -55,7 +55,10 @@ STATUS = {
     Forbidden: 403,
     BodyTooLarge: 413,
     RangeNotSatisfiable: 416,
+    DatabaseUnavailable: 503,
 }
+
+RETRY_AFTER_SECONDS = 2  # sent with 503: a restarting database is back in seconds
 
 
 def status_of(error):
