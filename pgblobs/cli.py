@@ -207,7 +207,7 @@ def _serve(args):
         dsn=args.dsn, listen=args.listen or [serve.DEFAULT_LISTEN],
         quota_bytes=args.quota_bytes, data_dir=args.data_dir, pool_size=args.pool_size,
         limits=Limits(max_blob_bytes=args.max_blob_bytes, max_json_bytes=args.max_json_bytes,
-                      idle_timeout=args.idle_timeout),
+                      idle_timeout=args.idle_timeout, header_timeout=args.header_timeout),
         drain_seconds=args.drain_seconds)
     serve.start_logging(args.log_format)
 
@@ -245,6 +245,8 @@ def build_parser():
     serve.add_argument("--max-json-bytes", type=_non_negative, default=Limits.max_json_bytes)
     serve.add_argument("--idle-timeout", type=float, default=Limits.idle_timeout,
                        help="seconds a silent connection is kept (default: 60)")
+    serve.add_argument("--header-timeout", type=float, default=Limits.header_timeout,
+                       help="seconds a client may take to send a request's headers (default: 20)")
     serve.add_argument("--drain-seconds", type=float, default=30.0,
                        help="on SIGTERM, how long requests in flight may take (default: 30)")
     serve.set_defaults(run=_serve)

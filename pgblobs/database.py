@@ -81,7 +81,10 @@ class _ReconnectingPool(txpostgres.ConnectionPool):
     def close(self):
         for connection in self.connections:
             connection.detector = None  # closed on purpose: stay closed
-        super().close()
+            try:
+                connection.close()
+            except AttributeError:
+                pass  # txpostgres cannot close a connection that never opened
 
 
 def connect_sync(dsn):

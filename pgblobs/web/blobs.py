@@ -5,16 +5,15 @@ the backend; its errors become statuses through web/status.py.
 """
 from twisted.internet import defer
 from twisted.web.iweb import UNKNOWN_LENGTH
-from twisted.web.resource import Resource
 
 from pgblobs import names
 from pgblobs.errors import InvalidArgument, InvalidFlag
 from pgblobs.web import arguments
-from pgblobs.web.responses import ExactBody, rendered, send, send_json
+from pgblobs.web.responses import ExactBody, Handler, rendered, send, send_json
 from pgblobs.web.status import BodyTooLarge, NotFound
 
 
-class BlobsRoot(Resource):
+class BlobsRoot(Handler):
     """/blobs: its children are users."""
 
     def __init__(self, context):
@@ -27,7 +26,7 @@ class BlobsRoot(Resource):
         return UserBlobs(self._context, arguments.segment(path))
 
 
-class UserBlobs(Resource):
+class UserBlobs(Handler):
     """/blobs/{user}/: listing and counting; its children are blobs."""
 
     route = "blobs"
@@ -66,7 +65,7 @@ class UserBlobs(Resource):
         send_json(request, ids)
 
 
-class Blob(Resource):
+class Blob(Handler):
     """/blobs/{user}/{blob_id}: store, read, flag and delete one blob."""
 
     isLeaf = True
@@ -144,7 +143,7 @@ def key_args(key):
     return key.user, key.blob_id, key.namespace
 
 
-class _Missing(Resource):
+class _Missing(Handler):
     isLeaf = True
 
     @rendered

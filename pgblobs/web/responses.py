@@ -4,9 +4,13 @@ import json
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from pgblobs.web.status import RETRY_AFTER_SECONDS, RangeNotSatisfiable, status_of
+from pgblobs.web.status import (
+    RETRY_AFTER_SECONDS, MethodNotAllowed, RangeNotSatisfiable, status_of,
+)
 
 _log = Logger()
 
@@ -47,6 +51,8 @@ def send_error(request, failure):
         request.setHeader(b"WWW-Authenticate", b"Token")
     if code == 503:
         request.setHeader(b"Retry-After", b"%d" % RETRY_AFTER_SECONDS)
+    if isinstance(error, MethodNotAllowed):
+        request.setHeader(b"Allow", ", ".join(error.allowed).encode("ascii"))
     if isinstance(error, RangeNotSatisfiable):
         request.setHeader(b"Content-Range", b"bytes */%d" % error.size)
     message = str(error)[:300]
@@ -62,6 +68,22 @@ def rendered(method):
         done.addErrback(lambda failure: send_error(request, failure))
         return NOT_DONE_YET
     return render
+
+
+class Handler(Resource):
+    """A resource that answers a method it lacks with 405 through the status
+    table (twisted.web says 501 for methods outside GET, HEAD and POST)."""
+
+    def render(self, request):
+        method = request.method.decode("latin-1")
+        if method == "HEAD" and hasattr(self, "render_GET"):
+            method = "GET"
+        if not hasattr(self, "render_" + method):
+            allowed = sorted(name[len("render_"):] for name in dir(self)
+                             if name.startswith("render_") and name[len("render_"):].isupper())
+            send_error(request, Failure(MethodNotAllowed(allowed)))
+            return NOT_DONE_YET
+        return super().render(request)
 
 
 class ExactBody:

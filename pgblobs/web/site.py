@@ -10,14 +10,13 @@ import json
 from dataclasses import dataclass
 
 from twisted.web import server
-from twisted.web.resource import Resource
 
 from pgblobs import __version__
 from pgblobs.accounts import Accounts
 from pgblobs.web.auth import Authenticator
 from pgblobs.web.blobs import BlobsRoot
 from pgblobs.web.metrics import SiteMetrics
-from pgblobs.web.responses import rendered, send, send_json
+from pgblobs.web.responses import Handler, rendered, send, send_json
 from pgblobs.web.stream import StreamRoot
 from pgblobs.web.upload import StreamingRequest
 
@@ -27,6 +26,7 @@ class Limits:
     max_blob_bytes: int = 4 * 1024 ** 3
     max_json_bytes: int = 1024 ** 2
     idle_timeout: float = 60.0  # seconds a connection may stay silent
+    header_timeout: float = 20.0  # seconds from a request line to its last header
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class _Context:
     limits: Limits
 
 
-class _About(Resource):
+class _About(Handler):
     route = "root"
 
     def getChild(self, path, request):
@@ -49,7 +49,7 @@ class _About(Resource):
         return server.NOT_DONE_YET
 
 
-class _Health(Resource):
+class _Health(Handler):
     isLeaf = True
     route = "health"
 
@@ -73,6 +73,7 @@ class BlobsSite(server.Site):
 
     def __init__(self, root, metrics, limits):
         super().__init__(root, timeout=limits.idle_timeout)
+        self.limits = limits
         self.metrics = metrics
         self.in_flight = set()
 

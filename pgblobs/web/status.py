@@ -41,6 +41,14 @@ class NotFound(RequestError):
     """A path that names no resource."""
 
 
+class MethodNotAllowed(RequestError):
+    """A method the resource does not answer."""
+
+    def __init__(self, allowed):
+        super().__init__("allowed: " + ", ".join(allowed))
+        self.allowed = allowed
+
+
 STATUS = {
     BlobNotFound: 404,
     NotFound: 404,
@@ -53,6 +61,7 @@ STATUS = {
     TransferStopped: 400,
     Unauthorized: 401,
     Forbidden: 403,
+    MethodNotAllowed: 405,
     BodyTooLarge: 413,
     RangeNotSatisfiable: 416,
     DatabaseUnavailable: 503,

@@ -9,20 +9,19 @@ its bytes are in, so a failure part-way leaves the earlier blobs stored.
 from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer
-from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from pgblobs import names
 from pgblobs.errors import InvalidArgument, TransferStopped
 from pgblobs.web import arguments
-from pgblobs.web.responses import ExactBody, rendered, send
+from pgblobs.web.responses import ExactBody, Handler, rendered, send
 from pgblobs.web.status import BodyTooLarge, MalformedBody, NotFound
 
 _SIZE_DIGITS = 8
 _TAG_WIDTH = 24
 
 
-class StreamRoot(Resource):
+class StreamRoot(Handler):
     """/stream: its children are users."""
 
     def __init__(self, context):
@@ -33,7 +32,7 @@ class StreamRoot(Resource):
         return UserStream(self._context, arguments.segment(path))
 
 
-class UserStream(Resource):
+class UserStream(Handler):
     isLeaf = True
     route = "stream"
 

@@ -22,6 +22,9 @@ from pgblobs.errors import TransferStopped
 from pgblobs.web.status import BodyTooLarge, MalformedBody
 
 
+LINGER_SECONDS = 2.0
+
+
 @implementer(IBodyProducer)
 class RequestBody:
     """The body of one request, produced into one consumer.
@@ -31,11 +34,12 @@ class RequestBody:
     bounds the bytes accepted; past it production fails with BodyTooLarge.
     """
 
-    def __init__(self, transport, length):
+    def __init__(self, transport, length, on_demand=None):
         self.length = UNKNOWN_LENGTH if length is None else length
         self.limit = None
         self.received = 0
         self._transport = transport
+        self._on_demand = on_demand
         self._held = []
         self._consumer = None
         self._done = defer.Deferred()
@@ -76,6 +80,8 @@ class RequestBody:
         if self._consumer is not None:
             raise RuntimeError("a request body can be produced only once")
         self._consumer = consumer
+        if self._on_demand is not None:
+            self._on_demand()
         held, self._held = self._held, []
         for data in held:
             consumer.write(data)
@@ -94,6 +100,11 @@ class RequestBody:
 
     def stopProducing(self):
         self._end(Failure(TransferStopped("the body's consumer stopped it")))
+
+    def discard(self):
+        """Let the rest of the body come, and drop it."""
+        self._end(Failure(TransferStopped("the body is no longer wanted")))
+        self._transport.resumeProducing()
 
     async def read_all(self, limit):
         """The whole body as bytes, refusing more than ``limit`` bytes."""
@@ -121,13 +132,38 @@ class StreamingRequest(server.Request):
     route = "other"  # resources name their route, for metrics
     request_id = "-"
 
+    def __init__(self, channel, *args, **kwargs):
+        super().__init__(channel, *args, **kwargs)
+        # The idle timeout restarts with every byte, so a client trickling
+        # its headers a byte at a time would never meet it: headers get a
+        # deadline of their own.
+        limit = channel.site.limits.header_timeout
+        self._header_deadline = reactor.callLater(limit, self._headers_too_slow)
+
+    def _headers_too_slow(self):
+        if self.channel is not None and self.channel.transport is not None:
+            self.channel.transport.abortConnection()
+
+    _lingering = None
+
     def gotLength(self, length):
+        if self._header_deadline.active():
+            self._header_deadline.cancel()
         self.started_at = time.monotonic()
         self.request_id = secrets.token_hex(6)
         self.setHeader(b"X-Request-Id", self.request_id.encode("ascii"))
         self.channel.site.track(self)
         self.content = io.BytesIO()  # stays empty: resources read self.body
-        self.body = RequestBody(self.channel.transport, length)
+        # "Expect: 100-continue" is answered when a resource asks for the
+        # body, not at once as twisted.web would: a request refused on its
+        # headers alone then never has its body sent at all.
+        on_demand = None
+        expect = self.requestHeaders.getRawHeaders(b"expect") or []
+        if self.channel._version == b"HTTP/1.1" and b"100-continue" in [
+                value.lower() for value in expect]:
+            self.requestHeaders.removeHeader(b"expect")
+            on_demand = self._send_continue
+        self.body = RequestBody(self.channel.transport, length, on_demand)
         self.body_complete = False
         # The channel keeps the request line to itself until the body is in;
         # reading it here is the one private detail this module relies on.
@@ -135,6 +171,10 @@ class StreamingRequest(server.Request):
         # Render on the next turn, after the channel has sent any
         # "100 Continue" the client waits for.
         reactor.callLater(0, self._render_early, *request_line)
+
+    def _send_continue(self):
+        if not self.startedWriting and not self.gone:
+            self.channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _render_early(self, command, path, version):
         if self.channel is None:  # the client left already
@@ -149,6 +189,8 @@ class StreamingRequest(server.Request):
         # at gotLength, so all that is left is to tell the body.
         self.body_complete = True
         self.body._end()
+        if self._lingering is not None:
+            self._stop_lingering()
 
     def write(self, data):
         if self.gone:
@@ -160,8 +202,28 @@ class StreamingRequest(server.Request):
             self.channel.persistent = False
         super().write(data)
 
+    def finish(self):
+        if self.body is None or self.body_complete or self.gone or self._lingering is not None:
+            return super().finish()
+        # Answered before the body was read (and the connection is marked to
+        # close). Closing now, with the client still sending, would reset the
+        # connection and could destroy the answer in flight; so the rest of
+        # the body is read and dropped for a moment first.
+        self.body.discard()
+        self._lingering = reactor.callLater(LINGER_SECONDS, self._stop_lingering)
+
+    def _stop_lingering(self):
+        if self._lingering.active():
+            self._lingering.cancel()
+        if not self.gone and not self.finished:
+            super().finish()
+
     def connectionLost(self, reason):
         self.gone = True
+        if self._lingering is not None and self._lingering.active():
+            self._lingering.cancel()
+        if self._header_deadline.active():
+            self._header_deadline.cancel()
         super().connectionLost(reason)
         if self.body is not None:
             self.body._end(Failure(TransferStopped("the client went away")))

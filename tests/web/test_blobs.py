@@ -225,3 +225,41 @@ async def test_a_chunked_body_over_the_limit_is_413(server):
     assert answer.startswith(b"HTTP/1.1 413 ")
     response, body = await get(server, "/blobs/alice/")
     assert json.loads(body) == []
+
+
+@deferred_test
+async def test_expect_100_continue_is_answered_only_when_the_body_is_wanted(server):
+    await put(server, "taken", b"already here")
+    head = (b"PUT /blobs/alice/%s HTTP/1.1\r\nHost: x\r\n" + auth_header(server) +
+            b"\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+    refused = await raw_http(server, head % b"taken", timeout=3)
+    assert refused.startswith(b"HTTP/1.1 409 "), refused[:40]
+    assert b"100 Continue" not in refused
+
+    import socket
+    from twisted.internet import threads
+
+    def polite_client():
+        with socket.create_connection(("127.0.0.1", server.port.getHost().port), timeout=5) as c:
+            c.sendall(head % b"fresh")
+            interim = c.recv(4096)
+            c.sendall(b"hello")
+            final = b""
+            while chunk := c.recv(4096):
+                final += chunk
+            return interim, final
+
+    interim, final = await threads.deferToThread(polite_client)
+    assert interim.startswith(b"HTTP/1.1 100 Continue")
+    assert (interim + final).split(b"\r\n\r\n", 1)[1].startswith(b"HTTP/1.1 200 ")
+    _, body = await get(server, "/blobs/alice/fresh")
+    assert body == b"hello"
+
+
+@deferred_test
+async def test_a_refused_upload_is_answered_even_while_the_client_keeps_sending(server):
+    await put(server, "taken", b"already here")
+    payload = (b"PUT /blobs/alice/taken HTTP/1.1\r\nHost: x\r\n" + auth_header(server) +
+               b"\r\nContent-Length: 3000000\r\n\r\n" + b"z" * 3_000_000)
+    answer = await raw_http(server, payload)
+    assert answer.startswith(b"HTTP/1.1 409 ")

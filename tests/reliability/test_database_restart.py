@@ -1,0 +1,113 @@
+"""PostgreSQL restarted (fast shutdown) under load, and unreachable at start."""
+import collections
+import threading
+import time
+
+import pytest
+
+from pgblobs import schema
+from pgblobs.cluster import LocalCluster
+from tests.processes import ServeProcess
+from tests.reliability.clients import Client, token_for
+
+pytestmark = pytest.mark.slow
+
+
+def load(client, prefix, stop, stored, statuses, retry_after):
+    number = 0
+    while not stop.is_set():
+        number += 1
+        data = f"{prefix}-{number}-".encode() * (50 + number % 2000)
+        status, headers, _ = client.put(f"{prefix}-{number}", data)
+        statuses[status] += 1
+        if status == 200:
+            stored[f"{prefix}-{number}"] = data
+        elif status == 503:
+            retry_after.append(headers.get("Retry-After"))
+        status, headers, _ = client.request("GET", f"/blobs/{client.user}/?only_count=True")
+        statuses[status] += 1
+        if status == 503:
+            retry_after.append(headers.get("Retry-After"))
+
+
+def wait_healthy(client, seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if client.request("GET", "/health")[0] == 200:
+            return time.monotonic()
+        time.sleep(0.1)
+    raise AssertionError(f"not healthy within {seconds}s")
+
+
+def test_a_restart_costs_503s_for_seconds_and_loses_nothing(open_tmp):
+    cluster = LocalCluster(open_tmp / "pg")
+    cluster.start()
+    node = None
+    try:
+        schema.upgrade(cluster.dsn)
+        token = token_for(cluster.dsn, "alice")
+        node = ServeProcess("--dsn", cluster.dsn, "--quota-bytes", "unlimited")
+        client = Client(node.url, "alice", token)
+        stop, stored = threading.Event(), {}
+        statuses, retry_after = collections.Counter(), []
+        workers = [threading.Thread(target=load, args=(client, f"w{i}", stop, stored, statuses,
+                                                       retry_after)) for i in range(4)]
+        for worker in workers:
+            worker.start()
+        time.sleep(1.5)
+        cluster.stop()  # fast shutdown, as `pg_ctl -m fast`
+        time.sleep(1.0)
+        down = client.request("GET", "/blobs/alice/?only_count=True")
+        assert down[0] == 503 and down[1].get("Retry-After")
+        cluster.start()
+        restarted = time.monotonic()
+        recovered = wait_healthy(client, 20)
+        time.sleep(1.5)
+        stop.set()
+        for worker in workers:
+            worker.join(60)
+        assert node.process.poll() is None, "the server must stay up"
+        print(f"statuses {dict(statuses)}; healthy {recovered - restarted:.1f}s after restart")
+        assert set(statuses) <= {200, 503}, statuses
+        assert all(retry_after)
+        assert statuses[200] > 0
+        assert client.put("after-restart", b"fine")[0] == 200
+        for blob_id, data in stored.items():
+            status, _, body = client.get(blob_id)
+            assert (status, body) == (200, data), blob_id
+    finally:
+        if node is not None:
+            assert node.stop() == 0
+        cluster.stop()
+
+
+def test_a_database_unreachable_at_start_is_waited_for(open_tmp):
+    cluster = LocalCluster(open_tmp / "pg")
+    cluster.start()
+    schema.upgrade(cluster.dsn)
+    token = token_for(cluster.dsn, "alice")
+    cluster.stop()
+    starting = threading.Thread(target=cluster.start)
+    node = None
+    try:
+        from tests.processes import free_port
+        import subprocess
+        import sys
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pgblobs.cli", "serve", "--dsn", cluster.dsn,
+             "--listen", f"tcp:{port}:interface=127.0.0.1"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        assert process.poll() is None, "it must wait, not exit"
+        starting.start()
+        starting.join()
+        client = Client(f"http://127.0.0.1:{port}", "alice", token)
+        wait_healthy(client, 40)
+        assert client.put("late", b"x")[0] == 200
+        process.terminate()
+        _, errors = process.communicate(timeout=60)
+        assert process.returncode == 0
+        assert "database unreachable" in errors and "retrying" in errors
+    finally:
+        cluster.stop()
