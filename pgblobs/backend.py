@@ -46,13 +46,19 @@ class PostgresBlobsBackend:
 
     @classmethod
     def connect(cls, dsn, quota_bytes=DEFAULT_QUOTA_BYTES, pool_size=DEFAULT_POOL_SIZE,
-                reactor=None):
+                reactor=None, max_waiting=None, statement_timeout=30.0):
         """A Deferred firing with a backend connected to ``dsn``.
 
-        Fails with SchemaNotReady when the schema is missing or not at head.
+        ``pool_size`` connections serve statements and as many serve content;
+        beyond ``max_waiting`` (default 4 x pool_size) more work waiting for
+        one fails at once with DatabaseUnavailable, and no statement may run
+        longer than ``statement_timeout`` seconds. Fails with SchemaNotReady
+        when the schema is missing or not at head.
         """
         async def connecting():
-            database = await Database.connect(dsn, pool_size, reactor)
+            database = await Database.connect(
+                dsn, pool_size, reactor, max_waiting=max_waiting,
+                statement_timeout_ms=int(statement_timeout * 1000))
             return cls(database, quota_bytes, reactor)
         return defer.ensureDeferred(connecting())
 

@@ -206,6 +206,7 @@ def _serve(args):
     options = serve.ServeOptions(
         dsn=args.dsn, listen=args.listen or [serve.DEFAULT_LISTEN],
         quota_bytes=args.quota_bytes, data_dir=args.data_dir, pool_size=args.pool_size,
+        max_waiting=args.max_waiting, statement_timeout=args.statement_timeout,
         limits=Limits(max_blob_bytes=args.max_blob_bytes, max_json_bytes=args.max_json_bytes,
                       idle_timeout=args.idle_timeout, header_timeout=args.header_timeout),
         drain_seconds=args.drain_seconds)
@@ -241,6 +242,11 @@ def build_parser():
     serve.add_argument("--log-format", choices=("text", "json"), default="text")
     serve.add_argument("--pool-size", type=int, default=8,
                        help="database connections per pool (default: 8)")
+    serve.add_argument("--max-waiting", type=_non_negative,
+                       help="transfers that may wait for a busy content pool before 503s "
+                            "(default: 4 x pool; statements may wait 10 times as many)")
+    serve.add_argument("--statement-timeout", type=float, default=30.0,
+                       help="seconds any one SQL statement may run (default: 30)")
     serve.add_argument("--max-blob-bytes", type=_non_negative, default=Limits.max_blob_bytes)
     serve.add_argument("--max-json-bytes", type=_non_negative, default=Limits.max_json_bytes)
     serve.add_argument("--idle-timeout", type=float, default=Limits.idle_timeout,

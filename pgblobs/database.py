@@ -159,7 +159,10 @@ class Database:
         self._pool = pool
         self._threadpool = threadpool
         self._sync = sync_connections
-        self._capacity = pool_size + max_waiting
+        # Content transfers hold a connection for as long as a client takes;
+        # statements for milliseconds, so they may queue ten times deeper.
+        self._transfer_capacity = pool_size + max_waiting
+        self._statement_capacity = 10 * self._transfer_capacity
         self._statements = 0  # running or waiting for a connection
         self._transfers = 0
 
@@ -191,17 +194,22 @@ class Database:
             max_waiting = 4 * pool_size
         return cls(reactor, pool, threadpool, _SyncConnections(dsn), pool_size, max_waiting)
 
-    def _admit(self, in_flight):
-        if in_flight >= self._capacity:
+    @staticmethod
+    def _admit(in_flight, capacity):
+        if in_flight >= capacity:
             raise DatabaseUnavailable("too many requests wait for the database; try again shortly")
 
     async def _statement(self, run, name, params):
-        self._admit(self._statements)
+        self._admit(self._statements, self._statement_capacity)
         self._statements += 1
         try:
             return await run(queries.SQL[name], params)
         except (psycopg2.Error, reconnection.ConnectionDead) as error:
             raise translate(error) from error
+        except defer.CancelledError as error:
+            # txpostgres turns "canceling statement" into CancelledError, and
+            # we never cancel a statement ourselves: the statement timeout did.
+            raise DatabaseUnavailable("a statement took too long; try again shortly") from error
         finally:
             self._statements -= 1
 
@@ -216,7 +224,7 @@ class Database:
     def in_thread(self, work, *args):
         """Run ``work(connection, *args)`` in a content thread; a Deferred of its result."""
         try:
-            self._admit(self._transfers)
+            self._admit(self._transfers, self._transfer_capacity)
         except DatabaseUnavailable:
             return defer.fail()
         self._transfers += 1

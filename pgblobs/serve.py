@@ -31,6 +31,8 @@ class ServeOptions:
     quota_bytes: int = 200 * 1024 * 1024
     data_dir: str = ".pgblobs"
     pool_size: int = DEFAULT_POOL_SIZE
+    max_waiting: int = None
+    statement_timeout: float = 30.0
     limits: Limits = Limits()
     drain_seconds: float = 30.0
 
@@ -68,7 +70,8 @@ async def _connect(reactor, dsn, options):
     while True:
         try:
             return await PostgresBlobsBackend.connect(
-                dsn, quota_bytes=options.quota_bytes, pool_size=options.pool_size)
+                dsn, quota_bytes=options.quota_bytes, pool_size=options.pool_size,
+                max_waiting=options.max_waiting, statement_timeout=options.statement_timeout)
         except psycopg2.OperationalError as error:
             reason = str(error).strip().splitlines()[0]
             _log.warn("database unreachable ({reason}); retrying in {delay:.1f}s",
