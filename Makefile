@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup postgresql test run clean
+.PHONY: setup postgresql test run soak clean
 
 setup: $(STAMP) postgresql
 
@@ -28,6 +28,10 @@ test: setup
 # The embedded default: a PostgreSQL kept in ./.pgblobs, the API on 127.0.0.1:9000.
 run: setup
 	$(VENV)/bin/pgblobs serve
+
+# Two nodes, ~50 clients, a node killed and PostgreSQL restarted; not run by CI.
+soak: setup
+	$(PY) -m tests.soak --minutes 3
 
 clean:
 	rm -rf $(VENV) build *.egg-info
