@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup postgresql test run soak clean
+.PHONY: setup postgresql test run soak bench clean
 
 setup: $(STAMP) postgresql
 
@@ -28,6 +28,13 @@ test: setup
 # The embedded default: a PostgreSQL kept in ./.pgblobs, the API on 127.0.0.1:9000.
 run: setup
 	$(VENV)/bin/pgblobs serve
+
+# pgblobs against the large-object ceiling, plain files and nginx; writes bench/results.md.
+bench: setup
+	$(PIP) install --quiet -e '.[test,bench]'
+	@command -v nginx >/dev/null 2>&1 || ls /usr/sbin/nginx >/dev/null 2>&1 || \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light)
+	PATH="$$PATH:/usr/sbin" $(PY) -m bench.run
 
 # Two nodes, ~50 clients, a node killed and PostgreSQL restarted; not run by CI.
 soak: setup

@@ -50,7 +50,7 @@ class PostgresBlobsBackend:
         """A Deferred firing with a backend connected to ``dsn``.
 
         ``pool_size`` connections serve statements and as many serve content;
-        beyond ``max_waiting`` (default 4 x pool_size) more work waiting for
+        beyond ``max_waiting`` (default 32 x pool_size) more work waiting for
         one fails at once with DatabaseUnavailable, and no statement may run
         longer than ``statement_timeout`` seconds. Fails with SchemaNotReady
         when the schema is missing or not at head.
@@ -82,19 +82,15 @@ class PostgresBlobsBackend:
         if length is not UNKNOWN_LENGTH and room is not None and length > room:
             raise QuotaExceeded("the blob does not fit in the user's quota")
 
-        pipe = largeobjects.UploadPipe(self._reactor)
-        pipe.registerProducer(producer, True)
-        stored = self.database.in_thread(largeobjects.store, pipe, key, self.quota_bytes, room)
-        produced = producer.startProducing(pipe)
-        produced.addCallbacks(pipe.finish, pipe.abort)
+        pipe = largeobjects.UploadPipe(self._reactor, producer)
         try:
-            await stored
+            await self.database.in_thread(largeobjects.store, pipe, key, self.quota_bytes, room)
         except BaseException:
             if pipe.error is not None:
                 # The producer failed first: its reason is the real one.
                 pipe.error.raiseException()
             pipe.abort(Failure(TransferStopped("the blob could not be stored")))
-            producer.stopProducing()
+            pipe.stop_producer()
             raise
 
     @_deferred

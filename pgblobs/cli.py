@@ -244,7 +244,7 @@ def build_parser():
                        help="database connections per pool (default: 8)")
     serve.add_argument("--max-waiting", type=_non_negative,
                        help="transfers that may wait for a busy content pool before 503s "
-                            "(default: 4 x pool; statements may wait 10 times as many)")
+                            "(default: 32 x pool; statements may wait 10 times as many)")
     serve.add_argument("--statement-timeout", type=float, default=30.0,
                        help="seconds any one SQL statement may run (default: 30)")
     serve.add_argument("--max-blob-bytes", type=_non_negative, default=Limits.max_blob_bytes)

@@ -191,7 +191,7 @@ class Database:
         threadpool = ThreadPool(minthreads=0, maxthreads=pool_size, name="pgblobs-content")
         threadpool.start()
         if max_waiting is None:
-            max_waiting = 4 * pool_size
+            max_waiting = 32 * pool_size
         return cls(reactor, pool, threadpool, _SyncConnections(dsn), pool_size, max_waiting)
 
     @staticmethod

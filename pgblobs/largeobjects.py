@@ -59,12 +59,16 @@ class ContentDigest:
 @implementer(IConsumer)
 class UploadPipe:
     """Carries a producer's bytes to a worker thread, pausing the producer
-    while more than ``HIGH_WATER`` bytes wait."""
+    while more than ``HIGH_WATER`` bytes wait.
+
+    The producer is started only once a worker (and so a connection) has
+    taken the upload on: an upload queued for a connection buffers nothing.
+    """
 
     HIGH_WATER = 4 * CHUNK
     LOW_WATER = CHUNK
 
-    def __init__(self, reactor):
+    def __init__(self, reactor, producer):
         self._reactor = reactor
         self._ready = threading.Condition()
         self._chunks = deque()
@@ -72,7 +76,23 @@ class UploadPipe:
         self._ended = False
         self.error = None
         self._paused = False  # touched on the reactor thread only
-        self.producer = None
+        self._started = False
+        self.producer = producer
+        # Hashed here on the reactor thread, which is otherwise idle during
+        # an upload: sha256 then overlaps the worker's database writes.
+        self.digest = ContentDigest()
+
+    def _start(self):
+        if self._ended:
+            return
+        self._started = True
+        produced = self.producer.startProducing(self)
+        produced.addCallbacks(self.finish, self.abort)
+
+    def stop_producer(self):
+        """Stop a producer whose bytes are no longer wanted."""
+        if self._started:
+            self.producer.stopProducing()
 
     # Reactor side.
 
@@ -86,6 +106,7 @@ class UploadPipe:
         with self._ready:
             if self._ended:
                 return
+            self.digest.update(data)
             self._chunks.append(data)
             self._buffered += len(data)
             over = self._buffered >= self.HIGH_WATER
@@ -115,6 +136,10 @@ class UploadPipe:
             self.producer.resumeProducing()
 
     # Worker side.
+
+    def begin(self):
+        """The worker has its connection: let the bytes come."""
+        self._reactor.callFromThread(self._start)
 
     def read(self, limit=CHUNK):
         """Up to ``limit`` bytes, blocking for some; b"" at the end."""
@@ -200,17 +225,19 @@ def store(connection, pipe, key, default_quota, room):
     ``room`` (bytes the user may still store, None for no limit) stops an
     upload early; ``pgblobs.put_blob`` makes the final, race-free check.
     """
-    digest = ContentDigest()
+    pipe.begin()
+    received = 0
 
     def take():
+        nonlocal received
         chunk = pipe.read()
-        digest.update(chunk)
-        if room is not None and digest.size > room:
+        received += len(chunk)
+        if room is not None and received > room:
             raise QuotaExceeded("the blob does not fit in the user's quota")
         return chunk
 
     head, ended = [], False
-    while digest.size <= INLINE_LIMIT:
+    while received <= INLINE_LIMIT:
         chunk = take()
         if not chunk:
             ended = True
@@ -219,6 +246,7 @@ def store(connection, pipe, key, default_quota, room):
     params = dict(key.params(), default_quota=default_quota)
 
     if ended:
+        digest = pipe.digest  # complete: the producer has finished
         with connection.cursor() as cursor:
             content = psycopg2.Binary(b"".join(head))
             queries.execute(cursor, "put_small_blob", dict(
@@ -234,6 +262,7 @@ def store(connection, pipe, key, default_quota, room):
         while chunk := take():
             large_object.write(chunk)
         large_object.close()
+        digest = pipe.digest
         with connection.cursor() as cursor:
             queries.execute(cursor, "put_blob", dict(
                 params, oid=large_object.oid, size=digest.size, tag=digest.tag,

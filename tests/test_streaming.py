@@ -46,8 +46,8 @@ async def test_the_upload_pipe_buffers_a_bounded_amount():
             self.paused += 1
 
     from twisted.internet import reactor
-    pipe, producer = UploadPipe(reactor), Recorder()
-    pipe.registerProducer(producer, True)
+    producer = Recorder()
+    pipe = UploadPipe(reactor, producer)
     for _ in range(UploadPipe.HIGH_WATER // CHUNK):
         pipe.write(b"x" * CHUNK)
     assert producer.paused == 1

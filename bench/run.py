@@ -1,0 +1,266 @@
+"""`make bench`: one run, one machine, figures and the ratios between them.
+
+Absolute times drift on shared machines; ratios taken in the same run do not,
+so every goal is a ratio (or, for metadata, a latency at scale).
+"""
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from twisted.internet import defer, task
+
+from bench import contenders
+from bench.measure import PeakRss, machine, median_seconds, median_seconds_async
+from pgblobs import schema
+from pgblobs.accounts import Accounts
+from pgblobs.cluster import LocalCluster
+from pgblobs.database import connect_sync
+from pgblobs.ops import report
+from tests.processes import ServeProcess
+
+HERE = Path(__file__).resolve().parent
+BIG = 64 * 1024 * 1024
+MATRIX = [("1 x 10 MB", 1, 10_000_000), ("10 x 1 MB", 10, 1_000_000),
+          ("100 x 100 KB", 100, 100_000), ("1000 x 10 KB", 1000, 10_000)]
+METADATA_RUNS = 21
+
+
+class Results:
+    def __init__(self):
+        self.rows = []      # (workload, operation, contender, seconds, bytes)
+        self.goals = []     # (description, measured, target, met, unit)
+        self.rss = []       # (run, MiB)
+
+    def add(self, workload, operation, contender, seconds, size):
+        self.rows.append((workload, operation, contender, seconds, size))
+        print(f"  {workload:<14} {operation:<6} {contender:<36} {seconds * 1000:9.1f} ms "
+              f"{size / seconds / 1e6:9.1f} MB/s", flush=True)
+
+    def seconds(self, workload, operation, contender):
+        return next(s for w, o, c, s, _ in self.rows
+                    if (w, o, c) == (workload, operation, contender))
+
+    def ratio(self, description, workload, operation, contender, reference, target):
+        measured = self.seconds(workload, operation, reference) / self.seconds(
+            workload, operation, contender)
+        self.goals.append((description, measured, target, measured >= target, "x"))
+
+    def latency(self, description, seconds, limit):
+        self.goals.append((description, seconds * 1000, limit * 1000, seconds <= limit, "ms"))
+
+
+async def measure_store(results, workload, items, store):
+    """Median write and read times of ``items`` through ``store``."""
+    size = sum(len(data) for _, data in items)
+    runs = iter(range(100))
+    prefix = "".join(ch for ch in store.name if ch.isalnum())[:12]
+
+    async def write():
+        run = next(runs)
+        await store.write([(f"{prefix}-{name}-r{run}", data) for name, data in items])
+        write.last = run
+    results.add(workload, "write", store.name, await median_seconds_async(write), size)
+    last = [(f"{prefix}-{name}-r{write.last}", data) for name, data in items]
+    results.add(workload, "read", store.name,
+                await median_seconds_async(lambda: store.read(last)), size)
+
+
+async def main(reactor):
+    info = machine()
+    print(f"pgblobs benchmark, {info['date']}, {info['revision']}\n{info['machine']}", flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="pgblobs-bench-"))
+    os.chmod(workdir, 0o755)
+    cluster = LocalCluster(workdir / "pg")
+    cluster.start()  # the server's normal settings: fsync on
+    nodes, stores, nginx = [], [], None
+    results = Results()
+    try:
+        schema.upgrade(cluster.dsn)
+        backend = await contenders.Backend.connect(cluster.dsn)
+        token = await Accounts(backend._backend.database).create_token("bench")
+        serve_args = ("--dsn", cluster.dsn, "--quota-bytes", "unlimited",
+                      "--max-blob-bytes", str(1 << 40))
+        nodes = [ServeProcess(*serve_args), ServeProcess(*serve_args)]
+        auth = {b"Authorization": [b"Token " + __import__("base64").b64encode(
+            f"bench:{token}".encode())]}
+        one_node = contenders.HttpStore("pgblobs HTTP, 1 node", [nodes[0].url + "/blobs/bench"],
+                                        auth)
+        two_nodes = contenders.HttpStore("pgblobs HTTP, 2 nodes",
+                                         [n.url + "/blobs/bench" for n in nodes], auth)
+        files = contenders.Files(workdir / "files")
+        stores = [files, backend, one_node, two_nodes]
+        if contenders.nginx_available():
+            from tests.processes import free_port
+            nginx = contenders.Nginx(free_port())
+            stores.append(contenders.HttpStore("nginx WebDAV", [nginx.url + "/dav"]))
+        else:
+            print("nginx is not installed: its rows are left out")
+
+        big = os.urandom(BIG)
+        print("\n64 MiB blob", flush=True)
+        ceiling = contenders.Ceiling(cluster.dsn)
+        results.add("64 MiB", "write", ceiling.name, median_seconds(lambda: ceiling.write(big)), BIG)
+        results.add("64 MiB", "read", ceiling.name, median_seconds(lambda: ceiling.read(BIG)), BIG)
+        ceiling.close()
+        for store in stores:
+            watch = PeakRss(nodes[0].process.pid, reactor) if store is one_node else None
+            await measure_store(results, "64 MiB", [("big", big)], store)
+            if watch is not None:
+                results.rss.append(("64 MiB over HTTP", watch.stop()))
+
+        for workload, count, size in MATRIX:
+            print(f"\n{workload}, {contenders.IN_FLIGHT} in flight", flush=True)
+            pool = os.urandom(size * count)
+            items = [(f"{workload.split()[0]}x{size}-{i}", pool[i * size:(i + 1) * size])
+                     for i in range(count)]
+            for store in stores:
+                watch = PeakRss(nodes[0].process.pid, reactor) if store is one_node else None
+                await measure_store(results, workload, items, store)
+                if watch is not None:
+                    results.rss.append((f"{workload} over HTTP", watch.stop()))
+
+        print("\nmetadata: one user with 100,000 blobs among 1,000,000 rows", flush=True)
+        await metadata(results, backend._backend, cluster.dsn)
+        await backend.close()
+        for store in stores[2:]:
+            await store.close()
+    finally:
+        for node in nodes:
+            node.stop()
+        if nginx is not None:
+            nginx.stop()
+        cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    judge(results)
+    write_results(results, info)
+
+
+SEED = """
+    INSERT INTO pgblobs.blobs (user_id, namespace, blob_id, lo_oid, size, tag, sha256,
+                               created_at, deleted_at)
+    SELECT CASE WHEN i <= 110000 THEN 'heavy' ELSE 'user-' || (i %% 9999) END,
+           'default', 'm' || i,
+           CASE WHEN i BETWEEN 100001 AND 110000 THEN NULL ELSE i END,
+           1000 + i %% 5000, 'tag', '\\x00', now() - make_interval(secs => i),
+           CASE WHEN i BETWEEN 100001 AND 110000 THEN now() END
+    FROM generate_series(1, 1000000) AS i;
+    INSERT INTO pgblobs.blob_flags (blob_row, user_id, namespace, flag)
+    SELECT id, user_id, namespace, 'PENDING' FROM pgblobs.blobs
+    WHERE user_id = 'heavy' AND deleted_at IS NULL AND blob_id ~ '^m[0-9]*00$';
+"""
+
+
+async def metadata(results, backend, dsn):
+    import psycopg2
+    connection = psycopg2.connect(dsn)
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        started = time.perf_counter()
+        cursor.execute(SEED, {})
+        cursor.execute("VACUUM ANALYZE pgblobs.blobs")
+        cursor.execute("VACUUM ANALYZE pgblobs.blob_flags")
+        print(f"  seeded in {time.perf_counter() - started:.1f} s", flush=True)
+    connection.close()
+
+    async def p50(call, expected):
+        times = []
+        for _ in range(METADATA_RUNS):
+            started = time.perf_counter()
+            answer = await call()
+            times.append(time.perf_counter() - started)
+        assert expected(answer), answer
+        return statistics.median(times)
+
+    figures = [
+        ("count", lambda: backend.count("heavy"), lambda a: a == 100_000, 0.005),
+        ("get_total_storage", lambda: backend.get_total_storage("heavy"), lambda a: a > 0, 0.005),
+        ("list_blobs (100,000 ids)", lambda: backend.list_blobs("heavy"),
+         lambda a: len(a) == 100_000, 0.150),
+        ("list_blobs filter_flag (1,000)", lambda: backend.list_blobs(
+            "heavy", filter_flag="PENDING"), lambda a: len(a) == 1000, 0.020),
+        ("list_blobs deleted=True (10,000)", lambda: backend.list_blobs("heavy", deleted=True),
+         lambda a: len(a) == 10_000, None),
+    ]
+    for name, call, expected, limit in figures:
+        seconds = await p50(call, expected)
+        print(f"  {name:<36} p50 {seconds * 1000:8.2f} ms", flush=True)
+        results.rows.append(("metadata", "query", name, seconds, 0))
+        if limit is not None:
+            results.latency(f"metadata: {name} p50", seconds, limit)
+
+    connection = connect_sync(dsn)
+    seconds = median_seconds(lambda: report.usage(connection, None, top=20))
+    connection.close()
+    print(f"  {'report usage --top 20 (10,000 users)':<36} {seconds * 1000:8.1f} ms", flush=True)
+    results.rows.append(("metadata", "query", "report usage --top 20", seconds, 0))
+    results.latency("report usage --top 20 over 1,000,000 rows", seconds, 1.0)
+
+
+def judge(results):
+    names = {"ceiling": "ceiling (sync lobject)", "files": "files (FileBodyProducer / static)",
+             "api": "pgblobs backend API", "http": "pgblobs HTTP, 1 node",
+             "http2": "pgblobs HTTP, 2 nodes", "nginx": "nginx WebDAV"}
+    for operation in ("write", "read"):
+        results.ratio(f"64 MiB {operation}: backend / ceiling", "64 MiB", operation,
+                      names["api"], names["ceiling"], 0.9)
+        results.ratio(f"64 MiB {operation}: HTTP / ceiling", "64 MiB", operation,
+                      names["http"], names["ceiling"], 0.75)
+        results.ratio(f"1000 x 10 KB {operation}: backend / files", "1000 x 10 KB", operation,
+                      names["api"], names["files"], 0.5)
+        if any(c == names["nginx"] for _, _, c, _, _ in results.rows):
+            for node in ("http", "http2"):
+                results.ratio(f"1000 x 10 KB {operation}: {names[node]} / nginx", "1000 x 10 KB",
+                              operation, names[node], names["nginx"], 0.5)
+    for run, growth in results.rss:
+        results.goals.append((f"server RSS growth, {run}", growth, 100, growth <= 100, "MiB"))
+
+
+def write_results(results, info):
+    lines = ["# pgblobs benchmark results", "",
+             f"- date: {info['date']}", f"- git revision: {info['revision']}",
+             f"- machine: {info['machine']}", f"- Python {info['python']}, {info['postgres']}",
+             f"- {contenders.IN_FLIGHT} operations in flight; each figure is the median of "
+             f"several runs; PostgreSQL with its normal settings (fsync on).",
+             "", "Produced by `make bench` (bench/run.py); the chart is `results.png`.",
+             "", "## Goals", "", "| goal | measured | target | met |", "|---|---:|---:|---|"]
+    for description, measured, target, met, unit in results.goals:
+        sign = ">=" if unit == "x" else "<="
+        lines.append(f"| {description} | {measured:.2f} {unit} | {sign} {target:g} {unit} | "
+                     f"{'yes' if met else '**no**'} |")
+    lines += ["", "## Figures", "", "| workload | operation | contender | median | MB/s |",
+              "|---|---|---|---:|---:|"]
+    for workload, operation, contender, seconds, size in results.rows:
+        speed = f"{size / seconds / 1e6:.1f}" if size else ""
+        lines.append(f"| {workload} | {operation} | {contender} | {seconds * 1000:.1f} ms | "
+                     f"{speed} |")
+    findings = HERE / "findings.md"
+    if findings.exists():
+        lines += ["", findings.read_text().rstrip()]
+    (HERE / "results.md").write_text("\n".join(lines) + "\n")
+    chart(results)
+    print("\n" + "\n".join(lines[lines.index("## Goals"):lines.index("## Figures")]))
+    print(f"written: {HERE / 'results.md'}, {HERE / 'results.png'}")
+
+
+def chart(results):
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+    ratios = [(d, m / t) for d, m, t, _, unit in results.goals if unit == "x"]
+    figure, axes = pyplot.subplots(figsize=(10, 0.45 * len(ratios) + 1.5))
+    labels = [d for d, _ in ratios]
+    values = [v for _, v in ratios]
+    axes.barh(labels, values, color=["tab:green" if v >= 1 else "tab:red" for v in values])
+    axes.axvline(1.0, color="black", linewidth=1)
+    axes.set_xlabel("measured ratio / goal ratio (1.0 = goal just met)")
+    axes.invert_yaxis()
+    axes.set_title("pgblobs against its goals")
+    figure.tight_layout()
+    figure.savefig(HERE / "results.png", dpi=100)
+
+
+if __name__ == "__main__":
+    task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
