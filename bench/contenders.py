@@ -57,37 +57,37 @@ class _Counting:
 
 class Ceiling:
     """psycopg2's synchronous lobject, 1 MiB chunks, one connection: the
-    fastest way Python moves bytes in and out of large objects."""
+    fastest way Python moves bytes in and out of large objects. It blocks
+    the reactor while it runs, which is fine for a lone transfer."""
 
     name = "ceiling (sync lobject)"
 
     def __init__(self, dsn):
         self._connection = psycopg2.connect(dsn)
-        self._oid = None
+        self._oids = {}
 
-    def write(self, data):
-        large_object = self._connection.lobject(0, "wb")
-        for offset in range(0, len(data), CHUNK):
-            large_object.write(data[offset:offset + CHUNK])
-        large_object.close()
+    async def write(self, items):
+        for name, data in items:
+            large_object = self._connection.lobject(0, "wb")
+            for offset in range(0, len(data), CHUNK):
+                large_object.write(data[offset:offset + CHUNK])
+            large_object.close()
+            self._connection.commit()
+            self._oids[name] = large_object.oid
+
+    async def read(self, items):
+        for name, data in items:
+            large_object = self._connection.lobject(self._oids[name], "rb")
+            received = 0
+            while chunk := large_object.read(CHUNK):
+                received += len(chunk)
+            self._connection.rollback()
+            assert received == len(data)
+
+    async def close(self):
+        for oid in self._oids.values():
+            self._connection.lobject(oid).unlink()
         self._connection.commit()
-        if self._oid is not None:
-            self._connection.lobject(self._oid).unlink()
-            self._connection.commit()
-        self._oid = large_object.oid
-
-    def read(self, size):
-        large_object = self._connection.lobject(self._oid, "rb")
-        received = 0
-        while chunk := large_object.read(CHUNK):
-            received += len(chunk)
-        self._connection.rollback()
-        assert received == size
-
-    def close(self):
-        if self._oid is not None:
-            self._connection.lobject(self._oid).unlink()
-            self._connection.commit()
         self._connection.close()
 
 
@@ -130,14 +130,13 @@ class _FileSink:
 class Backend:
     """pgblobs' own API, in this process."""
 
-    name = "pgblobs backend API"
-
-    def __init__(self, backend):
+    def __init__(self, backend, name):
         self._backend = backend
+        self.name = name
 
     @classmethod
-    async def connect(cls, dsn):
-        return cls(await PostgresBlobsBackend.connect(dsn, quota_bytes=None))
+    async def connect(cls, dsn, name="pgblobs backend API"):
+        return cls(await PostgresBlobsBackend.connect(dsn, quota_bytes=None), name)
 
     async def write(self, items):
         await bounded([lambda n=n, d=d: self._backend.write_blob(

@@ -19,15 +19,6 @@ def median_seconds(run, runs=RUNS):
     return statistics.median(times)
 
 
-async def median_seconds_async(run, runs=RUNS):
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        await run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 def rss_kib(pid):
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

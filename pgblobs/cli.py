@@ -160,12 +160,15 @@ def _fsck(connection, args):
         print(f"blob {user}/{namespace}/{blob_id}: its large object is missing")
     for user, namespace, blob_id, problem in findings.mismatches:
         print(f"blob {user}/{namespace}/{blob_id}: {problem}")
+    for user, namespace in findings.drifted_usage:
+        print(f"usage counters of {user}/{namespace} differ from its blobs")
     if findings.clean:
         print("clean")
         return
     if findings.repaired:
         print(f"repaired: unlinked {len(findings.orphans)} orphan(s), made "
-              f"{len(findings.broken_rows)} broken blob(s) tombstones")
+              f"{len(findings.broken_rows)} broken blob(s) tombstones, recounted "
+              f"{len(findings.drifted_usage)} usage counter(s)")
     raise SystemExit(1)
 
 

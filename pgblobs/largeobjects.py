@@ -10,8 +10,9 @@ database.py). The reactor side of each direction is a small adapter:
   hands it chunks; it forwards them on the reactor thread, at most a couple
   in flight, and blocks the worker while the consumer is paused.
 
-Small blobs skip the large-object calls: they are written with one
-statement (``put_small_blob``) and read with one (``open_blob``).
+Small blobs skip the large-object calls and the threads: the backend writes
+one with one asynchronous statement (``put_small_blob``) and reads one with
+another (``open_blob``), on the reactor.
 """
 import base64
 import hashlib
@@ -169,10 +170,9 @@ class DownloadPush:
 
     IN_FLIGHT = 2
 
-    def __init__(self, reactor, consumer, on_open=None):
+    def __init__(self, reactor, consumer):
         self._reactor = reactor
         self._consumer = consumer
-        self._on_open = on_open
         self._resumed = threading.Event()
         self._resumed.set()
         self._slots = threading.Semaphore(self.IN_FLIGHT)
@@ -202,11 +202,6 @@ class DownloadPush:
     def _check_stopped(self):
         if self.stopped:
             raise TransferStopped("the consumer stopped the download")
-
-    def opened(self, size, tag):
-        """Announce the blob's size and tag before its first byte."""
-        if self._on_open is not None:
-            self._reactor.callFromThread(self._on_open, size, tag)
 
     def deliver(self, chunk):
         while not self._slots.acquire(timeout=_WAIT):
@@ -276,30 +271,20 @@ def store(connection, pipe, key, default_quota, room):
 
 
 def load(connection, push, key, start, end):
-    """Worker: deliver bytes ``start:end`` of the blob ``key`` through ``push``."""
-    params = dict(key.params(), start=start, end=end, inline_limit=INLINE_LIMIT)
-    with connection.cursor() as cursor:
-        row = queries.execute(cursor, "open_blob", params).fetchone()
-    if row is None:
-        raise BlobNotFound("no such blob")
-    size, tag, oid, content = row
-    if content is not None:
-        push.opened(size, tag)
-        for offset in range(0, len(content), CHUNK):
-            push.deliver(bytes(content[offset:offset + CHUNK]))
-        return
+    """Worker: deliver bytes ``start:end`` of the large blob ``key`` through ``push``.
 
-    # A large blob is read inside one REPEATABLE READ transaction: its row
-    # and every page of its content come from the same snapshot, so a delete
-    # committed meanwhile cannot cut the read short.
+    The read runs inside one REPEATABLE READ transaction: the row and every
+    page of its content come from the same snapshot, so a delete committed
+    meanwhile cannot cut it short.
+    """
+    params = dict(key.params(), start=start, end=end, inline_limit=-1)
     connection.set_session(isolation_level="REPEATABLE READ", readonly=True, autocommit=False)
     try:
         with connection.cursor() as cursor:
-            row = queries.execute(cursor, "open_blob", dict(params, inline_limit=-1)).fetchone()
+            row = queries.execute(cursor, "open_blob", params).fetchone()
         if row is None:
             raise BlobNotFound("no such blob")
-        size, tag, oid, _ = row
-        push.opened(size, tag)
+        size, _, oid, _ = row
         large_object = connection.lobject(oid, "rb")
         position, stop = min(start, size), min(size if end is None else end, size)
         large_object.seek(position)
@@ -310,3 +295,23 @@ def load(connection, push, key, start, end):
     finally:
         connection.rollback()
         connection.set_session(isolation_level="DEFAULT", readonly="DEFAULT", autocommit=True)
+
+
+class _Gathered:
+    """A consumer keeping a small body in memory."""
+
+    def __init__(self):
+        self.parts = []
+
+    def write(self, data):
+        self.parts.append(data)
+
+
+async def gather_small(producer):
+    """The whole body of a producer already known to be small, and its digest."""
+    gathered = _Gathered()
+    await producer.startProducing(gathered)
+    content = b"".join(gathered.parts)
+    digest = ContentDigest()
+    digest.update(content)
+    return content, digest

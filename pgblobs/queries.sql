@@ -18,8 +18,7 @@ SELECT EXISTS (
              AND blob_id = %(blob_id)s AND deleted_at IS NULL
        ) AS taken,
        pgblobs.effective_quota(%(user)s, %(default_quota)s) - (
-           SELECT coalesce(sum(size), 0) FROM pgblobs.blobs
-           WHERE user_id = %(user)s AND deleted_at IS NULL
+           SELECT coalesce(sum(live_bytes), 0) FROM pgblobs.usage WHERE user_id = %(user)s
        ) AS room;
 
 -- name: put_small_blob
@@ -86,9 +85,9 @@ WITH target AS (
 SELECT id FROM target;
 
 -- name: count_live
--- Live blobs of a user in a namespace.
-SELECT count(*) FROM pgblobs.blobs
-WHERE user_id = %(user)s AND namespace = %(namespace)s AND deleted_at IS NULL;
+-- Live blobs of a user in a namespace (the counters that migrations/0004's trigger keeps).
+SELECT coalesce((SELECT live_blobs FROM pgblobs.usage
+                 WHERE user_id = %(user)s AND namespace = %(namespace)s), 0);
 
 -- name: list_live
 -- Ids of a user's live blobs in a namespace, oldest first.
@@ -113,8 +112,8 @@ ORDER BY b.created_at, b.id;
 
 -- name: total_storage_kib
 -- A user's live bytes across namespaces, in KiB rounded up.
-SELECT (coalesce(sum(size), 0)::bigint + 1023) / 1024 FROM pgblobs.blobs
-WHERE user_id = %(user)s AND deleted_at IS NULL;
+SELECT (coalesce(sum(live_bytes), 0)::bigint + 1023) / 1024 FROM pgblobs.usage
+WHERE user_id = %(user)s;
 
 -- name: ping
 -- Is the database answering?
@@ -145,8 +144,8 @@ DELETE FROM pgblobs.quotas WHERE user_id = %(user)s;
 -- name: show_quota
 -- A user's override (has_override false: the server default applies) and live bytes.
 SELECT q.user_id IS NOT NULL AS has_override, q.quota_bytes,
-       (SELECT coalesce(sum(size), 0) FROM pgblobs.blobs
-        WHERE user_id = %(user)s AND deleted_at IS NULL) AS used_bytes
+       (SELECT coalesce(sum(live_bytes), 0) FROM pgblobs.usage
+        WHERE user_id = %(user)s) AS used_bytes
 FROM (SELECT 1) AS one
 LEFT JOIN pgblobs.quotas AS q ON q.user_id = %(user)s;
 
@@ -233,3 +232,24 @@ SELECT %(row)s, %(user)s, %(namespace)s, unnest(%(flags)s::text[]);
 -- A tombstone from another store, dated as it was.
 INSERT INTO pgblobs.blobs (user_id, namespace, blob_id, size, created_at, deleted_at)
 VALUES (%(user)s, %(namespace)s, %(blob_id)s, 0, %(created_at)s, %(deleted_at)s);
+
+-- name: usage_drift
+-- (user, namespace) whose counters in pgblobs.usage differ from their live blobs.
+WITH actual AS (
+    SELECT user_id, namespace, count(*) AS live_blobs, sum(size)::bigint AS live_bytes
+    FROM pgblobs.blobs WHERE deleted_at IS NULL GROUP BY user_id, namespace
+)
+SELECT coalesce(a.user_id, u.user_id), coalesce(a.namespace, u.namespace)
+FROM actual AS a
+FULL JOIN pgblobs.usage AS u ON u.user_id = a.user_id AND u.namespace = a.namespace
+WHERE coalesce(a.live_blobs, 0) <> coalesce(u.live_blobs, 0)
+   OR coalesce(a.live_bytes, 0) <> coalesce(u.live_bytes, 0)
+ORDER BY 1, 2;
+
+-- name: recount_usage
+-- Set one (user, namespace)'s counters from its live blobs.
+INSERT INTO pgblobs.usage (user_id, namespace, live_blobs, live_bytes)
+SELECT %(user)s, %(namespace)s, count(*), coalesce(sum(size), 0) FROM pgblobs.blobs
+WHERE user_id = %(user)s AND namespace = %(namespace)s AND deleted_at IS NULL
+ON CONFLICT (user_id, namespace) DO UPDATE
+SET live_blobs = EXCLUDED.live_blobs, live_bytes = EXCLUDED.live_bytes;

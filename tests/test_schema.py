@@ -30,7 +30,7 @@ def tables(dsn):
 
 def test_upgrade_and_downgrade_from_the_repository_root(scratch_dsn):
     alembic("-x", f"dsn={scratch_dsn}", "upgrade", "head")
-    assert {"blobs", "blob_flags", "quotas", "alembic_version"} <= tables(scratch_dsn)
+    assert {"blobs", "blob_flags", "quotas", "usage", "alembic_version"} <= tables(scratch_dsn)
     assert sql(scratch_dsn, "SELECT version_num FROM pgblobs.alembic_version") == [
         (schema.head_revision(),)]
     alembic("downgrade", "base", env={"PGBLOBS_DSN": scratch_dsn})
@@ -109,6 +109,7 @@ def test_per_user_queries_are_index_scans_on_a_large_table(scratch_dsn):
     sql(scratch_dsn, SEED, {"rows": 300_000})
     sql(scratch_dsn, "VACUUM ANALYZE pgblobs.blobs")
     sql(scratch_dsn, "VACUUM ANALYZE pgblobs.blob_flags")
+    sql(scratch_dsn, "VACUUM ANALYZE pgblobs.usage")
     params = {"user": "user-42", "namespace": "default", "blob_id": "blob-1042",
               "flag": "PENDING", "flags": ["PENDING"], "default_quota": 1000,
               "start": 0, "end": None, "inline_limit": 0}

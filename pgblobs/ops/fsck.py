@@ -21,11 +21,12 @@ class Findings:
     orphans: list = field(default_factory=list)       # large object oids
     broken_rows: list = field(default_factory=list)   # (user, namespace, blob id)
     mismatches: list = field(default_factory=list)    # (user, namespace, blob id, what)
+    drifted_usage: list = field(default_factory=list)  # (user, namespace)
     repaired: bool = False
 
     @property
     def clean(self):
-        return not (self.orphans or self.broken_rows or self.mismatches)
+        return not (self.orphans or self.broken_rows or self.mismatches or self.drifted_usage)
 
 
 def fsck(connection, repair=False, verify_content=False):
@@ -44,6 +45,16 @@ def fsck(connection, repair=False, verify_content=False):
                 queries.execute(cursor, "unlink_large_object", {"oid": oid})
             for row_id, *_ in broken:
                 queries.execute(cursor, "bury_row", {"id": row_id})
+        connection.commit()
+        findings.repaired = True
+    # Counted after any repair, which itself moves the counters.
+    with connection.cursor() as cursor:
+        findings.drifted_usage = queries.execute(cursor, "usage_drift", {}).fetchall()
+    connection.rollback()
+    if repair and findings.drifted_usage:
+        with connection.cursor() as cursor:
+            for user, namespace in findings.drifted_usage:
+                queries.execute(cursor, "recount_usage", {"user": user, "namespace": namespace})
         connection.commit()
         findings.repaired = True
     return findings

@@ -62,3 +62,14 @@ async def test_fsck_verify_content_reports_changed_bytes(backend, dsn):
     verified = pgblobs("fsck", "--verify-content", "--dsn", dsn)
     assert verified.returncode == 1
     assert "alice/default/tampered: sha256 differs" in verified.stdout
+
+
+@deferred_test
+async def test_fsck_recounts_usage_counters_that_drifted(backend, dsn):
+    await write(backend, "alice", "a", content(1000))
+    sql(dsn, "UPDATE pgblobs.usage SET live_bytes = 5 WHERE user_id = 'alice'")
+    found = pgblobs("fsck", "--dsn", dsn)
+    assert found.returncode == 1 and "usage counters of alice/default" in found.stdout
+    assert pgblobs("fsck", "--repair", "--dsn", dsn).returncode == 1
+    assert pgblobs("fsck", "--dsn", dsn).returncode == 0
+    assert await backend.get_total_storage("alice") == 1
