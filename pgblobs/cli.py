@@ -230,6 +230,15 @@ def _non_negative(text):
     return value
 
 
+def _user_command(commands, name, help_text, run):
+    """A subcommand taking a USER and the database options."""
+    command = commands.add_parser(name, help=help_text)
+    command.add_argument("user")
+    _database_options(command)
+    command.set_defaults(run=run)
+    return command
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="pgblobs", description="pgblobs: blobs of end-to-end-encrypted sync clients, in PostgreSQL")
@@ -269,26 +278,15 @@ def build_parser():
 
     token = commands.add_parser("token", help="access tokens").add_subparsers(
         dest="token_command", required=True, metavar="COMMAND")
-    create = token.add_parser("create", help="print a new token for USER (only the token)")
-    create.add_argument("user")
-    _database_options(create)
-    create.set_defaults(run=_token_create)
-    revoke = token.add_parser("revoke", help="revoke every token of USER")
-    revoke.add_argument("user")
-    _database_options(revoke)
-    revoke.set_defaults(run=_token_revoke)
+    _user_command(token, "create", "print a new token for USER (only the token)", _token_create)
+    _user_command(token, "revoke", "revoke every token of USER", _token_revoke)
 
     quota = commands.add_parser("quota", help="per-user quotas").add_subparsers(
         dest="quota_command", required=True, metavar="COMMAND")
-    set_quota = quota.add_parser("set", help="set USER's quota: BYTES, 'unlimited' or 'default'")
-    set_quota.add_argument("user")
+    set_quota = _user_command(quota, "set", "set USER's quota: BYTES, 'unlimited' or 'default'",
+                              _quota_set)
     set_quota.add_argument("bytes", type=_quota_value)
-    _database_options(set_quota)
-    set_quota.set_defaults(run=_quota_set)
-    show = quota.add_parser("show", help="USER's quota and usage")
-    show.add_argument("user")
-    _database_options(show)
-    show.set_defaults(run=_quota_show)
+    _user_command(quota, "show", "USER's quota and usage", _quota_show)
 
     report = commands.add_parser("report", help="usage reports").add_subparsers(
         dest="report", required=True, metavar="REPORT")

@@ -203,8 +203,18 @@ class Database:
         self._admit(self._statements, self._statement_capacity)
         self._statements += 1
         try:
+            # A connection known to be dead refuses at once, before sending
+            # anything, so trying another one is safe even for a write.
+            for _ in range(self._pool.min):
+                try:
+                    return await run(queries.SQL[name], params)
+                except reconnection.ConnectionDead:
+                    continue
             return await run(queries.SQL[name], params)
-        except (psycopg2.Error, reconnection.ConnectionDead) as error:
+        except (psycopg2.Error, reconnection.ConnectionDead, txpostgres.RollbackFailed,
+                internet_error.ConnectionLost, internet_error.ConnectionDone) as error:
+            if connection_lost(error):
+                self._probe_idle_connections()
             raise translate(error) from error
         except defer.CancelledError as error:
             # txpostgres turns "canceling statement" into CancelledError, and
@@ -212,6 +222,13 @@ class Database:
             raise DatabaseUnavailable("a statement took too long; try again shortly") from error
         finally:
             self._statements -= 1
+
+    def _probe_idle_connections(self):
+        """One connection died: the server probably went away for all of them.
+        Touch the idle ones now, so they reconnect in the background instead
+        of failing the next requests one by one."""
+        for connection in list(self._pool.connections):
+            connection.runQuery(queries.SQL["ping"]).addErrback(lambda _: None)
 
     def fetch(self, name, params):
         """Rows of a named statement, run on the txpostgres pool."""

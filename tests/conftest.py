@@ -6,6 +6,10 @@ test is skipped for want of a database).
 """
 import base64
 import itertools
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -65,6 +69,16 @@ def dsn(migrated_dsn):
              "pgblobs.usage RESTART IDENTITY")
     yield migrated_dsn
     assert sql(migrated_dsn, ORPHANS)[0][0] == 0, "a large object outlived its blob"
+
+
+@pytest.fixture
+def open_tmp():
+    """A directory the postgres account can reach (pytest's own tmp is 0700),
+    for clusters of a test's own."""
+    path = tempfile.mkdtemp(prefix="pgblobs-")
+    os.chmod(path, 0o755)
+    yield Path(path)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -110,7 +110,8 @@ class ScriptedProducer:
         self._stopped = True
 
 
-def _exchange(port, payload, timeout):
+def exchange(port, payload, timeout=5.0):
+    """Blocking: send raw bytes to a local port; everything answered until it closes."""
     import socket
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
         try:
@@ -129,8 +130,17 @@ def _exchange(port, payload, timeout):
 async def raw_http(server, payload, timeout=10):
     """Send raw bytes to the server; everything it answers until it closes."""
     from twisted.internet import threads
-    return await threads.deferToThread(_exchange, server.port.getHost().port, payload, timeout)
+    return await threads.deferToThread(exchange, server.port.getHost().port, payload, timeout)
 
 
 def auth_header(server, user="alice"):
     return b"Authorization: " + server.auth(user)[b"Authorization"][0]
+
+
+def pgblobs_cli(*args, env=None):
+    """Run the `pgblobs` command as an operator would; the CompletedProcess."""
+    import os
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "pgblobs.cli", *args], capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, **(env or {})))

@@ -2,20 +2,18 @@
 import base64
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
-from pathlib import Path
 from urllib.error import HTTPError
 
 import pytest
 
 from tests.conftest import sql
+from tests.helpers import pgblobs_cli
 from tests.processes import ServeProcess, no_stray_postgres
 
 
@@ -30,18 +28,6 @@ def call(method, url, user, token, data=None, headers=None):
         return error.code, error.read()
 
 
-def pgblobs(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "pgblobs.cli", *args], capture_output=True,
-                          text=True, timeout=120, env=dict(os.environ, **(env or {})))
-
-
-@pytest.fixture
-def open_tmp():
-    """A directory the postgres account can reach (pytest's own tmp is 0700)."""
-    path = tempfile.mkdtemp(prefix="pgblobs-")
-    os.chmod(path, 0o755)
-    yield Path(path)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_embedded_default_starts_from_nothing_and_keeps_its_data(open_tmp):
@@ -60,7 +46,7 @@ def test_embedded_default_starts_from_nothing_and_keeps_its_data(open_tmp):
     try:
         assert again.dev_token() == token
         assert call("GET", f"{again.url}/blobs/dev/first", "dev", token) == (200, b"hello")
-        created = pgblobs("token", "create", "erin", "--data-dir", str(data_dir))
+        created = pgblobs_cli("token", "create", "erin", "--data-dir", str(data_dir))
         assert created.returncode == 0, created.stderr
         erin = created.stdout.strip()
         assert len(erin.split()) == 1 and len(erin) >= 40
@@ -90,7 +76,7 @@ def test_serve_refuses_a_database_not_at_head(scratch_dsn):
 
 
 def test_sigterm_lets_a_request_in_flight_finish(dsn):
-    token = pgblobs("token", "create", "alice", "--dsn", dsn).stdout.strip()
+    token = pgblobs_cli("token", "create", "alice", "--dsn", dsn).stdout.strip()
     server = ServeProcess("--dsn", dsn)
     try:
         auth = base64.b64encode(f"alice:{token}".encode())
@@ -110,24 +96,24 @@ def test_sigterm_lets_a_request_in_flight_finish(dsn):
 
 
 def test_token_and_quota_commands(dsn):
-    created = pgblobs("token", "create", "carol", "--dsn", dsn)
+    created = pgblobs_cli("token", "create", "carol", "--dsn", dsn)
     assert created.returncode == 0
     assert sql(dsn, "SELECT count(*) FROM pgblobs.tokens WHERE user_id = 'carol'") == [(1,)]
     stored = sql(dsn, "SELECT token_sha256 FROM pgblobs.tokens")[0][0]
     assert created.stdout.strip().encode() not in bytes(stored)
-    assert pgblobs("quota", "set", "carol", "1000", env={"PGBLOBS_DSN": dsn}).returncode == 0
-    shown = pgblobs("quota", "show", "carol", "--dsn", dsn)
+    assert pgblobs_cli("quota", "set", "carol", "1000", env={"PGBLOBS_DSN": dsn}).returncode == 0
+    shown = pgblobs_cli("quota", "show", "carol", "--dsn", dsn)
     assert "1000 bytes" in shown.stdout
-    assert pgblobs("quota", "set", "carol", "unlimited", "--dsn", dsn).returncode == 0
-    assert "unlimited" in pgblobs("quota", "show", "carol", "--dsn", dsn).stdout
-    assert pgblobs("quota", "set", "carol", "default", "--dsn", dsn).returncode == 0
-    assert "server default" in pgblobs("quota", "show", "carol", "--dsn", dsn).stdout
-    revoked = pgblobs("token", "revoke", "carol", "--dsn", dsn)
+    assert pgblobs_cli("quota", "set", "carol", "unlimited", "--dsn", dsn).returncode == 0
+    assert "unlimited" in pgblobs_cli("quota", "show", "carol", "--dsn", dsn).stdout
+    assert pgblobs_cli("quota", "set", "carol", "default", "--dsn", dsn).returncode == 0
+    assert "server default" in pgblobs_cli("quota", "show", "carol", "--dsn", dsn).stdout
+    revoked = pgblobs_cli("token", "revoke", "carol", "--dsn", dsn)
     assert revoked.returncode == 0 and "1" in revoked.stdout
     assert sql(dsn, "SELECT count(*) FROM pgblobs.tokens") == [(0,)]
     for bad in (["token", "create", "a/b", "--dsn", dsn], ["quota", "set", "carol", "-5", "--dsn", dsn],
                 ["quota", "set", "carol", "lots", "--dsn", dsn]):
-        failed = pgblobs(*bad)
+        failed = pgblobs_cli(*bad)
         assert failed.returncode != 0 and "Traceback" not in failed.stderr, bad
 
 
@@ -143,7 +129,7 @@ def test_a_json_log_line_per_event(dsn):
 
 @pytest.mark.slow
 def test_memory_stays_bounded_during_a_1gib_put_and_a_1gib_get(dsn, tmp_path):
-    token = pgblobs("token", "create", "alice", "--dsn", dsn).stdout.strip()
+    token = pgblobs_cli("token", "create", "alice", "--dsn", dsn).stdout.strip()
     server = ServeProcess("--dsn", dsn, "--quota-bytes", "unlimited")
     auth = "Authorization: Token " + base64.b64encode(f"alice:{token}".encode()).decode()
     gib = 1024 ** 3

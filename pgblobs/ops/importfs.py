@@ -9,6 +9,7 @@ imports nothing and an interrupted run resumes where it stopped.
 import datetime
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,8 +95,11 @@ def import_tree(connection, root, only_user=None, dry_run=False):
     report = ImportReport()
     entries = list(scan(root, report, only_user))
     total = sum(e.path.stat().st_size for e in entries if not e.tombstone)
+    started = time.monotonic()
     with progress(total, "B", "importing", unit_scale=True) as bar:
-        for entry in entries:
+        for done, entry in enumerate(entries, 1):
+            bar.set_postfix_str(f"{done / max(time.monotonic() - started, 1e-6):.0f} blobs/s",
+                                refresh=False)
             try:
                 _import_one(connection, entry, report, dry_run, bar)
             except _AlreadyThere:

@@ -6,7 +6,6 @@
     /blobs/{user}/... web/blobs.py
     /stream/{user}    web/stream.py
 """
-import json
 from dataclasses import dataclass
 
 from twisted.web import server

@@ -19,7 +19,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from pgblobs.errors import TransferStopped
-from pgblobs.web.status import BodyTooLarge, MalformedBody
+from pgblobs.web.status import BodyTooLarge
 
 
 LINGER_SECONDS = 2.0

@@ -2,22 +2,17 @@
 import json
 import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest_twisted
 
 from pgblobs import Flags
 from tests.conftest import sql
-from tests.helpers import read
+from tests.helpers import pgblobs_cli, read
 
 deferred_test = pytest_twisted.ensureDeferred
 
 
-def pgblobs(*args):
-    return subprocess.run([sys.executable, "-m", "pgblobs.cli", *args], capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ))
 
 
 def blob_path(root, user, namespace, blob_id):
@@ -64,11 +59,11 @@ async def test_import_reproduces_the_tree_and_a_second_run_imports_nothing(backe
     misplaced.mkdir(parents=True)
     (misplaced / "abcdef123").write_bytes(b"x")
 
-    dry = pgblobs("import-fs", str(tmp_path), "--dry-run", "--dsn", dsn)
+    dry = pgblobs_cli("import-fs", str(tmp_path), "--dry-run", "--dsn", dsn)
     assert "would import" in dry.stdout
     assert sql(dsn, "SELECT count(*) FROM pgblobs.blobs") == [(0,)]
 
-    first = pgblobs("import-fs", str(tmp_path), "--dsn", dsn)
+    first = pgblobs_cli("import-fs", str(tmp_path), "--dsn", dsn)
     live = [k for k, r in expected.items() if not r["deleted"]]
     dead = [k for k, r in expected.items() if r["deleted"]]
     assert f"imported {len(live)} blob(s)" in first.stdout
@@ -90,7 +85,7 @@ async def test_import_reproduces_the_tree_and_a_second_run_imports_nothing(backe
                     assert await read(backend, user, blob_id, namespace) == record["data"]
                     assert await backend.get_flags(user, blob_id, namespace) == record["flags"]
 
-    second = pgblobs("import-fs", str(tmp_path), "--dsn", dsn)
+    second = pgblobs_cli("import-fs", str(tmp_path), "--dsn", dsn)
     assert "imported 0 blob(s)" in second.stdout and "0 tombstone(s)" in second.stdout
     assert f"skipped {len(expected)}" in second.stdout
 
@@ -98,6 +93,6 @@ async def test_import_reproduces_the_tree_and_a_second_run_imports_nothing(backe
 @deferred_test
 async def test_import_one_user_only(backend, dsn, tmp_path):
     make_store(tmp_path)
-    done = pgblobs("import-fs", str(tmp_path), "--user", "bob", "--dsn", dsn)
+    done = pgblobs_cli("import-fs", str(tmp_path), "--user", "bob", "--dsn", dsn)
     assert done.returncode == 0, done.stderr
     assert {u for (u,) in sql(dsn, "SELECT DISTINCT user_id FROM pgblobs.blobs")} == {"bob"}

@@ -1,20 +1,13 @@
 """`pgblobs purge` and `pgblobs fsck` on planted problems."""
-import os
-import subprocess
-import sys
 
-import pytest
 import pytest_twisted
 
 from tests.conftest import sql
-from tests.helpers import content, read, write
+from tests.helpers import content, pgblobs_cli, read, write
 
 deferred_test = pytest_twisted.ensureDeferred
 
 
-def pgblobs(*args):
-    return subprocess.run([sys.executable, "-m", "pgblobs.cli", *args], capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ))
 
 
 @deferred_test
@@ -25,14 +18,14 @@ async def test_purge_removes_only_old_tombstones(backend, dsn):
         await backend.delete_blob("alice", name)
     sql(dsn, "UPDATE pgblobs.blobs SET deleted_at = now() - interval '40 days' "
              "WHERE blob_id LIKE 'old%%'")
-    dry = pgblobs("purge", "--older-than", "30d", "--dry-run", "--dsn", dsn)
+    dry = pgblobs_cli("purge", "--older-than", "30d", "--dry-run", "--dsn", dsn)
     assert dry.returncode == 0 and "would remove 2" in dry.stdout
     assert sorted(await backend.list_blobs("alice", deleted=True)) == ["old1", "old2", "recent"]
-    done = pgblobs("purge", "--older-than", "30d", "--dsn", dsn)
+    done = pgblobs_cli("purge", "--older-than", "30d", "--dsn", dsn)
     assert done.returncode == 0 and "removed 2" in done.stdout
     assert await backend.list_blobs("alice", deleted=True) == ["recent"]
     assert await backend.list_blobs("alice") == ["alive"]
-    bad = pgblobs("purge", "--older-than", "soon", "--dsn", dsn)
+    bad = pgblobs_cli("purge", "--older-than", "soon", "--dsn", dsn)
     assert bad.returncode != 0 and "duration" in bad.stderr
 
 
@@ -40,16 +33,16 @@ async def test_purge_removes_only_old_tombstones(backend, dsn):
 async def test_fsck_finds_and_repairs_an_orphan_and_a_broken_row(backend, dsn):
     await write(backend, "alice", "fine", content(400_000))
     await write(backend, "alice", "broken", b"will lose its content")
-    assert pgblobs("fsck", "--verify-content", "--dsn", dsn).returncode == 0
+    assert pgblobs_cli("fsck", "--verify-content", "--dsn", dsn).returncode == 0
     orphan = sql(dsn, "SELECT lo_from_bytea(0, 'nobody''s')")[0][0]
     sql(dsn, "SELECT lo_unlink(lo_oid) FROM pgblobs.blobs WHERE blob_id = 'broken'")
-    found = pgblobs("fsck", "--dsn", dsn)
+    found = pgblobs_cli("fsck", "--dsn", dsn)
     assert found.returncode == 1
     assert f"orphan large object {orphan}" in found.stdout
     assert "alice/default/broken" in found.stdout
-    repaired = pgblobs("fsck", "--repair", "--dsn", dsn)
+    repaired = pgblobs_cli("fsck", "--repair", "--dsn", dsn)
     assert repaired.returncode == 1 and "repaired" in repaired.stdout
-    assert pgblobs("fsck", "--dsn", dsn).returncode == 0
+    assert pgblobs_cli("fsck", "--dsn", dsn).returncode == 0
     assert await backend.list_blobs("alice", deleted=True) == ["broken"]
     assert await read(backend, "alice", "fine") == content(400_000)
 
@@ -58,8 +51,8 @@ async def test_fsck_finds_and_repairs_an_orphan_and_a_broken_row(backend, dsn):
 async def test_fsck_verify_content_reports_changed_bytes(backend, dsn):
     await write(backend, "alice", "tampered", content(1000))
     sql(dsn, "SELECT lo_put(lo_oid, 10, 'XX') FROM pgblobs.blobs WHERE blob_id = 'tampered'")
-    assert pgblobs("fsck", "--dsn", dsn).returncode == 0  # rows and objects agree
-    verified = pgblobs("fsck", "--verify-content", "--dsn", dsn)
+    assert pgblobs_cli("fsck", "--dsn", dsn).returncode == 0  # rows and objects agree
+    verified = pgblobs_cli("fsck", "--verify-content", "--dsn", dsn)
     assert verified.returncode == 1
     assert "alice/default/tampered: sha256 differs" in verified.stdout
 
@@ -68,8 +61,8 @@ async def test_fsck_verify_content_reports_changed_bytes(backend, dsn):
 async def test_fsck_recounts_usage_counters_that_drifted(backend, dsn):
     await write(backend, "alice", "a", content(1000))
     sql(dsn, "UPDATE pgblobs.usage SET live_bytes = 5 WHERE user_id = 'alice'")
-    found = pgblobs("fsck", "--dsn", dsn)
+    found = pgblobs_cli("fsck", "--dsn", dsn)
     assert found.returncode == 1 and "usage counters of alice/default" in found.stdout
-    assert pgblobs("fsck", "--repair", "--dsn", dsn).returncode == 1
-    assert pgblobs("fsck", "--dsn", dsn).returncode == 0
+    assert pgblobs_cli("fsck", "--repair", "--dsn", dsn).returncode == 1
+    assert pgblobs_cli("fsck", "--dsn", dsn).returncode == 0
     assert await backend.get_total_storage("alice") == 1

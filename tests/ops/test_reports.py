@@ -2,21 +2,15 @@
 import csv
 import io
 import json
-import os
-import subprocess
-import sys
 
 import pytest_twisted
 
 from tests.conftest import sql
-from tests.helpers import content, write
+from tests.helpers import content, pgblobs_cli, write
 
 deferred_test = pytest_twisted.ensureDeferred
 
 
-def pgblobs(*args):
-    return subprocess.run([sys.executable, "-m", "pgblobs.cli", *args], capture_output=True,
-                          text=True, timeout=120, env=dict(os.environ))
 
 
 @deferred_test
@@ -47,21 +41,21 @@ async def test_views_agree_with_the_backend(backend, dsn):
 async def test_report_usage_formats(backend, dsn):
     await write(backend, "alice", "a", content(3 * 1024 * 1024 // 2))
     await write(backend, "bob", "a", content(100))
-    table = pgblobs("report", "usage", "--dsn", dsn)
+    table = pgblobs_cli("report", "usage", "--dsn", dsn)
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0].split()[:3] == ["user", "blobs", "bytes"]
     assert lines[2].startswith("alice") and "1.5 MiB" in lines[2] and "0.8%" in lines[2]
-    as_csv = list(csv.DictReader(io.StringIO(pgblobs("report", "usage", "--format", "csv",
+    as_csv = list(csv.DictReader(io.StringIO(pgblobs_cli("report", "usage", "--format", "csv",
                                                      "--dsn", dsn).stdout)))
     assert [(r["user"], r["bytes"]) for r in as_csv] == [("alice", "1572864"), ("bob", "100")]
-    as_json = json.loads(pgblobs("report", "usage", "--format", "json", "--top", "1",
+    as_json = json.loads(pgblobs_cli("report", "usage", "--format", "json", "--top", "1",
                                  "--dsn", dsn).stdout)
     assert [r["user"] for r in as_json] == ["alice"]
-    only_bob = json.loads(pgblobs("report", "usage", "--format", "json", "--user", "bob",
+    only_bob = json.loads(pgblobs_cli("report", "usage", "--format", "json", "--user", "bob",
                                   "--dsn", dsn).stdout)
     assert only_bob[0]["kib"] == await backend.get_total_storage("bob")
-    daily = json.loads(pgblobs("report", "daily", "--days", "7", "--format", "json",
+    daily = json.loads(pgblobs_cli("report", "daily", "--days", "7", "--format", "json",
                                "--dsn", dsn).stdout)
     assert daily[0]["blobs_written"] == 2
 

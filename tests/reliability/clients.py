@@ -1,15 +1,9 @@
 """Blocking HTTP clients for tests that drive `pgblobs serve` processes from threads."""
 import base64
 import http.client
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 from urllib.parse import urlsplit
-
-import pytest
 
 
 def token_for(dsn, user):
@@ -47,12 +41,3 @@ class Client:
 
     def get(self, blob_id):
         return self.request("GET", f"/blobs/{self.user}/{blob_id}")
-
-
-@pytest.fixture
-def open_tmp():
-    """A directory the postgres account can reach (pytest's own tmp is 0700)."""
-    path = tempfile.mkdtemp(prefix="pgblobs-")
-    os.chmod(path, 0o755)
-    yield Path(path)
-    shutil.rmtree(path, ignore_errors=True)

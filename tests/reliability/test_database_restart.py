@@ -1,5 +1,7 @@
 """PostgreSQL restarted (fast shutdown) under load, and unreachable at start."""
 import collections
+import subprocess
+import sys
 import threading
 import time
 
@@ -7,7 +9,7 @@ import pytest
 
 from pgblobs import schema
 from pgblobs.cluster import LocalCluster
-from tests.processes import ServeProcess
+from tests.processes import ServeProcess, free_port
 from tests.reliability.clients import Client, token_for
 
 pytestmark = pytest.mark.slow
@@ -88,11 +90,7 @@ def test_a_database_unreachable_at_start_is_waited_for(open_tmp):
     token = token_for(cluster.dsn, "alice")
     cluster.stop()
     starting = threading.Thread(target=cluster.start)
-    node = None
     try:
-        from tests.processes import free_port
-        import subprocess
-        import sys
         port = free_port()
         process = subprocess.Popen(
             [sys.executable, "-m", "pgblobs.cli", "serve", "--dsn", cluster.dsn,

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests.conftest import sql
+from tests.helpers import exchange as raw_exchange
 from tests.processes import ServeProcess
 from tests.reliability.clients import Client, token_for
 
@@ -35,18 +36,7 @@ def users(node, dsn):
 
 
 def exchange(node, payload, wait=5.0):
-    with socket.create_connection(("127.0.0.1", node.port), timeout=wait) as connection:
-        try:
-            connection.sendall(payload)
-        except OSError:
-            pass
-        received = b""
-        try:
-            while chunk := connection.recv(65536):
-                received += chunk
-        except OSError:
-            pass
-    return received
+    return raw_exchange(node.port, payload, wait)
 
 
 def status_of(answer):

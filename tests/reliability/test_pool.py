@@ -1,6 +1,5 @@
 """More requests than connections: a bounded queue, then 503; stuck queries time out."""
 import socket
-import threading
 import time
 
 import psycopg2

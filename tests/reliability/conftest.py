@@ -1,1 +1,0 @@
-from tests.reliability.clients import open_tmp  # noqa: F401  (a fixture)
