@@ -190,8 +190,8 @@ SEED = """
            1000 + i %% 5000, 'tag', '\\x00', now() - make_interval(secs => i),
            CASE WHEN i BETWEEN 100001 AND 110000 THEN now() END
     FROM generate_series(1, 1000000) AS i;
-    INSERT INTO pgblobs.blob_flags (blob_row, user_id, namespace, flag)
-    SELECT id, user_id, namespace, 'PENDING' FROM pgblobs.blobs
+    INSERT INTO pgblobs.blob_flags (blob_row, user_id, namespace, blob_id, created_at, flag)
+    SELECT id, user_id, namespace, blob_id, created_at, 'PENDING' FROM pgblobs.blobs
     WHERE user_id = 'heavy' AND deleted_at IS NULL AND blob_id ~ '^m[0-9]*00$';
     ALTER TABLE pgblobs.blobs ENABLE TRIGGER blobs_track_usage;
     INSERT INTO pgblobs.usage (user_id, namespace, live_blobs, live_bytes)

@@ -69,7 +69,7 @@ WHERE b.user_id = %(user)s AND b.namespace = %(namespace)s
 -- name: set_flags
 -- Replace a live blob's flags with %(flags)s; no row means no such blob.
 WITH target AS (
-    SELECT id, user_id, namespace FROM pgblobs.blobs
+    SELECT id, user_id, namespace, blob_id, created_at FROM pgblobs.blobs
     WHERE user_id = %(user)s AND namespace = %(namespace)s
       AND blob_id = %(blob_id)s AND deleted_at IS NULL
     FOR UPDATE
@@ -77,8 +77,9 @@ WITH target AS (
     DELETE FROM pgblobs.blob_flags AS f USING target
     WHERE f.blob_row = target.id AND f.flag <> ALL (%(flags)s::text[])
 ), added AS (
-    INSERT INTO pgblobs.blob_flags (blob_row, user_id, namespace, flag)
-    SELECT target.id, target.user_id, target.namespace, new_flag
+    INSERT INTO pgblobs.blob_flags (blob_row, user_id, namespace, blob_id, created_at, flag)
+    SELECT target.id, target.user_id, target.namespace, target.blob_id, target.created_at,
+           new_flag
     FROM target, unnest(%(flags)s::text[]) AS new_flag
     ON CONFLICT DO NOTHING
 )
@@ -102,13 +103,11 @@ WHERE user_id = %(user)s AND namespace = %(namespace)s AND deleted_at IS NOT NUL
 ORDER BY created_at, id;
 
 -- name: list_flagged
--- Ids of a user's live blobs in a namespace that carry %(flag)s, oldest first.
-SELECT b.blob_id
-FROM pgblobs.blob_flags AS f
-JOIN pgblobs.blobs AS b ON b.id = f.blob_row
-WHERE f.user_id = %(user)s AND f.namespace = %(namespace)s AND f.flag = %(flag)s
-  AND b.deleted_at IS NULL
-ORDER BY b.created_at, b.id;
+-- Ids of a user's live blobs in a namespace that carry %(flag)s, oldest first
+-- (only live blobs have flags, so the flag rows answer alone).
+SELECT blob_id FROM pgblobs.blob_flags
+WHERE user_id = %(user)s AND namespace = %(namespace)s AND flag = %(flag)s
+ORDER BY created_at, blob_row;
 
 -- name: total_storage_kib
 -- A user's live bytes across namespaces, in KiB rounded up.
@@ -197,7 +196,9 @@ WHERE b.deleted_at IS NULL
 ORDER BY b.id;
 
 -- name: bury_row
--- Turn a live blob whose content is lost into a tombstone, so clients learn it is gone.
+-- Turn a live blob whose content is lost into a tombstone (dropping its flags, as
+-- delete_blob does), so clients learn it is gone.
+WITH unflagged AS (DELETE FROM pgblobs.blob_flags WHERE blob_row = %(id)s)
 UPDATE pgblobs.blobs SET deleted_at = now(), lo_oid = NULL
 WHERE id = %(id)s AND deleted_at IS NULL;
 
@@ -225,8 +226,9 @@ RETURNING id;
 
 -- name: import_flags
 -- The flags of an imported blob.
-INSERT INTO pgblobs.blob_flags (blob_row, user_id, namespace, flag)
-SELECT %(row)s, %(user)s, %(namespace)s, unnest(%(flags)s::text[]);
+INSERT INTO pgblobs.blob_flags (blob_row, user_id, namespace, blob_id, created_at, flag)
+SELECT id, user_id, namespace, blob_id, created_at, unnest(%(flags)s::text[])
+FROM pgblobs.blobs WHERE id = %(row)s;
 
 -- name: import_tombstone
 -- A tombstone from another store, dated as it was.

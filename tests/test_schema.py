@@ -93,8 +93,8 @@ SEED = """
            i %% 5000, 'tag', '\\x00', now() - make_interval(secs => i),
            CASE WHEN i %% 10 = 0 THEN now() END
     FROM generate_series(1, %(rows)s) AS i;
-    INSERT INTO pgblobs.blob_flags (blob_row, user_id, namespace, flag)
-    SELECT id, user_id, namespace, 'PENDING' FROM pgblobs.blobs
+    INSERT INTO pgblobs.blob_flags (blob_row, user_id, namespace, blob_id, created_at, flag)
+    SELECT id, user_id, namespace, blob_id, created_at, 'PENDING' FROM pgblobs.blobs
     WHERE id %% 7 = 0 AND deleted_at IS NULL;
 """
 

@@ -33,6 +33,7 @@ async def test_purge_removes_only_old_tombstones(backend, dsn):
 async def test_fsck_finds_and_repairs_an_orphan_and_a_broken_row(backend, dsn):
     await write(backend, "alice", "fine", content(400_000))
     await write(backend, "alice", "broken", b"will lose its content")
+    await backend.set_flags("alice", "broken", ["PENDING"])
     assert pgblobs_cli("fsck", "--verify-content", "--dsn", dsn).returncode == 0
     orphan = sql(dsn, "SELECT lo_from_bytea(0, 'nobody''s')")[0][0]
     sql(dsn, "SELECT lo_unlink(lo_oid) FROM pgblobs.blobs WHERE blob_id = 'broken'")
@@ -44,6 +45,7 @@ async def test_fsck_finds_and_repairs_an_orphan_and_a_broken_row(backend, dsn):
     assert repaired.returncode == 1 and "repaired" in repaired.stdout
     assert pgblobs_cli("fsck", "--dsn", dsn).returncode == 0
     assert await backend.list_blobs("alice", deleted=True) == ["broken"]
+    assert await backend.list_blobs("alice", filter_flag="PENDING") == []
     assert await read(backend, "alice", "fine") == content(400_000)
 
 
