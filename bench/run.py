@@ -57,19 +57,20 @@ class Results:
         self.goals.append((description, seconds * 1000, limit * 1000, seconds <= limit, "ms"))
 
 
-async def measure(results, workload, items, stores, reactor, watched, pid):
+async def measure(results, workload, items, stores, reactor, watched, pid, runs=RUNS):
     """Median write and read times of ``items`` through each store.
 
-    Runs go round-robin over the stores, so a checkpoint or a busy
-    neighbour lands on every contender alike instead of on whichever
-    happened to run at that moment. The RSS of process ``pid`` is watched
+    Runs go round-robin over the stores, starting each round one store
+    later, so a checkpoint, the WAL flush left by the previous writer or a
+    busy neighbour lands on every contender alike instead of on whichever
+    happened to follow the heaviest one. The RSS of process ``pid`` is watched
     while ``watched`` works.
     """
     size = sum(len(data) for _, data in items)
     timings = {store.name: {"write": [], "read": []} for store in stores}
     named = {}
-    for run in range(RUNS):
-        for store in stores:
+    for run in range(runs):
+        for store in stores[run % len(stores):] + stores[:run % len(stores)]:
             prefix = "".join(ch for ch in store.name if ch.isalnum())[:12]
             named[store.name] = [(f"{prefix}-{name}-r{run}", data) for name, data in items]
             watch = PeakRss(pid, reactor) if store is watched else None
@@ -122,7 +123,7 @@ async def main(reactor):
         print("\n64 MiB blob", flush=True)
         ceiling = contenders.Ceiling(cluster.dsn)
         await measure(results, "64 MiB", [("big", big)], [ceiling] + stores, reactor,
-                      one_node, nodes[0].process.pid)
+                      one_node, nodes[0].process.pid, runs=len(stores) + 1)
         await ceiling.close()
 
         for workload, count, size in MATRIX:
