@@ -61,6 +61,7 @@ def test_a_restart_costs_503s_for_seconds_and_loses_nothing(open_tmp):
         time.sleep(1.0)
         down = client.request("GET", "/blobs/alice/?only_count=True")
         assert down[0] == 503 and down[1].get("Retry-After")
+        assert client.request("GET", "/health")[0] == 503
         cluster.start()
         restarted = time.monotonic()
         recovered = wait_healthy(client, 20)
