@@ -49,23 +49,29 @@ def _dsn(args):
                      "or start `pgblobs serve` (`make run`) for the embedded one")
 
 
+def _react(main):
+    """Run the coroutine function ``main()`` under the reactor; a failure it
+    raises becomes one readable line and exit status 1."""
+    async def guarded(reactor):
+        try:
+            await main()
+        except _FAILURES as error:
+            raise SystemExit(f"pgblobs: {_message(error)}") from None
+    task.react(lambda reactor: defer.ensureDeferred(guarded(reactor)))
+
+
 def _with_accounts(work):
-    """Run ``work(accounts)`` (a coroutine function) on a connected database."""
+    """Run ``work(accounts, args)`` (a coroutine function) on a connected database."""
     def command(args):
         dsn = _dsn(args)
 
-        async def main(reactor):
-            try:
-                database = await Database.connect(dsn, pool_size=1)
-            except _FAILURES as error:
-                raise SystemExit(f"pgblobs: {_message(error)}") from None
+        async def main():
+            database = await Database.connect(dsn, pool_size=1)
             try:
                 await work(Accounts(database), args)
-            except _FAILURES as error:
-                raise SystemExit(f"pgblobs: {_message(error)}") from None
             finally:
                 await database.close()
-        task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
+        _react(main)
     return command
 
 
@@ -80,19 +86,25 @@ async def _token_revoke(accounts, args):
     print(f"revoked {revoked} token(s) of {args.user}")
 
 
-def _quota_value(text):
+def _byte_limit(text):
+    """A number of bytes, or 'unlimited' (None)."""
     if text.lower() in ("none", "unlimited"):
         return None
-    if text.lower() == "default":
-        return "default"
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number of bytes, 'unlimited' or 'default'") from None
+            f"{text!r} is not a number of bytes or 'unlimited'") from None
     if value < 0:
         raise argparse.ArgumentTypeError("a quota cannot be negative")
     return value
+
+
+def _quota_setting(text):
+    """What `quota set` accepts: a byte limit, or 'default' to drop the override."""
+    if text.lower() == "default":
+        return "default"
+    return _byte_limit(text)
 
 
 @_with_accounts
@@ -201,7 +213,8 @@ def _duration(text):
 
 def _db_upgrade(args):
     schema.upgrade(_dsn(args), args.revision)
-    print(f"database is at revision {schema.head_revision() if args.revision == 'head' else args.revision}")
+    revision = schema.head_revision() if args.revision == "head" else args.revision
+    print(f"database is at revision {revision}")
 
 
 def _serve(args):
@@ -214,13 +227,8 @@ def _serve(args):
                       idle_timeout=args.idle_timeout, header_timeout=args.header_timeout),
         drain_seconds=args.drain_seconds)
     serve.start_logging(args.log_format)
-
-    async def main(reactor):
-        try:
-            await serve.run(reactor, options)
-        except _FAILURES as error:
-            raise SystemExit(f"pgblobs: {_message(error)}") from None
-    task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
+    from twisted.internet import reactor
+    _react(lambda: serve.run(reactor, options))
 
 
 def _non_negative(text):
@@ -249,7 +257,7 @@ def build_parser():
     serve.add_argument("--listen", action="append", metavar="ENDPOINT",
                        help="a Twisted endpoint, e.g. tcp:9000:interface=127.0.0.1 or "
                             "ssl:443:privateKey=key.pem:certKey=cert.pem (repeatable)")
-    serve.add_argument("--quota-bytes", type=_quota_value, default=200 * 1024 * 1024,
+    serve.add_argument("--quota-bytes", type=_byte_limit, default=200 * 1024 * 1024,
                        help="default quota per user in bytes, or 'unlimited' (default: 200 MiB)")
     serve.add_argument("--log-format", choices=("text", "json"), default="text")
     serve.add_argument("--pool-size", type=int, default=8,
@@ -285,7 +293,7 @@ def build_parser():
         dest="quota_command", required=True, metavar="COMMAND")
     set_quota = _user_command(quota, "set", "set USER's quota: BYTES, 'unlimited' or 'default'",
                               _quota_set)
-    set_quota.add_argument("bytes", type=_quota_value)
+    set_quota.add_argument("bytes", type=_quota_setting)
     _user_command(quota, "show", "USER's quota and usage", _quota_show)
 
     report = commands.add_parser("report", help="usage reports").add_subparsers(
@@ -293,7 +301,7 @@ def build_parser():
     usage = report.add_parser("usage", help="usage per user, biggest first")
     usage.add_argument("--user", help="only this user")
     usage.add_argument("--top", type=_non_negative, help="only the N biggest users")
-    usage.add_argument("--quota-bytes", type=_quota_value, default=200 * 1024 * 1024,
+    usage.add_argument("--quota-bytes", type=_byte_limit, default=200 * 1024 * 1024,
                        help="the servers' default quota, for users without an override")
     daily = report.add_parser("daily", help="blobs and bytes written and deleted per day")
     daily.add_argument("--days", type=_non_negative, default=30)

@@ -112,7 +112,9 @@ def test_token_and_quota_commands(dsn):
     assert revoked.returncode == 0 and "1" in revoked.stdout
     assert sql(dsn, "SELECT count(*) FROM pgblobs.tokens") == [(0,)]
     for bad in (["token", "create", "a/b", "--dsn", dsn], ["quota", "set", "carol", "-5", "--dsn", dsn],
-                ["quota", "set", "carol", "lots", "--dsn", dsn]):
+                ["quota", "set", "carol", "lots", "--dsn", dsn],
+                ["serve", "--quota-bytes", "default", "--dsn", dsn],
+                ["report", "usage", "--quota-bytes", "default", "--dsn", dsn]):
         failed = pgblobs_cli(*bad)
         assert failed.returncode != 0 and "Traceback" not in failed.stderr, bad
 
