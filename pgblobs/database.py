@@ -87,16 +87,19 @@ class _ReconnectingPool(txpostgres.ConnectionPool):
                 pass  # txpostgres cannot close a connection that never opened
 
 
+def _revision(rows):
+    return rows[0][0] if rows else None
+
+
 def connect_sync(dsn):
     """A plain psycopg2 connection for operator tools, once the schema is at head."""
     connection = psycopg2.connect(dsn)
     try:
-        with connection.cursor() as cursor:
-            present = queries.execute(cursor, "schema_present", {}).fetchone()[0]
+        try:
+            with connection.cursor() as cursor:
+                current = _revision(queries.execute(cursor, "schema_version", {}).fetchall())
+        except psycopg2.errors.UndefinedTable:
             current = None
-            if present:
-                row = queries.execute(cursor, "schema_version", {}).fetchone()
-                current = row[0] if row else None
         connection.rollback()
         schema.require_head(current)
     except BaseException:
@@ -179,11 +182,10 @@ class Database:
             pool.close()
             error.subFailure.raiseException()
         try:
-            present = await queries.fetch(pool, "schema_present", {})
-            current = None
-            if present[0][0]:
-                versions = await queries.fetch(pool, "schema_version", {})
-                current = versions[0][0] if versions else None
+            try:
+                current = _revision(await queries.fetch(pool, "schema_version", {}))
+            except psycopg2.errors.UndefinedTable:
+                current = None
             schema.require_head(current)
         except BaseException:
             pool.close()

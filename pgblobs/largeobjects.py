@@ -297,8 +297,8 @@ def load(connection, push, key, start, end):
         connection.set_session(isolation_level="DEFAULT", readonly="DEFAULT", autocommit=True)
 
 
-class _Gathered:
-    """A consumer keeping a small body in memory."""
+class _Collected:
+    """A consumer keeping what it is given."""
 
     def __init__(self):
         self.parts = []
@@ -307,11 +307,16 @@ class _Gathered:
         self.parts.append(data)
 
 
+async def collect(producer):
+    """The whole output of an IBodyProducer, as bytes (for bodies known to be small)."""
+    collected = _Collected()
+    await producer.startProducing(collected)
+    return b"".join(collected.parts)
+
+
 async def gather_small(producer):
     """The whole body of a producer already known to be small, and its digest."""
-    gathered = _Gathered()
-    await producer.startProducing(gathered)
-    content = b"".join(gathered.parts)
+    content = await collect(producer)
     digest = ContentDigest()
     digest.update(content)
     return content, digest

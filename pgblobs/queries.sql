@@ -2,12 +2,8 @@
 -- Parameters use psycopg2's %(name)s style. The schema itself (tables,
 -- indexes, the put_blob function) is owned by migrations/.
 
--- name: schema_present
--- Whether alembic has ever run here (its version table lives in our schema).
-SELECT to_regclass('pgblobs.alembic_version') IS NOT NULL;
-
 -- name: schema_version
--- The alembic revision the database is at.
+-- The alembic revision the database is at (no such table: alembic never ran here).
 SELECT version_num FROM pgblobs.alembic_version;
 
 -- name: write_precheck

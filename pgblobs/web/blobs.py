@@ -3,13 +3,12 @@
 Each render checks names (400), then the token (401/403), then hands over to
 the backend; its errors become statuses through web/status.py.
 """
-from twisted.internet import defer
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from pgblobs import names
 from pgblobs.errors import InvalidArgument, InvalidFlag
 from pgblobs.web import arguments
-from pgblobs.web.responses import ExactBody, Handler, rendered, send, send_json
+from pgblobs.web.responses import ExactBody, Handler, gathered, rendered, send, send_json
 from pgblobs.web.status import BodyTooLarge, NotFound
 
 
@@ -102,9 +101,8 @@ class Blob(Handler):
         if arguments.boolean(request, "only_flags"):
             send_json(request, await backend.get_flags(*key_args(key)))
             return
-        size, tag = await defer.gatherResults(
-            [backend.get_blob_size(*key_args(key)), backend.get_tag(*key_args(key))],
-            consumeErrors=True).addErrback(lambda failure: failure.value.subFailure)
+        size, tag = await gathered(
+            [backend.get_blob_size(*key_args(key)), backend.get_tag(*key_args(key))])
         wanted = arguments.byte_range(request.getHeader(b"range"), size)
         headers = [(b"Tag", tag.encode("ascii")), (b"Accept-Ranges", b"bytes"),
                    (b"Content-Type", b"application/octet-stream")]

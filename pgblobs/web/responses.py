@@ -59,6 +59,13 @@ def send_error(request, failure):
     send(request, code, f"{message}\n".encode("utf-8", "replace"))
 
 
+def gathered(deferreds):
+    """Every result, in order; or the first failure as itself (not wrapped in
+    FirstError), so the status table can answer for it."""
+    return defer.gatherResults(deferreds, consumeErrors=True).addErrback(
+        lambda failure: failure.value.subFailure)
+
+
 def rendered(method):
     """Make a coroutine a ``render_*`` method: it sends its own response, and
     whatever it raises is answered through the status table."""

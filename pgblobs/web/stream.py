@@ -14,11 +14,12 @@ from zope.interface import implementer
 from pgblobs import names
 from pgblobs.errors import InvalidArgument, TransferStopped
 from pgblobs.web import arguments
-from pgblobs.web.responses import ExactBody, Handler, rendered, send
+from pgblobs.web.responses import ExactBody, Handler, gathered, rendered, send
 from pgblobs.web.status import BodyTooLarge, MalformedBody, NotFound
 
 _SIZE_DIGITS = 8
 _TAG_WIDTH = 24
+_LOOKUPS_AT_ONCE = 8
 
 
 class StreamRoot(Handler):
@@ -63,14 +64,18 @@ class UserStream(Handler):
                for blob_id in arguments.json_body(raw, list)]
         backend = self._context.backend
         # Everything is looked up before the first byte, so a missing blob
-        # is still a plain 404.
-        listed = []
+        # is still a plain 404; a few lookups at a time, so a long list
+        # neither waits on one round trip per id nor floods the pool.
+        lanes = defer.DeferredSemaphore(_LOOKUPS_AT_ONCE)
+        lookups = []
         for blob_id in ids:
-            size = await backend.get_blob_size(user, blob_id, namespace)
-            tag = await backend.get_tag(user, blob_id, namespace)
+            lookups += [lanes.run(backend.get_blob_size, user, blob_id, namespace),
+                        lanes.run(backend.get_tag, user, blob_id, namespace)]
+        found = await gathered(lookups)
+        listed = list(zip(ids, found[0::2], found[1::2]))
+        for blob_id, size, _ in listed:
             if size >= 16 ** _SIZE_DIGITS:
                 raise InvalidArgument(f"blob {blob_id} is too large for a stream")
-            listed.append((blob_id, size, tag))
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", b"application/octet-stream")
         request.setHeader(b"Content-Length", b"%d" % sum(

@@ -19,6 +19,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from pgblobs.errors import TransferStopped
+from pgblobs.largeobjects import collect
 from pgblobs.web.status import BodyTooLarge
 
 
@@ -111,17 +112,7 @@ class RequestBody:
         if self.length is not UNKNOWN_LENGTH and self.length > limit:
             raise BodyTooLarge(f"the body is larger than {limit} bytes")
         self.limit = limit
-        collected = _Collected()
-        await self.startProducing(collected)
-        return b"".join(collected.parts)
-
-
-class _Collected:
-    def __init__(self):
-        self.parts = []
-
-    def write(self, data):
-        self.parts.append(data)
+        return await collect(self)
 
 
 class StreamingRequest(server.Request):

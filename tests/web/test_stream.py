@@ -132,3 +132,16 @@ async def test_a_client_leaving_mid_get_releases_the_read(server):
             break
         await sleep(0.1)
     assert server.backend.database.usage()["content"] == 0
+
+
+@deferred_test
+async def test_download_of_many_small_blobs_keeps_their_order(server):
+    blobs = {f"m{i}": content(40 + i, seed=i) for i in range(300)}
+    code, _ = await upload(server, [[k, len(v)] for k, v in blobs.items()], b"".join(blobs.values()))
+    assert code == 200
+    wanted = list(reversed(blobs))
+    response = await treq.post(f"{server.url}/stream/alice?direction=download",
+                               data=json.dumps(wanted).encode(), headers=server.auth())
+    assert response.code == 200
+    assert [data for _, data in parse_download(await response.content())] == [
+        blobs[k] for k in wanted]
