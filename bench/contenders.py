@@ -131,7 +131,7 @@ class Backend:
     """pgblobs' own API, in this process."""
 
     def __init__(self, backend, name):
-        self._backend = backend
+        self.backend = backend
         self.name = name
 
     @classmethod
@@ -139,18 +139,18 @@ class Backend:
         return cls(await PostgresBlobsBackend.connect(dsn, quota_bytes=None), name)
 
     async def write(self, items):
-        await bounded([lambda n=n, d=d: self._backend.write_blob(
+        await bounded([lambda n=n, d=d: self.backend.write_blob(
             "bench", n, FileBodyProducer(io.BytesIO(d))) for n, d in items])
 
     async def read(self, items):
         async def fetch(name, data):
             consumer = _Counting()
-            await self._backend.read_blob("bench", name, consumer)
+            await self.backend.read_blob("bench", name, consumer)
             assert consumer.received == len(data)
         await bounded([lambda n=n, d=d: fetch(n, d) for n, d in items])
 
     async def close(self):
-        await self._backend.close()
+        await self.backend.close()
 
 
 class HttpStore:

@@ -100,7 +100,7 @@ async def main(reactor):
     try:
         schema.upgrade(cluster.dsn)
         backend = await contenders.Backend.connect(cluster.dsn)
-        token = await Accounts(backend._backend.database).create_token("bench")
+        token = await Accounts(backend.backend.database).create_token("bench")
         serve_args = ("--dsn", cluster.dsn, "--quota-bytes", "unlimited",
                       "--max-blob-bytes", str(1 << 40))
         nodes = [ServeProcess(*serve_args), ServeProcess(*serve_args)]
@@ -135,10 +135,10 @@ async def main(reactor):
                           nodes[0].process.pid)
 
         print("\ndiagnostics for the small-blob figures", flush=True)
-        await diagnostics(results, backend._backend, cluster.dsn)
+        await diagnostics(results, backend.backend, cluster.dsn)
 
         print("\nmetadata: one user with 100,000 blobs among 1,000,000 rows", flush=True)
-        await metadata(results, backend._backend, cluster.dsn)
+        await metadata(results, backend.backend, cluster.dsn)
         await backend.close()
         for store in stores[2:]:
             await store.close()
