@@ -159,7 +159,7 @@ def _purge(connection, args):
     from pgblobs.ops import purge
     count = purge.purge(connection, args.older_than, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
-    print(f"{verb} {count} tombstone(s) deleted more than {args.older_than} ago")
+    print(f"{verb} {count} tombstone(s) deleted more than {purge.describe(args.older_than)} ago")
 
 
 @_with_connection

@@ -19,6 +19,16 @@ def parse_duration(text):
     return datetime.timedelta(seconds=sum(int(n) * _UNIT_SECONDS[u] for n, u in parts))
 
 
+def describe(duration):
+    """timedelta(days=30) -> '30 days'; the largest whole unit that fits."""
+    seconds = int(duration.total_seconds())
+    for name, size in (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {name}{'s' if count != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
 def purge(connection, older_than, dry_run=False):
     """Remove tombstones deleted more than ``older_than`` ago; the number removed
     (or, with ``dry_run``, that would be). Each batch is its own transaction."""

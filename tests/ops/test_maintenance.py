@@ -20,6 +20,7 @@ async def test_purge_removes_only_old_tombstones(backend, dsn):
              "WHERE blob_id LIKE 'old%%'")
     dry = pgblobs_cli("purge", "--older-than", "30d", "--dry-run", "--dsn", dsn)
     assert dry.returncode == 0 and "would remove 2" in dry.stdout
+    assert "more than 30 days ago" in dry.stdout
     assert sorted(await backend.list_blobs("alice", deleted=True)) == ["old1", "old2", "recent"]
     done = pgblobs_cli("purge", "--older-than", "30d", "--dsn", dsn)
     assert done.returncode == 0 and "removed 2" in done.stdout
