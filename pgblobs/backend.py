@@ -6,6 +6,7 @@ runs named statements (queries.sql) or hands content to a worker thread
 the database, which several server nodes may share.
 """
 import functools
+from dataclasses import dataclass, field
 
 import psycopg2
 from twisted.internet import defer
@@ -20,6 +21,40 @@ from pgblobs.interfaces import IBlobsBackend
 
 DEFAULT_QUOTA_BYTES = 200 * 1024 * 1024
 DEFAULT_POOL_SIZE = 8
+LOOKUP_BATCH = 100  # ids per statement when many blobs are opened at once
+DEFAULT_BUFFER_BYTES = 64 * 1024 * 1024  # small bodies gathered in memory at once, at most
+
+
+def _give_up(pipes):
+    """Stop the uploads of a failed write; raise the producer's own error
+    if one failed first, since its reason is the real one."""
+    for pipe in pipes:
+        if pipe.error is not None:
+            pipe.error.raiseException()
+    for pipe in pipes:
+        pipe.abort(Failure(TransferStopped("the blob could not be stored")))
+        pipe.stop_producer()
+
+
+@dataclass(frozen=True)
+class OpenBlob:
+    """One version of a blob: size and tag, and its content when small.
+
+    ``row`` is the version's row in ``pgblobs.blobs``; ``content`` is None
+    when the bytes are still to be read (large blobs, or opened in a batch).
+    """
+    user: str
+    blob_id: str
+    size: int
+    tag: str
+    row: int
+    content: bytes | None
+    _backend: "PostgresBlobsBackend" = field(repr=False, compare=False)
+
+    def read(self, consumer, range=None):
+        """Stream this version's bytes (``range`` as in ``read_blob``) into
+        ``consumer``; BlobNotFound if it was deleted meanwhile."""
+        return defer.ensureDeferred(self._backend._read_version(self, consumer, range))
 
 
 def _deferred(method):
@@ -38,29 +73,36 @@ class PostgresBlobsBackend:
     a row in ``pgblobs.quotas`` overrides it for one user.
     """
 
-    def __init__(self, database, quota_bytes=DEFAULT_QUOTA_BYTES, reactor=None):
+    def __init__(self, database, quota_bytes=DEFAULT_QUOTA_BYTES, reactor=None,
+                 buffer_bytes=DEFAULT_BUFFER_BYTES):
         if reactor is None:
             from twisted.internet import reactor
         self.database = database
         self._reactor = reactor
         self.quota_bytes = quota_bytes
+        self._buffer_limit = buffer_bytes
+        self._buffered = 0  # bytes of small bodies being gathered now
 
     @classmethod
     def connect(cls, dsn, quota_bytes=DEFAULT_QUOTA_BYTES, pool_size=DEFAULT_POOL_SIZE,
-                reactor=None, max_waiting=None, statement_timeout=30.0):
+                reactor=None, max_waiting=None, statement_timeout=30.0, user_share=None,
+                buffer_bytes=DEFAULT_BUFFER_BYTES):
         """A Deferred firing with a backend connected to ``dsn``.
 
         ``pool_size`` connections serve statements and as many serve content;
         beyond ``max_waiting`` (default 32 x pool_size) more work waiting for
         one fails at once with DatabaseUnavailable, and no statement may run
-        longer than ``statement_timeout`` seconds. Fails with SchemaNotReady
+        longer than ``statement_timeout`` seconds. One user runs at most
+        ``user_share`` content transfers at once (default: half of
+        ``pool_size``; see Database.in_thread). Small bodies are gathered in
+        memory up to ``buffer_bytes`` at once. Fails with SchemaNotReady
         when the schema is missing or not at head.
         """
         async def connecting():
             database = await Database.connect(
                 dsn, pool_size, reactor, max_waiting=max_waiting,
-                statement_timeout_ms=int(statement_timeout * 1000))
-            return cls(database, quota_bytes, reactor)
+                statement_timeout_ms=int(statement_timeout * 1000), user_share=user_share)
+            return cls(database, quota_bytes, reactor, buffer_bytes)
         return defer.ensureDeferred(connecting())
 
     def close(self):
@@ -82,39 +124,131 @@ class PostgresBlobsBackend:
         length = getattr(producer, "length", UNKNOWN_LENGTH)
         if length is not UNKNOWN_LENGTH and room is not None and length > room:
             raise QuotaExceeded("the blob does not fit in the user's quota")
-        if length is not UNKNOWN_LENGTH and length <= largeobjects.INLINE_LIMIT:
-            # Small and known: one statement on the reactor, no thread hop.
-            content, digest = await largeobjects.gather_small(producer)
+        if (length is not UNKNOWN_LENGTH and length <= largeobjects.INLINE_LIMIT
+                and self._buffered + length <= self._buffer_limit):
+            # Small and known: gathered on the reactor, stored by one
+            # statement, no thread hop. Bodies gathered at once are bounded
+            # in bytes: past that, small ones take the streamed path below,
+            # which holds nothing while it waits for a connection.
+            self._buffered += length
+            try:
+                content, digest = await largeobjects.gather_small(producer)
+            finally:
+                self._buffered -= length
             await self.database.fetch("put_small_blob", dict(
                 key.params(), default_quota=self.quota_bytes, content=psycopg2.Binary(content),
                 size=digest.size, tag=digest.tag, sha256=digest.sha256))
             return
         pipe = largeobjects.UploadPipe(self._reactor, producer)
         try:
-            await self.database.in_thread(largeobjects.store, pipe, key, self.quota_bytes, room)
+            await self.database.in_thread(largeobjects.store, pipe, key, self.quota_bytes, room,
+                                          owner=key.user)
         except BaseException:
-            if pipe.error is not None:
-                # The producer failed first: its reason is the real one.
-                pipe.error.raiseException()
-            pipe.abort(Failure(TransferStopped("the blob could not be stored")))
-            pipe.stop_producer()
+            _give_up([pipe])
             raise
 
     @_deferred
-    async def read_blob(self, user, blob_id, consumer, namespace="", range=None):
+    async def write_blobs(self, user, blobs, namespace="", before_commit=None):
+        """Store several blobs in one transaction: all of them, or none.
+
+        ``blobs`` lists ``(blob_id, size, producer_factory)``; each factory is
+        called, on the reactor, when its blob's turn comes, and returns the
+        IBodyProducer of exactly ``size`` bytes. ``before_commit`` (a
+        callable returning a Deferred) may still refuse the whole lot once
+        every byte is in. The per-user lock is taken only once all content
+        is written, so the user's other writes wait milliseconds, not for
+        the client.
+        """
+        keys = [names.BlobKey.of(user, blob_id, namespace) for blob_id, _, _ in blobs]
+        if len({key.blob_id for key in keys}) != len(keys):
+            raise BlobExists("the same id is listed twice")
+        if not keys:
+            return
+        taken, room = (await self.database.fetch("write_many_precheck", dict(
+            keys[0].params(), blob_ids=[key.blob_id for key in keys],
+            default_quota=self.quota_bytes)))[0]
+        if taken:
+            raise BlobExists(f"a live blob already has the id {taken}")
+        if room is not None and sum(size for _, size, _ in blobs) > room:
+            raise QuotaExceeded("the blobs do not fit in the user's quota")
+        pipes = []
+
+        def next_pipe(index):
+            pipes.append(largeobjects.UploadPipe(self._reactor, blobs[index][2]()))
+            return pipes[-1]
+
+        def confirm():
+            return defer.maybeDeferred(before_commit) if before_commit else defer.succeed(None)
+        try:
+            await self.database.in_thread(
+                largeobjects.store_all, self._reactor, next_pipe, confirm, keys,
+                self.quota_bytes, room, owner=keys[0].user)
+        except BaseException:
+            _give_up(pipes)
+            raise
+
+    @_deferred
+    async def open_blob(self, user, blob_id, namespace=""):
+        """The blob's size and tag, and a way to read the bytes they describe.
+
+        A row of ``pgblobs.blobs`` never changes but to become a tombstone, so
+        reading through the returned ``OpenBlob`` gives the content of this
+        very version or ``BlobNotFound``, never another blob's bytes under
+        this size and tag. A small blob's content comes with it, in the same
+        statement.
+        """
         key = names.BlobKey.of(user, blob_id, namespace)
+        row, size, tag, content = await self._one("open_blob", dict(
+            key.params(), inline_limit=largeobjects.INLINE_LIMIT))
+        content = None if content is None else bytes(content)
+        return OpenBlob(key.user, key.blob_id, size, tag, row, content, self)
+
+    @_deferred
+    async def open_blobs(self, user, blob_ids, namespace=""):
+        """``open_blob`` for many ids, in their order, looked up a batch at a
+        time; fails with BlobNotFound naming the first id with no live blob."""
+        params = {"user": names.user_name(user), "namespace": names.namespace_name(namespace)}
+        ids = [names.blob_name(blob_id) for blob_id in blob_ids]
+        found = {}
+        wanted = sorted(set(ids))
+        for first in range(0, len(wanted), LOOKUP_BATCH):
+            rows = await self.database.fetch("open_blobs", dict(
+                params, blob_ids=wanted[first:first + LOOKUP_BATCH]))
+            for blob_id, row, size, tag in rows:
+                found[blob_id] = OpenBlob(params["user"], blob_id, size, tag, row, None, self)
+        for blob_id in ids:
+            if blob_id not in found:
+                raise BlobNotFound(f"no such blob: {blob_id}")
+        return [found[blob_id] for blob_id in ids]
+
+    @_deferred
+    async def read_blob(self, user, blob_id, consumer, namespace="", range=None):
+        opened = await self.open_blob(user, blob_id, namespace)
+        await opened.read(consumer, range)
+
+    async def _read_version(self, opened, consumer, range):
         start, end = names.byte_range(range)
-        size, tag, _, content = await self._one("open_blob", dict(
-            key.params(), start=start, end=end, inline_limit=largeobjects.INLINE_LIMIT))
+        stop = opened.size if end is None else min(end, opened.size)
+        start = min(start, stop)
         push = largeobjects.DownloadPush(self._reactor, consumer)
         consumer.registerProducer(push, True)
         try:
-            if content is not None:
-                # Small: it came with the row; no thread, no large-object calls.
-                if len(content):
-                    consumer.write(bytes(content))
+            if opened.content is not None:
+                content = opened.content[start:stop]
+            elif opened.size <= largeobjects.INLINE_LIMIT:
+                rows = await self.database.fetch("version_bytes", dict(
+                    row=opened.row, start=start, length=stop - start))
+                if not rows:
+                    raise BlobNotFound(f"no such blob: {opened.blob_id}")
+                content = bytes(rows[0][0])
             else:
-                await self.database.in_thread(largeobjects.load, push, key, start, end)
+                await self.database.in_thread(
+                    largeobjects.load, push, opened.row, start, stop, owner=opened.user,
+                    retry=lambda: push.delivered == 0)
+                return
+            # Small: no thread, no large-object calls.
+            if content:
+                consumer.write(content)
         finally:
             consumer.unregisterProducer()
 

@@ -13,6 +13,7 @@ from twisted.internet import defer, task
 
 from pgblobs import schema
 from pgblobs.accounts import Accounts
+from pgblobs.backend import DEFAULT_BUFFER_BYTES
 from pgblobs.cluster import ClusterFailed, LocalCluster, PostgresNotFound
 from pgblobs.database import Database, connect_sync
 from pgblobs.errors import BlobsError
@@ -223,8 +224,10 @@ def _serve(args):
         dsn=args.dsn, listen=args.listen or [serve.DEFAULT_LISTEN],
         quota_bytes=args.quota_bytes, data_dir=args.data_dir, pool_size=args.pool_size,
         max_waiting=args.max_waiting, statement_timeout=args.statement_timeout,
+        user_share=args.max_transfers_per_user, buffer_bytes=args.max_buffered_bytes,
         limits=Limits(max_blob_bytes=args.max_blob_bytes, max_json_bytes=args.max_json_bytes,
-                      idle_timeout=args.idle_timeout, header_timeout=args.header_timeout),
+                      max_stream_ids=args.max_stream_ids, idle_timeout=args.idle_timeout,
+                      header_timeout=args.header_timeout),
         drain_seconds=args.drain_seconds)
     serve.start_logging(args.log_format)
     from twisted.internet import reactor
@@ -235,6 +238,21 @@ def _non_negative(text):
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _blob_size_limit(text):
+    value = _non_negative(text)
+    if value > Limits.max_blob_bytes:
+        raise argparse.ArgumentTypeError(
+            f"at most {Limits.max_blob_bytes}: a stream download gives sizes in 8 hex digits")
     return value
 
 
@@ -267,12 +285,27 @@ def build_parser():
                             "(default: 32 x pool; statements may wait 10 times as many)")
     serve.add_argument("--statement-timeout", type=float, default=30.0,
                        help="seconds any one SQL statement may run (default: 30)")
-    serve.add_argument("--max-blob-bytes", type=_non_negative, default=Limits.max_blob_bytes)
+    serve.add_argument("--max-transfers-per-user", type=_positive,
+                       help="large reads and writes one user may run at once; more wait their "
+                            "turn, so one user's stalled transfers never hold every content "
+                            "connection (default: half of --pool-size)")
+    serve.add_argument("--max-buffered-bytes", type=_non_negative,
+                       default=DEFAULT_BUFFER_BYTES,
+                       help="bytes of small upload bodies gathered in memory at once; past it, "
+                            "small uploads stream like large ones (default: 64 MiB)")
+    serve.add_argument("--max-blob-bytes", type=_blob_size_limit, default=Limits.max_blob_bytes,
+                       help=f"largest blob accepted (default and most: {Limits.max_blob_bytes}, "
+                            "what a stream download's size field can carry)")
     serve.add_argument("--max-json-bytes", type=_non_negative, default=Limits.max_json_bytes)
+    serve.add_argument("--max-stream-ids", type=_positive, default=Limits.max_stream_ids,
+                       help="blob ids one stream download may ask for (default: 1000)")
     serve.add_argument("--idle-timeout", type=float, default=Limits.idle_timeout,
-                       help="seconds a silent connection is kept (default: 60)")
+                       help="seconds a connection may keep the server waiting: silent between "
+                            "requests, or not sending a body or not reading an answer "
+                            "(default: 60)")
     serve.add_argument("--header-timeout", type=float, default=Limits.header_timeout,
-                       help="seconds a client may take to send a request's headers (default: 20)")
+                       help="seconds from accepting a connection (or ending a response) to the "
+                            "last header of its request (default: 20)")
     serve.add_argument("--drain-seconds", type=float, default=30.0,
                        help="on SIGTERM, how long requests in flight may take (default: 30)")
     serve.set_defaults(run=_serve)

@@ -18,9 +18,9 @@ import queue
 import psycopg2
 from psycopg2 import errorcodes
 from psycopg2.extensions import make_dsn, parse_dsn
-from twisted.internet import defer, error as internet_error, threads
+from twisted.internet import defer, error as internet_error, task, threads
 from twisted.python.threadpool import ThreadPool
-from txpostgres import reconnection, retrying, txpostgres
+from txpostgres import reconnection, txpostgres
 
 from pgblobs import queries, schema
 from pgblobs.errors import BlobExists, DatabaseUnavailable, QuotaExceeded
@@ -63,23 +63,93 @@ def with_statement_timeout(dsn, milliseconds):
     return make_dsn(dsn, options=f"{options} -c statement_timeout={milliseconds}".strip())
 
 
-def _reconnect_delays():
-    return retrying.simpleBackoffIterator(initialDelay=0.2, maxDelay=5.0, factor=2.0,
-                                          maxRetries=0, now=True)
+def default_user_share(pool_size):
+    """Content transfers one user may run at once: half the content connections."""
+    return max(1, pool_size // 2)
 
 
-def _reconnecting_connection(reactor, cooperator):
-    detector = reconnection.DeadConnectionDetector(
-        deathChecker=lambda failure: connection_lost(failure.value),
-        reconnectionIterator=_reconnect_delays, reactor=reactor)
-    return txpostgres.Connection(reactor, cooperator, detector=detector)
+class _Reconnector(reconnection.DeadConnectionDetector):
+    """Reconnects one dead connection, backing off between attempts; a
+    pool's ``hurry`` cuts the wait short once another connection got
+    through, since the server is evidently back."""
+
+    def __init__(self, reactor, recovered):
+        super().__init__(deathChecker=lambda failure: connection_lost(failure.value),
+                         reactor=reactor)
+        self._recovered = recovered
+        self._nap = None
+        self.stopped = False
+
+    def startReconnecting(self, failure):
+        defer.ensureDeferred(self._reconnect())
+
+    async def _reconnect(self):
+        delay = 0.0
+        while not self.stopped:
+            if delay:
+                self._nap = task.deferLater(self.reactor, delay, lambda: None)
+                try:
+                    await self._nap
+                except defer.CancelledError:
+                    pass  # hurried
+                self._nap = None
+            try:
+                await self.reconnect()
+            except Exception:
+                delay = min(max(2 * delay, 0.1), 2.0)
+                continue
+            self.connectionRecovered()
+            self._recovered(self)
+            return
+
+    def hurry(self):
+        if self._nap is not None:
+            self._nap.cancel()
 
 
 class _ReconnectingPool(txpostgres.ConnectionPool):
-    connectionFactory = staticmethod(_reconnecting_connection)
+    """A txpostgres pool whose connections come back after the server does,
+    and which hands out a live connection whenever it has one."""
+
+    def connectionFactory(self, reactor, cooperator):
+        return txpostgres.Connection(
+            reactor, cooperator, detector=_Reconnector(reactor, self._one_recovered))
+
+    def _one_recovered(self, detector):
+        # The server answers again: every other connection tries at once,
+        # and those not known dead are checked, so none fails a request
+        # for having lost the old server.
+        for connection in self._everyone:
+            if connection.detector is detector:
+                continue
+            if connection.detector.connectionIsDead:
+                connection.detector.hurry()
+            elif connection in self.connections:
+                connection.runQuery(queries.SQL["ping"]).addErrback(lambda _: None)
+
+    def start(self):
+        self._everyone = list(self.connections)
+        return super().start()
+
+    def _take(self):
+        alive = [c for c in self.connections if not c.detector.connectionIsDead]
+        connection = alive[0] if alive else next(iter(self.connections))
+        self.connections.remove(connection)
+        return connection
+
+    def _runQuery(self, *args, **kwargs):
+        connection = self._take()
+        return connection.runQuery(*args, **kwargs).addBoth(
+            self._putBackAndPassthrough, connection)
+
+    def _runOperation(self, *args, **kwargs):
+        connection = self._take()
+        return connection.runOperation(*args, **kwargs).addBoth(
+            self._putBackAndPassthrough, connection)
 
     def close(self):
-        for connection in self.connections:
+        for connection in self._everyone:
+            connection.detector.stopped = True
             connection.detector = None  # closed on purpose: stay closed
             try:
                 connection.close()
@@ -109,47 +179,73 @@ def connect_sync(dsn):
 
 
 class _SyncConnections:
-    """Idle psycopg2 connections, taken and returned by worker threads."""
+    """Idle psycopg2 connections, taken and returned by worker threads.
 
-    def __init__(self, dsn):
+    Connections are stamped with the generation they were opened in; a loss
+    seen anywhere starts a new generation, and older connections are closed
+    rather than used, since they lost the same server.
+    """
+
+    def __init__(self, dsn, on_lost):
         self._dsn = dsn
-        self._idle = queue.LifoQueue()
+        self._on_lost = on_lost
+        self._idle = queue.LifoQueue()  # (generation, connection)
+        self._generation = 0
 
-    def run(self, work, *args):
-        connection = self._take()
+    def run(self, work, *args, retry=None):
+        """``work(connection, *args)``; when the connection turns out lost and
+        ``retry()`` says nothing was done yet, once more on a fresh one."""
+        generation, connection = self._take()
         try:
             return work(connection, *args)
         except psycopg2.Error as error:
-            if connection_lost(error):
-                self.close()  # the idle ones lost the same server
-            raise translate(error) from error
+            if not connection_lost(error):
+                raise translate(error) from error
+            self.lost()
+            self._on_lost()
+            if retry is None or not retry():
+                raise translate(error) from error
         finally:
-            self._give_back(connection)
+            self._give_back(generation, connection)
+        return self.run(work, *args)
 
     def _take(self):
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
+        while True:
             try:
-                connection = psycopg2.connect(self._dsn)
-            except psycopg2.OperationalError as error:
-                raise DatabaseUnavailable("the database is unreachable; try again shortly") from error
-            connection.autocommit = True
-            return connection
+                generation, connection = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            if generation == self._generation:
+                return generation, connection
+            connection.close()
+        generation = self._generation
+        try:
+            connection = psycopg2.connect(self._dsn)
+        except psycopg2.OperationalError as error:
+            raise DatabaseUnavailable("the database is unreachable; try again shortly") from error
+        connection.autocommit = True
+        return generation, connection
 
-    def _give_back(self, connection):
+    def _give_back(self, generation, connection):
         if connection.closed:
             return
-        if connection.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
-            # Work that failed half-way must not hand its transaction on.
+        if (generation != self._generation or connection.info.transaction_status
+                != psycopg2.extensions.TRANSACTION_STATUS_IDLE):
+            # From before a loss, or failed half-way: its transaction must
+            # not be handed on.
             connection.close()
             return
-        self._idle.put(connection)
+        self._idle.put((generation, connection))
+
+    def lost(self):
+        """The server went away: no connection opened before now is used again."""
+        self._generation += 1
+        self.close()
 
     def close(self):
         while True:
             try:
-                self._idle.get_nowait().close()
+                self._idle.get_nowait()[1].close()
             except queue.Empty:
                 return
 
@@ -157,21 +253,25 @@ class _SyncConnections:
 class Database:
     """A txpostgres pool for statements, a thread pool for large objects."""
 
-    def __init__(self, reactor, pool, threadpool, sync_connections, pool_size, max_waiting):
+    def __init__(self, reactor, pool, threadpool, dsn, pool_size, max_waiting, user_share):
         self._reactor = reactor
         self._pool = pool
         self._threadpool = threadpool
-        self._sync = sync_connections
+        self._sync = _SyncConnections(
+            dsn, on_lost=lambda: reactor.callFromThread(self._ping_idle_statements))
         # Content transfers hold a connection for as long as a client takes;
         # statements for milliseconds, so they may queue ten times deeper.
         self._transfer_capacity = pool_size + max_waiting
         self._statement_capacity = 10 * self._transfer_capacity
         self._statements = 0  # running or waiting for a connection
         self._transfers = 0
+        self._user_share = user_share
+        self._user_waiting = max(1, max_waiting // 2)
+        self._shares = {}  # user -> DeferredSemaphore, while the user has transfers
 
     @classmethod
     async def connect(cls, dsn, pool_size, reactor=None, max_waiting=None,
-                      statement_timeout_ms=STATEMENT_TIMEOUT_MS):
+                      statement_timeout_ms=STATEMENT_TIMEOUT_MS, user_share=None):
         if reactor is None:
             from twisted.internet import reactor
         dsn = with_statement_timeout(dsn, statement_timeout_ms)
@@ -194,7 +294,10 @@ class Database:
         threadpool.start()
         if max_waiting is None:
             max_waiting = 32 * pool_size
-        return cls(reactor, pool, threadpool, _SyncConnections(dsn), pool_size, max_waiting)
+        if user_share is None:
+            user_share = default_user_share(pool_size)
+        return cls(reactor, pool, threadpool, dsn, pool_size, max_waiting,
+                   user_share)
 
     @staticmethod
     def _admit(in_flight, capacity):
@@ -205,19 +308,23 @@ class Database:
         self._admit(self._statements, self._statement_capacity)
         self._statements += 1
         try:
-            # A connection known to be dead refuses at once, before sending
-            # anything, so trying another one is safe even for a write.
-            for _ in range(self._pool.min):
+            retried = False
+            while True:
                 try:
                     return await run(queries.SQL[name], params)
-                except reconnection.ConnectionDead:
-                    continue
-            return await run(queries.SQL[name], params)
-        except (psycopg2.Error, reconnection.ConnectionDead, txpostgres.RollbackFailed,
-                internet_error.ConnectionLost, internet_error.ConnectionDone) as error:
-            if connection_lost(error):
-                self._probe_idle_connections()
-            raise translate(error) from error
+                except (psycopg2.Error, reconnection.ConnectionDead, txpostgres.RollbackFailed,
+                        internet_error.ConnectionLost, internet_error.ConnectionDone) as error:
+                    if not connection_lost(error) and not isinstance(
+                            error, reconnection.ConnectionDead):
+                        raise translate(error) from error
+                    self._lost()
+                    # A read may go again on another connection once, whether
+                    # or not the lost one sent it; a write only if it was refused
+                    # before anything was sent (a connection known dead).
+                    if retried or not (name in queries.READS or isinstance(
+                            error, reconnection.ConnectionDead)):
+                        raise translate(error) from error
+                    retried = True
         except defer.CancelledError as error:
             # txpostgres turns "canceling statement" into CancelledError, and
             # we never cancel a statement ourselves: the statement timeout did.
@@ -225,12 +332,18 @@ class Database:
         finally:
             self._statements -= 1
 
-    def _probe_idle_connections(self):
-        """One connection died: the server probably went away for all of them.
-        Touch the idle ones now, so they reconnect in the background instead
-        of failing the next requests one by one."""
+    def _lost(self):
+        """A connection died: the server probably went away for all of them.
+        Touch the idle statement connections now, so they reconnect in the
+        background instead of failing the next requests one by one, and
+        retire the content connections opened before."""
+        self._sync.lost()
+        self._ping_idle_statements()
+
+    def _ping_idle_statements(self):
         for connection in list(self._pool.connections):
-            connection.runQuery(queries.SQL["ping"]).addErrback(lambda _: None)
+            if not connection.detector.connectionIsDead:
+                connection.runQuery(queries.SQL["ping"]).addErrback(lambda _: None)
 
     def fetch(self, name, params):
         """Rows of a named statement, run on the txpostgres pool."""
@@ -240,18 +353,32 @@ class Database:
         """Run a named statement that returns no rows, on the txpostgres pool."""
         return defer.ensureDeferred(self._statement(self._pool.runOperation, name, params))
 
-    def in_thread(self, work, *args):
-        """Run ``work(connection, *args)`` in a content thread; a Deferred of its result."""
+    def in_thread(self, work, *args, owner, retry=None):
+        """Run ``work(connection, *args)`` in a content thread for the user
+        ``owner``; a Deferred of its result. When the connection turns out
+        lost, ``retry()`` (called in the thread) may ask for one more go.
+
+        A user runs at most ``user_share`` transfers at once; the rest wait
+        their turn, so one user's stalled transfers leave the other content
+        connections free. A user may fill at most half of the waiting room
+        (``max_waiting``); past it, or past the whole of it, DatabaseUnavailable.
+        """
+        share = self._shares.get(owner)
+        if share is None:
+            share = self._shares[owner] = defer.DeferredSemaphore(self._user_share)
         try:
             self._admit(self._transfers, self._transfer_capacity)
+            self._admit(len(share.waiting), self._user_waiting)
         except DatabaseUnavailable:
             return defer.fail()
         self._transfers += 1
-        done = threads.deferToThreadPool(
-            self._reactor, self._threadpool, self._sync.run, work, *args)
+        done = share.run(threads.deferToThreadPool, self._reactor, self._threadpool,
+                         self._sync.run, work, *args, retry=retry)
 
         def finished(result):
             self._transfers -= 1
+            if share.tokens == share.limit and not share.waiting:
+                self._shares.pop(owner, None)
             return result
         return done.addBoth(finished)
 

@@ -21,6 +21,7 @@ from collections import deque
 
 import psycopg2
 from zope.interface import implementer
+from twisted.internet import threads
 from twisted.internet.interfaces import IConsumer, IPushProducer
 
 from pgblobs import queries
@@ -177,6 +178,7 @@ class DownloadPush:
         self._resumed.set()
         self._slots = threading.Semaphore(self.IN_FLIGHT)
         self.stopped = False
+        self.delivered = 0  # chunks handed over; touched by the worker only
 
     # Reactor side (IPushProducer).
 
@@ -211,57 +213,68 @@ class DownloadPush:
         if self.stopped:
             self._slots.release()
             self._check_stopped()
+        self.delivered += 1
         self._reactor.callFromThread(self._write, chunk)
 
 
-def store(connection, pipe, key, default_quota, room):
-    """Worker: write what ``pipe`` carries as the blob ``key``, in one transaction.
+class _Allowance:
+    """Reads pipes while the bytes stay within ``room`` (None: no limit), so
+    an upload is stopped early; ``pgblobs.put_blob`` makes the final,
+    race-free check."""
 
-    ``room`` (bytes the user may still store, None for no limit) stops an
-    upload early; ``pgblobs.put_blob`` makes the final, race-free check.
-    """
-    pipe.begin()
-    received = 0
+    def __init__(self, room):
+        self._room = room
+        self._received = 0
 
-    def take():
-        nonlocal received
+    def take(self, pipe):
         chunk = pipe.read()
-        received += len(chunk)
-        if room is not None and received > room:
+        self._received += len(chunk)
+        if self._room is not None and self._received > self._room:
             raise QuotaExceeded("the blob does not fit in the user's quota")
         return chunk
 
-    head, ended = [], False
-    while received <= INLINE_LIMIT:
-        chunk = take()
+
+def _put(cursor, name, key, default_quota, digest, **params):
+    queries.execute(cursor, name, dict(
+        key.params(), default_quota=default_quota, size=digest.size, tag=digest.tag,
+        sha256=digest.sha256, **params))
+
+
+def _write_large_object(connection, pipe, allowance, head=b""):
+    """The rest of ``pipe`` (after ``head``) as a new large object; its oid."""
+    large_object = connection.lobject(0, "wb")
+    large_object.write(head)
+    while chunk := allowance.take(pipe):
+        large_object.write(chunk)
+    large_object.close()
+    return large_object.oid
+
+
+def store(connection, pipe, key, default_quota, room):
+    """Worker: write what ``pipe`` carries as the blob ``key``, in one transaction."""
+    pipe.begin()
+    allowance = _Allowance(room)
+    head, ended, size = [], False, 0
+    while size <= INLINE_LIMIT:
+        chunk = allowance.take(pipe)
         if not chunk:
             ended = True
             break
         head.append(chunk)
-    params = dict(key.params(), default_quota=default_quota)
+        size += len(chunk)
 
     if ended:
-        digest = pipe.digest  # complete: the producer has finished
         with connection.cursor() as cursor:
-            content = psycopg2.Binary(b"".join(head))
-            queries.execute(cursor, "put_small_blob", dict(
-                params, content=content, size=digest.size, tag=digest.tag,
-                sha256=digest.sha256))
+            _put(cursor, "put_small_blob", key, default_quota, pipe.digest,
+                 content=psycopg2.Binary(b"".join(head)))
         return
 
     connection.autocommit = False
     try:
-        large_object = connection.lobject(0, "wb")
-        large_object.write(b"".join(head))
+        oid = _write_large_object(connection, pipe, allowance, b"".join(head))
         del head
-        while chunk := take():
-            large_object.write(chunk)
-        large_object.close()
-        digest = pipe.digest
         with connection.cursor() as cursor:
-            queries.execute(cursor, "put_blob", dict(
-                params, oid=large_object.oid, size=digest.size, tag=digest.tag,
-                sha256=digest.sha256))
+            _put(cursor, "put_blob", key, default_quota, pipe.digest, oid=oid)
         connection.commit()
     except BaseException:
         connection.rollback()  # the large object goes with the transaction
@@ -270,23 +283,49 @@ def store(connection, pipe, key, default_quota, room):
         connection.autocommit = True
 
 
-def load(connection, push, key, start, end):
-    """Worker: deliver bytes ``start:end`` of the large blob ``key`` through ``push``.
+def store_all(connection, reactor, next_pipe, confirm, keys, default_quota, room):
+    """Worker: the blobs ``keys``, their bytes from ``next_pipe(index)`` (run
+    on the reactor), in one transaction committed only if ``confirm()``
+    (run on the reactor too) succeeds once every byte is in.
+
+    Content is written first and the rows last, so ``put_blob``'s per-user
+    lock is held only for the few statements before the commit.
+    """
+    allowance = _Allowance(room)
+    connection.autocommit = False
+    try:
+        written = []
+        for index, key in enumerate(keys):
+            pipe = threads.blockingCallFromThread(reactor, next_pipe, index)
+            pipe.begin()
+            written.append((key, _write_large_object(connection, pipe, allowance), pipe.digest))
+        threads.blockingCallFromThread(reactor, confirm)
+        with connection.cursor() as cursor:
+            for key, oid, digest in written:
+                _put(cursor, "put_blob", key, default_quota, digest, oid=oid)
+        connection.commit()
+    except BaseException:
+        connection.rollback()  # every large object goes with the transaction
+        raise
+    finally:
+        connection.autocommit = True
+
+
+def load(connection, push, row, start, stop):
+    """Worker: deliver bytes ``start:stop`` of the large blob version ``row`` through ``push``.
 
     The read runs inside one REPEATABLE READ transaction: the row and every
     page of its content come from the same snapshot, so a delete committed
     meanwhile cannot cut it short.
     """
-    params = dict(key.params(), start=start, end=end, inline_limit=-1)
     connection.set_session(isolation_level="REPEATABLE READ", readonly=True, autocommit=False)
     try:
         with connection.cursor() as cursor:
-            row = queries.execute(cursor, "open_blob", params).fetchone()
-        if row is None:
-            raise BlobNotFound("no such blob")
-        size, _, oid, _ = row
-        large_object = connection.lobject(oid, "rb")
-        position, stop = min(start, size), min(size if end is None else end, size)
+            found = queries.execute(cursor, "version_large_object", {"row": row}).fetchone()
+        if found is None:
+            raise BlobNotFound("the blob was deleted")
+        large_object = connection.lobject(found[0], "rb")
+        position = start
         large_object.seek(position)
         while position < stop:
             chunk = large_object.read(min(CHUNK, stop - position))

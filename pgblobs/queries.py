@@ -7,20 +7,24 @@ statement by its name.
 import re
 from importlib import resources
 
-_HEADER = re.compile(r"^-- name: (\w+)\n((?:--.*\n)*)", re.MULTILINE)
+# "-- name: NAME" or "-- name: NAME (read)": a read changes nothing, so it
+# may be sent again when its connection was lost.
+_HEADER = re.compile(r"^-- name: (\w+)( \(read\))?\n((?:--.*\n)*)", re.MULTILINE)
 
 
 def _load():
     text = resources.files("pgblobs").joinpath("queries.sql").read_text()
     heads = list(_HEADER.finditer(text))
-    statements = {}
+    statements, reads = {}, set()
     for head, following in zip(heads, heads[1:] + [None]):
         end = following.start() if following else len(text)
         statements[head.group(1)] = text[head.end():end].strip().rstrip(";")
-    return statements
+        if head.group(2):
+            reads.add(head.group(1))
+    return statements, frozenset(reads)
 
 
-SQL = _load()
+SQL, READS = _load()
 
 
 def fetch(pool, name, params):

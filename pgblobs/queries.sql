@@ -1,18 +1,29 @@
 -- Every SQL statement pgblobs runs, each under a name.
--- Parameters use psycopg2's %(name)s style. The schema itself (tables,
--- indexes, the put_blob function) is owned by migrations/.
+-- Parameters use psycopg2's %(name)s style. "(read)" after a name marks a statement that
+-- changes nothing, so it may be sent again when its connection is lost. The schema itself
+-- (tables, indexes, the put_blob function) is owned by migrations/.
 
--- name: schema_version
+-- name: schema_version (read)
 -- The alembic revision the database is at (no such table: alembic never ran here).
 SELECT version_num FROM pgblobs.alembic_version;
 
--- name: write_precheck
+-- name: write_precheck (read)
 -- Before reading a body: is the id taken, and how many bytes may the user still store (NULL: no limit).
 SELECT EXISTS (
            SELECT 1 FROM pgblobs.blobs
            WHERE user_id = %(user)s AND namespace = %(namespace)s
              AND blob_id = %(blob_id)s AND deleted_at IS NULL
        ) AS taken,
+       pgblobs.effective_quota(%(user)s, %(default_quota)s) - (
+           SELECT coalesce(sum(live_bytes), 0) FROM pgblobs.usage WHERE user_id = %(user)s
+       ) AS room;
+
+-- name: write_many_precheck (read)
+-- Before reading several bodies: the first of %(blob_ids)s a live blob already has
+-- (NULL: none), and how many bytes the user may still store (NULL: no limit).
+SELECT (SELECT min(blob_id) FROM pgblobs.blobs
+        WHERE user_id = %(user)s AND namespace = %(namespace)s
+          AND blob_id = ANY (%(blob_ids)s::text[]) AND deleted_at IS NULL) AS taken,
        pgblobs.effective_quota(%(user)s, %(default_quota)s) - (
            SELECT coalesce(sum(live_bytes), 0) FROM pgblobs.usage WHERE user_id = %(user)s
        ) AS room;
@@ -27,16 +38,30 @@ SELECT pgblobs.put_blob(%(user)s, %(namespace)s, %(blob_id)s, lo_from_bytea(0, %
 SELECT pgblobs.put_blob(%(user)s, %(namespace)s, %(blob_id)s, %(oid)s,
                         %(size)s, %(tag)s, %(sha256)s, %(default_quota)s);
 
--- name: open_blob
--- A live blob's size, tag and large object; its (ranged) content too when it is small enough to inline.
-SELECT size, tag, lo_oid,
-       CASE WHEN size <= %(inline_limit)s THEN
-           lo_get(lo_oid, %(start)s,
-                  greatest(0, least(coalesce(%(end)s, size), size) - %(start)s)::int)
-       END AS content
+-- name: open_blob (read)
+-- One live blob's row (its version), size and tag; its whole content too when small
+-- enough to inline, so a small response comes from one statement and one snapshot.
+SELECT id, size, tag,
+       CASE WHEN size <= %(inline_limit)s THEN lo_get(lo_oid) END AS content
 FROM pgblobs.blobs
 WHERE user_id = %(user)s AND namespace = %(namespace)s
   AND blob_id = %(blob_id)s AND deleted_at IS NULL;
+
+-- name: open_blobs (read)
+-- Row, size and tag of the live blobs among %(blob_ids)s (one batch of a stream download).
+SELECT blob_id, id, size, tag
+FROM pgblobs.blobs
+WHERE user_id = %(user)s AND namespace = %(namespace)s
+  AND blob_id = ANY (%(blob_ids)s::text[]) AND deleted_at IS NULL;
+
+-- name: version_bytes (read)
+-- Bytes %(start)s to %(start)s + %(length)s of one blob version, if it is still live.
+SELECT lo_get(lo_oid, %(start)s, %(length)s) FROM pgblobs.blobs
+WHERE id = %(row)s AND deleted_at IS NULL;
+
+-- name: version_large_object (read)
+-- The large object of one blob version, if it is still live.
+SELECT lo_oid FROM pgblobs.blobs WHERE id = %(row)s AND deleted_at IS NULL;
 
 -- name: delete_blob
 -- Make a live blob a tombstone, drop its flags and unlink its content, atomically; no row means no such blob.
@@ -53,7 +78,7 @@ WITH target AS (
 )
 SELECT lo_unlink(lo_oid) FROM target;
 
--- name: blob_info
+-- name: blob_info (read)
 -- Size, tag and flags of one live blob.
 SELECT b.size, b.tag,
        ARRAY(SELECT f.flag FROM pgblobs.blob_flags AS f
@@ -81,40 +106,40 @@ WITH target AS (
 )
 SELECT id FROM target;
 
--- name: count_live
+-- name: count_live (read)
 -- Live blobs of a user in a namespace (the counters that migrations/0004's trigger keeps).
 SELECT coalesce((SELECT live_blobs FROM pgblobs.usage
                  WHERE user_id = %(user)s AND namespace = %(namespace)s), 0);
 
--- name: list_live
+-- name: list_live (read)
 -- Ids of a user's live blobs in a namespace, oldest first.
 SELECT blob_id FROM pgblobs.blobs
 WHERE user_id = %(user)s AND namespace = %(namespace)s AND deleted_at IS NULL
 ORDER BY created_at, id;
 
--- name: list_tombstones
+-- name: list_tombstones (read)
 -- Ids of a user's tombstones in a namespace, oldest first.
 SELECT blob_id FROM pgblobs.blobs
 WHERE user_id = %(user)s AND namespace = %(namespace)s AND deleted_at IS NOT NULL
 ORDER BY created_at, id;
 
--- name: list_flagged
+-- name: list_flagged (read)
 -- Ids of a user's live blobs in a namespace that carry %(flag)s, oldest first
 -- (only live blobs have flags, so the flag rows answer alone).
 SELECT blob_id FROM pgblobs.blob_flags
 WHERE user_id = %(user)s AND namespace = %(namespace)s AND flag = %(flag)s
 ORDER BY created_at, blob_row;
 
--- name: total_storage_kib
+-- name: total_storage_kib (read)
 -- A user's live bytes across namespaces, in KiB rounded up.
 SELECT (coalesce(sum(live_bytes), 0)::bigint + 1023) / 1024 FROM pgblobs.usage
 WHERE user_id = %(user)s;
 
--- name: ping
+-- name: ping (read)
 -- Is the database answering?
 SELECT 1;
 
--- name: token_digests
+-- name: token_digests (read)
 -- The SHA-256 digests of a user's tokens.
 SELECT token_sha256 FROM pgblobs.tokens WHERE user_id = %(user)s;
 
@@ -136,7 +161,7 @@ ON CONFLICT (user_id) DO UPDATE SET quota_bytes = excluded.quota_bytes;
 -- Drop a user's override, so the server default applies again.
 DELETE FROM pgblobs.quotas WHERE user_id = %(user)s;
 
--- name: show_quota
+-- name: show_quota (read)
 -- A user's override (has_override false: the server default applies) and live bytes.
 SELECT q.user_id IS NOT NULL AS has_override, q.quota_bytes,
        (SELECT coalesce(sum(live_bytes), 0) FROM pgblobs.usage
@@ -144,7 +169,7 @@ SELECT q.user_id IS NOT NULL AS has_override, q.quota_bytes,
 FROM (SELECT 1) AS one
 LEFT JOIN pgblobs.quotas AS q ON q.user_id = %(user)s;
 
--- name: report_usage
+-- name: report_usage (read)
 -- Usage per user, biggest first; %(user)s NULL for everyone, %(top)s NULL for no limit.
 SELECT user_id, live_blobs, live_bytes, live_kib, tombstones, first_write, last_write,
        CASE WHEN has_quota_override THEN quota_override_bytes ELSE %(default_quota)s END
@@ -154,14 +179,14 @@ WHERE %(user)s::text IS NULL OR user_id = %(user)s
 ORDER BY live_bytes DESC, user_id
 LIMIT %(top)s;
 
--- name: report_daily
+-- name: report_daily (read)
 -- Blobs and bytes written and deleted per day, over the last %(days)s days, newest first.
 SELECT day, blobs_written, bytes_written, blobs_deleted, bytes_deleted
 FROM pgblobs.daily_activity
 WHERE day > current_date - %(days)s::int
 ORDER BY day DESC;
 
--- name: count_old_tombstones
+-- name: count_old_tombstones (read)
 -- Tombstones deleted before %(cutoff)s.
 SELECT count(*) FROM pgblobs.blobs WHERE deleted_at < %(cutoff)s;
 
@@ -173,7 +198,7 @@ DELETE FROM pgblobs.blobs WHERE id IN (
     FOR UPDATE SKIP LOCKED
 );
 
--- name: orphan_large_objects
+-- name: orphan_large_objects (read)
 -- Large objects of the current role that no blob row references.
 SELECT m.oid FROM pg_largeobject_metadata AS m
 WHERE m.lomowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
@@ -184,7 +209,7 @@ ORDER BY m.oid;
 -- Remove one large object.
 SELECT lo_unlink(%(oid)s);
 
--- name: rows_without_content
+-- name: rows_without_content (read)
 -- Live blobs whose large object is gone.
 SELECT b.id, b.user_id, b.namespace, b.blob_id FROM pgblobs.blobs AS b
 WHERE b.deleted_at IS NULL
@@ -198,17 +223,17 @@ WITH unflagged AS (DELETE FROM pgblobs.blob_flags WHERE blob_row = %(id)s)
 UPDATE pgblobs.blobs SET deleted_at = now(), lo_oid = NULL
 WHERE id = %(id)s AND deleted_at IS NULL;
 
--- name: live_blobs_for_check
+-- name: live_blobs_for_check (read)
 -- Every live blob with what its content should be, in id order, after %(after)s.
 SELECT id, user_id, namespace, blob_id, lo_oid, size, sha256 FROM pgblobs.blobs
 WHERE deleted_at IS NULL AND id > %(after)s
 ORDER BY id LIMIT %(batch)s;
 
--- name: live_totals
+-- name: live_totals (read)
 -- How many live blobs and bytes there are, for progress bars.
 SELECT count(*), coalesce(sum(size), 0) FROM pgblobs.blobs WHERE deleted_at IS NULL;
 
--- name: existing_blob
+-- name: existing_blob (read)
 -- Is there a row (live or tombstone) for this name already?
 SELECT deleted_at IS NOT NULL AS is_tombstone FROM pgblobs.blobs
 WHERE user_id = %(user)s AND namespace = %(namespace)s AND blob_id = %(blob_id)s
@@ -231,7 +256,7 @@ FROM pgblobs.blobs WHERE id = %(row)s;
 INSERT INTO pgblobs.blobs (user_id, namespace, blob_id, size, created_at, deleted_at)
 VALUES (%(user)s, %(namespace)s, %(blob_id)s, 0, %(created_at)s, %(deleted_at)s);
 
--- name: usage_drift
+-- name: usage_drift (read)
 -- (user, namespace) whose counters in pgblobs.usage differ from their live blobs.
 WITH actual AS (
     SELECT user_id, namespace, count(*) AS live_blobs, sum(size)::bigint AS live_bytes

@@ -3,7 +3,7 @@
 migrations/ owns the schema; this module only drives alembic and compares the
 revision a database is at with the revision this code was written for.
 """
-from pathlib import Path
+from importlib import resources
 
 from alembic import command
 from alembic.config import Config
@@ -11,12 +11,14 @@ from alembic.script import ScriptDirectory
 
 from pgblobs.errors import SchemaNotReady
 
-_ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
 UPGRADE_HINT = "run `pgblobs db upgrade`"
 
 
 def alembic_config(dsn=None):
-    config = Config(str(_ALEMBIC_INI))
+    """Alembic's configuration for the migrations shipped in the package
+    (the repository's alembic.ini names the same directory, for `alembic`)."""
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("pgblobs.migrations")))
     if dsn:
         config.attributes["dsn"] = dsn
     return config

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 
 from pgblobs import schema
 from pgblobs.accounts import Accounts
-from pgblobs.backend import DEFAULT_POOL_SIZE, PostgresBlobsBackend
+from pgblobs.backend import DEFAULT_BUFFER_BYTES, DEFAULT_POOL_SIZE, PostgresBlobsBackend
 from pgblobs.cluster import LocalCluster
 from pgblobs.web.site import Limits, build_site
 
@@ -33,6 +33,8 @@ class ServeOptions:
     pool_size: int = DEFAULT_POOL_SIZE
     max_waiting: int = None
     statement_timeout: float = 30.0
+    user_share: int = None
+    buffer_bytes: int = DEFAULT_BUFFER_BYTES
     limits: Limits = Limits()
     drain_seconds: float = 30.0
 
@@ -71,7 +73,8 @@ async def _connect(reactor, dsn, options):
         try:
             return await PostgresBlobsBackend.connect(
                 dsn, quota_bytes=options.quota_bytes, pool_size=options.pool_size,
-                max_waiting=options.max_waiting, statement_timeout=options.statement_timeout)
+                max_waiting=options.max_waiting, statement_timeout=options.statement_timeout,
+                user_share=options.user_share, buffer_bytes=options.buffer_bytes)
         except psycopg2.OperationalError as error:
             reason = str(error).strip().splitlines()[0]
             _log.warn("database unreachable ({reason}); retrying in {delay:.1f}s",

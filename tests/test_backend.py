@@ -291,3 +291,40 @@ async def test_close_releases_every_connection(dsn):
         await backend.close()
     await sleep(1)  # a reconnecting pool would have reopened by now
     assert sql(dsn, count)[0][0] == before
+
+
+@deferred_test
+async def test_an_opened_blob_reads_its_own_version_or_nothing(backend):
+    """Size, tag and bytes of one read come from one version, even when the
+    blob is deleted and rewritten (same size, other bytes) in between."""
+    from tests.helpers import Collector
+    for size in (100, 1_000_000):
+        blob_id = f"v{size}"
+        await write(backend, "alice", blob_id, content(size, seed=1))
+        opened = await backend.open_blob("alice", blob_id)
+        await backend.delete_blob("alice", blob_id)
+        await write(backend, "alice", blob_id, content(size, seed=2))
+        collector = Collector()
+        try:
+            await opened.read(collector)
+        except BlobNotFound:
+            assert collector.data == b""  # the version is gone: nothing was sent
+        else:
+            assert collector.data == content(size, seed=1)
+            assert opened.tag == base64.urlsafe_b64encode(collector.data[-16:]).decode()
+        fresh = await backend.open_blob("alice", blob_id)
+        assert (fresh.size, fresh.tag) == (size, base64.urlsafe_b64encode(
+            content(size, seed=2)[-16:]).decode())
+        assert await read(backend, "alice", blob_id) == content(size, seed=2)
+
+
+@deferred_test
+async def test_open_blobs_keeps_order_and_names_the_missing_one(backend):
+    for i in range(250):
+        await write(backend, "alice", f"b{i}", content(10 + i, seed=i))
+    wanted = [f"b{i}" for i in reversed(range(250))] + ["b7", "b7"]
+    opened = await backend.open_blobs("alice", wanted)
+    assert [blob.blob_id for blob in opened] == wanted
+    assert [blob.size for blob in opened] == [10 + int(name[1:]) for name in wanted]
+    with pytest.raises(BlobNotFound, match="nope"):
+        await backend.open_blobs("alice", ["b1", "nope", "b2"])

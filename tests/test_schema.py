@@ -99,7 +99,7 @@ SEED = """
 """
 
 PER_USER_QUERIES = ["count_live", "list_live", "list_tombstones", "list_flagged",
-                    "total_storage_kib", "blob_info", "open_blob", "write_precheck",
+                    "total_storage_kib", "blob_info", "open_blob", "open_blobs", "write_precheck",
                     "delete_blob", "set_flags"]
 
 
@@ -111,7 +111,8 @@ def test_per_user_queries_are_index_scans_on_a_large_table(scratch_dsn):
     sql(scratch_dsn, "VACUUM ANALYZE pgblobs.usage")
     params = {"user": "user-42", "namespace": "default", "blob_id": "blob-1042",
               "flag": "PENDING", "flags": ["PENDING"], "default_quota": 1000,
-              "start": 0, "end": None, "inline_limit": 0}
+              "start": 0, "end": None, "inline_limit": 0,
+              "blob_ids": ["blob-1042", "blob-2042"]}
     for name in PER_USER_QUERIES:
         plan = "\n".join(row[0] for row in sql(scratch_dsn, "EXPLAIN " + SQL[name], params))
         assert "Seq Scan" not in plan, f"{name}:\n{plan}"

@@ -161,3 +161,21 @@ def test_memory_stays_bounded_during_a_1gib_put_and_a_1gib_get(dsn, tmp_path):
         assert growth_mib < 100, f"RSS grew by {growth_mib:.0f} MiB"
     finally:
         assert server.stop() == 0
+
+
+def test_the_blob_size_limit_fits_a_stream_download(migrated_dsn):
+    # A stream record carries a size in 8 hex digits: 4 GiB - 1 at most.
+    refused = pgblobs_cli("serve", "--dsn", migrated_dsn, "--max-blob-bytes", str(4 * 1024 ** 3))
+    assert refused.returncode != 0
+    assert "at most 4294967295" in refused.stderr
+    token = pgblobs_cli("token", "create", "alice", "--dsn", migrated_dsn).stdout.strip()
+    auth = base64.b64encode(f"alice:{token}".encode())
+    server = ServeProcess("--dsn", migrated_dsn)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+            connection.sendall(b"PUT /blobs/alice/huge HTTP/1.1\r\nHost: x\r\n"
+                               b"Authorization: Token " + auth + b"\r\n"
+                               b"Content-Length: 4294967296\r\n\r\n")
+            assert connection.recv(100).startswith(b"HTTP/1.1 413 ")
+    finally:
+        server.stop()

@@ -54,22 +54,22 @@ def byte_range(header, size):
     """
     if header is None:
         return None
-    unit, _, spec = header.decode("latin-1").strip().partition("=")
+    header = header.decode("latin-1").strip()
+    unit, _, spec = header.partition("=")
     if unit.strip().lower() != "bytes" or "," in spec:
         return None
     first, dash, last = spec.strip().partition("-")
-    try:
-        if not dash or not (first or last) or not (first + last).isdigit():
-            raise ValueError
-        if not first:  # suffix: the last n bytes
-            length = int(last)
-            if length == 0 or size == 0:
-                raise ValueError
-            return max(0, size - length), size - 1
-        start = int(first)
-        end = size - 1 if not last else min(int(last), size - 1)
-        if start >= size or (last and int(last) < start):
-            raise ValueError
-        return start, end
-    except ValueError:
-        raise RangeNotSatisfiable(size) from None
+    if not dash or not (first or last) or not (first + last).isdigit():
+        raise RangeNotSatisfiable(size, f"malformed Range header {header[:60]!r}")
+    if not first:  # suffix: the last n bytes
+        length = int(last)
+        if length == 0 or size == 0:
+            raise RangeNotSatisfiable(size)
+        return max(0, size - length), size - 1
+    start = int(first)
+    if last and int(last) < start:
+        raise RangeNotSatisfiable(size, f"malformed Range header {header[:60]!r}: its end "
+                                        "comes before its start")
+    if start >= size:
+        raise RangeNotSatisfiable(size)
+    return start, size - 1 if not last else min(int(last), size - 1)

@@ -8,7 +8,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from pgblobs import names
 from pgblobs.errors import InvalidArgument, InvalidFlag
 from pgblobs.web import arguments
-from pgblobs.web.responses import ExactBody, Handler, gathered, rendered, send, send_json
+from pgblobs.web.responses import ExactBody, Handler, rendered, send, send_json
 from pgblobs.web.status import BodyTooLarge, NotFound
 
 
@@ -101,24 +101,20 @@ class Blob(Handler):
         if arguments.boolean(request, "only_flags"):
             send_json(request, await backend.get_flags(*key_args(key)))
             return
-        size, tag = await gathered(
-            [backend.get_blob_size(*key_args(key)), backend.get_tag(*key_args(key))])
-        wanted = arguments.byte_range(request.getHeader(b"range"), size)
-        headers = [(b"Tag", tag.encode("ascii")), (b"Accept-Ranges", b"bytes"),
+        blob = await backend.open_blob(*key_args(key))
+        wanted = arguments.byte_range(request.getHeader(b"range"), blob.size)
+        headers = [(b"Tag", blob.tag.encode("ascii")), (b"Accept-Ranges", b"bytes"),
                    (b"Content-Type", b"application/octet-stream")]
         if wanted is None:
-            code, (first, last) = 200, (0, size - 1)
+            code, (first, last) = 200, (0, blob.size - 1)
         else:
             code, (first, last) = 206, wanted
-            headers.append((b"Content-Range", b"bytes %d-%d/%d" % (first, last, size)))
+            headers.append((b"Content-Range", b"bytes %d-%d/%d" % (first, last, blob.size)))
         length = last - first + 1
         headers.append((b"Content-Length", b"%d" % length))
         body = ExactBody(request, length, code, headers)
-        if request.method == b"HEAD":
-            body.finish()
-            return
-        await backend.read_blob(key.user, key.blob_id, body, key.namespace,
-                                range=(first, last + 1))
+        if request.method != b"HEAD":
+            await blob.read(body, range=(first, last + 1))
         body.finish()
 
     @rendered

@@ -1,8 +1,16 @@
 """Prometheus metrics of one site: requests, latencies, bytes, database pools."""
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.twisted import MetricsResource
+from prometheus_client import (
+    CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest,
+)
+from twisted.web.server import NOT_DONE_YET
+
+from pgblobs.web.responses import Handler, send
+
+# Label values come from known sets only: the method is whatever a client
+# typed, and every new label value is a new time series, kept forever.
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH"})
 
 
 class SiteMetrics:
@@ -25,11 +33,13 @@ class SiteMetrics:
                 in_use.labels(pool).set_function(lambda pool=pool: pool_usage()[pool])
 
     def resource(self):
-        return MetricsResource(self.registry)
+        return _MetricsPage(self.registry)
 
     def record(self, request):
         route = getattr(request, "route", "other")
         method = request.method.decode("latin-1") if request.method else "-"
+        if method not in _KNOWN_METHODS:
+            method = "other"
         self._requests.labels(route, method, str(request.code)).inc()
         started = getattr(request, "started_at", None)
         if started is not None:
@@ -38,3 +48,17 @@ class SiteMetrics:
         if body is not None:
             self._received.inc(body.received)
         self._sent.inc(request.sentLength)
+
+
+class _MetricsPage(Handler):
+    isLeaf = True
+    route = "metrics"
+
+    def __init__(self, registry):
+        super().__init__()
+        self._registry = registry
+
+    def render_GET(self, request):
+        request.route = self.route
+        send(request, 200, generate_latest(self._registry), CONTENT_TYPE_LATEST.encode("ascii"))
+        return NOT_DONE_YET

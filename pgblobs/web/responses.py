@@ -59,13 +59,6 @@ def send_error(request, failure):
     send(request, code, f"{message}\n".encode("utf-8", "replace"))
 
 
-def gathered(deferreds):
-    """Every result, in order; or the first failure as itself (not wrapped in
-    FirstError), so the status table can answer for it."""
-    return defer.gatherResults(deferreds, consumeErrors=True).addErrback(
-        lambda failure: failure.value.subFailure)
-
-
 def rendered(method):
     """Make a coroutine a ``render_*`` method: it sends its own response, and
     whatever it raises is answered through the status table."""
@@ -79,18 +72,38 @@ def rendered(method):
 
 class Handler(Resource):
     """A resource that answers a method it lacks with 405 through the status
-    table (twisted.web says 501 for methods outside GET, HEAD and POST)."""
+    table (twisted.web says 501 for methods outside GET, HEAD and POST), and
+    HEAD wherever it answers GET: the same status and headers, no body."""
+
+    def allowed_methods(self):
+        methods = {name[len("render_"):] for name in dir(self)
+                   if name.startswith("render_") and name[len("render_"):].isupper()}
+        # Resource defines render_HEAD for everyone; it means something only beside GET.
+        methods.discard("HEAD")
+        if "GET" in methods:
+            methods.add("HEAD")
+        return sorted(methods)
 
     def render(self, request):
         method = request.method.decode("latin-1")
-        if method == "HEAD" and hasattr(self, "render_GET"):
-            method = "GET"
-        if not hasattr(self, "render_" + method):
-            allowed = sorted(name[len("render_"):] for name in dir(self)
-                             if name.startswith("render_") and name[len("render_"):].isupper())
-            send_error(request, Failure(MethodNotAllowed(allowed)))
+        if method not in self.allowed_methods():
+            send_error(request, Failure(MethodNotAllowed(self.allowed_methods())))
             return NOT_DONE_YET
-        return super().render(request)
+        # Every render_GET here sends its own response, and send() leaves
+        # the body out of a HEAD answer: so GET serves both.
+        return getattr(self, "render_" + ("GET" if method == "HEAD" else method))(request)
+
+
+def exactly(request, written, length):
+    """Whether a body had exactly the promised ``length``; if not, the
+    connection is cut, since a response of the wrong length must not look
+    complete."""
+    if written == length:
+        return True
+    _log.warn("request {request_id}: {written} bytes instead of {length}",
+              request_id=request.request_id, written=written, length=length)
+    request.abort()
+    return False
 
 
 class ExactBody:
@@ -122,18 +135,10 @@ class ExactBody:
         self._request.write(data)
 
     def verified(self):
-        """Whether exactly the promised bytes passed; if not, the connection is
-        cut, since a response of the wrong length must not look complete."""
-        if self.written == self._length:
-            return True
-        _log.warn("request {request_id}: {written} bytes instead of {length}",
-                  request_id=self._request.request_id, written=self.written,
-                  length=self._length)
-        self._request.abort()
-        return False
+        return exactly(self._request, self.written, self._length)
 
     def finish(self):
-        """End a response that this body was all of."""
-        if self.verified() and not self._request.gone:
+        """End a response that this body was all of (a HEAD answer: its headers)."""
+        if (self._request.method == b"HEAD" or self.verified()) and not self._request.gone:
             self._start()
             self._request.finish()

@@ -14,18 +14,28 @@ from pgblobs import __version__
 from pgblobs.accounts import Accounts
 from pgblobs.web.auth import Authenticator
 from pgblobs.web.blobs import BlobsRoot
+from pgblobs.web.channel import BlobsChannel
 from pgblobs.web.metrics import SiteMetrics
 from pgblobs.web.responses import Handler, rendered, send, send_json
-from pgblobs.web.stream import StreamRoot
+from pgblobs.web.stream import MAX_STREAMED_SIZE, StreamRoot
 from pgblobs.web.upload import StreamingRequest
 
 
 @dataclass(frozen=True)
 class Limits:
-    max_blob_bytes: int = 4 * 1024 ** 3
+    # A stream record gives a blob's size in 8 hex digits: no stored blob may need more.
+    max_blob_bytes: int = MAX_STREAMED_SIZE
     max_json_bytes: int = 1024 ** 2
-    idle_timeout: float = 60.0  # seconds a connection may stay silent
-    header_timeout: float = 20.0  # seconds from a request line to its last header
+    max_stream_ids: int = 1000  # blobs per stream download request
+    # Seconds a connection may keep the server waiting for it: silent between
+    # requests, or, within one, not sending the body or not reading the answer.
+    idle_timeout: float = 60.0
+    header_timeout: float = 20.0  # seconds from accepting a connection to its last header
+
+    def __post_init__(self):
+        if self.max_blob_bytes > MAX_STREAMED_SIZE:
+            raise ValueError(f"a blob may have at most {MAX_STREAMED_SIZE} bytes "
+                             "(the most a stream download can carry)")
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,7 @@ class _Health(Handler):
 
 
 class BlobsSite(server.Site):
+    protocol = BlobsChannel
     requestFactory = StreamingRequest
 
     def __init__(self, root, metrics, limits):

@@ -21,11 +21,15 @@ class BodyTooLarge(RequestError):
     """A body beyond the configured limit."""
 
 
-class RangeNotSatisfiable(RequestError):
-    """A Range header no byte of the blob can satisfy."""
+class TooManyIds(RequestError):
+    """A stream download asking for more blobs than one request may."""
 
-    def __init__(self, size):
-        super().__init__(f"the range is outside the blob's {size} bytes")
+
+class RangeNotSatisfiable(RequestError):
+    """A Range header that cannot be served: malformed, or outside the blob."""
+
+    def __init__(self, size, reason=None):
+        super().__init__(reason or f"the range is outside the blob's {size} bytes")
         self.size = size
 
 
@@ -63,6 +67,7 @@ STATUS = {
     Forbidden: 403,
     MethodNotAllowed: 405,
     BodyTooLarge: 413,
+    TooManyIds: 413,
     RangeNotSatisfiable: 416,
     DatabaseUnavailable: 503,
 }

@@ -2,24 +2,26 @@
 
 Download: the body is a JSON list of ids; the response carries, for each,
 8 lowercase hex digits of its size, its tag padded to 24 characters, one
-space, then its bytes. Upload: the body is one line of JSON ``[[id, size],
-...]`` and then the blobs' bytes back to back; each blob is stored as soon as
-its bytes are in, so a failure part-way leaves the earlier blobs stored.
+space, then its bytes, each header and each piece of content a chunk of its
+own. Upload: the body is one line of JSON ``[[id, size], ...]`` and then the
+blobs' bytes back to back; they are stored in one transaction, all or none.
 """
+import functools
+
 from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 
 from pgblobs import names
 from pgblobs.errors import InvalidArgument, TransferStopped
 from pgblobs.web import arguments
-from pgblobs.web.responses import ExactBody, Handler, gathered, rendered, send
-from pgblobs.web.status import BodyTooLarge, MalformedBody, NotFound
+from pgblobs.web.responses import Handler, exactly, rendered, send
+from pgblobs.web.status import BodyTooLarge, MalformedBody, NotFound, TooManyIds
 
-_SIZE_DIGITS = 8
 _TAG_WIDTH = 24
-_LOOKUPS_AT_ONCE = 8
+MAX_STREAMED_SIZE = 16 ** 8 - 1  # a record header carries the size in 8 hex digits
 
 
 class StreamRoot(Handler):
@@ -59,33 +61,34 @@ class UserStream(Handler):
             await self._upload(request, user, namespace)
 
     async def _download(self, request, user, namespace):
-        raw = await request.body.read_all(self._context.limits.max_json_bytes)
+        limits = self._context.limits
+        raw = await request.body.read_all(limits.max_json_bytes)
         ids = [names.blob_name(blob_id) if isinstance(blob_id, str) else _not_an_id(blob_id)
                for blob_id in arguments.json_body(raw, list)]
-        backend = self._context.backend
+        if len(ids) > limits.max_stream_ids:
+            raise TooManyIds(f"at most {limits.max_stream_ids} ids per stream request")
         # Everything is looked up before the first byte, so a missing blob
-        # is still a plain 404; a few lookups at a time, so a long list
-        # neither waits on one round trip per id nor floods the pool.
-        lanes = defer.DeferredSemaphore(_LOOKUPS_AT_ONCE)
-        lookups = []
-        for blob_id in ids:
-            lookups += [lanes.run(backend.get_blob_size, user, blob_id, namespace),
-                        lanes.run(backend.get_tag, user, blob_id, namespace)]
-        found = await gathered(lookups)
-        listed = list(zip(ids, found[0::2], found[1::2]))
-        for blob_id, size, _ in listed:
-            if size >= 16 ** _SIZE_DIGITS:
-                raise InvalidArgument(f"blob {blob_id} is too large for a stream")
+        # is still a plain 404.
+        opened = await self._context.backend.open_blobs(user, ids, namespace)
+        for blob in opened:
+            if blob.size > MAX_STREAMED_SIZE:
+                raise InvalidArgument(f"blob {blob.blob_id} is too large for a stream")
+        # No Content-Length: the answer is chunked, and every record header
+        # and every piece of content is a chunk of its own, as Soledad's
+        # client (which splits what it reads on spaces) needs.
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", b"application/octet-stream")
-        request.setHeader(b"Content-Length", b"%d" % sum(
-            _SIZE_DIGITS + _TAG_WIDTH + 1 + size for _, size, _ in listed))
-        for blob_id, size, tag in listed:
-            request.write(f"{size:08x}{tag:<{_TAG_WIDTH}} ".encode("ascii"))
-            body = ExactBody(request, size)
-            await backend.read_blob(user, blob_id, body, namespace)
-            if not body.verified():
-                return
+        blobs = _PacedBlobs(request)
+        try:
+            for blob in opened:
+                await blobs.writable()
+                request.write(f"{blob.size:08x}{blob.tag:<{_TAG_WIDTH}} ".encode("ascii"))
+                blobs.expect(blob.size)
+                await blob.read(blobs)
+                if not blobs.verified():
+                    return
+        finally:
+            blobs.done()
         request.finish()
 
     async def _upload(self, request, user, namespace):
@@ -96,9 +99,12 @@ class UserStream(Handler):
             if size > limits.max_blob_bytes:
                 raise BodyTooLarge(f"blob {blob_id}: a blob may have at most "
                                    f"{limits.max_blob_bytes} bytes")
-        for blob_id, size in listing:
-            await self._context.backend.write_blob(user, blob_id, blobs.next_blob(size), namespace)
-        await blobs.ended()
+        # All or nothing: a failure stores none of the request's blobs, so
+        # the same request can simply be sent again.
+        await self._context.backend.write_blobs(
+            user, [(blob_id, size, functools.partial(blobs.next_blob, size))
+                   for blob_id, size in listing],
+            namespace, before_commit=lambda: defer.ensureDeferred(blobs.ended()))
         send(request, 200)
 
 
@@ -271,3 +277,84 @@ class _BlobSlice:
 
     def stopProducing(self):
         self.fail(Failure(TransferStopped("the blob's consumer stopped it")))
+
+
+@implementer(IPushProducer, IConsumer)
+class _PacedBlobs:
+    """The consumer of every blob of one stream download, in turn.
+
+    It is the one producer registered on the request for the whole
+    response: it relays the client's pause and resume to whichever blob is
+    being read, and lets the next record wait while the client is behind,
+    so a long stream holds no more than a chunk or two in memory.
+    """
+
+    def __init__(self, request):
+        self._request = request
+        self._paused = False
+        self._stopped = False
+        self._blob_producer = None
+        self._waiters = []
+        self._expected = 0
+        self._written = 0
+        request.registerProducer(self, True)
+
+    # What the request asks of its producer.
+
+    def pauseProducing(self):
+        self._paused = True
+        if self._blob_producer is not None:
+            self._blob_producer.pauseProducing()
+
+    def resumeProducing(self):
+        self._paused = False
+        if self._blob_producer is not None:
+            self._blob_producer.resumeProducing()
+        self._wake()
+
+    def stopProducing(self):
+        self._stopped = True
+        if self._blob_producer is not None:
+            self._blob_producer.stopProducing()
+        self._wake()
+
+    # What the backend asks of a consumer.
+
+    def registerProducer(self, producer, streaming):
+        self._blob_producer = producer
+        if self._paused:
+            producer.pauseProducing()
+
+    def unregisterProducer(self):
+        self._blob_producer = None
+
+    def write(self, data):
+        self._written += len(data)
+        self._request.write(data)
+
+    # The stream's own pace.
+
+    async def writable(self):
+        """Wait while the client is behind; TransferStopped once it is gone."""
+        while self._paused and not self._stopped:
+            waiter = defer.Deferred()
+            self._waiters.append(waiter)
+            await waiter
+        if self._stopped:
+            raise TransferStopped("the client went away")
+
+    def _wake(self):
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def expect(self, size):
+        self._expected, self._written = size, 0
+
+    def verified(self):
+        """Whether the blob just read had exactly its size (if not, the
+        connection is cut)."""
+        return exactly(self._request, self._written, self._expected)
+
+    def done(self):
+        self._request.unregisterProducer()

@@ -35,11 +35,14 @@ class RequestBody:
     bounds the bytes accepted; past it production fails with BodyTooLarge.
     """
 
-    def __init__(self, transport, length, on_demand=None):
+    _WAIT = "sending the body"
+
+    def __init__(self, channel, length, on_demand=None):
         self.length = UNKNOWN_LENGTH if length is None else length
         self.limit = None
         self.received = 0
-        self._transport = transport
+        self._channel = channel
+        self._transport = channel.transport
         self._on_demand = on_demand
         self._held = []
         self._consumer = None
@@ -53,6 +56,7 @@ class RequestBody:
         if self._outcome is not None:
             return
         self.received += len(data)
+        self._channel.client_progressed()
         if self.limit is not None and self.received > self.limit:
             self._end(Failure(BodyTooLarge(f"the body is larger than {self.limit} bytes")))
         elif self._consumer is None:
@@ -64,6 +68,7 @@ class RequestBody:
         if self._outcome is not None:
             return
         self._outcome = outcome or "complete"
+        self._channel.not_waiting_on_client(self._WAIT)
         if self._consumer is not None:
             self._settle()
 
@@ -89,14 +94,19 @@ class RequestBody:
         if self._outcome is not None:
             self._settle()
         else:
-            self._transport.resumeProducing()
+            self.resumeProducing()
         return self._done
 
+    # A consumer that pauses the body waits on the server (the database),
+    # not on the client: the stall clock runs only while bytes are wanted.
+
     def pauseProducing(self):
+        self._channel.not_waiting_on_client(self._WAIT)
         self._transport.pauseProducing()
 
     def resumeProducing(self):
         if self._outcome is None:
+            self._channel.waiting_on_client(self._WAIT)
             self._transport.resumeProducing()
 
     def stopProducing(self):
@@ -123,23 +133,9 @@ class StreamingRequest(server.Request):
     route = "other"  # resources name their route, for metrics
     request_id = "-"
 
-    def __init__(self, channel, *args, **kwargs):
-        super().__init__(channel, *args, **kwargs)
-        # The idle timeout restarts with every byte, so a client trickling
-        # its headers a byte at a time would never meet it: headers get a
-        # deadline of their own.
-        limit = channel.site.limits.header_timeout
-        self._header_deadline = reactor.callLater(limit, self._headers_too_slow)
-
-    def _headers_too_slow(self):
-        if self.channel is not None and self.channel.transport is not None:
-            self.channel.transport.abortConnection()
-
     _lingering = None
 
     def gotLength(self, length):
-        if self._header_deadline.active():
-            self._header_deadline.cancel()
         self.started_at = time.monotonic()
         self.request_id = secrets.token_hex(6)
         self.setHeader(b"X-Request-Id", self.request_id.encode("ascii"))
@@ -154,7 +150,7 @@ class StreamingRequest(server.Request):
                 value.lower() for value in expect]:
             self.requestHeaders.removeHeader(b"expect")
             on_demand = self._send_continue
-        self.body = RequestBody(self.channel.transport, length, on_demand)
+        self.body = RequestBody(self.channel, length, on_demand)
         self.body_complete = False
         # The channel keeps the request line to itself until the body is in;
         # reading it here is the one private detail this module relies on.
@@ -213,8 +209,6 @@ class StreamingRequest(server.Request):
         self.gone = True
         if self._lingering is not None and self._lingering.active():
             self._lingering.cancel()
-        if self._header_deadline.active():
-            self._header_deadline.cancel()
         super().connectionLost(reason)
         if self.body is not None:
             self.body._end(Failure(TransferStopped("the client went away")))

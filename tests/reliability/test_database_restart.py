@@ -110,3 +110,58 @@ def test_a_database_unreachable_at_start_is_waited_for(open_tmp):
         assert "database unreachable" in errors and "retrying" in errors
     finally:
         cluster.stop()
+
+
+def test_after_an_outage_the_first_success_is_followed_by_no_503(open_tmp):
+    """PostgreSQL down 5 s under load: once one request got through again,
+    every pooled connection is checked or replaced, and none fails another."""
+    cluster = LocalCluster(open_tmp / "pg")
+    cluster.start()
+    node = None
+    try:
+        schema.upgrade(cluster.dsn)
+        token = token_for(cluster.dsn, "alice")
+        node = ServeProcess("--dsn", cluster.dsn, "--quota-bytes", "unlimited",
+                            "--pool-size", "4")
+        client = Client(node.url, "alice", token)
+        large = b"L" * (2 * 1024 * 1024)
+        assert client.put("large", large)[0] == 200
+        assert client.put("small", b"s" * 1000)[0] == 200
+        stop, answers = threading.Event(), []
+
+        def requests(worker):
+            number = 0
+            while not stop.is_set():
+                number += 1
+                for method, path, body in (
+                        ("GET", "/blobs/alice/large", None), ("GET", "/blobs/alice/small", None),
+                        ("GET", "/blobs/alice/?only_count=True", None),
+                        ("PUT", f"/blobs/alice/w{worker}-{number}", b"x" * 500)):
+                    started = time.monotonic()
+                    status, _, _ = client.request(method, path, body=body)
+                    answers.append((started, time.monotonic(), method, path, status))
+        workers = [threading.Thread(target=requests, args=(i,)) for i in range(4)]
+        for worker in workers:
+            worker.start()
+        time.sleep(1.5)
+        cluster.stop()
+        time.sleep(5)
+        cluster.start()
+        restarted = time.monotonic()
+        time.sleep(6)
+        stop.set()
+        for worker in workers:
+            worker.join(60)
+        assert node.process.poll() is None
+        first_success = min(ended for started, ended, _, _, status in answers
+                            if started > restarted and status == 200)
+        after = [(method, path, status) for started, _, method, path, status in answers
+                 if started > first_success]
+        print(f"first 200 {first_success - restarted:.2f}s after the restart; "
+              f"{len(after)} requests after it")
+        assert len(after) > 50
+        assert [answer for answer in after if answer[2] != 200] == []
+    finally:
+        if node is not None:
+            node.stop()
+        cluster.stop()

@@ -263,3 +263,20 @@ async def test_a_refused_upload_is_answered_even_while_the_client_keeps_sending(
                b"\r\nContent-Length: 3000000\r\n\r\n" + b"z" * 3_000_000)
     answer = await raw_http(server, payload)
     assert answer.startswith(b"HTTP/1.1 409 ")
+
+
+@deferred_test
+async def test_a_malformed_range_is_416_without_blaming_the_blob(server):
+    await treq.put(f"{server.url}/blobs/alice/ten", data=b"0123456789", headers=server.auth())
+    for header, reason in (("bytes=abc", b"malformed"), ("bytes=5-2", b"malformed"),
+                           ("bytes=-", b"malformed"), ("bytes=100-", b"outside")):
+        response = await treq.get(f"{server.url}/blobs/alice/ten",
+                                  headers={**server.auth(), b"Range": [header.encode()]})
+        body = await response.content()
+        assert response.code == 416, header
+        assert reason in body, (header, body)
+        assert response.headers.getRawHeaders(b"content-range") == [b"bytes */10"]
+    # An unknown unit is ignored, as RFC 7233 says: the whole blob.
+    response = await treq.get(f"{server.url}/blobs/alice/ten",
+                              headers={**server.auth(), b"Range": [b"lines=1-2"]})
+    assert response.code == 200 and await response.content() == b"0123456789"

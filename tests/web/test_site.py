@@ -57,3 +57,13 @@ async def test_an_unexpected_error_is_a_500_with_a_request_id_only(backend):
         assert "secret" not in body and "Traceback" not in body
     finally:
         await port.stopListening()
+
+
+@deferred_test
+async def test_metrics_labels_take_only_known_methods(server):
+    from tests.helpers import raw_http
+    for number in range(40):
+        await raw_http(server, b"INVENTED%d /blobs/alice/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % number)
+    text = (await (await treq.get(server.url + "/metrics")).content()).decode()
+    assert "INVENTED" not in text
+    assert 'method="other"' in text

@@ -75,12 +75,36 @@ async def test_upload_lists_that_do_not_match_the_body(server):
 
 
 @deferred_test
-async def test_upload_stream_stops_at_an_existing_blob(server):
+async def test_an_upload_stream_is_all_or_nothing(server, dsn):
     await upload(server, [["taken", 1]], b"t")
     code, _ = await upload(server, [["new", 2], ["taken", 2], ["later", 2]], b"aabbcc")
     assert code == 409
     response = await treq.get(f"{server.url}/blobs/alice/", headers=server.auth())
-    assert sorted(await response.json()) == ["new", "taken"]
+    assert await response.json() == ["taken"]
+    # A failure found only once bytes flowed (the body is longer than its
+    # listing) stores nothing either, and leaves no large object behind.
+    code, _ = await upload(server, [["first", 3], ["second", 3]], b"aaabbbEXTRA")
+    assert code == 400
+    response = await treq.get(f"{server.url}/blobs/alice/", headers=server.auth())
+    assert await response.json() == ["taken"]
+    assert sql(dsn, "SELECT count(*) FROM pg_largeobject_metadata")[0][0] == 1
+    # So the same request, sent again whole, finishes.
+    code, _ = await upload(server, [["first", 3], ["second", 3]], b"aaabbb")
+    assert code == 200
+    response = await treq.get(f"{server.url}/blobs/alice/", headers=server.auth())
+    assert sorted(await response.json()) == ["first", "second", "taken"]
+
+
+@deferred_test
+async def test_an_upload_stream_over_quota_stores_nothing(server, dsn):
+    sql(dsn, "INSERT INTO pgblobs.quotas (user_id, quota_bytes) VALUES ('alice', 10)")
+    code, _ = await upload(server, [["a", 6], ["b", 6]], b"aaaaaabbbbbb")
+    assert code == 507
+    assert sql(dsn, "SELECT count(*) FROM pgblobs.blobs")[0][0] == 0
+    code, _ = await upload(server, [["a", 6], ["a", 4]], b"aaaaaabbbb")
+    assert code == 409  # one id twice in one request
+    code, _ = await upload(server, [["a", 6], ["b", 4]], b"aaaaaabbbb")
+    assert code == 200
 
 
 @deferred_test
@@ -145,3 +169,87 @@ async def test_download_of_many_small_blobs_keeps_their_order(server):
     assert response.code == 200
     assert [data for _, data in parse_download(await response.content())] == [
         blobs[k] for k in wanted]
+
+
+def chunks_of(port, request):
+    """Blocking: send ``request``; the status line, headers and the body's
+    chunks one by one, as a chunked-transfer decoder hands them over."""
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(request)
+        reader = connection.makefile("rb")
+        status = reader.readline()
+        headers = {}
+        while (line := reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        chunks = []
+        if headers.get("transfer-encoding") == "chunked":
+            while (size := int(reader.readline().split(b";")[0], 16)) > 0:
+                chunks.append(reader.read(size))
+                assert reader.read(2) == b"\r\n"
+        return status, headers, chunks
+
+
+class ChunkwiseRecords:
+    """Reads stream records as Soledad's client does: every chunk that
+    completes a header must split on spaces into exactly the header and
+    what follows it, and a blob's content never shares a chunk with the next."""
+
+    def __init__(self):
+        self.blobs = []
+        self._pending = b""
+        self._size = None
+        self._content = b""
+
+    def write(self, chunk):
+        if self._size is None:
+            self._pending += chunk
+            if b" " in self._pending:
+                marker, rest = self._pending.split(b" ")  # two parts, or this raises
+                self._size, self._tag = int(marker[:8], 16), marker[8:].decode()
+                self._pending, self._content = b"", rest
+        else:
+            assert len(self._content) + len(chunk) <= self._size, "a chunk spans two blobs"
+            self._content += chunk
+        if self._size is not None and len(self._content) == self._size:
+            self.blobs.append((self._tag, self._content))
+            self._size, self._content = None, b""
+
+
+@deferred_test
+async def test_download_frames_each_record_as_soledad_reads_it(server):
+    from twisted.internet import threads
+    # Contents full of the separator; each at least 16 bytes, as Soledad's
+    # blobs (which end with their tag) are, so no tag is padded with spaces.
+    blobs = {"one": b"a b c " * 7, "two": content(1_500_000) + b" " * 20, "three": b" x y " * 4,
+             "four": content(5000, seed=4)}
+    code, _ = await upload(server, [[k, len(v)] for k, v in blobs.items()],
+                           b"".join(blobs.values()))
+    assert code == 200
+    body = json.dumps(list(blobs)).encode()
+    request = (b"POST /stream/alice?direction=download HTTP/1.1\r\nHost: x\r\n" +
+               auth_header(server) + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    status, headers, chunks = await threads.deferToThread(
+        chunks_of, server.port.getHost().port, request)
+    assert status.startswith(b"HTTP/1.1 200")
+    assert "content-length" not in headers and headers["transfer-encoding"] == "chunked"
+    records = ChunkwiseRecords()
+    for chunk in chunks:
+        records.write(chunk)
+    assert [data for _, data in records.blobs] == list(blobs.values())
+    assert [tag for tag, _ in records.blobs] == [
+        base64.urlsafe_b64encode(data[-16:]).decode() for data in blobs.values()]
+
+
+@deferred_test
+async def test_stream_download_ids_are_bounded(server):
+    await upload(server, [["one", 1]], b"1")
+    response = await treq.post(f"{server.url}/stream/alice?direction=download",
+                               data=json.dumps(["one"] * 1001).encode(), headers=server.auth())
+    assert response.code == 413
+    assert b"at most 1000 ids" in await response.content()
+    response = await treq.post(f"{server.url}/stream/alice?direction=download",
+                               data=json.dumps(["one"] * 1000).encode(), headers=server.auth())
+    assert response.code == 200
+    assert len(parse_download(await response.content())) == 1000

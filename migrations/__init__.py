@@ -1,0 +1,2 @@
+"""The schema's alembic migrations, shipped inside the package as ``pgblobs.migrations``
+(pyproject.toml maps it here), so an installed pgblobs can migrate a database."""

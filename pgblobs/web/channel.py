@@ -1,0 +1,107 @@
+"""The HTTP connection, with deadlines for clients that keep the server waiting.
+
+Twisted's idle timeout restarts with every byte received and is switched off
+once a request is in, for as long as its response takes. That lets a client
+trickle its headers forever, or start an upload or a download and then stop,
+holding a database connection and a transaction open. ``BlobsChannel``
+replaces it, per connection, with two clocks:
+
+- the header deadline: ``header_timeout`` seconds from the moment the
+  connection is accepted (or the previous response ended) to the last
+  header of the next request, however the bytes trickle in;
+- the stall clock: ``idle_timeout`` seconds, running only while the request
+  waits on the client (for body bytes its consumer asked for, or for the
+  client to read a response the socket cannot take). While the request waits
+  on the server, for instance queued for a database connection, no clock runs.
+
+Either one expiring cuts the connection; what the request held is released
+by its ``connectionLost``.
+"""
+from functools import partial
+
+from twisted.logger import Logger
+from twisted.web import http
+
+_log = Logger()
+
+
+class BlobsChannel(http.HTTPChannel):
+    """An HTTPChannel with a header deadline and a stall clock (see module)."""
+
+    _header_deadline = None
+    _stall_clock = None
+
+    def connectionMade(self):
+        super().connectionMade()
+        self._waiting_for = set()
+        self._arm_header_deadline()
+
+    def _arm_header_deadline(self):
+        self._header_deadline = self.callLater(
+            self.site.limits.header_timeout, partial(self._cut, "its headers took too long"))
+
+    def allHeadersReceived(self):
+        if self._header_deadline is not None and self._header_deadline.active():
+            self._header_deadline.cancel()
+        # From here the stall clock stands in for the idle timeout.
+        self.setTimeout(None)
+        super().allHeadersReceived()
+
+    def requestDone(self, request):
+        # Armed before the channel reads on, since it may parse a pipelined
+        # request's headers (and cancel these) at once. The idle timeout
+        # also ends a closing connection whose client never reads the end.
+        self.setTimeout(self.site.limits.idle_timeout)
+        if self.persistent:
+            self._arm_header_deadline()
+        self._waiting_for.clear()
+        self._stop_stall_clock()
+        super().requestDone(request)
+
+    # The stall clock.
+
+    def waiting_on_client(self, what):
+        """The request cannot go on until the client does ``what``."""
+        self._waiting_for.add(what)
+        if self._stall_clock is None:
+            self._stall_clock = self.callLater(
+                self.site.limits.idle_timeout, partial(self._cut, f"it stalled ({what})"))
+
+    def client_progressed(self):
+        """The client did something the request waited for: the clock restarts."""
+        if self._stall_clock is not None:
+            self._stall_clock.reset(self.site.limits.idle_timeout)
+
+    def not_waiting_on_client(self, what):
+        self._waiting_for.discard(what)
+        if not self._waiting_for:
+            self._stop_stall_clock()
+
+    def _stop_stall_clock(self):
+        if self._stall_clock is not None:
+            if self._stall_clock.active():
+                self._stall_clock.cancel()
+            self._stall_clock = None
+
+    # The transport stops taking our bytes when the client stops reading.
+
+    def pauseProducing(self):
+        super().pauseProducing()
+        if self.requests:
+            self.waiting_on_client("reading the response")
+
+    def resumeProducing(self):
+        super().resumeProducing()
+        self.not_waiting_on_client("reading the response")
+
+    def _cut(self, why):
+        self._header_deadline = self._stall_clock = None
+        if self.transport is not None and self.transport.connected:
+            _log.info("cutting {peer}: {why}", peer=self.transport.getPeer(), why=why)
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason):
+        if self._header_deadline is not None and self._header_deadline.active():
+            self._header_deadline.cancel()
+        self._stop_stall_clock()
+        super().connectionLost(reason)

@@ -1,0 +1,234 @@
+"""Clients that stop reading, stop sending or trickle: they are cut off, and
+they never hold up another user's transfers."""
+import socket
+import threading
+import time
+
+import pytest
+
+from tests.conftest import sql
+from tests.helpers import content
+from tests.processes import ServeProcess
+from tests.reliability.clients import Client, token_for
+
+pytestmark = pytest.mark.slow
+
+BIG = 16 * 1024 * 1024  # far more than socket buffers hold
+
+
+def connect(node, receive_buffer=None):
+    connection = socket.socket()
+    if receive_buffer:
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    connection.settimeout(30)
+    connection.connect(("127.0.0.1", node.port))
+    return connection
+
+
+def stalled_get(node, client, blob_id):
+    """A GET whose client never reads a byte of the answer."""
+    connection = connect(node, receive_buffer=4096)
+    connection.sendall(f"GET /blobs/{client.user}/{blob_id} HTTP/1.1\r\nHost: x\r\n"
+                       f"Authorization: {client.auth}\r\n\r\n".encode())
+    return connection
+
+
+def stalled_put(node, client, blob_id, length, sent):
+    """A PUT that announces ``length`` bytes and sends only ``sent``."""
+    connection = connect(node)
+    connection.sendall(f"PUT /blobs/{client.user}/{blob_id} HTTP/1.1\r\nHost: x\r\n"
+                       f"Authorization: {client.auth}\r\nContent-Length: {length}\r\n\r\n"
+                       .encode() + b"x" * sent)
+    return connection
+
+
+def is_closed(connection, within):
+    """Whether the server closes ``connection`` within ``within`` seconds
+    (whatever it had sent is read and dropped)."""
+    deadline = time.monotonic() + within
+    connection.settimeout(0.5)
+    while time.monotonic() < deadline:
+        try:
+            if connection.recv(1 << 20) == b"":
+                return True
+        except socket.timeout:
+            continue
+        except OSError:
+            return True
+    return False
+
+
+def received_until_closed(connection):
+    """Bytes read until the server closed (or reset) the connection."""
+    received = 0
+    connection.settimeout(10)
+    try:
+        while chunk := connection.recv(1 << 20):
+            received += len(chunk)
+    except OSError:
+        pass
+    return received
+
+
+def content_in_use(node):
+    status, _, body = Client(node.url, "-", "-").request("GET", "/metrics")
+    assert status == 200
+    for line in body.decode().splitlines():
+        if line.startswith('pgblobs_db_connections_in_use{pool="content"}'):
+            return float(line.split()[-1])
+    raise AssertionError("no content pool gauge")
+
+
+def open_transactions(dsn):
+    return sql(dsn, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND state LIKE 'idle in transaction%%' AND pid <> pg_backend_pid()")[0][0]
+
+
+@pytest.fixture
+def users(dsn):
+    return {name: token_for(dsn, name) for name in ("alice", "bob")}
+
+
+def test_a_reader_that_stops_is_cut_and_its_transaction_ends(dsn, users):
+    node = ServeProcess("--dsn", dsn, "--idle-timeout", "2", "--pool-size", "2",
+                        "--quota-bytes", "unlimited")
+    try:
+        alice = Client(node.url, "alice", users["alice"])
+        assert alice.put("big", content(BIG))[0] == 200
+        connection = stalled_get(node, alice, "big")
+        time.sleep(1)
+        assert open_transactions(dsn) == 1  # the read, waiting for the client
+        time.sleep(3)  # reading nothing meanwhile: reading is progress
+        assert open_transactions(dsn) == 0
+        assert content_in_use(node) == 0
+        assert received_until_closed(connection) < BIG
+        assert alice.get("big")[::2] == (200, content(BIG))
+    finally:
+        node.stop()
+
+
+def test_a_body_that_stops_arriving_is_cut_and_stores_nothing(dsn, users):
+    node = ServeProcess("--dsn", dsn, "--idle-timeout", "2", "--pool-size", "2",
+                        "--quota-bytes", "unlimited")
+    try:
+        alice = Client(node.url, "alice", users["alice"])
+        large = stalled_put(node, alice, "large", 5_000_000, 1_000_000)
+        small = stalled_put(node, alice, "small", 100_000, 50_000)
+        assert is_closed(large, within=10) and is_closed(small, within=10)
+        assert open_transactions(dsn) == 0 and content_in_use(node) == 0
+        assert sql(dsn, "SELECT count(*) FROM pgblobs.blobs")[0][0] == 0
+        assert sql(dsn, "SELECT count(*) FROM pg_largeobject_metadata")[0][0] == 0
+    finally:
+        node.stop()
+
+
+def test_one_users_stalled_transfers_leave_room_for_everyone_else(dsn, users):
+    node = ServeProcess("--dsn", dsn, "--idle-timeout", "60", "--pool-size", "4",
+                        "--quota-bytes", "unlimited")
+    stalled = []
+    trickling = threading.Event()
+    try:
+        alice = Client(node.url, "alice", users["alice"])
+        bob = Client(node.url, "bob", users["bob"])
+        assert alice.put("big", content(BIG))[0] == 200
+        assert bob.put("mine", content(1 << 20, seed=1))[0] == 200
+        stalled += [stalled_get(node, alice, "big") for _ in range(6)]
+        trickles = [stalled_put(node, alice, f"slow-{i}", 2_000_000, 300_000) for i in range(6)]
+        stalled += trickles
+
+        def trickle():
+            while not trickling.wait(1.0):
+                for connection in trickles:
+                    connection.sendall(b"x")
+        threading.Thread(target=trickle, daemon=True).start()
+        time.sleep(2)
+        started = time.monotonic()
+        assert bob.get("mine")[::2] == (200, content(1 << 20, seed=1))
+        assert bob.put("more", content(1 << 20, seed=2))[0] == 200
+        assert time.monotonic() - started < 5, "bob waited for alice's stalled transfers"
+    finally:
+        trickling.set()
+        for connection in stalled:
+            connection.close()
+        node.stop()
+
+
+def test_a_request_queued_for_a_connection_outlives_the_idle_timeout(dsn, users):
+    node = ServeProcess("--dsn", dsn, "--idle-timeout", "2", "--pool-size", "1",
+                        "--quota-bytes", "unlimited")
+    try:
+        alice = Client(node.url, "alice", users["alice"])
+        bob = Client(node.url, "bob", users["bob"])
+        # alice holds the only content connection for ~6 s, sending steadily.
+        slow = stalled_put(node, alice, "slow", 300_006, 300_000)
+        answers = {}
+        queued = threading.Thread(target=lambda: answers.update(
+            bob=bob.put("queued", content(1 << 20))))
+        time.sleep(0.5)
+        queued.start()
+        for _ in range(6):
+            time.sleep(1)
+            slow.sendall(b"x")
+        assert slow.recv(100).startswith(b"HTTP/1.1 200")
+        queued.join(30)
+        assert answers["bob"][0] == 200
+        assert bob.get("queued")[::2] == (200, content(1 << 20))
+        slow.close()
+    finally:
+        node.stop()
+
+
+def test_the_header_deadline_starts_at_the_connection(dsn):
+    node = ServeProcess("--dsn", dsn, "--idle-timeout", "30", "--header-timeout", "3")
+    try:
+        started = time.monotonic()
+        connection = connect(node)
+        closed = False
+        for byte in b"GET /health HTTP/1.1\r\nHost: x\r\n" * 4:
+            try:
+                connection.sendall(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.5)
+            if time.monotonic() - started > 8:
+                break
+        assert closed or is_closed(connection, within=1)
+        assert time.monotonic() - started < 6
+    finally:
+        node.stop()
+
+
+def test_stalled_small_uploads_hold_bounded_memory(dsn, users):
+    node = ServeProcess("--dsn", dsn, "--idle-timeout", "20", "--pool-size", "2",
+                        "--max-buffered-bytes", "2000000", "--quota-bytes", "unlimited")
+    stalled = []
+    try:
+        alice = Client(node.url, "alice", users["alice"])
+        bob = Client(node.url, "bob", users["bob"])
+        assert alice.put("warm-up", b"x" * 200_000)[0] == 200
+        before = node.rss_kib()
+        for i in range(200):
+            stalled.append(stalled_put(node, alice, f"stuck-{i}", 250_000, 249_999))
+        time.sleep(3)
+        growth_mib = (node.rss_kib() - before) / 1024
+        print(f"RSS grew by {growth_mib:.1f} MiB for 200 stalled uploads of 250 kB")
+        assert growth_mib < 25
+        assert bob.put("honest", b"y" * 100_000)[0] == 200
+    finally:
+        for connection in stalled:
+            connection.close()
+        node.stop()
+
+
+def test_a_silent_connection_between_requests_is_closed(dsn):
+    node = ServeProcess("--dsn", dsn, "--idle-timeout", "2", "--header-timeout", "30")
+    try:
+        connection = connect(node)
+        connection.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert connection.recv(1000).startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        assert is_closed(connection, within=10)
+        assert 1.5 < time.monotonic() - started < 5
+    finally:
+        node.stop()
