@@ -15,6 +15,7 @@ one with one asynchronous statement (``put_small_blob``) and reads one with
 another (``open_blob``), on the reactor.
 """
 import base64
+import contextlib
 import hashlib
 import threading
 from collections import deque
@@ -217,6 +218,21 @@ class DownloadPush:
         self._reactor.callFromThread(self._write, chunk)
 
 
+@contextlib.contextmanager
+def _transaction(connection):
+    """Everything inside commits together or not at all: a rollback takes
+    the large objects written inside with it."""
+    connection.autocommit = False
+    try:
+        yield
+        connection.commit()
+    except BaseException:
+        connection.rollback()
+        raise
+    finally:
+        connection.autocommit = True
+
+
 class _Allowance:
     """Reads pipes while the bytes stay within ``room`` (None: no limit), so
     an upload is stopped early; ``pgblobs.put_blob`` makes the final,
@@ -269,18 +285,11 @@ def store(connection, pipe, key, default_quota, room):
                  content=psycopg2.Binary(b"".join(head)))
         return
 
-    connection.autocommit = False
-    try:
+    with _transaction(connection):
         oid = _write_large_object(connection, pipe, allowance, b"".join(head))
         del head
         with connection.cursor() as cursor:
             _put(cursor, "put_blob", key, default_quota, pipe.digest, oid=oid)
-        connection.commit()
-    except BaseException:
-        connection.rollback()  # the large object goes with the transaction
-        raise
-    finally:
-        connection.autocommit = True
 
 
 def store_all(connection, reactor, next_pipe, confirm, keys, default_quota, room):
@@ -292,8 +301,7 @@ def store_all(connection, reactor, next_pipe, confirm, keys, default_quota, room
     lock is held only for the few statements before the commit.
     """
     allowance = _Allowance(room)
-    connection.autocommit = False
-    try:
+    with _transaction(connection):
         written = []
         for index, key in enumerate(keys):
             pipe = threads.blockingCallFromThread(reactor, next_pipe, index)
@@ -303,12 +311,6 @@ def store_all(connection, reactor, next_pipe, confirm, keys, default_quota, room
         with connection.cursor() as cursor:
             for key, oid, digest in written:
                 _put(cursor, "put_blob", key, default_quota, digest, oid=oid)
-        connection.commit()
-    except BaseException:
-        connection.rollback()  # every large object goes with the transaction
-        raise
-    finally:
-        connection.autocommit = True
 
 
 def load(connection, push, row, start, stop):

@@ -1,5 +1,6 @@
 """PostgreSQL restarted (fast shutdown) under load, and unreachable at start."""
 import collections
+import contextlib
 import subprocess
 import sys
 import threading
@@ -41,15 +42,27 @@ def wait_healthy(client, seconds):
     raise AssertionError(f"not healthy within {seconds}s")
 
 
-def test_a_restart_costs_503s_for_seconds_and_loses_nothing(open_tmp):
-    cluster = LocalCluster(open_tmp / "pg")
+@contextlib.contextmanager
+def node_on_own_cluster(directory, *options):
+    """A PostgreSQL of the test's own (to stop and start) and a node using it;
+    (cluster, node, alice's client)."""
+    cluster = LocalCluster(directory)
     cluster.start()
     node = None
     try:
         schema.upgrade(cluster.dsn)
         token = token_for(cluster.dsn, "alice")
-        node = ServeProcess("--dsn", cluster.dsn, "--quota-bytes", "unlimited")
-        client = Client(node.url, "alice", token)
+        node = ServeProcess("--dsn", cluster.dsn, "--quota-bytes", "unlimited", *options)
+        yield cluster, node, Client(node.url, "alice", token)
+        assert node.process.poll() is None, "the server must stay up"
+    finally:
+        if node is not None:
+            assert node.stop() == 0
+        cluster.stop()
+
+
+def test_a_restart_costs_503s_for_seconds_and_loses_nothing(open_tmp):
+    with node_on_own_cluster(open_tmp / "pg") as (cluster, node, client):
         stop, stored = threading.Event(), {}
         statuses, retry_after = collections.Counter(), []
         workers = [threading.Thread(target=load, args=(client, f"w{i}", stop, stored, statuses,
@@ -69,7 +82,6 @@ def test_a_restart_costs_503s_for_seconds_and_loses_nothing(open_tmp):
         stop.set()
         for worker in workers:
             worker.join(60)
-        assert node.process.poll() is None, "the server must stay up"
         print(f"statuses {dict(statuses)}; healthy {recovered - restarted:.1f}s after restart")
         assert set(statuses) <= {200, 503}, statuses
         assert all(retry_after)
@@ -78,10 +90,6 @@ def test_a_restart_costs_503s_for_seconds_and_loses_nothing(open_tmp):
         for blob_id, data in stored.items():
             status, _, body = client.get(blob_id)
             assert (status, body) == (200, data), blob_id
-    finally:
-        if node is not None:
-            assert node.stop() == 0
-        cluster.stop()
 
 
 def test_a_database_unreachable_at_start_is_waited_for(open_tmp):
@@ -115,15 +123,7 @@ def test_a_database_unreachable_at_start_is_waited_for(open_tmp):
 def test_after_an_outage_the_first_success_is_followed_by_no_503(open_tmp):
     """PostgreSQL down 5 s under load: once one request got through again,
     every pooled connection is checked or replaced, and none fails another."""
-    cluster = LocalCluster(open_tmp / "pg")
-    cluster.start()
-    node = None
-    try:
-        schema.upgrade(cluster.dsn)
-        token = token_for(cluster.dsn, "alice")
-        node = ServeProcess("--dsn", cluster.dsn, "--quota-bytes", "unlimited",
-                            "--pool-size", "4")
-        client = Client(node.url, "alice", token)
+    with node_on_own_cluster(open_tmp / "pg", "--pool-size", "4") as (cluster, node, client):
         large = b"L" * (2 * 1024 * 1024)
         assert client.put("large", large)[0] == 200
         assert client.put("small", b"s" * 1000)[0] == 200
@@ -152,7 +152,6 @@ def test_after_an_outage_the_first_success_is_followed_by_no_503(open_tmp):
         stop.set()
         for worker in workers:
             worker.join(60)
-        assert node.process.poll() is None
         first_success = min(ended for started, ended, _, _, status in answers
                             if started > restarted and status == 200)
         after = [(method, path, status) for started, _, method, path, status in answers
@@ -161,7 +160,3 @@ def test_after_an_outage_the_first_success_is_followed_by_no_503(open_tmp):
               f"{len(after)} requests after it")
         assert len(after) > 50
         assert [answer for answer in after if answer[2] != 200] == []
-    finally:
-        if node is not None:
-            node.stop()
-        cluster.stop()

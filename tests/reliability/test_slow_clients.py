@@ -89,42 +89,46 @@ def users(dsn):
     return {name: token_for(dsn, name) for name in ("alice", "bob")}
 
 
-def test_a_reader_that_stops_is_cut_and_its_transaction_ends(dsn, users):
-    node = ServeProcess("--dsn", dsn, "--idle-timeout", "2", "--pool-size", "2",
-                        "--quota-bytes", "unlimited")
-    try:
-        alice = Client(node.url, "alice", users["alice"])
-        assert alice.put("big", content(BIG))[0] == 200
-        connection = stalled_get(node, alice, "big")
-        time.sleep(1)
-        assert open_transactions(dsn) == 1  # the read, waiting for the client
-        time.sleep(3)  # reading nothing meanwhile: reading is progress
-        assert open_transactions(dsn) == 0
-        assert content_in_use(node) == 0
-        assert received_until_closed(connection) < BIG
-        assert alice.get("big")[::2] == (200, content(BIG))
-    finally:
+@pytest.fixture
+def serve(dsn):
+    """Starts `pgblobs serve --dsn DSN OPTIONS...` nodes, stopped after the test."""
+    nodes = []
+
+    def start(*options):
+        nodes.append(ServeProcess("--dsn", dsn, "--quota-bytes", "unlimited", *options))
+        return nodes[-1]
+    yield start
+    for node in nodes:
         node.stop()
 
 
-def test_a_body_that_stops_arriving_is_cut_and_stores_nothing(dsn, users):
-    node = ServeProcess("--dsn", dsn, "--idle-timeout", "2", "--pool-size", "2",
-                        "--quota-bytes", "unlimited")
-    try:
-        alice = Client(node.url, "alice", users["alice"])
-        large = stalled_put(node, alice, "large", 5_000_000, 1_000_000)
-        small = stalled_put(node, alice, "small", 100_000, 50_000)
-        assert is_closed(large, within=10) and is_closed(small, within=10)
-        assert open_transactions(dsn) == 0 and content_in_use(node) == 0
-        assert sql(dsn, "SELECT count(*) FROM pgblobs.blobs")[0][0] == 0
-        assert sql(dsn, "SELECT count(*) FROM pg_largeobject_metadata")[0][0] == 0
-    finally:
-        node.stop()
+def test_a_reader_that_stops_is_cut_and_its_transaction_ends(dsn, users, serve):
+    node = serve("--idle-timeout", "2", "--pool-size", "2")
+    alice = Client(node.url, "alice", users["alice"])
+    assert alice.put("big", content(BIG))[0] == 200
+    connection = stalled_get(node, alice, "big")
+    time.sleep(1)
+    assert open_transactions(dsn) == 1  # the read, waiting for the client
+    time.sleep(3)  # reading nothing meanwhile: reading is progress
+    assert open_transactions(dsn) == 0
+    assert content_in_use(node) == 0
+    assert received_until_closed(connection) < BIG
+    assert alice.get("big")[::2] == (200, content(BIG))
 
 
-def test_one_users_stalled_transfers_leave_room_for_everyone_else(dsn, users):
-    node = ServeProcess("--dsn", dsn, "--idle-timeout", "60", "--pool-size", "4",
-                        "--quota-bytes", "unlimited")
+def test_a_body_that_stops_arriving_is_cut_and_stores_nothing(dsn, users, serve):
+    node = serve("--idle-timeout", "2", "--pool-size", "2")
+    alice = Client(node.url, "alice", users["alice"])
+    large = stalled_put(node, alice, "large", 5_000_000, 1_000_000)
+    small = stalled_put(node, alice, "small", 100_000, 50_000)
+    assert is_closed(large, within=10) and is_closed(small, within=10)
+    assert open_transactions(dsn) == 0 and content_in_use(node) == 0
+    assert sql(dsn, "SELECT count(*) FROM pgblobs.blobs")[0][0] == 0
+    assert sql(dsn, "SELECT count(*) FROM pg_largeobject_metadata")[0][0] == 0
+
+
+def test_one_users_stalled_transfers_leave_room_for_everyone_else(users, serve):
+    node = serve("--idle-timeout", "60", "--pool-size", "4")
     stalled = []
     trickling = threading.Event()
     try:
@@ -150,58 +154,49 @@ def test_one_users_stalled_transfers_leave_room_for_everyone_else(dsn, users):
         trickling.set()
         for connection in stalled:
             connection.close()
-        node.stop()
 
 
-def test_a_request_queued_for_a_connection_outlives_the_idle_timeout(dsn, users):
-    node = ServeProcess("--dsn", dsn, "--idle-timeout", "2", "--pool-size", "1",
-                        "--quota-bytes", "unlimited")
-    try:
-        alice = Client(node.url, "alice", users["alice"])
-        bob = Client(node.url, "bob", users["bob"])
-        # alice holds the only content connection for ~6 s, sending steadily.
-        slow = stalled_put(node, alice, "slow", 300_006, 300_000)
-        answers = {}
-        queued = threading.Thread(target=lambda: answers.update(
-            bob=bob.put("queued", content(1 << 20))))
+def test_a_request_queued_for_a_connection_outlives_the_idle_timeout(users, serve):
+    node = serve("--idle-timeout", "2", "--pool-size", "1")
+    alice = Client(node.url, "alice", users["alice"])
+    bob = Client(node.url, "bob", users["bob"])
+    # alice holds the only content connection for ~6 s, sending steadily.
+    slow = stalled_put(node, alice, "slow", 300_006, 300_000)
+    answers = {}
+    queued = threading.Thread(target=lambda: answers.update(
+        bob=bob.put("queued", content(1 << 20))))
+    time.sleep(0.5)
+    queued.start()
+    for _ in range(6):
+        time.sleep(1)
+        slow.sendall(b"x")
+    assert slow.recv(100).startswith(b"HTTP/1.1 200")
+    queued.join(30)
+    assert answers["bob"][0] == 200
+    assert bob.get("queued")[::2] == (200, content(1 << 20))
+    slow.close()
+
+
+def test_the_header_deadline_starts_at_the_connection(serve):
+    node = serve("--idle-timeout", "30", "--header-timeout", "3")
+    started = time.monotonic()
+    connection = connect(node)
+    closed = False
+    for byte in b"GET /health HTTP/1.1\r\nHost: x\r\n" * 4:
+        try:
+            connection.sendall(bytes([byte]))
+        except OSError:
+            closed = True
+            break
         time.sleep(0.5)
-        queued.start()
-        for _ in range(6):
-            time.sleep(1)
-            slow.sendall(b"x")
-        assert slow.recv(100).startswith(b"HTTP/1.1 200")
-        queued.join(30)
-        assert answers["bob"][0] == 200
-        assert bob.get("queued")[::2] == (200, content(1 << 20))
-        slow.close()
-    finally:
-        node.stop()
+        if time.monotonic() - started > 8:
+            break
+    assert closed or is_closed(connection, within=1)
+    assert time.monotonic() - started < 6
 
 
-def test_the_header_deadline_starts_at_the_connection(dsn):
-    node = ServeProcess("--dsn", dsn, "--idle-timeout", "30", "--header-timeout", "3")
-    try:
-        started = time.monotonic()
-        connection = connect(node)
-        closed = False
-        for byte in b"GET /health HTTP/1.1\r\nHost: x\r\n" * 4:
-            try:
-                connection.sendall(bytes([byte]))
-            except OSError:
-                closed = True
-                break
-            time.sleep(0.5)
-            if time.monotonic() - started > 8:
-                break
-        assert closed or is_closed(connection, within=1)
-        assert time.monotonic() - started < 6
-    finally:
-        node.stop()
-
-
-def test_stalled_small_uploads_hold_bounded_memory(dsn, users):
-    node = ServeProcess("--dsn", dsn, "--idle-timeout", "20", "--pool-size", "2",
-                        "--max-buffered-bytes", "2000000", "--quota-bytes", "unlimited")
+def test_stalled_small_uploads_hold_bounded_memory(users, serve):
+    node = serve("--idle-timeout", "20", "--pool-size", "2", "--max-buffered-bytes", "2000000")
     stalled = []
     try:
         alice = Client(node.url, "alice", users["alice"])
@@ -218,17 +213,13 @@ def test_stalled_small_uploads_hold_bounded_memory(dsn, users):
     finally:
         for connection in stalled:
             connection.close()
-        node.stop()
 
 
-def test_a_silent_connection_between_requests_is_closed(dsn):
-    node = ServeProcess("--dsn", dsn, "--idle-timeout", "2", "--header-timeout", "30")
-    try:
-        connection = connect(node)
-        connection.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert connection.recv(1000).startswith(b"HTTP/1.1 200")
-        started = time.monotonic()
-        assert is_closed(connection, within=10)
-        assert 1.5 < time.monotonic() - started < 5
-    finally:
-        node.stop()
+def test_a_silent_connection_between_requests_is_closed(serve):
+    node = serve("--idle-timeout", "2", "--header-timeout", "30")
+    connection = connect(node)
+    connection.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert connection.recv(1000).startswith(b"HTTP/1.1 200")
+    started = time.monotonic()
+    assert is_closed(connection, within=10)
+    assert 1.5 < time.monotonic() - started < 5
