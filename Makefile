@@ -25,9 +25,10 @@ postgresql:
 test: setup
 	$(PY) -m pytest -q
 
-# The embedded default: a PostgreSQL kept in ./.pgblobs, the API on 127.0.0.1:9000.
+# The embedded default: a PostgreSQL kept in ./.pgblobs, the API on 127.0.0.1:9000,
+# the services listener (mail delivery) on 127.0.0.1:9001.
 run: setup
-	$(VENV)/bin/pgblobs serve
+	$(VENV)/bin/pgblobs serve --services-listen tcp:9001:interface=127.0.0.1
 
 # pgblobs against the large-object ceiling, plain files and nginx; writes bench/results.md.
 bench: setup

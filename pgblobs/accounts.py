@@ -1,4 +1,5 @@
-"""Users' access tokens and quota overrides: the administrative side of a user.
+"""Access tokens of users and services, and quota overrides: the
+administrative side of a user.
 
 Tokens are random, shown once, and stored only as SHA-256 digests; checking
 one compares digests in constant time.
@@ -12,6 +13,13 @@ from pgblobs import names
 
 def _digest(token):
     return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def _matches(token, rows):
+    """Whether ``token`` is one of the digests in ``rows``. Every digest is
+    compared, so timing does not tell which matched."""
+    offered = _digest(token)
+    return any([hmac.compare_digest(offered, bytes(stored)) for (stored,) in rows])
 
 
 class Accounts:
@@ -34,12 +42,26 @@ class Accounts:
         return rows[0][0]
 
     async def token_is_valid(self, user, token):
-        params = {"user": names.user_name(user)}
-        offered = _digest(token)
-        rows = await self._db.fetch("token_digests", params)
-        # Compare against every digest, so timing does not tell which matched.
-        matches = [hmac.compare_digest(offered, bytes(stored)) for (stored,) in rows]
-        return any(matches)
+        rows = await self._db.fetch("token_digests", {"user": names.user_name(user)})
+        return _matches(token, rows)
+
+    async def create_service_token(self, service):
+        """A new token for a service (an MX, say); only its digest is kept."""
+        token = secrets.token_urlsafe(32)
+        await self._db.fetch("add_service_token", {"service": names.service_name(service),
+                                                   "digest": _digest(token)})
+        return token
+
+    async def revoke_service_tokens(self, service):
+        """Forget every token of ``service``; the number forgotten."""
+        rows = await self._db.fetch("revoke_service_tokens",
+                                    {"service": names.service_name(service)})
+        return rows[0][0]
+
+    async def service_token_is_valid(self, service, token):
+        rows = await self._db.fetch("service_token_digests",
+                                    {"service": names.service_name(service)})
+        return _matches(token, rows)
 
     async def set_quota(self, user, quota_bytes):
         """Override the default quota of ``user``; None means unlimited."""

@@ -115,8 +115,9 @@ class PostgresBlobsBackend:
         return rows[0]
 
     @_deferred
-    async def write_blob(self, user, blob_id, producer, namespace=""):
+    async def write_blob(self, user, blob_id, producer, namespace="", flags=()):
         key = names.BlobKey.of(user, blob_id, namespace)
+        flags = names.flag_list(flags)
         taken, room = (await self.database.fetch("write_precheck", dict(
             key.params(), default_quota=self.quota_bytes)))[0]
         if taken:
@@ -137,12 +138,12 @@ class PostgresBlobsBackend:
                 self._buffered -= length
             await self.database.fetch("put_small_blob", dict(
                 key.params(), default_quota=self.quota_bytes, content=psycopg2.Binary(content),
-                size=digest.size, tag=digest.tag, sha256=digest.sha256))
+                size=digest.size, tag=digest.tag, sha256=digest.sha256, flags=flags))
             return
         pipe = largeobjects.UploadPipe(self._reactor, producer)
         try:
             await self.database.in_thread(largeobjects.store, pipe, key, self.quota_bytes, room,
-                                          owner=key.user)
+                                          flags, owner=key.user)
         except BaseException:
             _give_up([pipe])
             raise

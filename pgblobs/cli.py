@@ -87,6 +87,17 @@ async def _token_revoke(accounts, args):
     print(f"revoked {revoked} token(s) of {args.user}")
 
 
+@_with_accounts
+async def _service_token_create(accounts, args):
+    print(await accounts.create_service_token(args.name))
+
+
+@_with_accounts
+async def _service_token_revoke(accounts, args):
+    revoked = await accounts.revoke_service_tokens(args.name)
+    print(f"revoked {revoked} token(s) of the service {args.name}")
+
+
 def _byte_limit(text):
     """A number of bytes, or 'unlimited' (None)."""
     if text.lower() in ("none", "unlimited"):
@@ -222,6 +233,7 @@ def _serve(args):
     from pgblobs import serve
     options = serve.ServeOptions(
         dsn=args.dsn, listen=args.listen or [serve.DEFAULT_LISTEN],
+        services_listen=args.services_listen or [],
         quota_bytes=args.quota_bytes, data_dir=args.data_dir, pool_size=args.pool_size,
         max_waiting=args.max_waiting, statement_timeout=args.statement_timeout,
         user_share=args.max_transfers_per_user, buffer_bytes=args.max_buffered_bytes,
@@ -275,6 +287,10 @@ def build_parser():
     serve.add_argument("--listen", action="append", metavar="ENDPOINT",
                        help="a Twisted endpoint, e.g. tcp:9000:interface=127.0.0.1 or "
                             "ssl:443:privateKey=key.pem:certKey=cert.pem (repeatable)")
+    serve.add_argument("--services-listen", action="append", metavar="ENDPOINT",
+                       help="a Twisted endpoint for the provider's own services, e.g. "
+                            "tcp:9001:interface=127.0.0.1: PUT /incoming/{user}/{id} delivers "
+                            "mail, with a service token (repeatable; none by default)")
     serve.add_argument("--quota-bytes", type=_byte_limit, default=200 * 1024 * 1024,
                        help="default quota per user in bytes, or 'unlimited' (default: 200 MiB)")
     serve.add_argument("--log-format", choices=("text", "json"), default="text")
@@ -321,6 +337,18 @@ def build_parser():
         dest="token_command", required=True, metavar="COMMAND")
     _user_command(token, "create", "print a new token for USER (only the token)", _token_create)
     _user_command(token, "revoke", "revoke every token of USER", _token_revoke)
+
+    service_token = commands.add_parser(
+        "service-token", help="access tokens of services (an MX delivering mail)"
+    ).add_subparsers(dest="service_token_command", required=True, metavar="COMMAND")
+    for name, help_text, run in (
+            ("create", "print a new token for the service NAME (only the token)",
+             _service_token_create),
+            ("revoke", "revoke every token of the service NAME", _service_token_revoke)):
+        command = service_token.add_parser(name, help=help_text)
+        command.add_argument("name", metavar="NAME")
+        _database_options(command)
+        command.set_defaults(run=run)
 
     quota = commands.add_parser("quota", help="per-user quotas").add_subparsers(
         dest="quota_command", required=True, metavar="COMMAND")

@@ -29,6 +29,10 @@ _QUOTA_EXCEEDED = "PB507"  # raised by pgblobs.put_blob (migrations/versions/000
 _SERVER_GOING_AWAY = {"57P01", "57P02", "57P03"}  # admin/crash shutdown, cannot connect now
 _BUSY = {errorcodes.QUERY_CANCELED, errorcodes.TOO_MANY_CONNECTIONS}
 STATEMENT_TIMEOUT_MS = 30_000
+# While a pool reconnects after an outage, a statement that met a connection
+# still down waits this long in all for one that is back, in these steps.
+_RECOVERY_WAIT = 2.0
+_RECOVERY_STEP = 0.02
 
 
 def connection_lost(error):
@@ -130,6 +134,9 @@ class _ReconnectingPool(txpostgres.ConnectionPool):
     def start(self):
         self._everyone = list(self.connections)
         return super().start()
+
+    def has_live_connection(self):
+        return any(not c.detector.connectionIsDead for c in self._everyone)
 
     def _take(self):
         alive = [c for c in self.connections if not c.detector.connectionIsDead]
@@ -308,23 +315,28 @@ class Database:
         self._admit(self._statements, self._statement_capacity)
         self._statements += 1
         try:
-            retried = False
+            resent, waited = False, 0.0
             while True:
                 try:
                     return await run(queries.SQL[name], params)
-                except (psycopg2.Error, reconnection.ConnectionDead, txpostgres.RollbackFailed,
+                except reconnection.ConnectionDead as error:
+                    # Refused before anything was sent, so any statement may
+                    # go again: while another connection is back, wait for it
+                    # (briefly) rather than fail, since the server is there.
+                    if not self._pool.has_live_connection() or waited >= _RECOVERY_WAIT:
+                        raise translate(error) from error
+                    await task.deferLater(self._reactor, _RECOVERY_STEP, lambda: None)
+                    waited += _RECOVERY_STEP
+                except (psycopg2.Error, txpostgres.RollbackFailed,
                         internet_error.ConnectionLost, internet_error.ConnectionDone) as error:
-                    if not connection_lost(error) and not isinstance(
-                            error, reconnection.ConnectionDead):
+                    if not connection_lost(error):
                         raise translate(error) from error
                     self._lost()
-                    # A read may go again on another connection once, whether
-                    # or not the lost one sent it; a write only if it was refused
-                    # before anything was sent (a connection known dead).
-                    if retried or not (name in queries.READS or isinstance(
-                            error, reconnection.ConnectionDead)):
+                    # A read may go again once on another connection, whether
+                    # or not the lost one had sent it; a write may not.
+                    if resent or name not in queries.READS:
                         raise translate(error) from error
-                    retried = True
+                    resent = True
         except defer.CancelledError as error:
             # txpostgres turns "canceling statement" into CancelledError, and
             # we never cancel a statement ourselves: the statement timeout did.

@@ -1,7 +1,7 @@
 """The blobs backend contract, in pgblobs' words.
 
 It follows the Soledad design's ``IBlobsBackend`` method for method, and adds
-the optional ``range`` of ``read_blob``. Every method returns a Deferred;
+the optional ``range`` of ``read_blob`` and ``flags`` of ``write_blob``. Every method returns a Deferred;
 failures arrive as a failed Deferred carrying an error from
 :mod:`pgblobs.errors`. An empty namespace means ``default`` everywhere.
 """
@@ -20,10 +20,12 @@ class IBlobsBackend(Interface):
         written; fails with ``BlobNotFound`` when there is no such blob.
         """
 
-    def write_blob(user, blob_id, producer, namespace=""):
+    def write_blob(user, blob_id, producer, namespace="", flags=()):
         """Store the bytes an ``IBodyProducer`` produces as a new blob.
 
-        Fires once the blob is durably stored. Fails with ``BlobExists`` when
+        ``flags`` (pgblobs' addition) are set in the same transaction: the
+        blob is never seen without them. Fires once the blob is durably
+        stored. Fails with ``BlobExists`` when
         the id is taken, ``QuotaExceeded`` when the user's quota would be
         passed; in both cases, and on any other failure, nothing is stored.
         """

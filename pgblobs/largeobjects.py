@@ -250,10 +250,10 @@ class _Allowance:
         return chunk
 
 
-def _put(cursor, name, key, default_quota, digest, **params):
+def _put(cursor, name, key, default_quota, digest, flags=(), **params):
     queries.execute(cursor, name, dict(
         key.params(), default_quota=default_quota, size=digest.size, tag=digest.tag,
-        sha256=digest.sha256, **params))
+        sha256=digest.sha256, flags=list(flags), **params))
 
 
 def _write_large_object(connection, pipe, allowance, head=b""):
@@ -266,8 +266,9 @@ def _write_large_object(connection, pipe, allowance, head=b""):
     return large_object.oid
 
 
-def store(connection, pipe, key, default_quota, room):
-    """Worker: write what ``pipe`` carries as the blob ``key``, in one transaction."""
+def store(connection, pipe, key, default_quota, room, flags):
+    """Worker: write what ``pipe`` carries as the blob ``key`` with ``flags``,
+    in one transaction."""
     pipe.begin()
     allowance = _Allowance(room)
     head, ended, size = [], False, 0
@@ -281,7 +282,7 @@ def store(connection, pipe, key, default_quota, room):
 
     if ended:
         with connection.cursor() as cursor:
-            _put(cursor, "put_small_blob", key, default_quota, pipe.digest,
+            _put(cursor, "put_small_blob", key, default_quota, pipe.digest, flags,
                  content=psycopg2.Binary(b"".join(head)))
         return
 
@@ -289,7 +290,7 @@ def store(connection, pipe, key, default_quota, room):
         oid = _write_large_object(connection, pipe, allowance, b"".join(head))
         del head
         with connection.cursor() as cursor:
-            _put(cursor, "put_blob", key, default_quota, pipe.digest, oid=oid)
+            _put(cursor, "put_blob", key, default_quota, pipe.digest, flags, oid=oid)
 
 
 def store_all(connection, reactor, next_pipe, confirm, keys, default_quota, room):

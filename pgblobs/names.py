@@ -42,6 +42,11 @@ def user_name(value):
     return _checked("user", value)
 
 
+def service_name(value):
+    """A service that holds tokens of its own (an MX delivering mail)."""
+    return _checked("service", value)
+
+
 def blob_name(value):
     return _checked("blob id", value)
 

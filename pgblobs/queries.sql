@@ -29,14 +29,14 @@ SELECT (SELECT min(blob_id) FROM pgblobs.blobs
        ) AS room;
 
 -- name: put_small_blob
--- A whole small blob in one statement: content, quota check and row commit together.
-SELECT pgblobs.put_blob(%(user)s, %(namespace)s, %(blob_id)s, lo_from_bytea(0, %(content)s),
-                        %(size)s, %(tag)s, %(sha256)s, %(default_quota)s);
+-- A whole small blob in one statement: content, quota check, row and flags commit together.
+SELECT pgblobs.store_blob(%(user)s, %(namespace)s, %(blob_id)s, lo_from_bytea(0, %(content)s),
+                          %(size)s, %(tag)s, %(sha256)s, %(default_quota)s, %(flags)s::text[]);
 
 -- name: put_blob
--- Commit a streamed blob whose large object was written in this transaction.
-SELECT pgblobs.put_blob(%(user)s, %(namespace)s, %(blob_id)s, %(oid)s,
-                        %(size)s, %(tag)s, %(sha256)s, %(default_quota)s);
+-- The row and flags of a streamed blob whose large object was written in this transaction.
+SELECT pgblobs.store_blob(%(user)s, %(namespace)s, %(blob_id)s, %(oid)s,
+                          %(size)s, %(tag)s, %(sha256)s, %(default_quota)s, %(flags)s::text[]);
 
 -- name: open_blob (read)
 -- One live blob's row (its version), size and tag; its whole content too when small
@@ -150,6 +150,20 @@ INSERT INTO pgblobs.tokens (user_id, token_sha256) VALUES (%(user)s, %(digest)s)
 -- name: revoke_tokens
 -- Forget every token of a user; the count says how many there were.
 WITH revoked AS (DELETE FROM pgblobs.tokens WHERE user_id = %(user)s RETURNING 1)
+SELECT count(*) FROM revoked;
+
+-- name: service_token_digests (read)
+-- The SHA-256 digests of a service's tokens (an MX delivering mail, say).
+SELECT token_sha256 FROM pgblobs.service_tokens WHERE service = %(service)s;
+
+-- name: add_service_token
+-- Store the digest of a new service token.
+INSERT INTO pgblobs.service_tokens (service, token_sha256) VALUES (%(service)s, %(digest)s)
+RETURNING id;
+
+-- name: revoke_service_tokens
+-- Forget every token of a service; the count says how many there were.
+WITH revoked AS (DELETE FROM pgblobs.service_tokens WHERE service = %(service)s RETURNING 1)
 SELECT count(*) FROM revoked;
 
 -- name: set_quota

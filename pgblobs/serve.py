@@ -17,9 +17,10 @@ from pgblobs import schema
 from pgblobs.accounts import Accounts
 from pgblobs.backend import DEFAULT_BUFFER_BYTES, DEFAULT_POOL_SIZE, PostgresBlobsBackend
 from pgblobs.cluster import LocalCluster
-from pgblobs.web.site import Limits, build_site
+from pgblobs.web.site import Limits, build_services_site, build_site
 
 DEV_USER = "dev"
+DEV_SERVICE = "mx"
 DEFAULT_LISTEN = "tcp:9000:interface=127.0.0.1"
 _log = Logger()
 
@@ -28,6 +29,7 @@ _log = Logger()
 class ServeOptions:
     dsn: str = None
     listen: list = field(default_factory=lambda: [DEFAULT_LISTEN])
+    services_listen: list = field(default_factory=list)
     quota_bytes: int = 200 * 1024 * 1024
     data_dir: str = ".pgblobs"
     pool_size: int = DEFAULT_POOL_SIZE
@@ -39,22 +41,25 @@ class ServeOptions:
     drain_seconds: float = 30.0
 
 
-async def _dev_token(backend, data_dir):
-    """The development token, created on first start and kept in the data dir."""
-    path = os.path.join(data_dir, "dev-token")
+async def _kept_token(path, create):
+    """A development token, made by ``create()`` on first start and kept at ``path``."""
     if os.path.exists(path):
         with open(path) as kept:
             return kept.read().strip()
-    token = await Accounts(backend.database).create_token(DEV_USER)
+    token = await create()
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as kept:
         kept.write(token + "\n")
     return token
 
 
+def _base_url(address):
+    host = address.host if address.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    return f"http://{host}:{address.port}"
+
+
 def _quick_start(listening, token):
-    host = listening.host if listening.host not in ("0.0.0.0", "::") else "127.0.0.1"
-    base = f"http://{host}:{listening.port}"
+    base = _base_url(listening)
     auth = f"Authorization: Token $(printf '{DEV_USER}:{token}' | base64 -w0)"
     return "\n".join([
         f"development token for user {DEV_USER!r}: {token}",
@@ -62,6 +67,20 @@ def _quick_start(listening, token):
         f"  echo hello > blob && curl -sf -X PUT -H \"{auth}\" --data-binary @blob {base}/blobs/{DEV_USER}/first",
         f"  curl -s -H \"{auth}\" {base}/blobs/{DEV_USER}/first",
         f"  curl -s -H \"{auth}\" {base}/blobs/{DEV_USER}/",
+    ])
+
+
+def _mail_quick_start(services, service_token, public, user_token):
+    auth = f"Authorization: Token $(printf '{DEV_SERVICE}:{service_token}' | base64 -w0)"
+    user_auth = f"Authorization: Token $(printf '{DEV_USER}:{user_token}' | base64 -w0)"
+    return "\n".join([
+        f"services listener on {_base_url(services)}; development token for the service "
+        f"{DEV_SERVICE!r}: {service_token}",
+        "deliver a message as an MX would, then list it as the mail client does:",
+        f"  echo 'an encrypted message' > message && curl -sf -X PUT -H \"{auth}\" "
+        f"--data-binary @message {_base_url(services)}/incoming/{DEV_USER}/first-mail",
+        f"  curl -s -H \"{user_auth}\" '{_base_url(public)}/blobs/{DEV_USER}/"
+        f"?namespace=MX&filter_flag=PENDING'",
     ])
 
 
@@ -83,17 +102,19 @@ async def _connect(reactor, dsn, options):
             delay = min(delay * 2, 30.0)
 
 
-async def _drain(site, ports, backend, grace):
+async def _drain(reactor, sites, ports, backend, grace):
     """Stop accepting, let requests in flight finish (at most ``grace``
     seconds), then close the database connections."""
-    from twisted.internet import reactor
     await defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in ports])
+
+    def unfinished():
+        return sum(len(site.in_flight) for site in sites)
     waited = 0.0
-    while site.in_flight and waited < grace:
+    while unfinished() and waited < grace:
         await task.deferLater(reactor, 0.1, lambda: None)
         waited += 0.1
-    if site.in_flight:
-        _log.warn("stopping with {count} requests unfinished", count=len(site.in_flight))
+    if unfinished():
+        _log.warn("stopping with {count} requests unfinished", count=unfinished())
     await backend.close()
 
 
@@ -110,20 +131,38 @@ async def run(reactor, options):
         dsn = cluster.dsn
     backend = await _connect(reactor, dsn, options)
     site = build_site(backend, backend.database, options.limits)
-    ports = []
-    for description in options.listen:
-        port = await endpoints.serverFromString(reactor, description).listen(site)
-        ports.append(port)
-        _log.info("listening on {address}", address=port.getHost())
+    ports = [await _listen(reactor, description, site) for description in options.listen]
+    sites, services_ports = [site], []
+    if options.services_listen:
+        services = build_services_site(backend, backend.database, site.metrics, options.limits)
+        services_ports = [await _listen(reactor, description, services)
+                          for description in options.services_listen]
+        sites.append(services)
     reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: defer.ensureDeferred(
-            _drain(site, ports, backend, options.drain_seconds)))
-    print("pgblobs is serving on " + ", ".join(
-        f"{p.getHost().host}:{p.getHost().port}" for p in ports), flush=True)
+            _drain(reactor, sites, ports + services_ports, backend, options.drain_seconds)))
+    def addresses(listening):
+        return ", ".join(f"{p.getHost().host}:{p.getHost().port}" for p in listening)
+    print(f"pgblobs is serving on {addresses(ports)}"
+          + (f"; services on {addresses(services_ports)}" if services_ports else ""), flush=True)
     if cluster is not None:
-        print(_quick_start(ports[0].getHost(), await _dev_token(backend, options.data_dir)),
-              flush=True)
+        accounts = Accounts(backend.database)
+        user_token = await _kept_token(os.path.join(options.data_dir, "dev-token"),
+                                       lambda: accounts.create_token(DEV_USER))
+        print(_quick_start(ports[0].getHost(), user_token), flush=True)
+        if services_ports:
+            service_token = await _kept_token(
+                os.path.join(options.data_dir, "dev-service-token"),
+                lambda: accounts.create_service_token(DEV_SERVICE))
+            print(_mail_quick_start(services_ports[0].getHost(), service_token,
+                                    ports[0].getHost(), user_token), flush=True)
     await defer.Deferred()  # until the reactor stops
+
+
+async def _listen(reactor, description, site):
+    port = await endpoints.serverFromString(reactor, description).listen(site)
+    _log.info("listening on {address}", address=port.getHost())
+    return port
 
 
 def start_logging(log_format):

@@ -66,7 +66,7 @@ def dsn(migrated_dsn):
     """A migrated database with no blobs; after the test, no orphan large object."""
     sql(migrated_dsn, "SELECT lo_unlink(oid) FROM pg_largeobject_metadata")
     sql(migrated_dsn, "TRUNCATE pgblobs.blobs, pgblobs.blob_flags, pgblobs.quotas, pgblobs.tokens, "
-             "pgblobs.usage RESTART IDENTITY")
+             "pgblobs.service_tokens, pgblobs.usage RESTART IDENTITY")
     yield migrated_dsn
     assert sql(migrated_dsn, ORPHANS)[0][0] == 0, "a large object outlived its blob"
 

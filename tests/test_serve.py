@@ -56,6 +56,27 @@ def test_embedded_default_starts_from_nothing_and_keeps_its_data(open_tmp):
     assert no_stray_postgres(data_dir)
 
 
+def test_the_printed_mail_delivery_works_as_printed(open_tmp):
+    """What `make run` prints for mail: paste the delivery, then the listing."""
+    from tests.processes import free_port
+    data_dir = open_tmp / "embedded"
+    server = ServeProcess("--data-dir", str(data_dir),
+                          "--services-listen", f"tcp:{free_port()}:interface=127.0.0.1")
+    try:
+        printed = "".join(server.output)
+        deliver, listing = [line.strip() for line in printed.splitlines()
+                            if "/incoming/dev/" in line or "filter_flag=PENDING" in line]
+        run = subprocess.run(["bash", "-c", deliver], cwd=open_tmp, capture_output=True,
+                             text=True, timeout=30)
+        assert run.returncode == 0, run.stderr
+        listed = subprocess.run(["bash", "-c", listing], capture_output=True, text=True,
+                                timeout=30)
+        assert json.loads(listed.stdout) == ["first-mail"]
+    finally:
+        assert server.stop() == 0
+    assert no_stray_postgres(data_dir)
+
+
 def test_embedded_default_explains_an_unreachable_data_dir(tmp_path):
     if os.geteuid() != 0:
         pytest.xfail("only root hands the cluster to the postgres account")

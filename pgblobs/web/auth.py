@@ -2,10 +2,11 @@
 
 Soledad clients send ``Authorization: Token base64("user:token")``.
 ``TokenCredentialFactory`` decodes that header into credentials,
-``TokenChecker`` checks them against the digests in ``pgblobs.tokens``
-(constant-time, see accounts.py), and the realm's avatar is simply the user
-name. ``Authenticator`` ties them together for the resources, which then
-require that the avatar is the ``{user}`` of the path.
+``TokenChecker`` checks them against stored digests (constant-time, see
+accounts.py): users' tokens on the public site, services' tokens on the
+services site, so neither kind opens the other site. The realm's avatar is
+simply the name. ``Authenticator`` ties them together for the resources,
+which then require that the avatar is the ``{user}`` of the path.
 """
 import binascii
 from base64 import b64decode
@@ -41,14 +42,16 @@ class TokenCredentialFactory:
 
 @implementer(ICredentialsChecker)
 class TokenChecker:
+    """Checks credentials with ``is_valid(name, token)``, a coroutine function."""
+
     credentialInterfaces = (credentials.IUsernamePassword,)
 
-    def __init__(self, accounts):
-        self._accounts = accounts
+    def __init__(self, is_valid):
+        self._is_valid = is_valid
 
     async def _check(self, offered):
         try:
-            valid = await self._accounts.token_is_valid(offered.username, offered.password)
+            valid = await self._is_valid(offered.username, offered.password)
         except InvalidName:
             valid = False
         if not valid:
@@ -68,10 +71,11 @@ class _UserRealm:
 
 
 class Authenticator:
-    """Who a request is, as far as its Token header shows."""
+    """Who a request is, as far as its Token header and ``is_valid(name,
+    token)`` show (``Accounts.token_is_valid`` or ``service_token_is_valid``)."""
 
-    def __init__(self, accounts):
-        self._portal = portal.Portal(_UserRealm(), [TokenChecker(accounts)])
+    def __init__(self, is_valid):
+        self._portal = portal.Portal(_UserRealm(), [TokenChecker(is_valid)])
         self._factory = TokenCredentialFactory()
 
     async def user_of(self, request):

@@ -8,8 +8,8 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from pgblobs import names
 from pgblobs.errors import InvalidArgument, InvalidFlag
 from pgblobs.web import arguments
-from pgblobs.web.responses import ExactBody, Handler, rendered, send, send_json
-from pgblobs.web.status import BodyTooLarge, NotFound
+from pgblobs.web.responses import ExactBody, Handler, Missing, rendered, send, send_json
+from pgblobs.web.status import BodyTooLarge
 
 
 class BlobsRoot(Handler):
@@ -21,7 +21,7 @@ class BlobsRoot(Handler):
 
     def getChild(self, path, request):
         if not path:
-            return _Missing()
+            return Missing()
         return UserBlobs(self._context, arguments.segment(path))
 
 
@@ -39,7 +39,7 @@ class UserBlobs(Handler):
         if not path and not request.postpath:
             return self
         if request.postpath:
-            return _Missing()
+            return Missing()
         return Blob(self._context, self._user, arguments.segment(path))
 
     @rendered
@@ -136,10 +136,3 @@ def key_args(key):
     """(user, blob_id, namespace), the argument order of the backend's methods."""
     return key.user, key.blob_id, key.namespace
 
-
-class _Missing(Handler):
-    isLeaf = True
-
-    @rendered
-    async def render(self, request):
-        raise NotFound("no such resource")

@@ -9,7 +9,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from pgblobs.web.status import (
-    RETRY_AFTER_SECONDS, MethodNotAllowed, RangeNotSatisfiable, status_of,
+    RETRY_AFTER_SECONDS, MethodNotAllowed, NotFound, RangeNotSatisfiable, status_of,
 )
 
 _log = Logger()
@@ -92,6 +92,16 @@ class Handler(Resource):
         # Every render_GET here sends its own response, and send() leaves
         # the body out of a HEAD answer: so GET serves both.
         return getattr(self, "render_" + ("GET" if method == "HEAD" else method))(request)
+
+
+class Missing(Handler):
+    """Whatever is asked of a path that names nothing: 404."""
+
+    isLeaf = True
+
+    @rendered
+    async def render(self, request):
+        raise NotFound("no such resource")
 
 
 def exactly(request, written, length):

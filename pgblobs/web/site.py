@@ -1,10 +1,17 @@
-"""The resource tree and the Site, built from a backend, a database and limits.
+"""The resource trees and Sites, built from a backend, a database and limits.
+
+The public site, for users' clients:
 
     /                 public JSON about the server (Soledad clients read it)
     /health           200 when the database answers, 503 otherwise
     /metrics          Prometheus text format
     /blobs/{user}/... web/blobs.py
     /stream/{user}    web/stream.py
+
+The services site, for the provider's own services on a local listener:
+
+    /health                    as above
+    /incoming/{user}/{blob_id} mail from an MX, web/incoming.py
 """
 from dataclasses import dataclass
 
@@ -16,7 +23,8 @@ from pgblobs.web.auth import Authenticator
 from pgblobs.web.blobs import BlobsRoot
 from pgblobs.web.channel import BlobsChannel
 from pgblobs.web.metrics import SiteMetrics
-from pgblobs.web.responses import Handler, rendered, send, send_json
+from pgblobs.web.incoming import IncomingRoot
+from pgblobs.web.responses import Handler, Missing, rendered, send, send_json
 from pgblobs.web.stream import MAX_STREAMED_SIZE, StreamRoot
 from pgblobs.web.upload import StreamingRequest
 
@@ -98,9 +106,9 @@ class BlobsSite(server.Site):
 
 
 def build_site(backend, database, limits=Limits()):
-    """A Site serving ``backend`` (any IBlobsBackend); ``database`` holds the
-    tokens and answers health checks."""
-    context = _Context(backend, Authenticator(Accounts(database)), limits)
+    """The public Site serving ``backend`` (any IBlobsBackend); ``database``
+    holds users' tokens and answers health checks."""
+    context = _Context(backend, Authenticator(Accounts(database).token_is_valid), limits)
     metrics = SiteMetrics(database.usage)
     root = _About()
     root.putChild(b"blobs", BlobsRoot(context))
@@ -108,3 +116,22 @@ def build_site(backend, database, limits=Limits()):
     root.putChild(b"health", _Health(database))
     root.putChild(b"metrics", metrics.resource())
     return BlobsSite(root, metrics, limits)
+
+
+def build_services_site(backend, database, metrics, limits=Limits()):
+    """The services Site: only services' tokens open it, and it serves only
+    deliveries and health. Its requests count in ``metrics`` (the public
+    site's), so one /metrics shows both."""
+    context = _Context(backend, Authenticator(Accounts(database).service_token_is_valid), limits)
+    root = _ServicesRoot()
+    root.putChild(b"incoming", IncomingRoot(context))
+    root.putChild(b"health", _Health(database))
+    return BlobsSite(root, metrics, limits)
+
+
+class _ServicesRoot(Handler):
+    def getChild(self, path, request):
+        return Missing()
+
+    def render(self, request):
+        return Missing().render(request)

@@ -21,6 +21,10 @@ class BodyTooLarge(RequestError):
     """A body beyond the configured limit."""
 
 
+class LengthRequired(RequestError):
+    """A body whose size must be known up front came without a Content-Length."""
+
+
 class TooManyIds(RequestError):
     """A stream download asking for more blobs than one request may."""
 
@@ -66,6 +70,7 @@ STATUS = {
     Unauthorized: 401,
     Forbidden: 403,
     MethodNotAllowed: 405,
+    LengthRequired: 411,
     BodyTooLarge: 413,
     TooManyIds: 413,
     RangeNotSatisfiable: 416,
