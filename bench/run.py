@@ -14,10 +14,10 @@ from twisted.internet import defer, task
 
 from bench import contenders
 from bench.measure import RUNS, PeakRss, machine, median_seconds
-from pgblobs import schema
-from pgblobs.accounts import Accounts
+from pgblobs.db import schema
+from pgblobs import accounts
 from pgblobs.cluster import LocalCluster
-from pgblobs.database import connect_sync
+from pgblobs.db.connector import SyncConnection
 from pgblobs.ops import report
 from tests.processes import ServeProcess
 
@@ -100,7 +100,9 @@ async def main(reactor):
     try:
         schema.upgrade(cluster.dsn)
         backend = await contenders.Backend.connect(cluster.dsn)
-        token = await Accounts(backend.backend.database).create_token("bench")
+        connection = SyncConnection.connect(cluster.dsn)
+        token = accounts.create_token(connection, "bench")
+        connection.close()
         serve_args = ("--dsn", cluster.dsn, "--quota-bytes", "unlimited",
                       "--max-blob-bytes", str(1 << 40))
         nodes = [ServeProcess(*serve_args), ServeProcess(*serve_args)]
@@ -243,7 +245,7 @@ async def metadata(results, backend, dsn):
         if limit is not None:
             results.latency(f"metadata: {name} p50", seconds, limit)
 
-    connection = connect_sync(dsn)
+    connection = SyncConnection.connect_at_head(dsn)
     seconds = median_seconds(lambda: report.usage(connection, None, top=20))
     connection.close()
     print(f"  {'report usage --top 20 (10,000 users)':<36} {seconds * 1000:8.1f} ms", flush=True)

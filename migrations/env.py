@@ -1,9 +1,9 @@
 """Alembic environment: pgblobs keeps every object, its version table included,
 in the ``pgblobs`` schema so it can share a database with other applications."""
-import os
-
 from alembic import context
 from sqlalchemy import create_engine, text
+
+from pgblobs import settings
 
 SCHEMA = "pgblobs"
 
@@ -12,10 +12,10 @@ def _dsn():
     dsn = (
         context.config.attributes.get("dsn")
         or context.get_x_argument(as_dictionary=True).get("dsn")
-        or os.environ.get("PGBLOBS_DSN")
+        or settings.dsn_from_environment()
     )
     if not dsn:
-        raise SystemExit("no database given: pass -x dsn=... or set PGBLOBS_DSN")
+        raise SystemExit(f"no database given: pass -x dsn=... or set {settings.DSN_VARIABLE}")
     return dsn
 
 

@@ -15,6 +15,7 @@ from pgblobs.errors import (
     TransferStopped,
 )
 from pgblobs.interfaces import IBlobsBackend
+from pgblobs.memory import MemoryBlobsBackend
 from pgblobs.names import Flags
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "InvalidArgument",
     "InvalidFlag",
     "InvalidName",
+    "MemoryBlobsBackend",
     "PostgresBlobsBackend",
     "QuotaExceeded",
     "SchemaNotReady",

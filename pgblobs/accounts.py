@@ -2,7 +2,10 @@
 administrative side of a user.
 
 Tokens are random, shown once, and stored only as SHA-256 digests; checking
-one compares digests in constant time.
+one compares digests in constant time. The checks are asynchronous (every
+authenticated request makes one, on the server's pool); the administration
+is synchronous, on a ``SyncConnection`` (the CLI, and ``serve``'s
+development tokens at start).
 """
 import hashlib
 import hmac
@@ -19,62 +22,58 @@ def _matches(token, rows):
     """Whether ``token`` is one of the digests in ``rows``. Every digest is
     compared, so timing does not tell which matched."""
     offered = _digest(token)
-    return any([hmac.compare_digest(offered, bytes(stored)) for (stored,) in rows])
+    return any([hmac.compare_digest(offered, bytes(row["token_sha256"])) for row in rows])
 
 
-class Accounts:
-    """Token and quota operations over a :class:`pgblobs.database.Database`."""
+async def token_is_valid(database, user, token):
+    """Whether ``token`` is one of ``user``'s (``database``: the server's Database)."""
+    return _matches(token, await database.fetch("token_digests",
+                                                {"user": names.user_name(user)}))
 
-    def __init__(self, database):
-        self._db = database
 
-    async def create_token(self, user):
-        """A new token for ``user``; only its digest is kept."""
-        params = {"user": names.user_name(user)}
-        token = secrets.token_urlsafe(32)
-        await self._db.fetch("add_token", dict(params, digest=_digest(token)))
-        return token
+async def service_token_is_valid(database, service, token):
+    return _matches(token, await database.fetch("service_token_digests",
+                                                {"service": names.service_name(service)}))
 
-    async def revoke_tokens(self, user):
-        """Forget every token of ``user``; the number forgotten."""
-        params = {"user": names.user_name(user)}
-        rows = await self._db.fetch("revoke_tokens", params)
-        return rows[0][0]
 
-    async def token_is_valid(self, user, token):
-        rows = await self._db.fetch("token_digests", {"user": names.user_name(user)})
-        return _matches(token, rows)
+def create_token(connection, user):
+    """A new token for ``user``; only its digest is kept."""
+    token = secrets.token_urlsafe(32)
+    connection.fetch("add_token", {"user": names.user_name(user), "digest": _digest(token)})
+    return token
 
-    async def create_service_token(self, service):
-        """A new token for a service (an MX, say); only its digest is kept."""
-        token = secrets.token_urlsafe(32)
-        await self._db.fetch("add_service_token", {"service": names.service_name(service),
-                                                   "digest": _digest(token)})
-        return token
 
-    async def revoke_service_tokens(self, service):
-        """Forget every token of ``service``; the number forgotten."""
-        rows = await self._db.fetch("revoke_service_tokens",
-                                    {"service": names.service_name(service)})
-        return rows[0][0]
+def revoke_tokens(connection, user):
+    """Forget every token of ``user``; the number forgotten."""
+    return connection.fetch_one("revoke_tokens", {"user": names.user_name(user)})["revoked"]
 
-    async def service_token_is_valid(self, service, token):
-        rows = await self._db.fetch("service_token_digests",
-                                    {"service": names.service_name(service)})
-        return _matches(token, rows)
 
-    async def set_quota(self, user, quota_bytes):
-        """Override the default quota of ``user``; None means unlimited."""
-        if quota_bytes is not None and quota_bytes < 0:
-            raise ValueError("a quota cannot be negative")
-        await self._db.execute("set_quota", {"user": names.user_name(user),
-                                           "quota_bytes": quota_bytes})
+def create_service_token(connection, service):
+    """A new token for a service (an MX, say); only its digest is kept."""
+    token = secrets.token_urlsafe(32)
+    connection.fetch("add_service_token", {"service": names.service_name(service),
+                                           "digest": _digest(token)})
+    return token
 
-    async def clear_quota(self, user):
-        await self._db.execute("clear_quota", {"user": names.user_name(user)})
 
-    async def quota(self, user):
-        """``(has_override, quota_bytes, used_bytes)`` for ``user``."""
-        rows = await self._db.fetch("show_quota", {"user": names.user_name(user)})
-        has_override, quota_bytes, used = rows[0]
-        return has_override, quota_bytes, int(used)
+def revoke_service_tokens(connection, service):
+    """Forget every token of ``service``; the number forgotten."""
+    return connection.fetch_one("revoke_service_tokens",
+                                {"service": names.service_name(service)})["revoked"]
+
+
+def set_quota(connection, user, quota_bytes):
+    """Override the default quota of ``user``; None means unlimited."""
+    if quota_bytes is not None and quota_bytes < 0:
+        raise ValueError("a quota cannot be negative")
+    connection.execute("set_quota", {"user": names.user_name(user), "quota_bytes": quota_bytes})
+
+
+def clear_quota(connection, user):
+    connection.execute("clear_quota", {"user": names.user_name(user)})
+
+
+def quota(connection, user):
+    """``(has_override, quota_bytes, used_bytes)`` for ``user``."""
+    row = connection.fetch_one("show_quota", {"user": names.user_name(user)})
+    return row["has_override"], row["quota_bytes"], int(row["used_bytes"])

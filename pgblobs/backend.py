@@ -2,10 +2,9 @@
 
 Each method validates its names first (no database work for bad input), then
 runs named statements (queries.sql) or hands content to a worker thread
-(largeobjects.py). Nothing is cached in the process: every answer comes from
+(db/largeobjects.py, fed by the adapters of transfer.py). Nothing is cached in the process: every answer comes from
 the database, which several server nodes may share.
 """
-import functools
 from dataclasses import dataclass, field
 
 import psycopg2
@@ -14,15 +13,16 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
-from pgblobs import largeobjects, names
-from pgblobs.database import Database
+from pgblobs import names, settings, transfer
+from pgblobs.db import largeobjects
+from pgblobs.db.connector import Database
 from pgblobs.errors import BlobExists, BlobNotFound, QuotaExceeded, TransferStopped
-from pgblobs.interfaces import IBlobsBackend
+from pgblobs.interfaces import IBlobsBackend, deferred
 
-DEFAULT_QUOTA_BYTES = 200 * 1024 * 1024
-DEFAULT_POOL_SIZE = 8
 LOOKUP_BATCH = 100  # ids per statement when many blobs are opened at once
-DEFAULT_BUFFER_BYTES = 64 * 1024 * 1024  # small bodies gathered in memory at once, at most
+# At or below this size a blob travels inline, in one statement: the escaped
+# bytes it costs are cheaper than the round trips of the large-object calls.
+INLINE_LIMIT = 256 * 1024
 
 
 def _give_up(pipes):
@@ -57,14 +57,6 @@ class OpenBlob:
         return defer.ensureDeferred(self._backend._read_version(self, consumer, range))
 
 
-def _deferred(method):
-    """Run a coroutine method as a Deferred, so every failure is a failed Deferred."""
-    @functools.wraps(method)
-    def wrapper(*args, **kwargs):
-        return defer.ensureDeferred(method(*args, **kwargs))
-    return wrapper
-
-
 @implementer(IBlobsBackend)
 class PostgresBlobsBackend:
     """Blobs in PostgreSQL large objects, their metadata in ``pgblobs.blobs``.
@@ -73,8 +65,8 @@ class PostgresBlobsBackend:
     a row in ``pgblobs.quotas`` overrides it for one user.
     """
 
-    def __init__(self, database, quota_bytes=DEFAULT_QUOTA_BYTES, reactor=None,
-                 buffer_bytes=DEFAULT_BUFFER_BYTES):
+    def __init__(self, database, quota_bytes=settings.QUOTA_BYTES, reactor=None,
+                 buffer_bytes=settings.BUFFER_BYTES):
         if reactor is None:
             from twisted.internet import reactor
         self.database = database
@@ -84,13 +76,14 @@ class PostgresBlobsBackend:
         self._buffered = 0  # bytes of small bodies being gathered now
 
     @classmethod
-    def connect(cls, dsn, quota_bytes=DEFAULT_QUOTA_BYTES, pool_size=DEFAULT_POOL_SIZE,
-                reactor=None, max_waiting=None, statement_timeout=30.0, user_share=None,
-                buffer_bytes=DEFAULT_BUFFER_BYTES):
+    def connect(cls, dsn, quota_bytes=settings.QUOTA_BYTES, pool_size=settings.POOL_SIZE,
+                reactor=None, max_waiting=None, statement_timeout=settings.STATEMENT_TIMEOUT,
+                user_share=None, buffer_bytes=settings.BUFFER_BYTES):
         """A Deferred firing with a backend connected to ``dsn``.
 
         ``pool_size`` connections serve statements and as many serve content;
-        beyond ``max_waiting`` (default 32 x pool_size) more work waiting for
+        beyond ``max_waiting`` (default: settings.WAITING_PER_CONNECTION per
+        connection) more work waiting for
         one fails at once with DatabaseUnavailable, and no statement may run
         longer than ``statement_timeout`` seconds. One user runs at most
         ``user_share`` content transfers at once (default: half of
@@ -114,18 +107,21 @@ class PostgresBlobsBackend:
             raise BlobNotFound("no such blob")
         return rows[0]
 
-    @_deferred
+    @deferred
     async def write_blob(self, user, blob_id, producer, namespace="", flags=()):
         key = names.BlobKey.of(user, blob_id, namespace)
         flags = names.flag_list(flags)
-        taken, room = (await self.database.fetch("write_precheck", dict(
+        precheck = (await self.database.fetch("write_precheck", dict(
             key.params(), default_quota=self.quota_bytes)))[0]
-        if taken:
+        room = precheck["room"]
+        if precheck["taken"]:
             raise BlobExists("a live blob already has this id")
         length = getattr(producer, "length", UNKNOWN_LENGTH)
         if length is not UNKNOWN_LENGTH and room is not None and length > room:
             raise QuotaExceeded("the blob does not fit in the user's quota")
-        if (length is not UNKNOWN_LENGTH and length <= largeobjects.INLINE_LIMIT
+        # The one place that chooses how a blob travels: inline when its
+        # length is known and small, else streamed into a large object.
+        if (length is not UNKNOWN_LENGTH and length <= INLINE_LIMIT
                 and self._buffered + length <= self._buffer_limit):
             # Small and known: gathered on the reactor, stored by one
             # statement, no thread hop. Bodies gathered at once are bounded
@@ -133,14 +129,14 @@ class PostgresBlobsBackend:
             # which holds nothing while it waits for a connection.
             self._buffered += length
             try:
-                content, digest = await largeobjects.gather_small(producer)
+                content, digest = await transfer.gather_small(producer)
             finally:
                 self._buffered -= length
             await self.database.fetch("put_small_blob", dict(
                 key.params(), default_quota=self.quota_bytes, content=psycopg2.Binary(content),
                 size=digest.size, tag=digest.tag, sha256=digest.sha256, flags=flags))
             return
-        pipe = largeobjects.UploadPipe(self._reactor, producer)
+        pipe = transfer.UploadPipe(self._reactor, producer)
         try:
             await self.database.in_thread(largeobjects.store, pipe, key, self.quota_bytes, room,
                                           flags, owner=key.user)
@@ -148,7 +144,7 @@ class PostgresBlobsBackend:
             _give_up([pipe])
             raise
 
-    @_deferred
+    @deferred
     async def write_blobs(self, user, blobs, namespace="", before_commit=None):
         """Store several blobs in one transaction: all of them, or none.
 
@@ -165,17 +161,18 @@ class PostgresBlobsBackend:
             raise BlobExists("the same id is listed twice")
         if not keys:
             return
-        taken, room = (await self.database.fetch("write_many_precheck", dict(
+        precheck = (await self.database.fetch("write_many_precheck", dict(
             keys[0].params(), blob_ids=[key.blob_id for key in keys],
             default_quota=self.quota_bytes)))[0]
-        if taken:
-            raise BlobExists(f"a live blob already has the id {taken}")
+        room = precheck["room"]
+        if precheck["taken"]:
+            raise BlobExists(f"a live blob already has the id {precheck['taken']}")
         if room is not None and sum(size for _, size, _ in blobs) > room:
             raise QuotaExceeded("the blobs do not fit in the user's quota")
         pipes = []
 
         def next_pipe(index):
-            pipes.append(largeobjects.UploadPipe(self._reactor, blobs[index][2]()))
+            pipes.append(transfer.UploadPipe(self._reactor, blobs[index][2]()))
             return pipes[-1]
 
         def confirm():
@@ -188,7 +185,7 @@ class PostgresBlobsBackend:
             _give_up(pipes)
             raise
 
-    @_deferred
+    @deferred
     async def open_blob(self, user, blob_id, namespace=""):
         """The blob's size and tag, and a way to read the bytes they describe.
 
@@ -199,12 +196,11 @@ class PostgresBlobsBackend:
         statement.
         """
         key = names.BlobKey.of(user, blob_id, namespace)
-        row, size, tag, content = await self._one("open_blob", dict(
-            key.params(), inline_limit=largeobjects.INLINE_LIMIT))
-        content = None if content is None else bytes(content)
-        return OpenBlob(key.user, key.blob_id, size, tag, row, content, self)
+        row = await self._one("open_blob", dict(key.params(), inline_limit=INLINE_LIMIT))
+        content = None if row["content"] is None else bytes(row["content"])
+        return OpenBlob(key.user, key.blob_id, row["size"], row["tag"], row["id"], content, self)
 
-    @_deferred
+    @deferred
     async def open_blobs(self, user, blob_ids, namespace=""):
         """``open_blob`` for many ids, in their order, looked up a batch at a
         time; fails with BlobNotFound naming the first id with no live blob."""
@@ -215,14 +211,15 @@ class PostgresBlobsBackend:
         for first in range(0, len(wanted), LOOKUP_BATCH):
             rows = await self.database.fetch("open_blobs", dict(
                 params, blob_ids=wanted[first:first + LOOKUP_BATCH]))
-            for blob_id, row, size, tag in rows:
-                found[blob_id] = OpenBlob(params["user"], blob_id, size, tag, row, None, self)
+            for row in rows:
+                found[row["blob_id"]] = OpenBlob(params["user"], row["blob_id"], row["size"],
+                                                 row["tag"], row["id"], None, self)
         for blob_id in ids:
             if blob_id not in found:
                 raise BlobNotFound(f"no such blob: {blob_id}")
         return [found[blob_id] for blob_id in ids]
 
-    @_deferred
+    @deferred
     async def read_blob(self, user, blob_id, consumer, namespace="", range=None):
         opened = await self.open_blob(user, blob_id, namespace)
         await opened.read(consumer, range)
@@ -231,17 +228,17 @@ class PostgresBlobsBackend:
         start, end = names.byte_range(range)
         stop = opened.size if end is None else min(end, opened.size)
         start = min(start, stop)
-        push = largeobjects.DownloadPush(self._reactor, consumer)
+        push = transfer.DownloadPush(self._reactor, consumer)
         consumer.registerProducer(push, True)
         try:
             if opened.content is not None:
                 content = opened.content[start:stop]
-            elif opened.size <= largeobjects.INLINE_LIMIT:
+            elif opened.size <= INLINE_LIMIT:
                 rows = await self.database.fetch("version_bytes", dict(
                     row=opened.row, start=start, length=stop - start))
                 if not rows:
                     raise BlobNotFound(f"no such blob: {opened.blob_id}")
-                content = bytes(rows[0][0])
+                content = bytes(rows[0]["content"])
             else:
                 await self.database.in_thread(
                     largeobjects.load, push, opened.row, start, stop, owner=opened.user,
@@ -253,42 +250,39 @@ class PostgresBlobsBackend:
         finally:
             consumer.unregisterProducer()
 
-    @_deferred
+    @deferred
     async def delete_blob(self, user, blob_id, namespace=""):
         key = names.BlobKey.of(user, blob_id, namespace)
         await self._one("delete_blob", key.params())
 
-    @_deferred
+    @deferred
     async def get_blob_size(self, user, blob_id, namespace=""):
         key = names.BlobKey.of(user, blob_id, namespace)
-        size, _, _ = await self._one("blob_info", key.params())
-        return size
+        return (await self._one("blob_info", key.params()))["size"]
 
-    @_deferred
+    @deferred
     async def get_tag(self, user, blob_id, namespace=""):
         key = names.BlobKey.of(user, blob_id, namespace)
-        _, tag, _ = await self._one("blob_info", key.params())
-        return tag
+        return (await self._one("blob_info", key.params()))["tag"]
 
-    @_deferred
+    @deferred
     async def get_flags(self, user, blob_id, namespace=""):
         key = names.BlobKey.of(user, blob_id, namespace)
-        _, _, flags = await self._one("blob_info", key.params())
-        return list(flags)
+        return list((await self._one("blob_info", key.params()))["flags"])
 
-    @_deferred
+    @deferred
     async def set_flags(self, user, blob_id, flags, namespace=""):
         key = names.BlobKey.of(user, blob_id, namespace)
         flags = names.flag_list(flags)
         await self._one("set_flags", dict(key.params(), flags=flags))
 
-    @_deferred
+    @deferred
     async def count(self, user, namespace=""):
         params = {"user": names.user_name(user), "namespace": names.namespace_name(namespace)}
         rows = await self.database.fetch("count_live", params)
-        return rows[0][0]
+        return rows[0]["live_blobs"]
 
-    @_deferred
+    @deferred
     async def list_blobs(self, user, namespace="", order_by=None, deleted=False,
                          filter_flag=None):
         params = {"user": names.user_name(user), "namespace": names.namespace_name(namespace)}
@@ -300,14 +294,14 @@ class PostgresBlobsBackend:
             name = "list_flagged"
         else:
             name = "list_tombstones" if deleted else "list_live"
-        ids = [blob_id for (blob_id,) in await self.database.fetch(name, params)]
+        ids = [row["blob_id"] for row in await self.database.fetch(name, params)]
         # Both orders come from one ascending index scan.
         if newest_first:
             ids.reverse()
         return ids
 
-    @_deferred
+    @deferred
     async def get_total_storage(self, user):
         params = {"user": names.user_name(user)}
         rows = await self.database.fetch("total_storage_kib", params)
-        return int(rows[0][0])
+        return int(rows[0]["kib"])

@@ -11,11 +11,10 @@ import psycopg2
 import sqlalchemy.exc
 from twisted.internet import defer, task
 
-from pgblobs import schema
-from pgblobs.accounts import Accounts
-from pgblobs.backend import DEFAULT_BUFFER_BYTES
+from pgblobs import accounts, settings
 from pgblobs.cluster import ClusterFailed, LocalCluster, PostgresNotFound
-from pgblobs.database import Database, connect_sync
+from pgblobs.db import schema
+from pgblobs.db.connector import SyncConnection
 from pgblobs.errors import BlobsError
 from pgblobs.web.site import Limits
 
@@ -33,11 +32,11 @@ def _message(error):
 
 def _database_options(parser):
     parser.add_argument(
-        "--dsn", default=os.environ.get("PGBLOBS_DSN"),
-        help="libpq connection string or URL (default: $PGBLOBS_DSN, else the "
+        "--dsn", default=settings.dsn_from_environment(),
+        help=f"libpq connection string or URL (default: ${settings.DSN_VARIABLE}, else the "
              "embedded database of `pgblobs serve` if it is running)")
-    parser.add_argument("--data-dir", default=".pgblobs",
-                        help="the embedded database's directory (default: .pgblobs)")
+    parser.add_argument("--data-dir", default=settings.DATA_DIR,
+                        help=f"the embedded database's directory (default: {settings.DATA_DIR})")
 
 
 def _dsn(args):
@@ -46,7 +45,7 @@ def _dsn(args):
     embedded = LocalCluster(args.data_dir)
     if embedded.is_running():
         return embedded.dsn
-    raise SystemExit("pgblobs: no database given: pass --dsn, set PGBLOBS_DSN, "
+    raise SystemExit(f"pgblobs: no database given: pass --dsn, set {settings.DSN_VARIABLE}, "
                      "or start `pgblobs serve` (`make run`) for the embedded one")
 
 
@@ -61,40 +60,36 @@ def _react(main):
     task.react(lambda reactor: defer.ensureDeferred(guarded(reactor)))
 
 
-def _with_accounts(work):
-    """Run ``work(accounts, args)`` (a coroutine function) on a connected database."""
+def _with_connection(work):
+    """Run ``work(connection, args)`` on a SyncConnection to a schema at head."""
     def command(args):
-        dsn = _dsn(args)
-
-        async def main():
-            database = await Database.connect(dsn, pool_size=1)
-            try:
-                await work(Accounts(database), args)
-            finally:
-                await database.close()
-        _react(main)
+        connection = SyncConnection.connect_at_head(_dsn(args))
+        try:
+            return work(connection, args)
+        finally:
+            connection.close()
     return command
 
 
-@_with_accounts
-async def _token_create(accounts, args):
-    print(await accounts.create_token(args.user))
+@_with_connection
+def _token_create(connection, args):
+    print(accounts.create_token(connection, args.user))
 
 
-@_with_accounts
-async def _token_revoke(accounts, args):
-    revoked = await accounts.revoke_tokens(args.user)
+@_with_connection
+def _token_revoke(connection, args):
+    revoked = accounts.revoke_tokens(connection, args.user)
     print(f"revoked {revoked} token(s) of {args.user}")
 
 
-@_with_accounts
-async def _service_token_create(accounts, args):
-    print(await accounts.create_service_token(args.name))
+@_with_connection
+def _service_token_create(connection, args):
+    print(accounts.create_service_token(connection, args.name))
 
 
-@_with_accounts
-async def _service_token_revoke(accounts, args):
-    revoked = await accounts.revoke_service_tokens(args.name)
+@_with_connection
+def _service_token_revoke(connection, args):
+    revoked = accounts.revoke_service_tokens(connection, args.name)
     print(f"revoked {revoked} token(s) of the service {args.name}")
 
 
@@ -119,20 +114,20 @@ def _quota_setting(text):
     return _byte_limit(text)
 
 
-@_with_accounts
-async def _quota_set(accounts, args):
+@_with_connection
+def _quota_set(connection, args):
     if args.bytes == "default":
-        await accounts.clear_quota(args.user)
+        accounts.clear_quota(connection, args.user)
         print(f"{args.user}: the server's default quota applies")
     else:
-        await accounts.set_quota(args.user, args.bytes)
+        accounts.set_quota(connection, args.user, args.bytes)
         limit = "unlimited" if args.bytes is None else f"{args.bytes} bytes"
         print(f"{args.user}: quota {limit}")
 
 
-@_with_accounts
-async def _quota_show(accounts, args):
-    has_override, quota_bytes, used = await accounts.quota(args.user)
+@_with_connection
+def _quota_show(connection, args):
+    has_override, quota_bytes, used = accounts.quota(connection, args.user)
     if not has_override:
         limit = "server default"
     elif quota_bytes is None:
@@ -140,17 +135,6 @@ async def _quota_show(accounts, args):
     else:
         limit = f"{quota_bytes} bytes"
     print(f"{args.user}: quota {limit}, {used} bytes used")
-
-
-def _with_connection(work):
-    """Run ``work(connection, args)`` on a plain connection to a schema at head."""
-    def command(args):
-        connection = connect_sync(_dsn(args))
-        try:
-            return work(connection, args)
-        finally:
-            connection.close()
-    return command
 
 
 @_with_connection
@@ -291,39 +275,40 @@ def build_parser():
                        help="a Twisted endpoint for the provider's own services, e.g. "
                             "tcp:9001:interface=127.0.0.1: PUT /incoming/{user}/{id} delivers "
                             "mail, with a service token (repeatable; none by default)")
-    serve.add_argument("--quota-bytes", type=_byte_limit, default=200 * 1024 * 1024,
-                       help="default quota per user in bytes, or 'unlimited' (default: 200 MiB)")
+    serve.add_argument("--quota-bytes", type=_byte_limit, default=settings.QUOTA_BYTES,
+                       help="default quota per user in bytes, or 'unlimited' (default: %(default)s)")
     serve.add_argument("--log-format", choices=("text", "json"), default="text")
-    serve.add_argument("--pool-size", type=int, default=8,
-                       help="database connections per pool (default: 8)")
+    serve.add_argument("--pool-size", type=int, default=settings.POOL_SIZE,
+                       help="database connections per pool (default: %(default)s)")
     serve.add_argument("--max-waiting", type=_non_negative,
                        help="transfers that may wait for a busy content pool before 503s "
-                            "(default: 32 x pool; statements may wait 10 times as many)")
-    serve.add_argument("--statement-timeout", type=float, default=30.0,
-                       help="seconds any one SQL statement may run (default: 30)")
+                            f"(default: {settings.WAITING_PER_CONNECTION} x pool; statements "
+                            "may wait 10 times as many)")
+    serve.add_argument("--statement-timeout", type=float, default=settings.STATEMENT_TIMEOUT,
+                       help="seconds any one SQL statement may run (default: %(default)s)")
     serve.add_argument("--max-transfers-per-user", type=_positive,
                        help="large reads and writes one user may run at once; more wait their "
                             "turn, so one user's stalled transfers never hold every content "
                             "connection (default: half of --pool-size)")
     serve.add_argument("--max-buffered-bytes", type=_non_negative,
-                       default=DEFAULT_BUFFER_BYTES,
+                       default=settings.BUFFER_BYTES,
                        help="bytes of small upload bodies gathered in memory at once; past it, "
-                            "small uploads stream like large ones (default: 64 MiB)")
+                            "small uploads stream like large ones (default: %(default)s)")
     serve.add_argument("--max-blob-bytes", type=_blob_size_limit, default=Limits.max_blob_bytes,
-                       help=f"largest blob accepted (default and most: {Limits.max_blob_bytes}, "
+                       help="largest blob accepted (default and most: %(default)s, "
                             "what a stream download's size field can carry)")
     serve.add_argument("--max-json-bytes", type=_non_negative, default=Limits.max_json_bytes)
     serve.add_argument("--max-stream-ids", type=_positive, default=Limits.max_stream_ids,
-                       help="blob ids one stream download may ask for (default: 1000)")
+                       help="blob ids one stream download may ask for (default: %(default)s)")
     serve.add_argument("--idle-timeout", type=float, default=Limits.idle_timeout,
                        help="seconds a connection may keep the server waiting: silent between "
                             "requests, or not sending a body or not reading an answer "
-                            "(default: 60)")
+                            "(default: %(default)s)")
     serve.add_argument("--header-timeout", type=float, default=Limits.header_timeout,
                        help="seconds from accepting a connection (or ending a response) to the "
-                            "last header of its request (default: 20)")
-    serve.add_argument("--drain-seconds", type=float, default=30.0,
-                       help="on SIGTERM, how long requests in flight may take (default: 30)")
+                            "last header of its request (default: %(default)s)")
+    serve.add_argument("--drain-seconds", type=float, default=settings.DRAIN_SECONDS,
+                       help="on SIGTERM, how long requests in flight may take (default: %(default)s)")
     serve.set_defaults(run=_serve)
 
     db = commands.add_parser("db", help="the database schema").add_subparsers(
@@ -362,7 +347,7 @@ def build_parser():
     usage = report.add_parser("usage", help="usage per user, biggest first")
     usage.add_argument("--user", help="only this user")
     usage.add_argument("--top", type=_non_negative, help="only the N biggest users")
-    usage.add_argument("--quota-bytes", type=_byte_limit, default=200 * 1024 * 1024,
+    usage.add_argument("--quota-bytes", type=_byte_limit, default=settings.QUOTA_BYTES,
                        help="the servers' default quota, for users without an override")
     daily = report.add_parser("daily", help="blobs and bytes written and deleted per day")
     daily.add_argument("--days", type=_non_negative, default=30)

@@ -5,6 +5,9 @@ the optional ``range`` of ``read_blob`` and ``flags`` of ``write_blob``. Every m
 failures arrive as a failed Deferred carrying an error from
 :mod:`pgblobs.errors`. An empty namespace means ``default`` everywhere.
 """
+import functools
+
+from twisted.internet import defer
 from zope.interface import Interface
 
 
@@ -62,3 +65,11 @@ class IBlobsBackend(Interface):
 
     def set_flags(user, blob_id, flags, namespace=""):
         """Replace the blob's flags; ``InvalidFlag`` leaves them unchanged."""
+
+
+def deferred(method):
+    """Run a coroutine method as a Deferred, so every failure is a failed Deferred."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        return defer.ensureDeferred(method(*args, **kwargs))
+    return wrapper

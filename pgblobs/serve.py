@@ -8,15 +8,17 @@ for the user ``dev`` is kept next to it so the quick start works at once.
 import os
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 
 import psycopg2
 from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
 
-from pgblobs import schema
-from pgblobs.accounts import Accounts
-from pgblobs.backend import DEFAULT_BUFFER_BYTES, DEFAULT_POOL_SIZE, PostgresBlobsBackend
+from pgblobs import accounts, settings
+from pgblobs.backend import PostgresBlobsBackend
 from pgblobs.cluster import LocalCluster
+from pgblobs.db import schema
+from pgblobs.db.connector import SyncConnection
 from pgblobs.web.site import Limits, build_services_site, build_site
 
 DEV_USER = "dev"
@@ -30,23 +32,23 @@ class ServeOptions:
     dsn: str = None
     listen: list = field(default_factory=lambda: [DEFAULT_LISTEN])
     services_listen: list = field(default_factory=list)
-    quota_bytes: int = 200 * 1024 * 1024
-    data_dir: str = ".pgblobs"
-    pool_size: int = DEFAULT_POOL_SIZE
+    quota_bytes: int = settings.QUOTA_BYTES
+    data_dir: str = settings.DATA_DIR
+    pool_size: int = settings.POOL_SIZE
     max_waiting: int = None
-    statement_timeout: float = 30.0
+    statement_timeout: float = settings.STATEMENT_TIMEOUT
     user_share: int = None
-    buffer_bytes: int = DEFAULT_BUFFER_BYTES
+    buffer_bytes: int = settings.BUFFER_BYTES
     limits: Limits = Limits()
-    drain_seconds: float = 30.0
+    drain_seconds: float = settings.DRAIN_SECONDS
 
 
-async def _kept_token(path, create):
+def _kept_token(path, create):
     """A development token, made by ``create()`` on first start and kept at ``path``."""
     if os.path.exists(path):
         with open(path) as kept:
             return kept.read().strip()
-    token = await create()
+    token = create()
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as kept:
         kept.write(token + "\n")
@@ -82,6 +84,27 @@ def _mail_quick_start(services, service_token, public, user_token):
         f"  curl -s -H \"{user_auth}\" '{_base_url(public)}/blobs/{DEV_USER}/"
         f"?namespace=MX&filter_flag=PENDING'",
     ])
+
+
+def _addresses(ports):
+    return ", ".join(f"{port.getHost().host}:{port.getHost().port}" for port in ports)
+
+
+def _print_quick_start(dsn, data_dir, public, services):
+    """The development tokens (made on first start, kept in ``data_dir``) and
+    lines to paste: the quick start, and a mail delivery if ``services``."""
+    connection = SyncConnection.connect(dsn)
+    try:
+        user_token = _kept_token(os.path.join(data_dir, "dev-token"),
+                                 partial(accounts.create_token, connection, DEV_USER))
+        print(_quick_start(public, user_token), flush=True)
+        if services is not None:
+            service_token = _kept_token(
+                os.path.join(data_dir, "dev-service-token"),
+                partial(accounts.create_service_token, connection, DEV_SERVICE))
+            print(_mail_quick_start(services, service_token, public, user_token), flush=True)
+    finally:
+        connection.close()
 
 
 async def _connect(reactor, dsn, options):
@@ -130,32 +153,26 @@ async def run(reactor, options):
         schema.upgrade(cluster.dsn)
         dsn = cluster.dsn
     backend = await _connect(reactor, dsn, options)
-    site = build_site(backend, backend.database, options.limits)
+    database = backend.database
+    site = build_site(backend, partial(accounts.token_is_valid, database), database.ping,
+                      options.limits, database.usage)
     ports = [await _listen(reactor, description, site) for description in options.listen]
     sites, services_ports = [site], []
     if options.services_listen:
-        services = build_services_site(backend, backend.database, site.metrics, options.limits)
+        services = build_services_site(
+            backend, partial(accounts.service_token_is_valid, database), database.ping,
+            site.metrics, options.limits)
         services_ports = [await _listen(reactor, description, services)
                           for description in options.services_listen]
         sites.append(services)
     reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: defer.ensureDeferred(
             _drain(reactor, sites, ports + services_ports, backend, options.drain_seconds)))
-    def addresses(listening):
-        return ", ".join(f"{p.getHost().host}:{p.getHost().port}" for p in listening)
-    print(f"pgblobs is serving on {addresses(ports)}"
-          + (f"; services on {addresses(services_ports)}" if services_ports else ""), flush=True)
+    print(f"pgblobs is serving on {_addresses(ports)}"
+          + (f"; services on {_addresses(services_ports)}" if services_ports else ""), flush=True)
     if cluster is not None:
-        accounts = Accounts(backend.database)
-        user_token = await _kept_token(os.path.join(options.data_dir, "dev-token"),
-                                       lambda: accounts.create_token(DEV_USER))
-        print(_quick_start(ports[0].getHost(), user_token), flush=True)
-        if services_ports:
-            service_token = await _kept_token(
-                os.path.join(options.data_dir, "dev-service-token"),
-                lambda: accounts.create_service_token(DEV_SERVICE))
-            print(_mail_quick_start(services_ports[0].getHost(), service_token,
-                                    ports[0].getHost(), user_token), flush=True)
+        _print_quick_start(dsn, options.data_dir, ports[0].getHost(),
+                           services_ports[0].getHost() if services_ports else None)
     await defer.Deferred()  # until the reactor stops
 
 

@@ -16,7 +16,9 @@ import pytest
 import pytest_twisted
 import testing.postgresql
 
-from pgblobs import PostgresBlobsBackend, cluster, schema
+from pgblobs import PostgresBlobsBackend, cluster
+from pgblobs.db import schema
+from tests.helpers import create_token
 
 _scratch_names = itertools.count(1)
 
@@ -113,17 +115,27 @@ class Server:
         return {b"Authorization": [b"Token " + base64.b64encode(raw)]}
 
 
-@pytest_twisted.async_yield_fixture
-async def server(backend):
-    from twisted.internet import reactor
-    from pgblobs.accounts import Accounts
-    from pgblobs.web.site import Limits, build_site
+def site_of(backend, limits=None):
+    """The public site over ``backend``, its tokens and health from the backend's database."""
+    from functools import partial
 
-    token = await Accounts(backend.database).create_token("alice")
-    limits = Limits(max_blob_bytes=64 * 1024 * 1024, max_json_bytes=64 * 1024, idle_timeout=5)
-    site = build_site(backend, backend.database, limits)
+    from pgblobs import accounts
+    from pgblobs.web.site import Limits, build_site
+    database = backend.database
+    return build_site(backend, partial(accounts.token_is_valid, database), database.ping,
+                      limits or Limits(), database.usage)
+
+
+@pytest_twisted.async_yield_fixture
+async def server(backend, dsn):
+    from twisted.internet import reactor
+    from pgblobs.web.site import Limits
+
+    token = create_token(dsn, "alice")
+    site = site_of(backend, Limits(max_blob_bytes=64 * 1024 * 1024, max_json_bytes=64 * 1024,
+                                   idle_timeout=5))
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     yield Server(port, backend, token)
     await port.stopListening()
-    for channel in list(getattr(site, "_channels", ())):
+    for channel in list(site.open_channels):
         channel.transport.abortConnection()

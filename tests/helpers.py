@@ -137,6 +137,17 @@ def auth_header(server, user="alice"):
     return b"Authorization: " + server.auth(user)[b"Authorization"][0]
 
 
+def create_token(dsn, user):
+    """A new token for ``user``, made as `pgblobs token create` makes it."""
+    from pgblobs import accounts
+    from pgblobs.db.connector import SyncConnection
+    connection = SyncConnection.connect(dsn)
+    try:
+        return accounts.create_token(connection, user)
+    finally:
+        connection.close()
+
+
 def pgblobs_cli(*args, env=None):
     """Run the `pgblobs` command as an operator would; the CompletedProcess."""
     import os

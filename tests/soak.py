@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from pgblobs import schema
+from pgblobs.db import schema
 from pgblobs.cluster import LocalCluster
 from tests.conftest import sql
 from tests.processes import ServeProcess

@@ -1,4 +1,6 @@
-"""PostgresBlobsBackend against a real PostgreSQL: every method and every error."""
+"""The backend contract, every method and every error: against PostgreSQL
+(PostgresBlobsBackend on a real server) and, where a test needs no SQL of
+its own, against MemoryBlobsBackend too, which keeps that double honest."""
 import base64
 import hashlib
 
@@ -8,7 +10,7 @@ from zope.interface.verify import verifyObject
 
 from pgblobs import (
     BlobExists, BlobNotFound, Flags, IBlobsBackend, InvalidArgument, InvalidFlag,
-    InvalidName, PostgresBlobsBackend, QuotaExceeded, SchemaNotReady,
+    InvalidName, MemoryBlobsBackend, PostgresBlobsBackend, QuotaExceeded, SchemaNotReady,
 )
 from tests.conftest import sql
 from tests.helpers import content, read, write
@@ -20,13 +22,29 @@ def tag_of(data):
     return base64.urlsafe_b64encode(data[-16:]).decode()
 
 
-def test_provides_the_interface(backend):
-    assert verifyObject(IBlobsBackend, backend)
+@pytest.fixture(params=["postgres", "memory"])
+def blobs(request):
+    """Each implementation of IBlobsBackend, in turn."""
+    if request.param == "memory":
+        return MemoryBlobsBackend()
+    return request.getfixturevalue("backend")
 
 
-def test_flags_are_the_four_soledad_flags():
-    assert (Flags.PENDING, Flags.PROCESSING, Flags.PROCESSED, Flags.FAILED) == (
-        "PENDING", "PROCESSING", "PROCESSED", "FAILED")
+def test_provides_the_interface(blobs):
+    assert verifyObject(IBlobsBackend, blobs)
+
+
+@deferred_test
+async def test_exactly_the_four_soledad_flags_are_accepted(blobs):
+    await write(blobs, "alice", "flagged", b"x")
+    accepted = []
+    for flag in ("PENDING", "PROCESSING", "PROCESSED", "FAILED", "pending", "DONE", "", "NEW"):
+        try:
+            await blobs.set_flags("alice", "flagged", [flag])
+        except InvalidFlag:
+            continue
+        accepted.append(flag)
+    assert accepted == [Flags.PENDING, Flags.PROCESSING, Flags.PROCESSED, Flags.FAILED]
 
 
 @pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 256 * 1024, 256 * 1024 + 1, 5 * 1024 * 1024 + 3])
@@ -45,56 +63,56 @@ async def test_write_then_read_any_size(backend, dsn, size, known_length):
 
 @pytest.mark.parametrize("size", [100, 3 * 1024 * 1024 + 5])
 @deferred_test
-async def test_ranges_are_end_exclusive_and_reach_both_edges(backend, size):
+async def test_ranges_are_end_exclusive_and_reach_both_edges(blobs, size):
     data = content(size, seed=3)
-    await write(backend, "alice", "ranged", data)
+    await write(blobs, "alice", "ranged", data)
     for start, end in [(0, 1), (0, size), (size - 1, size), (5, 50), (size, size),
                        (0, size + 10), (size + 5, size + 10), (7, None),
                        (1024 * 1024 - 1, 1024 * 1024 + 1)]:
-        assert await read(backend, "alice", "ranged", range=(start, end)) == data[start:end]
+        assert await read(blobs, "alice", "ranged", range=(start, end)) == data[start:end]
 
 
 @deferred_test
-async def test_bad_range_is_a_value_error(backend):
-    await write(backend, "alice", "ranged", b"abc")
+async def test_bad_range_is_a_value_error(blobs):
+    await write(blobs, "alice", "ranged", b"abc")
     for bad in [(2, 1), (-1, 2), "0-1", (0,)]:
         with pytest.raises(InvalidArgument):
-            await read(backend, "alice", "ranged", range=bad)
+            await read(blobs, "alice", "ranged", range=bad)
 
 
 @deferred_test
-async def test_missing_blobs_are_not_found(backend):
+async def test_missing_blobs_are_not_found(blobs):
     with pytest.raises(BlobNotFound):
-        await read(backend, "alice", "nothing")
-    for method in (backend.get_blob_size, backend.get_tag, backend.get_flags,
-                   backend.delete_blob):
+        await read(blobs, "alice", "nothing")
+    for method in (blobs.get_blob_size, blobs.get_tag, blobs.get_flags,
+                   blobs.delete_blob):
         with pytest.raises(BlobNotFound):
             await method("alice", "nothing")
     with pytest.raises(BlobNotFound):
-        await backend.set_flags("alice", "nothing", [Flags.PENDING])
+        await blobs.set_flags("alice", "nothing", [Flags.PENDING])
 
 
 @deferred_test
-async def test_writing_a_taken_id_fails_and_keeps_the_first(backend):
-    await write(backend, "alice", "twice", b"first")
+async def test_writing_a_taken_id_fails_and_keeps_the_first(blobs):
+    await write(blobs, "alice", "twice", b"first")
     for known_length in (True, False):
         with pytest.raises(BlobExists):
-            await write(backend, "alice", "twice", b"second!", known_length=known_length)
-    assert await read(backend, "alice", "twice") == b"first"
+            await write(blobs, "alice", "twice", b"second!", known_length=known_length)
+    assert await read(blobs, "alice", "twice") == b"first"
 
 
 @deferred_test
-async def test_namespaces_separate_blobs_and_empty_means_default(backend):
-    await write(backend, "alice", "same", b"in default")
-    await write(backend, "alice", "same", b"in mail", namespace="mail")
-    assert await read(backend, "alice", "same", namespace="default") == b"in default"
-    assert await read(backend, "alice", "same", namespace="mail") == b"in mail"
-    assert await backend.count("alice") == 1
-    assert await backend.count("alice", namespace="default") == 1
-    assert await backend.list_blobs("alice", namespace="mail") == ["same"]
-    await backend.delete_blob("alice", "same", namespace="mail")
-    assert await backend.count("alice", "mail") == 0
-    assert await backend.count("alice", "") == 1
+async def test_namespaces_separate_blobs_and_empty_means_default(blobs):
+    await write(blobs, "alice", "same", b"in default")
+    await write(blobs, "alice", "same", b"in mail", namespace="mail")
+    assert await read(blobs, "alice", "same", namespace="default") == b"in default"
+    assert await read(blobs, "alice", "same", namespace="mail") == b"in mail"
+    assert await blobs.count("alice") == 1
+    assert await blobs.count("alice", namespace="default") == 1
+    assert await blobs.list_blobs("alice", namespace="mail") == ["same"]
+    await blobs.delete_blob("alice", "same", namespace="mail")
+    assert await blobs.count("alice", "mail") == 0
+    assert await blobs.count("alice", "") == 1
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "../x", "a b", "é", "x" * 256, "a\x00", None, 7])
@@ -118,11 +136,11 @@ async def test_invalid_names_fail_before_any_database_work(bad):
 
 
 @deferred_test
-async def test_longest_valid_names_work(backend):
+async def test_longest_valid_names_work(blobs):
     name = "A-z_9" * 51
     assert len(name) == 255
-    await write(backend, name, name, b"long names", namespace=name)
-    assert await backend.list_blobs(name, namespace=name) == [name]
+    await write(blobs, name, name, b"long names", namespace=name)
+    assert await blobs.list_blobs(name, namespace=name) == [name]
 
 
 @deferred_test
@@ -143,48 +161,48 @@ async def test_delete_makes_a_tombstone_and_frees_content_at_once(backend, dsn):
 
 
 @deferred_test
-async def test_writing_a_deleted_id_revives_it(backend):
-    await write(backend, "alice", "phoenix", b"old")
-    await backend.set_flags("alice", "phoenix", [Flags.PROCESSED])
-    await backend.delete_blob("alice", "phoenix")
-    await write(backend, "alice", "phoenix", b"new")
-    assert await read(backend, "alice", "phoenix") == b"new"
-    assert await backend.list_blobs("alice", deleted=True) == []
-    assert await backend.list_blobs("alice") == ["phoenix"]
-    assert await backend.get_flags("alice", "phoenix") == []
+async def test_writing_a_deleted_id_revives_it(blobs):
+    await write(blobs, "alice", "phoenix", b"old")
+    await blobs.set_flags("alice", "phoenix", [Flags.PROCESSED])
+    await blobs.delete_blob("alice", "phoenix")
+    await write(blobs, "alice", "phoenix", b"new")
+    assert await read(blobs, "alice", "phoenix") == b"new"
+    assert await blobs.list_blobs("alice", deleted=True) == []
+    assert await blobs.list_blobs("alice") == ["phoenix"]
+    assert await blobs.get_flags("alice", "phoenix") == []
 
 
 @deferred_test
-async def test_flags_are_replaced_and_filtered(backend):
+async def test_flags_are_replaced_and_filtered(blobs):
     for name in ("a", "b", "c"):
-        await write(backend, "alice", name, name.encode())
-    assert await backend.get_flags("alice", "a") == []
-    await backend.set_flags("alice", "a", [Flags.PENDING, Flags.FAILED])
-    await backend.set_flags("alice", "b", [Flags.PENDING])
-    assert sorted(await backend.get_flags("alice", "a")) == ["FAILED", "PENDING"]
-    assert await backend.list_blobs("alice", filter_flag=Flags.PENDING) == ["a", "b"]
-    assert await backend.list_blobs("alice", filter_flag=Flags.PENDING, order_by="-date") == ["b", "a"]
-    assert await backend.list_blobs("alice", filter_flag=Flags.FAILED) == ["a"]
-    await backend.set_flags("alice", "a", [Flags.PROCESSED])
-    assert await backend.get_flags("alice", "a") == ["PROCESSED"]
-    assert await backend.list_blobs("alice", filter_flag=Flags.PENDING) == ["b"]
-    await backend.set_flags("alice", "b", [])
-    assert await backend.get_flags("alice", "b") == []
-    await backend.delete_blob("alice", "a")
-    assert await backend.list_blobs("alice", filter_flag=Flags.PROCESSED) == []
-    assert await backend.list_blobs("alice", filter_flag=Flags.PROCESSED, deleted=True) == []
+        await write(blobs, "alice", name, name.encode())
+    assert await blobs.get_flags("alice", "a") == []
+    await blobs.set_flags("alice", "a", [Flags.PENDING, Flags.FAILED])
+    await blobs.set_flags("alice", "b", [Flags.PENDING])
+    assert sorted(await blobs.get_flags("alice", "a")) == ["FAILED", "PENDING"]
+    assert await blobs.list_blobs("alice", filter_flag=Flags.PENDING) == ["a", "b"]
+    assert await blobs.list_blobs("alice", filter_flag=Flags.PENDING, order_by="-date") == ["b", "a"]
+    assert await blobs.list_blobs("alice", filter_flag=Flags.FAILED) == ["a"]
+    await blobs.set_flags("alice", "a", [Flags.PROCESSED])
+    assert await blobs.get_flags("alice", "a") == ["PROCESSED"]
+    assert await blobs.list_blobs("alice", filter_flag=Flags.PENDING) == ["b"]
+    await blobs.set_flags("alice", "b", [])
+    assert await blobs.get_flags("alice", "b") == []
+    await blobs.delete_blob("alice", "a")
+    assert await blobs.list_blobs("alice", filter_flag=Flags.PROCESSED) == []
+    assert await blobs.list_blobs("alice", filter_flag=Flags.PROCESSED, deleted=True) == []
 
 
 @deferred_test
-async def test_invalid_flags_change_nothing(backend):
-    await write(backend, "alice", "flagged", b"x")
-    await backend.set_flags("alice", "flagged", [Flags.PENDING])
+async def test_invalid_flags_change_nothing(blobs):
+    await write(blobs, "alice", "flagged", b"x")
+    await blobs.set_flags("alice", "flagged", [Flags.PENDING])
     for bad in (["PENDING", "DONE"], ["pending"], "PENDING", [None], 3):
         with pytest.raises(InvalidFlag):
-            await backend.set_flags("alice", "flagged", bad)
-    assert await backend.get_flags("alice", "flagged") == ["PENDING"]
+            await blobs.set_flags("alice", "flagged", bad)
+    assert await blobs.get_flags("alice", "flagged") == ["PENDING"]
     with pytest.raises(InvalidFlag):
-        await backend.list_blobs("alice", filter_flag="DONE")
+        await blobs.list_blobs("alice", filter_flag="DONE")
 
 
 @deferred_test
@@ -204,27 +222,27 @@ async def test_list_orders_by_creation_date(backend, dsn):
 
 
 @deferred_test
-async def test_users_do_not_see_each_other(backend):
-    await write(backend, "alice", "mine", b"alice's")
-    await write(backend, "bob", "mine", b"bob's")
-    assert await read(backend, "bob", "mine") == b"bob's"
-    await backend.delete_blob("bob", "mine")
-    assert await read(backend, "alice", "mine") == b"alice's"
-    assert await backend.count("bob") == 0
-    assert await backend.get_total_storage("bob") == 0
+async def test_users_do_not_see_each_other(blobs):
+    await write(blobs, "alice", "mine", b"alice's")
+    await write(blobs, "bob", "mine", b"bob's")
+    assert await read(blobs, "bob", "mine") == b"bob's"
+    await blobs.delete_blob("bob", "mine")
+    assert await read(blobs, "alice", "mine") == b"alice's"
+    assert await blobs.count("bob") == 0
+    assert await blobs.get_total_storage("bob") == 0
 
 
 @deferred_test
-async def test_total_storage_spans_namespaces_in_kib_rounded_up(backend):
-    assert await backend.get_total_storage("alice") == 0
-    await write(backend, "alice", "one", b"x")
-    assert await backend.get_total_storage("alice") == 1
-    await write(backend, "alice", "two", content(1023), namespace="mail")
-    assert await backend.get_total_storage("alice") == 1
-    await write(backend, "alice", "three", b"y", namespace="other")
-    assert await backend.get_total_storage("alice") == 2
-    await write(backend, "alice", "four", content(2000))
-    assert await backend.get_total_storage("alice") == 3  # 3025 bytes: 2.95 KiB, rounded up
+async def test_total_storage_spans_namespaces_in_kib_rounded_up(blobs):
+    assert await blobs.get_total_storage("alice") == 0
+    await write(blobs, "alice", "one", b"x")
+    assert await blobs.get_total_storage("alice") == 1
+    await write(blobs, "alice", "two", content(1023), namespace="mail")
+    assert await blobs.get_total_storage("alice") == 1
+    await write(blobs, "alice", "three", b"y", namespace="other")
+    assert await blobs.get_total_storage("alice") == 2
+    await write(blobs, "alice", "four", content(2000))
+    assert await blobs.get_total_storage("alice") == 3  # 3025 bytes: 2.95 KiB, rounded up
 
 
 @pytest.mark.parametrize("known_length", [True, False])
@@ -294,16 +312,16 @@ async def test_close_releases_every_connection(dsn):
 
 
 @deferred_test
-async def test_an_opened_blob_reads_its_own_version_or_nothing(backend):
+async def test_an_opened_blob_reads_its_own_version_or_nothing(blobs):
     """Size, tag and bytes of one read come from one version, even when the
     blob is deleted and rewritten (same size, other bytes) in between."""
     from tests.helpers import Collector
     for size in (100, 1_000_000):
         blob_id = f"v{size}"
-        await write(backend, "alice", blob_id, content(size, seed=1))
-        opened = await backend.open_blob("alice", blob_id)
-        await backend.delete_blob("alice", blob_id)
-        await write(backend, "alice", blob_id, content(size, seed=2))
+        await write(blobs, "alice", blob_id, content(size, seed=1))
+        opened = await blobs.open_blob("alice", blob_id)
+        await blobs.delete_blob("alice", blob_id)
+        await write(blobs, "alice", blob_id, content(size, seed=2))
         collector = Collector()
         try:
             await opened.read(collector)
@@ -312,19 +330,19 @@ async def test_an_opened_blob_reads_its_own_version_or_nothing(backend):
         else:
             assert collector.data == content(size, seed=1)
             assert opened.tag == base64.urlsafe_b64encode(collector.data[-16:]).decode()
-        fresh = await backend.open_blob("alice", blob_id)
+        fresh = await blobs.open_blob("alice", blob_id)
         assert (fresh.size, fresh.tag) == (size, base64.urlsafe_b64encode(
             content(size, seed=2)[-16:]).decode())
-        assert await read(backend, "alice", blob_id) == content(size, seed=2)
+        assert await read(blobs, "alice", blob_id) == content(size, seed=2)
 
 
 @deferred_test
-async def test_open_blobs_keeps_order_and_names_the_missing_one(backend):
+async def test_open_blobs_keeps_order_and_names_the_missing_one(blobs):
     for i in range(250):
-        await write(backend, "alice", f"b{i}", content(10 + i, seed=i))
+        await write(blobs, "alice", f"b{i}", content(10 + i, seed=i))
     wanted = [f"b{i}" for i in reversed(range(250))] + ["b7", "b7"]
-    opened = await backend.open_blobs("alice", wanted)
+    opened = await blobs.open_blobs("alice", wanted)
     assert [blob.blob_id for blob in opened] == wanted
     assert [blob.size for blob in opened] == [10 + int(name[1:]) for name in wanted]
     with pytest.raises(BlobNotFound, match="nope"):
-        await backend.open_blobs("alice", ["b1", "nope", "b2"])
+        await blobs.open_blobs("alice", ["b1", "nope", "b2"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pgblobs import schema
+from pgblobs.db import schema
 from tests.processes import free_port
 
 pytestmark = pytest.mark.slow

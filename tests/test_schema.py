@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest_twisted
 
-from pgblobs import PostgresBlobsBackend, schema
-from pgblobs.queries import SQL
+from pgblobs import PostgresBlobsBackend
+from pgblobs.db import schema
+from pgblobs.db.queries import SQL
 from tests.conftest import sql
 from tests.helpers import write
 

@@ -3,7 +3,7 @@ import pytest
 import pytest_twisted
 
 from pgblobs import PostgresBlobsBackend, TransferStopped
-from pgblobs.largeobjects import CHUNK, DownloadPush, UploadPipe
+from pgblobs.transfer import CHUNK, DownloadPush, UploadPipe
 from tests.conftest import sql
 from tests.helpers import Collector, ScriptedProducer, content, read, sleep, write
 

@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 
 import psycopg2
 
-from pgblobs import queries
-from pgblobs.largeobjects import CHUNK
+from pgblobs.transfer import CHUNK
 from pgblobs.ops.output import progress
 
 _BATCH = 500
@@ -31,69 +30,58 @@ class Findings:
 
 def fsck(connection, repair=False, verify_content=False):
     findings = Findings()
-    with connection.cursor() as cursor:
-        findings.orphans = [oid for (oid,) in queries.execute(
-            cursor, "orphan_large_objects", {}).fetchall()]
-        broken = queries.execute(cursor, "rows_without_content", {}).fetchall()
-    connection.rollback()
-    findings.broken_rows = [(user, namespace, blob_id) for _, user, namespace, blob_id in broken]
+    findings.orphans = [row["oid"] for row in connection.fetch("orphan_large_objects")]
+    broken = connection.fetch("rows_without_content")
+    findings.broken_rows = [(row["user_id"], row["namespace"], row["blob_id"]) for row in broken]
     if verify_content:
         findings.mismatches = _verify_content(connection)
     if repair and (findings.orphans or broken):
-        with connection.cursor() as cursor:
+        with connection.transaction():
             for oid in findings.orphans:
-                queries.execute(cursor, "unlink_large_object", {"oid": oid})
-            for row_id, *_ in broken:
-                queries.execute(cursor, "bury_row", {"id": row_id})
-        connection.commit()
+                connection.fetch("unlink_large_object", {"oid": oid})
+            for row in broken:
+                connection.execute("bury_row", {"id": row["id"]})
         findings.repaired = True
     # Counted after any repair, which itself moves the counters.
-    with connection.cursor() as cursor:
-        findings.drifted_usage = queries.execute(cursor, "usage_drift", {}).fetchall()
-    connection.rollback()
+    findings.drifted_usage = [(row["user_id"], row["namespace"])
+                              for row in connection.fetch("usage_drift")]
     if repair and findings.drifted_usage:
-        with connection.cursor() as cursor:
+        with connection.transaction():
             for user, namespace in findings.drifted_usage:
-                queries.execute(cursor, "recount_usage", {"user": user, "namespace": namespace})
-        connection.commit()
+                connection.execute("recount_usage", {"user": user, "namespace": namespace})
         findings.repaired = True
     return findings
 
 
 def _verify_content(connection):
     mismatches = []
-    with connection.cursor() as cursor:
-        count, total_bytes = queries.execute(cursor, "live_totals", {}).fetchone()
-    connection.rollback()
+    total_bytes = connection.fetch_one("live_totals")["bytes"]
     after = 0
     with progress(int(total_bytes), "B", "verifying", unit_scale=True) as bar:
         while True:
-            with connection.cursor() as cursor:
-                batch = queries.execute(cursor, "live_blobs_for_check",
-                                        {"after": after, "batch": _BATCH}).fetchall()
-            connection.rollback()
+            batch = connection.fetch("live_blobs_for_check", {"after": after, "batch": _BATCH})
             if not batch:
                 return mismatches
-            for row_id, user, namespace, blob_id, oid, size, sha256 in batch:
-                after = row_id
-                problem = _check_one(connection, oid, size, bytes(sha256), bar)
+            for row in batch:
+                after = row["id"]
+                problem = _check_one(connection, row["lo_oid"], row["size"],
+                                     bytes(row["sha256"]), bar)
                 if problem:
-                    mismatches.append((user, namespace, blob_id, problem))
+                    mismatches.append((row["user_id"], row["namespace"], row["blob_id"], problem))
 
 
 def _check_one(connection, oid, size, sha256, bar):
     """What is wrong with one blob's content, or None."""
     digest, seen = hashlib.sha256(), 0
     try:
-        large_object = connection.lobject(oid, "rb")
-        while chunk := large_object.read(CHUNK):
-            digest.update(chunk)
-            seen += len(chunk)
-            bar.update(len(chunk))
+        with connection.transaction(commit=False):
+            large_object = connection.large_object(oid, "rb")
+            while chunk := large_object.read(CHUNK):
+                digest.update(chunk)
+                seen += len(chunk)
+                bar.update(len(chunk))
     except psycopg2.OperationalError:
-        connection.rollback()
         return None  # deleted while we looked: not a fault (a missing one is a broken row)
-    connection.rollback()
     if seen != size:
         return f"size {seen} where the row says {size}"
     if digest.digest() != sha256:

@@ -16,9 +16,9 @@ from pathlib import Path
 import psycopg2
 from psycopg2 import errorcodes
 
-from pgblobs import names, queries
+from pgblobs import names
 from pgblobs.errors import InvalidFlag, InvalidName
-from pgblobs.largeobjects import CHUNK, ContentDigest
+from pgblobs.transfer import CHUNK, ContentDigest
 from pgblobs.ops.output import progress
 
 _FLAGS, _DELETED = ".flags", ".deleted"
@@ -105,17 +105,13 @@ def import_tree(connection, root, only_user=None, dry_run=False):
             except _AlreadyThere:
                 report.skipped.append((entry.path, "written through the API meanwhile"))
             except (OSError, ValueError, psycopg2.Error) as error:
-                connection.rollback()
                 report.failed.append((entry.path, str(error).strip().splitlines()[0]))
     return report
 
 
 def _import_one(connection, entry, report, dry_run, bar):
     params = {"user": entry.user, "namespace": entry.namespace, "blob_id": entry.blob_id}
-    with connection.cursor() as cursor:
-        existing = queries.execute(cursor, "existing_blob", params).fetchone()
-    connection.rollback()
-    if existing is not None:
+    if connection.fetch_one("existing_blob", params) is not None:
         report.skipped.append((entry.path, "already in pgblobs"))
         if not entry.tombstone:
             bar.update(entry.path.stat().st_size)
@@ -123,10 +119,7 @@ def _import_one(connection, entry, report, dry_run, bar):
     if entry.tombstone:
         if not dry_run:
             date = _mtime(entry.path)
-            with connection.cursor() as cursor:
-                queries.execute(cursor, "import_tombstone",
-                                dict(params, created_at=date, deleted_at=date))
-            connection.commit()
+            connection.execute("import_tombstone", dict(params, created_at=date, deleted_at=date))
         report.tombstones += 1
         return
     flags = _read_flags(entry)
@@ -151,26 +144,21 @@ def _read_flags(entry):
 def _store(connection, entry, params, flags, bar):
     digest = ContentDigest()
     try:
-        large_object = connection.lobject(0, "wb")
-        with open(entry.path, "rb") as source:
-            while chunk := source.read(CHUNK):
-                digest.update(chunk)
-                large_object.write(chunk)
-                bar.update(len(chunk))
-        large_object.close()
-        with connection.cursor() as cursor:
-            row = queries.execute(cursor, "import_blob", dict(
+        with connection.transaction():
+            large_object = connection.large_object(0, "wb")
+            with open(entry.path, "rb") as source:
+                while chunk := source.read(CHUNK):
+                    digest.update(chunk)
+                    large_object.write(chunk)
+                    bar.update(len(chunk))
+            large_object.close()
+            row = connection.fetch_one("import_blob", dict(
                 params, oid=large_object.oid, size=digest.size, tag=digest.tag,
-                sha256=digest.sha256, created_at=_mtime(entry.path))).fetchone()[0]
+                sha256=digest.sha256, created_at=_mtime(entry.path)))["id"]
             if flags:
-                queries.execute(cursor, "import_flags", dict(params, row=row, flags=flags))
-        connection.commit()
+                connection.execute("import_flags", dict(params, row=row, flags=flags))
     except psycopg2.IntegrityError as error:
-        connection.rollback()
         if error.pgcode == errorcodes.UNIQUE_VIOLATION:
             raise _AlreadyThere() from None
-        raise
-    except BaseException:
-        connection.rollback()
         raise
     return digest.size

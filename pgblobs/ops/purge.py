@@ -2,7 +2,6 @@
 import datetime
 import re
 
-from pgblobs import queries
 from pgblobs.ops.output import progress
 
 _DURATION = re.compile(r"(\d+)([smhdw])")
@@ -31,20 +30,16 @@ def describe(duration):
 
 def purge(connection, older_than, dry_run=False):
     """Remove tombstones deleted more than ``older_than`` ago; the number removed
-    (or, with ``dry_run``, that would be). Each batch is its own transaction."""
+    (or, with ``dry_run``, that would be). Each batch is its own statement,
+    and so its own transaction."""
     cutoff = datetime.datetime.now(datetime.timezone.utc) - older_than
-    with connection.cursor() as cursor:
-        total = queries.execute(cursor, "count_old_tombstones", {"cutoff": cutoff}).fetchone()[0]
-    connection.rollback()
+    total = connection.fetch_one("count_old_tombstones", {"cutoff": cutoff})["tombstones"]
     if dry_run or not total:
         return total
     removed = 0
     with progress(total, "tombstones", "purging") as bar:
         while True:
-            with connection.cursor() as cursor:
-                queries.execute(cursor, "purge_tombstones", {"cutoff": cutoff, "batch": BATCH})
-                batch = cursor.rowcount
-            connection.commit()
+            batch = connection.execute("purge_tombstones", {"cutoff": cutoff, "batch": BATCH})
             removed += batch
             bar.update(batch)
             if batch == 0:

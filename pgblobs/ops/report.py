@@ -1,5 +1,4 @@
 """Usage reports from the reporting views (migrations/versions/0003)."""
-from pgblobs import queries
 from pgblobs.ops.output import human_size
 
 USAGE_COLUMNS = ["user", "blobs", "bytes", "kib", "tombstones", "first_write", "last_write",
@@ -12,21 +11,20 @@ SIZE_COLUMNS = {"bytes": human_size, "quota_bytes": human_size,
 def usage(connection, default_quota, user=None, top=None):
     """One dict per user, biggest first. ``quota_bytes`` is the override, or
     ``default_quota`` for users without one (None: unlimited)."""
-    with connection.cursor() as cursor:
-        rows = queries.execute(cursor, "report_usage", {
-            "user": user, "top": top, "default_quota": default_quota}).fetchall()
-    connection.rollback()
+    rows = connection.fetch("report_usage", {
+        "user": user, "top": top, "default_quota": default_quota})
     report = []
-    for user_id, blobs, live_bytes, kib, tombstones, first, last, quota in rows:
-        used = None if not quota else round(100.0 * live_bytes / quota, 1)
-        report.append({"user": user_id, "blobs": blobs, "bytes": int(live_bytes),
-                       "kib": int(kib), "tombstones": tombstones, "first_write": first,
-                       "last_write": last, "quota_bytes": quota, "used_percent": used})
+    for row in rows:
+        quota = row["quota_bytes"]
+        used = None if not quota else round(100.0 * row["live_bytes"] / quota, 1)
+        report.append({"user": row["user_id"], "blobs": row["live_blobs"],
+                       "bytes": int(row["live_bytes"]), "kib": int(row["live_kib"]),
+                       "tombstones": row["tombstones"], "first_write": row["first_write"],
+                       "last_write": row["last_write"], "quota_bytes": quota,
+                       "used_percent": used})
     return report
 
 
 def daily(connection, days):
-    with connection.cursor() as cursor:
-        rows = queries.execute(cursor, "report_daily", {"days": days}).fetchall()
-    connection.rollback()
-    return [dict(zip(DAILY_COLUMNS, row)) for row in rows]
+    return [{column: row[column] for column in DAILY_COLUMNS}
+            for row in connection.fetch("report_daily", {"days": days})]

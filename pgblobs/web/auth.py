@@ -72,7 +72,7 @@ class _UserRealm:
 
 class Authenticator:
     """Who a request is, as far as its Token header and ``is_valid(name,
-    token)`` show (``Accounts.token_is_valid`` or ``service_token_is_valid``)."""
+    token)`` show (``accounts.token_is_valid`` or ``service_token_is_valid``)."""
 
     def __init__(self, is_valid):
         self._portal = portal.Portal(_UserRealm(), [TokenChecker(is_valid)])

@@ -20,7 +20,12 @@ by its ``connectionLost``.
 from functools import partial
 
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http
+
+from pgblobs.web.request import RequestBody
+from pgblobs.web.responses import send_error
+from pgblobs.web.status import BodyStalled
 
 _log = Logger()
 
@@ -33,12 +38,20 @@ class BlobsChannel(http.HTTPChannel):
 
     def connectionMade(self):
         super().connectionMade()
+        self.site.open_channels.add(self)
         self._waiting_for = set()
         self._arm_header_deadline()
 
     def _arm_header_deadline(self):
         self._header_deadline = self.callLater(
             self.site.limits.header_timeout, partial(self._cut, "its headers took too long"))
+
+    @property
+    def request_line(self):
+        """(method, path, version) of the request whose headers just arrived.
+        twisted.web keeps them to itself until the body is in, and requests
+        here render before that: this is the one place that reads them."""
+        return self._command, self._path, self._version
 
     def allHeadersReceived(self):
         if self._header_deadline is not None and self._header_deadline.active():
@@ -96,11 +109,21 @@ class BlobsChannel(http.HTTPChannel):
 
     def _cut(self, why):
         self._header_deadline = self._stall_clock = None
-        if self.transport is not None and self.transport.connected:
-            _log.info("cutting {peer}: {why}", peer=self.transport.getPeer(), why=why)
-            self.transport.abortConnection()
+        if self.transport is None or not self.transport.connected:
+            return
+        _log.info("cutting {peer}: {why}", peer=self.transport.getPeer(), why=why)
+        request = self.requests[-1] if self.requests else None
+        if (RequestBody.WAIT in self._waiting_for and request is not None
+                and not request.startedWriting):
+            # The client still reads, so it can be told why (it then goes,
+            # once the answer had a moment to reach it).
+            send_error(request, Failure(BodyStalled(
+                f"the request body stopped arriving for {self.site.limits.idle_timeout:g} s")))
+            return
+        self.transport.abortConnection()
 
     def connectionLost(self, reason):
+        self.site.open_channels.discard(self)
         if self._header_deadline is not None and self._header_deadline.active():
             self._header_deadline.cancel()
         self._stop_stall_clock()

@@ -17,7 +17,7 @@ _log = Logger()
 
 def send(request, code, body=b"", content_type=b"text/plain; charset=utf-8"):
     """A complete response, unless the client is gone already."""
-    if request.gone or request.finished:
+    if request.gone or request.answered:
         return
     request.setResponseCode(code)
     request.setHeader(b"Content-Type", content_type)
@@ -34,7 +34,7 @@ def send_json(request, value, code=200):
 def send_error(request, failure):
     """Answer ``failure`` with its status; unknown errors are logged and hidden."""
     error = failure.value
-    if request.gone or request.finished:
+    if request.gone or request.answered:
         return
     if request.startedWriting:
         # The status line is gone already; only a cut connection says "failed".

@@ -1,4 +1,5 @@
-"""The resource trees and Sites, built from a backend, a database and limits.
+"""The resource trees and Sites, built from a backend, a token check, a
+health check and limits: nothing here needs a particular database.
 
 The public site, for users' clients:
 
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 from twisted.web import server
 
 from pgblobs import __version__
-from pgblobs.accounts import Accounts
 from pgblobs.web.auth import Authenticator
 from pgblobs.web.blobs import BlobsRoot
 from pgblobs.web.channel import BlobsChannel
@@ -26,7 +26,7 @@ from pgblobs.web.metrics import SiteMetrics
 from pgblobs.web.incoming import IncomingRoot
 from pgblobs.web.responses import Handler, Missing, rendered, send, send_json
 from pgblobs.web.stream import MAX_STREAMED_SIZE, StreamRoot
-from pgblobs.web.upload import StreamingRequest
+from pgblobs.web.request import StreamingRequest
 
 
 @dataclass(frozen=True)
@@ -70,15 +70,15 @@ class _Health(Handler):
     isLeaf = True
     route = "health"
 
-    def __init__(self, database):
+    def __init__(self, check):
         super().__init__()
-        self._database = database
+        self._check = check
 
     @rendered
     async def render_GET(self, request):
         request.route = self.route
         try:
-            await self._database.ping()
+            await self._check()
         except Exception as error:
             send(request, 503, f"database unavailable: {type(error).__name__}\n".encode())
             return
@@ -94,6 +94,7 @@ class BlobsSite(server.Site):
         self.limits = limits
         self.metrics = metrics
         self.in_flight = set()
+        self.open_channels = set()  # kept by BlobsChannel
 
     def track(self, request):
         """Count ``request`` as in flight until it is finished or abandoned."""
@@ -105,27 +106,33 @@ class BlobsSite(server.Site):
         self.metrics.record(request)
 
 
-def build_site(backend, database, limits=Limits()):
-    """The public Site serving ``backend`` (any IBlobsBackend); ``database``
-    holds users' tokens and answers health checks."""
-    context = _Context(backend, Authenticator(Accounts(database).token_is_valid), limits)
-    metrics = SiteMetrics(database.usage)
+def build_site(backend, token_is_valid, health, limits=Limits(), pool_usage=None):
+    """The public Site serving ``backend`` (any IBlobsBackend).
+
+    ``token_is_valid(user, token)`` is a coroutine function (users' tokens),
+    ``health()`` returns a Deferred that fails while the store cannot
+    answer, and ``pool_usage()`` (optional) the connections in use, for
+    /metrics.
+    """
+    context = _Context(backend, Authenticator(token_is_valid), limits)
+    metrics = SiteMetrics(pool_usage)
     root = _About()
     root.putChild(b"blobs", BlobsRoot(context))
     root.putChild(b"stream", StreamRoot(context))
-    root.putChild(b"health", _Health(database))
+    root.putChild(b"health", _Health(health))
     root.putChild(b"metrics", metrics.resource())
     return BlobsSite(root, metrics, limits)
 
 
-def build_services_site(backend, database, metrics, limits=Limits()):
-    """The services Site: only services' tokens open it, and it serves only
-    deliveries and health. Its requests count in ``metrics`` (the public
-    site's), so one /metrics shows both."""
-    context = _Context(backend, Authenticator(Accounts(database).service_token_is_valid), limits)
+def build_services_site(backend, token_is_valid, health, metrics, limits=Limits()):
+    """The services Site: only tokens that ``token_is_valid(service, token)``
+    accepts (services', never users') open it, and it serves only deliveries
+    and health. Its requests count in ``metrics`` (the public site's), so
+    one /metrics shows both."""
+    context = _Context(backend, Authenticator(token_is_valid), limits)
     root = _ServicesRoot()
     root.putChild(b"incoming", IncomingRoot(context))
-    root.putChild(b"health", _Health(database))
+    root.putChild(b"health", _Health(health))
     return BlobsSite(root, metrics, limits)
 
 

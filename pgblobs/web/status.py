@@ -25,6 +25,10 @@ class LengthRequired(RequestError):
     """A body whose size must be known up front came without a Content-Length."""
 
 
+class BodyStalled(RequestError):
+    """The request body stopped arriving for longer than the idle timeout."""
+
+
 class TooManyIds(RequestError):
     """A stream download asking for more blobs than one request may."""
 
@@ -70,6 +74,7 @@ STATUS = {
     Unauthorized: 401,
     Forbidden: 403,
     MethodNotAllowed: 405,
+    BodyStalled: 408,
     LengthRequired: 411,
     BodyTooLarge: 413,
     TooManyIds: 413,

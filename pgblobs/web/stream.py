@@ -215,7 +215,7 @@ class BlobSequence:
 
     # Used by the slices.
 
-    def _start_slice(self):
+    def start_slice(self):
         held, self._held = self._held, b""
         self._route(held)
         if not self._slice.remaining:
@@ -225,10 +225,10 @@ class BlobSequence:
         elif not self._held:
             self._body.resumeProducing()
 
-    def _pause(self):
+    def pause_body(self):
         self._body.pauseProducing()
 
-    def _resume(self):
+    def resume_body(self):
         self._body.resumeProducing()
 
 
@@ -252,7 +252,7 @@ class _BlobSlice:
         if self.remaining == 0:
             self._done.callback(None)
         else:
-            self._sequence._start_slice()
+            self._sequence.start_slice()
         return self._done
 
     def feed(self, data):
@@ -269,11 +269,11 @@ class _BlobSlice:
             self._done.errback(failure)
 
     def pauseProducing(self):
-        self._sequence._pause()
+        self._sequence.pause_body()
 
     def resumeProducing(self):
         if self.remaining:
-            self._sequence._resume()
+            self._sequence.resume_body()
 
     def stopProducing(self):
         self.fail(Failure(TransferStopped("the blob's consumer stopped it")))

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from pgblobs import schema
+from pgblobs.db import schema
 from pgblobs.cluster import LocalCluster
 from tests.processes import ServeProcess, free_port
 from tests.reliability.clients import Client, token_for
@@ -57,6 +57,7 @@ def node_on_own_cluster(directory, *options):
         assert node.process.poll() is None, "the server must stay up"
     finally:
         if node is not None:
+            print("".join(node.errors)[-4000:])
             assert node.stop() == 0
         cluster.stop()
 

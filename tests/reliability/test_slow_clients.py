@@ -121,7 +121,10 @@ def test_a_body_that_stops_arriving_is_cut_and_stores_nothing(dsn, users, serve)
     alice = Client(node.url, "alice", users["alice"])
     large = stalled_put(node, alice, "large", 5_000_000, 1_000_000)
     small = stalled_put(node, alice, "small", 100_000, 50_000)
-    assert is_closed(large, within=10) and is_closed(small, within=10)
+    for connection in (large, small):
+        connection.settimeout(10)
+        assert connection.recv(1000).startswith(b"HTTP/1.1 408 ")
+        assert is_closed(connection, within=10)
     assert open_transactions(dsn) == 0 and content_in_use(node) == 0
     assert sql(dsn, "SELECT count(*) FROM pgblobs.blobs")[0][0] == 0
     assert sql(dsn, "SELECT count(*) FROM pg_largeobject_metadata")[0][0] == 0

@@ -1,12 +1,14 @@
 """/health, /metrics and the handling of errors nobody planned for."""
+from functools import partial
+
 import pytest_twisted
 import treq
 from twisted.internet import defer
 from zope.interface import implementer
 
-from pgblobs import IBlobsBackend
-from pgblobs.accounts import Accounts
+from pgblobs import IBlobsBackend, accounts
 from pgblobs.web.site import build_site
+from tests.helpers import create_token
 
 deferred_test = pytest_twisted.ensureDeferred
 
@@ -40,10 +42,11 @@ class _Exploding:
 
 
 @deferred_test
-async def test_an_unexpected_error_is_a_500_with_a_request_id_only(backend):
+async def test_an_unexpected_error_is_a_500_with_a_request_id_only(backend, dsn):
     from twisted.internet import reactor
-    token = await Accounts(backend.database).create_token("alice")
-    site = build_site(_Exploding(), backend.database)
+    token = create_token(dsn, "alice")
+    site = build_site(_Exploding(), partial(accounts.token_is_valid, backend.database),
+                      backend.database.ping)
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     try:
         import base64

@@ -60,9 +60,11 @@ async def test_upload_lists_that_do_not_match_the_body(server):
     # Shorter than listed.
     code, _ = await upload(server, [["a", 10]], b"12345")
     assert code == 400
-    # Longer than listed: the blob is stored, the excess is refused.
+    # Longer than listed: refused, and (all or nothing) not even the listed blob is stored.
     code, _ = await upload(server, [["b", 3]], b"123456")
     assert code == 400
+    response = await treq.get(f"{server.url}/blobs/alice/", headers=server.auth())
+    assert await response.json() == []
     for bad in ([["c", -1]], [["c"]], [[1, 2]], {"c": 1}, [["../c", 1]], [["c", True]]):
         code, _ = await upload(server, bad, b"x")
         assert code == 400, bad

@@ -56,7 +56,7 @@ WHERE user_id = %(user)s AND namespace = %(namespace)s
 
 -- name: version_bytes (read)
 -- Bytes %(start)s to %(start)s + %(length)s of one blob version, if it is still live.
-SELECT lo_get(lo_oid, %(start)s, %(length)s) FROM pgblobs.blobs
+SELECT lo_get(lo_oid, %(start)s, %(length)s) AS content FROM pgblobs.blobs
 WHERE id = %(row)s AND deleted_at IS NULL;
 
 -- name: version_large_object (read)
@@ -109,7 +109,7 @@ SELECT id FROM target;
 -- name: count_live (read)
 -- Live blobs of a user in a namespace (the counters that migrations/0004's trigger keeps).
 SELECT coalesce((SELECT live_blobs FROM pgblobs.usage
-                 WHERE user_id = %(user)s AND namespace = %(namespace)s), 0);
+                 WHERE user_id = %(user)s AND namespace = %(namespace)s), 0) AS live_blobs;
 
 -- name: list_live (read)
 -- Ids of a user's live blobs in a namespace, oldest first.
@@ -132,12 +132,12 @@ ORDER BY created_at, blob_row;
 
 -- name: total_storage_kib (read)
 -- A user's live bytes across namespaces, in KiB rounded up.
-SELECT (coalesce(sum(live_bytes), 0)::bigint + 1023) / 1024 FROM pgblobs.usage
+SELECT (coalesce(sum(live_bytes), 0)::bigint + 1023) / 1024 AS kib FROM pgblobs.usage
 WHERE user_id = %(user)s;
 
 -- name: ping (read)
 -- Is the database answering?
-SELECT 1;
+SELECT 1 AS answering;
 
 -- name: token_digests (read)
 -- The SHA-256 digests of a user's tokens.
@@ -150,7 +150,7 @@ INSERT INTO pgblobs.tokens (user_id, token_sha256) VALUES (%(user)s, %(digest)s)
 -- name: revoke_tokens
 -- Forget every token of a user; the count says how many there were.
 WITH revoked AS (DELETE FROM pgblobs.tokens WHERE user_id = %(user)s RETURNING 1)
-SELECT count(*) FROM revoked;
+SELECT count(*) AS revoked FROM revoked;
 
 -- name: service_token_digests (read)
 -- The SHA-256 digests of a service's tokens (an MX delivering mail, say).
@@ -164,7 +164,7 @@ RETURNING id;
 -- name: revoke_service_tokens
 -- Forget every token of a service; the count says how many there were.
 WITH revoked AS (DELETE FROM pgblobs.service_tokens WHERE service = %(service)s RETURNING 1)
-SELECT count(*) FROM revoked;
+SELECT count(*) AS revoked FROM revoked;
 
 -- name: set_quota
 -- Override the default quota of one user (NULL: unlimited).
@@ -202,7 +202,7 @@ ORDER BY day DESC;
 
 -- name: count_old_tombstones (read)
 -- Tombstones deleted before %(cutoff)s.
-SELECT count(*) FROM pgblobs.blobs WHERE deleted_at < %(cutoff)s;
+SELECT count(*) AS tombstones FROM pgblobs.blobs WHERE deleted_at < %(cutoff)s;
 
 -- name: purge_tombstones
 -- Remove one batch of tombstones deleted before %(cutoff)s; short, so locks stay short.
@@ -221,7 +221,7 @@ ORDER BY m.oid;
 
 -- name: unlink_large_object
 -- Remove one large object.
-SELECT lo_unlink(%(oid)s);
+SELECT lo_unlink(%(oid)s) AS unlinked;
 
 -- name: rows_without_content (read)
 -- Live blobs whose large object is gone.
@@ -245,7 +245,8 @@ ORDER BY id LIMIT %(batch)s;
 
 -- name: live_totals (read)
 -- How many live blobs and bytes there are, for progress bars.
-SELECT count(*), coalesce(sum(size), 0) FROM pgblobs.blobs WHERE deleted_at IS NULL;
+SELECT count(*) AS blobs, coalesce(sum(size), 0) AS bytes FROM pgblobs.blobs
+WHERE deleted_at IS NULL;
 
 -- name: existing_blob (read)
 -- Is there a row (live or tombstone) for this name already?
@@ -276,7 +277,7 @@ WITH actual AS (
     SELECT user_id, namespace, count(*) AS live_blobs, sum(size)::bigint AS live_bytes
     FROM pgblobs.blobs WHERE deleted_at IS NULL GROUP BY user_id, namespace
 )
-SELECT coalesce(a.user_id, u.user_id), coalesce(a.namespace, u.namespace)
+SELECT coalesce(a.user_id, u.user_id) AS user_id, coalesce(a.namespace, u.namespace) AS namespace
 FROM actual AS a
 FULL JOIN pgblobs.usage AS u ON u.user_id = a.user_id AND u.namespace = a.namespace
 WHERE coalesce(a.live_blobs, 0) <> coalesce(u.live_blobs, 0)

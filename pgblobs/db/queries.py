@@ -13,7 +13,7 @@ _HEADER = re.compile(r"^-- name: (\w+)( \(read\))?\n((?:--.*\n)*)", re.MULTILINE
 
 
 def _load():
-    text = resources.files("pgblobs").joinpath("queries.sql").read_text()
+    text = resources.files("pgblobs.db").joinpath("queries.sql").read_text()
     heads = list(_HEADER.finditer(text))
     statements, reads = {}, set()
     for head, following in zip(heads, heads[1:] + [None]):
@@ -25,14 +25,3 @@ def _load():
 
 
 SQL, READS = _load()
-
-
-def fetch(pool, name, params):
-    """Run a named statement on a txpostgres pool; fires with all rows."""
-    return pool.runQuery(SQL[name], params)
-
-
-def execute(cursor, name, params):
-    """Run a named statement on a synchronous psycopg2 cursor."""
-    cursor.execute(SQL[name], params)
-    return cursor

@@ -1,7 +1,9 @@
-"""Bytes into and out of large objects, with backpressure across threads.
+"""Blob content crossing from the reactor to worker threads and back, with
+backpressure, and what is worked out of it on the way (size, sha256, tag).
+No SQL here: the workers' side is pgblobs/db/largeobjects.py.
 
 Content is moved by worker threads on synchronous connections (see
-database.py). The reactor side of each direction is a small adapter:
+db/connector.py). The reactor side of each direction is a small adapter:
 
 - ``UploadPipe`` is the consumer a body producer writes into. It buffers a
   bounded number of bytes for the worker and pauses the producer above a
@@ -10,28 +12,20 @@ database.py). The reactor side of each direction is a small adapter:
   hands it chunks; it forwards them on the reactor thread, at most a couple
   in flight, and blocks the worker while the consumer is paused.
 
-Small blobs skip the large-object calls and the threads: the backend writes
-one with one asynchronous statement (``put_small_blob``) and reads one with
-another (``open_blob``), on the reactor.
+Small blobs skip the threads: the backend gathers one (``gather_small``)
+and stores it with one asynchronous statement.
 """
 import base64
-import contextlib
 import hashlib
 import threading
 from collections import deque
 
-import psycopg2
-from zope.interface import implementer
-from twisted.internet import threads
 from twisted.internet.interfaces import IConsumer, IPushProducer
+from zope.interface import implementer
 
-from pgblobs import queries
-from pgblobs.errors import BlobNotFound, QuotaExceeded, TransferStopped
+from pgblobs.errors import TransferStopped
 
-CHUNK = 1024 * 1024
-# At or below this size a blob travels inline in one statement: the hex text
-# it costs is cheaper than the four round trips of the large-object calls.
-INLINE_LIMIT = 256 * 1024
+CHUNK = 1024 * 1024  # bytes a worker reads or writes at a time
 _TAG_BYTES = 16
 _WAIT = 1.0  # seconds between checks for a stopped transfer while blocked
 
@@ -216,127 +210,6 @@ class DownloadPush:
             self._check_stopped()
         self.delivered += 1
         self._reactor.callFromThread(self._write, chunk)
-
-
-@contextlib.contextmanager
-def _transaction(connection):
-    """Everything inside commits together or not at all: a rollback takes
-    the large objects written inside with it."""
-    connection.autocommit = False
-    try:
-        yield
-        connection.commit()
-    except BaseException:
-        connection.rollback()
-        raise
-    finally:
-        connection.autocommit = True
-
-
-class _Allowance:
-    """Reads pipes while the bytes stay within ``room`` (None: no limit), so
-    an upload is stopped early; ``pgblobs.put_blob`` makes the final,
-    race-free check."""
-
-    def __init__(self, room):
-        self._room = room
-        self._received = 0
-
-    def take(self, pipe):
-        chunk = pipe.read()
-        self._received += len(chunk)
-        if self._room is not None and self._received > self._room:
-            raise QuotaExceeded("the blob does not fit in the user's quota")
-        return chunk
-
-
-def _put(cursor, name, key, default_quota, digest, flags=(), **params):
-    queries.execute(cursor, name, dict(
-        key.params(), default_quota=default_quota, size=digest.size, tag=digest.tag,
-        sha256=digest.sha256, flags=list(flags), **params))
-
-
-def _write_large_object(connection, pipe, allowance, head=b""):
-    """The rest of ``pipe`` (after ``head``) as a new large object; its oid."""
-    large_object = connection.lobject(0, "wb")
-    large_object.write(head)
-    while chunk := allowance.take(pipe):
-        large_object.write(chunk)
-    large_object.close()
-    return large_object.oid
-
-
-def store(connection, pipe, key, default_quota, room, flags):
-    """Worker: write what ``pipe`` carries as the blob ``key`` with ``flags``,
-    in one transaction."""
-    pipe.begin()
-    allowance = _Allowance(room)
-    head, ended, size = [], False, 0
-    while size <= INLINE_LIMIT:
-        chunk = allowance.take(pipe)
-        if not chunk:
-            ended = True
-            break
-        head.append(chunk)
-        size += len(chunk)
-
-    if ended:
-        with connection.cursor() as cursor:
-            _put(cursor, "put_small_blob", key, default_quota, pipe.digest, flags,
-                 content=psycopg2.Binary(b"".join(head)))
-        return
-
-    with _transaction(connection):
-        oid = _write_large_object(connection, pipe, allowance, b"".join(head))
-        del head
-        with connection.cursor() as cursor:
-            _put(cursor, "put_blob", key, default_quota, pipe.digest, flags, oid=oid)
-
-
-def store_all(connection, reactor, next_pipe, confirm, keys, default_quota, room):
-    """Worker: the blobs ``keys``, their bytes from ``next_pipe(index)`` (run
-    on the reactor), in one transaction committed only if ``confirm()``
-    (run on the reactor too) succeeds once every byte is in.
-
-    Content is written first and the rows last, so ``put_blob``'s per-user
-    lock is held only for the few statements before the commit.
-    """
-    allowance = _Allowance(room)
-    with _transaction(connection):
-        written = []
-        for index, key in enumerate(keys):
-            pipe = threads.blockingCallFromThread(reactor, next_pipe, index)
-            pipe.begin()
-            written.append((key, _write_large_object(connection, pipe, allowance), pipe.digest))
-        threads.blockingCallFromThread(reactor, confirm)
-        with connection.cursor() as cursor:
-            for key, oid, digest in written:
-                _put(cursor, "put_blob", key, default_quota, digest, oid=oid)
-
-
-def load(connection, push, row, start, stop):
-    """Worker: deliver bytes ``start:stop`` of the large blob version ``row`` through ``push``.
-
-    The read runs inside one REPEATABLE READ transaction: the row and every
-    page of its content come from the same snapshot, so a delete committed
-    meanwhile cannot cut it short.
-    """
-    connection.set_session(isolation_level="REPEATABLE READ", readonly=True, autocommit=False)
-    try:
-        with connection.cursor() as cursor:
-            found = queries.execute(cursor, "version_large_object", {"row": row}).fetchone()
-        if found is None:
-            raise BlobNotFound("the blob was deleted")
-        large_object = connection.lobject(found[0], "rb")
-        position = start
-        large_object.seek(position)
-        while position < stop:
-            chunk = large_object.read(min(CHUNK, stop - position))
-            push.deliver(chunk)
-            position += len(chunk)
-    finally:
-        connection.rollback()
-        connection.set_session(isolation_level="DEFAULT", readonly="DEFAULT", autocommit=True)
 
 
 class _Collected:

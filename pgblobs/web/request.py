@@ -11,15 +11,16 @@ answered before its body is read.
 import io
 import secrets
 import time
+from functools import partial
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from pgblobs.errors import TransferStopped
-from pgblobs.largeobjects import collect
+from pgblobs.transfer import collect
 from pgblobs.web.status import BodyTooLarge
 
 
@@ -35,7 +36,7 @@ class RequestBody:
     bounds the bytes accepted; past it production fails with BodyTooLarge.
     """
 
-    _WAIT = "sending the body"
+    WAIT = "sending the body"  # what the channel's stall clock says the request waits for
 
     def __init__(self, channel, length, on_demand=None):
         self.length = UNKNOWN_LENGTH if length is None else length
@@ -50,25 +51,26 @@ class RequestBody:
         self._outcome = None  # None while bytes may still come
         self._transport.pauseProducing()
 
-    # Fed by the request.
+    # Fed by the request: bytes as they arrive, then the end (None: complete,
+    # or the Failure that cut the body short).
 
-    def _received(self, data):
+    def arrived(self, data):
         if self._outcome is not None:
             return
         self.received += len(data)
         self._channel.client_progressed()
         if self.limit is not None and self.received > self.limit:
-            self._end(Failure(BodyTooLarge(f"the body is larger than {self.limit} bytes")))
+            self.end(Failure(BodyTooLarge(f"the body is larger than {self.limit} bytes")))
         elif self._consumer is None:
             self._held.append(data)
         else:
             self._consumer.write(data)
 
-    def _end(self, outcome=None):
+    def end(self, outcome=None):
         if self._outcome is not None:
             return
         self._outcome = outcome or "complete"
-        self._channel.not_waiting_on_client(self._WAIT)
+        self._channel.not_waiting_on_client(self.WAIT)
         if self._consumer is not None:
             self._settle()
 
@@ -101,20 +103,20 @@ class RequestBody:
     # not on the client: the stall clock runs only while bytes are wanted.
 
     def pauseProducing(self):
-        self._channel.not_waiting_on_client(self._WAIT)
+        self._channel.not_waiting_on_client(self.WAIT)
         self._transport.pauseProducing()
 
     def resumeProducing(self):
         if self._outcome is None:
-            self._channel.waiting_on_client(self._WAIT)
+            self._channel.waiting_on_client(self.WAIT)
             self._transport.resumeProducing()
 
     def stopProducing(self):
-        self._end(Failure(TransferStopped("the body's consumer stopped it")))
+        self.end(Failure(TransferStopped("the body's consumer stopped it")))
 
     def discard(self):
         """Let the rest of the body come, and drop it."""
-        self._end(Failure(TransferStopped("the body is no longer wanted")))
+        self.end(Failure(TransferStopped("the body is no longer wanted")))
         self._transport.resumeProducing()
 
     async def read_all(self, limit):
@@ -146,18 +148,16 @@ class StreamingRequest(server.Request):
         # headers alone then never has its body sent at all.
         on_demand = None
         expect = self.requestHeaders.getRawHeaders(b"expect") or []
-        if self.channel._version == b"HTTP/1.1" and b"100-continue" in [
+        command, path, version = self.channel.request_line
+        if version == b"HTTP/1.1" and b"100-continue" in [
                 value.lower() for value in expect]:
             self.requestHeaders.removeHeader(b"expect")
             on_demand = self._send_continue
         self.body = RequestBody(self.channel, length, on_demand)
         self.body_complete = False
-        # The channel keeps the request line to itself until the body is in;
-        # reading it here is the one private detail this module relies on.
-        request_line = (self.channel._command, self.channel._path, self.channel._version)
         # Render on the next turn, after the channel has sent any
         # "100 Continue" the client waits for.
-        reactor.callLater(0, self._render_early, *request_line)
+        self.channel.callLater(0, partial(self._render_early, command, path, version))
 
     def _send_continue(self):
         if not self.startedWriting and not self.gone:
@@ -169,13 +169,13 @@ class StreamingRequest(server.Request):
         server.Request.requestReceived(self, command, path, version)
 
     def handleContentChunk(self, data):
-        self.body._received(data)
+        self.body.arrived(data)
 
     def requestReceived(self, command, path, version):
         # The channel calls this once the whole body is in; rendering began
         # at gotLength, so all that is left is to tell the body.
         self.body_complete = True
-        self.body._end()
+        self.body.end()
         if self._lingering is not None:
             self._stop_lingering()
 
@@ -189,6 +189,11 @@ class StreamingRequest(server.Request):
             self.channel.persistent = False
         super().write(data)
 
+    @property
+    def answered(self):
+        """The response is complete (perhaps still lingering before the close)."""
+        return bool(self.finished) or self._lingering is not None
+
     def finish(self):
         if self.body is None or self.body_complete or self.gone or self._lingering is not None:
             return super().finish()
@@ -196,8 +201,8 @@ class StreamingRequest(server.Request):
         # close). Closing now, with the client still sending, would reset the
         # connection and could destroy the answer in flight; so the rest of
         # the body is read and dropped for a moment first.
-        self.body.discard()
-        self._lingering = reactor.callLater(LINGER_SECONDS, self._stop_lingering)
+        self._lingering = self.channel.callLater(LINGER_SECONDS, self._stop_lingering)
+        self.body.discard()  # after: what waited on the body must see the answer as given
 
     def _stop_lingering(self):
         if self._lingering.active():
@@ -211,7 +216,7 @@ class StreamingRequest(server.Request):
             self._lingering.cancel()
         super().connectionLost(reason)
         if self.body is not None:
-            self.body._end(Failure(TransferStopped("the client went away")))
+            self.body.end(Failure(TransferStopped("the client went away")))
         if self.producer is not None:
             self.producer.stopProducing()
 

@@ -1,4 +1,4 @@
-"""The connections of one backend, and the translation of database errors.
+"""The connections to PostgreSQL, and the translation of database errors.
 
 Metadata statements go through a txpostgres pool (asynchronous, no threads).
 Large-object content cannot: psycopg2 refuses ``lobject`` on asynchronous
@@ -13,22 +13,24 @@ synchronous one is dropped and opened afresh on next use. Meanwhile callers
 get DatabaseUnavailable at once, as they do when more work waits for a
 connection than ``max_waiting`` allows.
 """
+import contextlib
 import queue
 
 import psycopg2
 from psycopg2 import errorcodes
 from psycopg2.extensions import make_dsn, parse_dsn
+from psycopg2.extras import RealDictCursor
 from twisted.internet import defer, error as internet_error, task, threads
 from twisted.python.threadpool import ThreadPool
 from txpostgres import reconnection, txpostgres
 
-from pgblobs import queries, schema
+from pgblobs import settings
+from pgblobs.db import queries, schema
 from pgblobs.errors import BlobExists, DatabaseUnavailable, QuotaExceeded
 
 _QUOTA_EXCEEDED = "PB507"  # raised by pgblobs.put_blob (migrations/versions/0001)
 _SERVER_GOING_AWAY = {"57P01", "57P02", "57P03"}  # admin/crash shutdown, cannot connect now
 _BUSY = {errorcodes.QUERY_CANCELED, errorcodes.TOO_MANY_CONNECTIONS}
-STATEMENT_TIMEOUT_MS = 30_000
 # While a pool reconnects after an outage, a statement that met a connection
 # still down waits this long in all for one that is back, in these steps.
 _RECOVERY_WAIT = 2.0
@@ -65,11 +67,6 @@ def with_statement_timeout(dsn, milliseconds):
     so a stuck query cannot hold a connection forever."""
     options = parse_dsn(dsn).get("options", "")
     return make_dsn(dsn, options=f"{options} -c statement_timeout={milliseconds}".strip())
-
-
-def default_user_share(pool_size):
-    """Content transfers one user may run at once: half the content connections."""
-    return max(1, pool_size // 2)
 
 
 class _Reconnector(reconnection.DeadConnectionDetector):
@@ -164,29 +161,101 @@ class _ReconnectingPool(txpostgres.ConnectionPool):
                 pass  # txpostgres cannot close a connection that never opened
 
 
-def _revision(rows):
-    return rows[0][0] if rows else None
+class SyncConnection:
+    """A psycopg2 connection used synchronously: by content threads, operator
+    tools and the CLI. It runs named statements, returns rows as dicts, and
+    owns its transactions: outside ``transaction()`` each statement commits
+    on its own; inside, they commit together on leaving, or roll back."""
 
+    def __init__(self, raw):
+        self.raw = raw
+        raw.autocommit = True
 
-def connect_sync(dsn):
-    """A plain psycopg2 connection for operator tools, once the schema is at head."""
-    connection = psycopg2.connect(dsn)
-    try:
+    @classmethod
+    def connect(cls, dsn):
+        return cls(psycopg2.connect(dsn, cursor_factory=RealDictCursor))
+
+    @classmethod
+    def connect_at_head(cls, dsn):
+        """A connection to a database whose schema is at head, else SchemaNotReady."""
+        connection = cls.connect(dsn)
         try:
-            with connection.cursor() as cursor:
-                current = _revision(queries.execute(cursor, "schema_version", {}).fetchall())
+            schema.require_head(connection.schema_revision())
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def schema_revision(self):
+        """The schema's alembic revision, or None when there is no schema."""
+        try:
+            row = self.fetch_one("schema_version")
         except psycopg2.errors.UndefinedTable:
-            current = None
-        connection.rollback()
-        schema.require_head(current)
-    except BaseException:
-        connection.close()
-        raise
-    return connection
+            return None
+        return None if row is None else row["version_num"]
+
+    def fetch(self, name, params=None):
+        """Every row of a named statement, as dicts."""
+        with self.raw.cursor() as cursor:
+            cursor.execute(queries.SQL[name], params or {})
+            return cursor.fetchall() if cursor.description else []
+
+    def fetch_one(self, name, params=None):
+        rows = self.fetch(name, params)
+        return rows[0] if rows else None
+
+    def execute(self, name, params=None):
+        """Run a named statement; the number of rows it touched."""
+        with self.raw.cursor() as cursor:
+            cursor.execute(queries.SQL[name], params or {})
+            return cursor.rowcount
+
+    @contextlib.contextmanager
+    def transaction(self, snapshot=False, commit=True):
+        """Statements inside share one transaction (large objects need one),
+        committed on leaving unless ``commit`` is false, rolled back on an
+        error. ``snapshot``: REPEATABLE READ and read-only, so every statement
+        sees the same snapshot."""
+        if snapshot:
+            self.raw.set_session(isolation_level="REPEATABLE READ", readonly=True,
+                                 autocommit=False)
+        else:
+            self.raw.autocommit = False
+        try:
+            yield self
+            if commit:
+                self.raw.commit()
+            else:
+                self.raw.rollback()
+        except BaseException:
+            if not self.raw.closed:
+                self.raw.rollback()
+            raise
+        finally:
+            if not self.raw.closed:
+                self.raw.set_session(isolation_level="DEFAULT", readonly="DEFAULT",
+                                     autocommit=True)
+
+    def large_object(self, oid=0, mode="rb"):
+        """A large object (a new one for ``oid`` 0); only inside a transaction."""
+        return self.raw.lobject(oid, mode)
+
+    @property
+    def closed(self):
+        return bool(self.raw.closed)
+
+    @property
+    def idle(self):
+        """Open, and in no transaction."""
+        return (not self.raw.closed and self.raw.info.transaction_status
+                == psycopg2.extensions.TRANSACTION_STATUS_IDLE)
+
+    def close(self):
+        self.raw.close()
 
 
 class _SyncConnections:
-    """Idle psycopg2 connections, taken and returned by worker threads.
+    """Idle SyncConnections, taken and returned by worker threads.
 
     Connections are stamped with the generation they were opened in; a loss
     seen anywhere starts a new generation, and older connections are closed
@@ -227,17 +296,15 @@ class _SyncConnections:
             connection.close()
         generation = self._generation
         try:
-            connection = psycopg2.connect(self._dsn)
+            connection = SyncConnection.connect(self._dsn)
         except psycopg2.OperationalError as error:
             raise DatabaseUnavailable("the database is unreachable; try again shortly") from error
-        connection.autocommit = True
         return generation, connection
 
     def _give_back(self, generation, connection):
         if connection.closed:
             return
-        if (generation != self._generation or connection.info.transaction_status
-                != psycopg2.extensions.TRANSACTION_STATUS_IDLE):
+        if generation != self._generation or not connection.idle:
             # From before a loss, or failed half-way: its transaction must
             # not be handed on.
             connection.close()
@@ -278,11 +345,12 @@ class Database:
 
     @classmethod
     async def connect(cls, dsn, pool_size, reactor=None, max_waiting=None,
-                      statement_timeout_ms=STATEMENT_TIMEOUT_MS, user_share=None):
+                      statement_timeout_ms=int(settings.STATEMENT_TIMEOUT * 1000),
+                      user_share=None):
         if reactor is None:
             from twisted.internet import reactor
         dsn = with_statement_timeout(dsn, statement_timeout_ms)
-        pool = _ReconnectingPool(None, dsn, min=pool_size)
+        pool = _ReconnectingPool(None, dsn, min=pool_size, cursor_factory=RealDictCursor)
         try:
             await pool.start()
         except defer.FirstError as error:
@@ -290,19 +358,19 @@ class Database:
             error.subFailure.raiseException()
         try:
             try:
-                current = _revision(await queries.fetch(pool, "schema_version", {}))
+                rows = await pool.runQuery(queries.SQL["schema_version"])
             except psycopg2.errors.UndefinedTable:
-                current = None
-            schema.require_head(current)
+                rows = []
+            schema.require_head(rows[0]["version_num"] if rows else None)
         except BaseException:
             pool.close()
             raise
         threadpool = ThreadPool(minthreads=0, maxthreads=pool_size, name="pgblobs-content")
         threadpool.start()
         if max_waiting is None:
-            max_waiting = 32 * pool_size
+            max_waiting = settings.WAITING_PER_CONNECTION * pool_size
         if user_share is None:
-            user_share = default_user_share(pool_size)
+            user_share = settings.user_share(pool_size)
         return cls(reactor, pool, threadpool, dsn, pool_size, max_waiting,
                    user_share)
 

@@ -1,0 +1,172 @@
+"""MemoryBlobsBackend: an IBlobsBackend in a dict, for tests and embedders.
+
+It keeps the same promises as PostgresBlobsBackend (the contract tests in
+tests/test_backend.py run against both): names checked first, one live blob
+per id, tombstones, flags dropped on delete, quotas, KiB rounded up. It has
+no durability and no sharing between processes, by design.
+"""
+import itertools
+from dataclasses import dataclass, field
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from pgblobs import names, settings, transfer
+from pgblobs.errors import BlobExists, BlobNotFound, QuotaExceeded
+from pgblobs.interfaces import IBlobsBackend, deferred
+
+_ORDER = itertools.count()  # creation order, as the dates PostgreSQL would give
+
+
+@dataclass
+class _Stored:
+    content: bytes
+    tag: str
+    order: int
+    flags: set = field(default_factory=set)
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class _OpenBlob:
+    """One version of a blob, as PostgresBlobsBackend.open_blob gives it."""
+    user: str
+    blob_id: str
+    size: int
+    tag: str
+    content: bytes
+
+    def read(self, consumer, range=None):
+        start, end = names.byte_range(range)
+        return defer.succeed(consumer.write(self.content[start:end]) if self.content else None)
+
+
+@implementer(IBlobsBackend)
+class MemoryBlobsBackend:
+    """Blobs in memory. ``quota_bytes`` is every user's quota (None: unlimited)."""
+
+    def __init__(self, quota_bytes=settings.QUOTA_BYTES):
+        self.quota_bytes = quota_bytes
+        # BlobKey -> the live blob or the tombstone of that name
+        self._blobs: dict[names.BlobKey, _Stored] = {}
+
+    def close(self):
+        return defer.succeed(None)
+
+    def _live(self, key):
+        stored = self._blobs.get(key)
+        if stored is None or stored.deleted:
+            raise BlobNotFound("no such blob")
+        return stored
+
+    def _taken(self, key):
+        return key in self._blobs and not self._blobs[key].deleted
+
+    def _used(self, user):
+        return sum(len(stored.content) for key, stored in self._blobs.items()
+                   if key.user == user and not stored.deleted)
+
+    def _store(self, key, content, flags=()):
+        """A new live blob; replaces a tombstone of the same name, as put_blob does."""
+        if self.quota_bytes is not None and self._used(key.user) + len(content) > self.quota_bytes:
+            raise QuotaExceeded("the blob does not fit in the user's quota")
+        digest = transfer.ContentDigest()
+        digest.update(content)
+        self._blobs[key] = _Stored(content, digest.tag, next(_ORDER), set(flags))
+
+    @deferred
+    async def write_blob(self, user, blob_id, producer, namespace="", flags=()):
+        key = names.BlobKey.of(user, blob_id, namespace)
+        flags = names.flag_list(flags)
+        if self._taken(key):
+            raise BlobExists("a live blob already has this id")
+        content = await transfer.collect(producer)
+        if self._taken(key):  # written meanwhile
+            raise BlobExists("a live blob already has this id")
+        self._store(key, content, flags)
+
+    @deferred
+    async def write_blobs(self, user, blobs, namespace="", before_commit=None):
+        keys = [names.BlobKey.of(user, blob_id, namespace) for blob_id, _, _ in blobs]
+        if len(set(keys)) != len(keys):
+            raise BlobExists("the same id is listed twice")
+        for key in keys:
+            if self._taken(key):
+                raise BlobExists(f"a live blob already has the id {key.blob_id}")
+        contents = [await transfer.collect(make()) for _, _, make in blobs]
+        if before_commit is not None:
+            await before_commit()
+        total = sum(len(content) for content in contents)
+        if self.quota_bytes is not None and self._used(user) + total > self.quota_bytes:
+            raise QuotaExceeded("the blobs do not fit in the user's quota")
+        for key, content in zip(keys, contents):
+            self._store(key, content)
+
+    @deferred
+    async def open_blob(self, user, blob_id, namespace=""):
+        key = names.BlobKey.of(user, blob_id, namespace)
+        stored = self._live(key)
+        return _OpenBlob(key.user, key.blob_id, len(stored.content), stored.tag, stored.content)
+
+    @deferred
+    async def open_blobs(self, user, blob_ids, namespace=""):
+        opened = []
+        for blob_id in blob_ids:
+            try:
+                opened.append(await self.open_blob(user, blob_id, namespace))
+            except BlobNotFound:
+                raise BlobNotFound(f"no such blob: {blob_id}") from None
+        return opened
+
+    @deferred
+    async def read_blob(self, user, blob_id, consumer, namespace="", range=None):
+        names.byte_range(range)
+        await (await self.open_blob(user, blob_id, namespace)).read(consumer, range)
+
+    @deferred
+    async def delete_blob(self, user, blob_id, namespace=""):
+        stored = self._live(names.BlobKey.of(user, blob_id, namespace))
+        stored.deleted, stored.content, stored.flags = True, b"", set()
+
+    @deferred
+    async def get_blob_size(self, user, blob_id, namespace=""):
+        return len(self._live(names.BlobKey.of(user, blob_id, namespace)).content)
+
+    @deferred
+    async def get_tag(self, user, blob_id, namespace=""):
+        return self._live(names.BlobKey.of(user, blob_id, namespace)).tag
+
+    @deferred
+    async def get_flags(self, user, blob_id, namespace=""):
+        return sorted(self._live(names.BlobKey.of(user, blob_id, namespace)).flags)
+
+    @deferred
+    async def set_flags(self, user, blob_id, flags, namespace=""):
+        key = names.BlobKey.of(user, blob_id, namespace)
+        flags = names.flag_list(flags)
+        self._live(key).flags = set(flags)
+
+    def _latest(self, user, namespace):
+        user, namespace = names.user_name(user), names.namespace_name(namespace)
+        return [(key.blob_id, stored) for key, stored in self._blobs.items()
+                if key.user == user and key.namespace == namespace]
+
+    @deferred
+    async def count(self, user, namespace=""):
+        return sum(not stored.deleted for _, stored in self._latest(user, namespace))
+
+    @deferred
+    async def list_blobs(self, user, namespace="", order_by=None, deleted=False,
+                         filter_flag=None):
+        newest_first = names.descending(order_by)
+        chosen = self._latest(user, namespace)
+        if filter_flag is not None:
+            flag = names.flag(filter_flag)
+            chosen = [(i, s) for i, s in chosen if flag in s.flags and not deleted]
+        chosen = [(i, s) for i, s in chosen if s.deleted == deleted]
+        chosen.sort(key=lambda pair: pair[1].order, reverse=newest_first)
+        return [blob_id for blob_id, _ in chosen]
+
+    @deferred
+    async def get_total_storage(self, user):
+        return (self._used(names.user_name(user)) + 1023) // 1024
