@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup postgresql test run soak bench clean
+.PHONY: setup postgresql lint test run soak bench clean
 
 setup: $(STAMP) postgresql
 
@@ -22,7 +22,14 @@ postgresql:
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
 	fi
 
-test: setup
+# ruff (lint and format) and mypy, as configured in pyproject.toml; part of `make test`.
+LINTED := pgblobs tests bench migrations/env.py
+lint: setup
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/mypy
+
+test: setup lint
 	$(PY) -m pytest -q
 
 # The embedded default: a PostgreSQL kept in ./.pgblobs, the API on 127.0.0.1:9000,

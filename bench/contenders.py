@@ -4,6 +4,7 @@ Each contender stores and fetches a list of (name, bytes) with up to
 IN_FLIGHT operations at once; names are fresh per run, since pgblobs (like
 Soledad) refuses to overwrite a blob.
 """
+
 import io
 import os
 import shutil
@@ -70,7 +71,7 @@ class Ceiling:
         for name, data in items:
             large_object = self._connection.lobject(0, "wb")
             for offset in range(0, len(data), CHUNK):
-                large_object.write(data[offset:offset + CHUNK])
+                large_object.write(data[offset : offset + CHUNK])
             large_object.close()
             self._connection.commit()
             self._oids[name] = large_object.oid
@@ -105,6 +106,7 @@ class Files:
         async def store(name, data):
             with open(self._root / name, "wb") as target:
                 await FileBodyProducer(io.BytesIO(data)).startProducing(_FileSink(target))
+
         await bounded([lambda n=n, d=d: store(n, d) for n, d in items])
 
     async def read(self, items):
@@ -113,6 +115,7 @@ class Files:
             with open(self._root / name, "rb") as source:
                 NoRangeStaticProducer(consumer, source).start()
             assert consumer.received == len(data)
+
         await bounded([lambda n=n, d=d: fetch(n, d) for n, d in items])
 
     async def close(self):
@@ -139,14 +142,21 @@ class Backend:
         return cls(await PostgresBlobsBackend.connect(dsn, quota_bytes=None), name)
 
     async def write(self, items):
-        await bounded([lambda n=n, d=d: self.backend.write_blob(
-            "bench", n, FileBodyProducer(io.BytesIO(d))) for n, d in items])
+        await bounded(
+            [
+                lambda n=n, d=d: self.backend.write_blob(
+                    "bench", n, FileBodyProducer(io.BytesIO(d))
+                )
+                for n, d in items
+            ]
+        )
 
     async def read(self, items):
         async def fetch(name, data):
             consumer = _Counting()
             await self.backend.read_blob("bench", name, consumer)
             assert consumer.received == len(data)
+
         await bounded([lambda n=n, d=d: fetch(n, d) for n, d in items])
 
     async def close(self):
@@ -159,6 +169,7 @@ class HttpStore:
 
     def __init__(self, name, urls, headers=None):
         from twisted.internet import reactor
+
         self.name = name
         self._urls = urls
         self._headers = headers or {}
@@ -171,19 +182,23 @@ class HttpStore:
 
     async def write(self, items):
         async def store(index, name, data):
-            response = await treq.put(self._url(index, name), data=data, headers=self._headers,
-                                      pool=self._pool)
+            response = await treq.put(
+                self._url(index, name), data=data, headers=self._headers, pool=self._pool
+            )
             await response.content()
             assert response.code in (200, 201, 204), response.code
+
         await bounded([lambda i=i, n=n, d=d: store(i, n, d) for i, (n, d) in enumerate(items)])
 
     async def read(self, items):
         async def fetch(index, name, data):
-            response = await treq.get(self._url(index, name), headers=self._headers,
-                                      pool=self._pool)
+            response = await treq.get(
+                self._url(index, name), headers=self._headers, pool=self._pool
+            )
             received = []
             await treq.collect(response, lambda chunk: received.append(len(chunk)))
             assert response.code == 200 and sum(received) == len(data), response.code
+
         await bounded([lambda i=i, n=n, d=d: fetch(i, n, d) for i, (n, d) in enumerate(items)])
 
     async def close(self):
@@ -219,8 +234,9 @@ http {{
         (self.prefix / "dav").mkdir()
         config = self.prefix / "nginx.conf"
         config.write_text(self.CONFIG.format(prefix=self.prefix, port=port))
-        self.process = subprocess.Popen(["nginx", "-c", str(config), "-p", str(self.prefix)],
-                                        stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(
+            ["nginx", "-c", str(config), "-p", str(self.prefix)], stderr=subprocess.PIPE
+        )
         self.url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 10
         while not _listening(port):
@@ -239,6 +255,7 @@ http {{
 
 def _listening(port):
     import socket
+
     try:
         socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
         return True

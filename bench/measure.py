@@ -1,4 +1,5 @@
 """Timing helpers and the machine's description."""
+
 import os
 import platform
 import statistics
@@ -31,6 +32,7 @@ class PeakRss:
 
     def __init__(self, pid, reactor):
         from twisted.internet import task
+
         self.pid = pid
         self.baseline = rss_kib(pid)
         self.peak = self.baseline
@@ -47,21 +49,34 @@ class PeakRss:
 
 
 def machine():
-    revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True).stdout.strip() or "unknown"
-    dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True,
-                           text=True).stdout.strip()
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-               platform.processor())
-    memory = next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemTotal"))
+    revision = (
+        subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        or "unknown"
+    )
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain"], capture_output=True, text=True
+    ).stdout.strip()
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory = next(
+        line.split()[1]
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
     postgres = subprocess.run(["postgres", "--version"], capture_output=True, text=True).stdout
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "revision": revision + (" (with uncommitted changes)" if dirty else ""),
         "machine": f"{os.cpu_count()} cores, {cpu}, {int(memory) // 1024 // 1024} GiB, "
-                   f"{platform.system()} {platform.release()}",
+        f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "postgres": postgres.strip() or "unknown",
     }

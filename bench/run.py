@@ -3,6 +3,7 @@
 Absolute times drift on shared machines; ratios taken in the same run do not,
 so every goal is a ratio (or, for metadata, a latency at scale).
 """
+
 import os
 import shutil
 import statistics
@@ -14,25 +15,29 @@ from twisted.internet import defer, task
 
 from bench import contenders
 from bench.measure import RUNS, PeakRss, machine, median_seconds
-from pgblobs.db import schema
 from pgblobs import accounts
 from pgblobs.cluster import LocalCluster
+from pgblobs.db import schema
 from pgblobs.db.connector import SyncConnection
 from pgblobs.ops import report
 from tests.processes import ServeProcess
 
 HERE = Path(__file__).resolve().parent
 BIG = 64 * 1024 * 1024
-MATRIX = [("1 x 10 MB", 1, 10_000_000), ("10 x 1 MB", 10, 1_000_000),
-          ("100 x 100 KB", 100, 100_000), ("1000 x 10 KB", 1000, 10_000)]
+MATRIX = [
+    ("1 x 10 MB", 1, 10_000_000),
+    ("10 x 1 MB", 10, 1_000_000),
+    ("100 x 100 KB", 100, 100_000),
+    ("1000 x 10 KB", 1000, 10_000),
+]
 METADATA_RUNS = 21
 
 
 class Results:
     def __init__(self):
-        self.rows = []      # (workload, operation, contender, seconds, bytes)
-        self.goals = []     # (description, measured, target, met, unit)
-        self.rss = []       # (run, MiB)
+        self.rows = []  # (workload, operation, contender, seconds, bytes)
+        self.goals = []  # (description, measured, target, met, unit)
+        self.rss = []  # (run, MiB)
 
     def peak_rss(self, run, growth_mib):
         earlier = dict(self.rss)
@@ -41,16 +46,21 @@ class Results:
 
     def add(self, workload, operation, contender, seconds, size):
         self.rows.append((workload, operation, contender, seconds, size))
-        print(f"  {workload:<14} {operation:<6} {contender:<36} {seconds * 1000:9.1f} ms "
-              f"{size / seconds / 1e6:9.1f} MB/s", flush=True)
+        print(
+            f"  {workload:<14} {operation:<6} {contender:<36} {seconds * 1000:9.1f} ms "
+            f"{size / seconds / 1e6:9.1f} MB/s",
+            flush=True,
+        )
 
     def seconds(self, workload, operation, contender):
-        return next(s for w, o, c, s, _ in self.rows
-                    if (w, o, c) == (workload, operation, contender))
+        return next(
+            s for w, o, c, s, _ in self.rows if (w, o, c) == (workload, operation, contender)
+        )
 
     def ratio(self, description, workload, operation, contender, reference, target):
         measured = self.seconds(workload, operation, reference) / self.seconds(
-            workload, operation, contender)
+            workload, operation, contender
+        )
         self.goals.append((description, measured, target, measured >= target, "x"))
 
     def latency(self, description, seconds, limit):
@@ -70,7 +80,7 @@ async def measure(results, workload, items, stores, reactor, watched, pid, runs=
     timings = {store.name: {"write": [], "read": []} for store in stores}
     named = {}
     for run in range(runs):
-        for store in stores[run % len(stores):] + stores[:run % len(stores)]:
+        for store in stores[run % len(stores) :] + stores[: run % len(stores)]:
             prefix = "".join(ch for ch in store.name if ch.isalnum())[:12]
             named[store.name] = [(f"{prefix}-{name}-r{run}", data) for name, data in items]
             watch = PeakRss(pid, reactor) if store is watched else None
@@ -84,8 +94,13 @@ async def measure(results, workload, items, stores, reactor, watched, pid, runs=
                 results.peak_rss(f"{workload} over HTTP", watch.stop())
     for store in stores:
         for operation in ("write", "read"):
-            results.add(workload, operation, store.name,
-                        statistics.median(timings[store.name][operation]), size)
+            results.add(
+                workload,
+                operation,
+                store.name,
+                statistics.median(timings[store.name][operation]),
+                size,
+            )
 
 
 async def main(reactor):
@@ -103,19 +118,31 @@ async def main(reactor):
         connection = SyncConnection.connect(cluster.dsn)
         token = accounts.create_token(connection, "bench")
         connection.close()
-        serve_args = ("--dsn", cluster.dsn, "--quota-bytes", "unlimited",
-                      "--max-blob-bytes", str(1 << 40))
+        serve_args = (
+            "--dsn",
+            cluster.dsn,
+            "--quota-bytes",
+            "unlimited",
+            "--max-blob-bytes",
+            str(1 << 40),
+        )
         nodes = [ServeProcess(*serve_args), ServeProcess(*serve_args)]
-        auth = {b"Authorization": [b"Token " + __import__("base64").b64encode(
-            f"bench:{token}".encode())]}
-        one_node = contenders.HttpStore("pgblobs HTTP, 1 node", [nodes[0].url + "/blobs/bench"],
-                                        auth)
-        two_nodes = contenders.HttpStore("pgblobs HTTP, 2 nodes",
-                                         [n.url + "/blobs/bench" for n in nodes], auth)
+        auth = {
+            b"Authorization": [
+                b"Token " + __import__("base64").b64encode(f"bench:{token}".encode())
+            ]
+        }
+        one_node = contenders.HttpStore(
+            "pgblobs HTTP, 1 node", [nodes[0].url + "/blobs/bench"], auth
+        )
+        two_nodes = contenders.HttpStore(
+            "pgblobs HTTP, 2 nodes", [n.url + "/blobs/bench" for n in nodes], auth
+        )
         files = contenders.Files(workdir / "files")
         stores = [files, backend, one_node, two_nodes]
         if contenders.nginx_available():
             from tests.processes import free_port
+
             nginx = contenders.Nginx(free_port())
             stores.append(contenders.HttpStore("nginx WebDAV", [nginx.url + "/dav"]))
         else:
@@ -124,17 +151,26 @@ async def main(reactor):
         big = os.urandom(BIG)
         print("\n64 MiB blob", flush=True)
         ceiling = contenders.Ceiling(cluster.dsn)
-        await measure(results, "64 MiB", [("big", big)], [ceiling] + stores, reactor,
-                      one_node, nodes[0].process.pid, runs=len(stores) + 1)
+        await measure(
+            results,
+            "64 MiB",
+            [("big", big)],
+            [ceiling, *stores],
+            reactor,
+            one_node,
+            nodes[0].process.pid,
+            runs=len(stores) + 1,
+        )
         await ceiling.close()
 
         for workload, count, size in MATRIX:
             print(f"\n{workload}, {contenders.IN_FLIGHT} in flight", flush=True)
             pool = os.urandom(size * count)
-            items = [(f"{workload.split()[0]}x{size}-{i}", pool[i * size:(i + 1) * size])
-                     for i in range(count)]
-            await measure(results, workload, items, stores, reactor, one_node,
-                          nodes[0].process.pid)
+            items = [
+                (f"{workload.split()[0]}x{size}-{i}", pool[i * size : (i + 1) * size])
+                for i in range(count)
+            ]
+            await measure(results, workload, items, stores, reactor, one_node, nodes[0].process.pid)
 
         print("\ndiagnostics for the small-blob figures", flush=True)
         await diagnostics(results, backend.backend, cluster.dsn)
@@ -162,15 +198,17 @@ async def diagnostics(results, backend, dsn):
 
     async def ping_all():
         await contenders.bounded(pings)
+
     floor = statistics.median([await timed(ping_all) for _ in range(RUNS)])
     results.add("1000 x SELECT 1", "query", "txpostgres pool (floor of a small op)", floor, 0)
     relaxed = await contenders.Backend.connect(
-        dsn + " options='-c synchronous_commit=off'", "pgblobs backend, no fsync wait")
+        dsn + " options='-c synchronous_commit=off'", "pgblobs backend, no fsync wait"
+    )
     items = [(f"nosync-{i}", os.urandom(10_000)) for i in range(1000)]
     runs = []
     for run in range(RUNS):
         named = [(f"{name}-{run}", data) for name, data in items]
-        runs.append(await timed(lambda: relaxed.write(named)))
+        runs.append(await timed(lambda named=named: relaxed.write(named)))
     results.add("1000 x 10 KB", "write", relaxed.name, statistics.median(runs), 10_000_000)
     await relaxed.close()
 
@@ -208,6 +246,7 @@ SEED = """
 
 async def metadata(results, backend, dsn):
     import psycopg2
+
     connection = psycopg2.connect(dsn)
     connection.autocommit = True
     with connection.cursor() as cursor:
@@ -231,12 +270,24 @@ async def metadata(results, backend, dsn):
     figures = [
         ("count", lambda: backend.count("heavy"), lambda a: a == 100_000, 0.005),
         ("get_total_storage", lambda: backend.get_total_storage("heavy"), lambda a: a > 0, 0.005),
-        ("list_blobs (100,000 ids)", lambda: backend.list_blobs("heavy"),
-         lambda a: len(a) == 100_000, 0.150),
-        ("list_blobs filter_flag (1,000)", lambda: backend.list_blobs(
-            "heavy", filter_flag="PENDING"), lambda a: len(a) == 1000, 0.020),
-        ("list_blobs deleted=True (10,000)", lambda: backend.list_blobs("heavy", deleted=True),
-         lambda a: len(a) == 10_000, None),
+        (
+            "list_blobs (100,000 ids)",
+            lambda: backend.list_blobs("heavy"),
+            lambda a: len(a) == 100_000,
+            0.150,
+        ),
+        (
+            "list_blobs filter_flag (1,000)",
+            lambda: backend.list_blobs("heavy", filter_flag="PENDING"),
+            lambda a: len(a) == 1000,
+            0.020,
+        ),
+        (
+            "list_blobs deleted=True (10,000)",
+            lambda: backend.list_blobs("heavy", deleted=True),
+            lambda a: len(a) == 10_000,
+            None,
+        ),
     ]
     for name, call, expected, limit in figures:
         seconds = await p50(call, expected)
@@ -254,55 +305,104 @@ async def metadata(results, backend, dsn):
 
 
 def judge(results):
-    names = {"ceiling": "ceiling (sync lobject)", "files": "files (FileBodyProducer / static)",
-             "api": "pgblobs backend API", "http": "pgblobs HTTP, 1 node",
-             "http2": "pgblobs HTTP, 2 nodes", "nginx": "nginx WebDAV"}
+    names = {
+        "ceiling": "ceiling (sync lobject)",
+        "files": "files (FileBodyProducer / static)",
+        "api": "pgblobs backend API",
+        "http": "pgblobs HTTP, 1 node",
+        "http2": "pgblobs HTTP, 2 nodes",
+        "nginx": "nginx WebDAV",
+    }
     for operation in ("write", "read"):
-        results.ratio(f"64 MiB {operation}: backend / ceiling", "64 MiB", operation,
-                      names["api"], names["ceiling"], 0.9)
-        results.ratio(f"64 MiB {operation}: HTTP / ceiling", "64 MiB", operation,
-                      names["http"], names["ceiling"], 0.75)
-        results.ratio(f"1000 x 10 KB {operation}: backend / files", "1000 x 10 KB", operation,
-                      names["api"], names["files"], 0.5)
+        results.ratio(
+            f"64 MiB {operation}: backend / ceiling",
+            "64 MiB",
+            operation,
+            names["api"],
+            names["ceiling"],
+            0.9,
+        )
+        results.ratio(
+            f"64 MiB {operation}: HTTP / ceiling",
+            "64 MiB",
+            operation,
+            names["http"],
+            names["ceiling"],
+            0.75,
+        )
+        results.ratio(
+            f"1000 x 10 KB {operation}: backend / files",
+            "1000 x 10 KB",
+            operation,
+            names["api"],
+            names["files"],
+            0.5,
+        )
         if any(c == names["nginx"] for _, _, c, _, _ in results.rows):
             for node in ("http", "http2"):
-                results.ratio(f"1000 x 10 KB {operation}: {names[node]} / nginx", "1000 x 10 KB",
-                              operation, names[node], names["nginx"], 0.5)
+                results.ratio(
+                    f"1000 x 10 KB {operation}: {names[node]} / nginx",
+                    "1000 x 10 KB",
+                    operation,
+                    names[node],
+                    names["nginx"],
+                    0.5,
+                )
     for run, growth in results.rss:
         results.goals.append((f"server RSS growth, {run}", growth, 100, growth <= 100, "MiB"))
 
 
 def write_results(results, info):
-    lines = ["# pgblobs benchmark results", "",
-             f"- date: {info['date']}", f"- git revision: {info['revision']}",
-             f"- machine: {info['machine']}", f"- Python {info['python']}, {info['postgres']}",
-             f"- {contenders.IN_FLIGHT} operations in flight; each figure is the median of "
-             f"several runs; PostgreSQL with its normal settings (fsync on).",
-             "", "Produced by `make bench` (bench/run.py); the chart is `results.png`.",
-             "", "## Goals", "", "| goal | measured | target | met |", "|---|---:|---:|---|"]
+    lines = [
+        "# pgblobs benchmark results",
+        "",
+        f"- date: {info['date']}",
+        f"- git revision: {info['revision']}",
+        f"- machine: {info['machine']}",
+        f"- Python {info['python']}, {info['postgres']}",
+        f"- {contenders.IN_FLIGHT} operations in flight; each figure is the median of "
+        f"several runs; PostgreSQL with its normal settings (fsync on).",
+        "",
+        "Produced by `make bench` (bench/run.py); the chart is `results.png`.",
+        "",
+        "## Goals",
+        "",
+        "| goal | measured | target | met |",
+        "|---|---:|---:|---|",
+    ]
     for description, measured, target, met, unit in results.goals:
         sign = ">=" if unit == "x" else "<="
-        lines.append(f"| {description} | {measured:.2f} {unit} | {sign} {target:g} {unit} | "
-                     f"{'yes' if met else '**no**'} |")
-    lines += ["", "## Figures", "", "| workload | operation | contender | median | MB/s |",
-              "|---|---|---|---:|---:|"]
+        lines.append(
+            f"| {description} | {measured:.2f} {unit} | {sign} {target:g} {unit} | "
+            f"{'yes' if met else '**no**'} |"
+        )
+    lines += [
+        "",
+        "## Figures",
+        "",
+        "| workload | operation | contender | median | MB/s |",
+        "|---|---|---|---:|---:|",
+    ]
     for workload, operation, contender, seconds, size in results.rows:
         speed = f"{size / seconds / 1e6:.1f}" if size else ""
-        lines.append(f"| {workload} | {operation} | {contender} | {seconds * 1000:.1f} ms | "
-                     f"{speed} |")
+        lines.append(
+            f"| {workload} | {operation} | {contender} | {seconds * 1000:.1f} ms | {speed} |"
+        )
     findings = HERE / "findings.md"
     if findings.exists():
         lines += ["", findings.read_text().rstrip()]
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
     chart(results)
-    print("\n" + "\n".join(lines[lines.index("## Goals"):lines.index("## Figures")]))
+    print("\n" + "\n".join(lines[lines.index("## Goals") : lines.index("## Figures")]))
     print(f"written: {HERE / 'results.md'}, {HERE / 'results.png'}")
 
 
 def chart(results):
     import matplotlib
+
     matplotlib.use("Agg")
     from matplotlib import pyplot
+
     ratios = [(d, m / t) for d, m, t, _, unit in results.goals if unit == "x"]
     figure, axes = pyplot.subplots(figsize=(10, 0.45 * len(ratios) + 1.5))
     labels = [d for d, _ in ratios]

@@ -1,5 +1,6 @@
 """Alembic environment: pgblobs keeps every object, its version table included,
 in the ``pgblobs`` schema so it can share a database with other applications."""
+
 from alembic import context
 from sqlalchemy import create_engine, text
 
@@ -23,6 +24,7 @@ def _engine(dsn):
     # Both libpq forms ("host=... dbname=..." and "postgresql://...") reach
     # psycopg2 unchanged this way; SQLAlchemy only needs to know the dialect.
     import psycopg2
+
     return create_engine("postgresql+psycopg2://", creator=lambda: psycopg2.connect(dsn))
 
 

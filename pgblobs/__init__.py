@@ -1,4 +1,5 @@
 """pgblobs: a blob store for end-to-end-encrypted sync services, on PostgreSQL."""
+
 __version__ = "0.1.0"
 
 from pgblobs.backend import PostgresBlobsBackend

@@ -7,73 +7,77 @@ authenticated request makes one, on the server's pool); the administration
 is synchronous, on a ``SyncConnection`` (the CLI, and ``serve``'s
 development tokens at start).
 """
+
 import hashlib
 import hmac
 import secrets
 
 from pgblobs import names
+from pgblobs.db.connector import Database, Row, SyncConnection
 
 
-def _digest(token):
+def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8")).digest()
 
 
-def _matches(token, rows):
+def _matches(token: str, rows: list[Row]) -> bool:
     """Whether ``token`` is one of the digests in ``rows``. Every digest is
     compared, so timing does not tell which matched."""
     offered = _digest(token)
     return any([hmac.compare_digest(offered, bytes(row["token_sha256"])) for row in rows])
 
 
-async def token_is_valid(database, user, token):
+async def token_is_valid(database: Database, user: str, token: str) -> bool:
     """Whether ``token`` is one of ``user``'s (``database``: the server's Database)."""
-    return _matches(token, await database.fetch("token_digests",
-                                                {"user": names.user_name(user)}))
+    return _matches(token, await database.fetch("token_digests", {"user": names.user_name(user)}))
 
 
-async def service_token_is_valid(database, service, token):
-    return _matches(token, await database.fetch("service_token_digests",
-                                                {"service": names.service_name(service)}))
+async def service_token_is_valid(database: Database, service: str, token: str) -> bool:
+    return _matches(
+        token,
+        await database.fetch("service_token_digests", {"service": names.service_name(service)}),
+    )
 
 
-def create_token(connection, user):
+def create_token(connection: SyncConnection, user: str) -> str:
     """A new token for ``user``; only its digest is kept."""
     token = secrets.token_urlsafe(32)
     connection.fetch("add_token", {"user": names.user_name(user), "digest": _digest(token)})
     return token
 
 
-def revoke_tokens(connection, user):
+def revoke_tokens(connection: SyncConnection, user: str) -> int:
     """Forget every token of ``user``; the number forgotten."""
-    return connection.fetch_one("revoke_tokens", {"user": names.user_name(user)})["revoked"]
+    return connection.fetch("revoke_tokens", {"user": names.user_name(user)})[0]["revoked"]
 
 
-def create_service_token(connection, service):
+def create_service_token(connection: SyncConnection, service: str) -> str:
     """A new token for a service (an MX, say); only its digest is kept."""
     token = secrets.token_urlsafe(32)
-    connection.fetch("add_service_token", {"service": names.service_name(service),
-                                           "digest": _digest(token)})
+    connection.fetch(
+        "add_service_token", {"service": names.service_name(service), "digest": _digest(token)}
+    )
     return token
 
 
-def revoke_service_tokens(connection, service):
+def revoke_service_tokens(connection: SyncConnection, service: str) -> int:
     """Forget every token of ``service``; the number forgotten."""
-    return connection.fetch_one("revoke_service_tokens",
-                                {"service": names.service_name(service)})["revoked"]
+    rows = connection.fetch("revoke_service_tokens", {"service": names.service_name(service)})
+    return int(rows[0]["revoked"])
 
 
-def set_quota(connection, user, quota_bytes):
+def set_quota(connection: SyncConnection, user: str, quota_bytes: int | None) -> None:
     """Override the default quota of ``user``; None means unlimited."""
     if quota_bytes is not None and quota_bytes < 0:
         raise ValueError("a quota cannot be negative")
     connection.execute("set_quota", {"user": names.user_name(user), "quota_bytes": quota_bytes})
 
 
-def clear_quota(connection, user):
+def clear_quota(connection: SyncConnection, user: str) -> None:
     connection.execute("clear_quota", {"user": names.user_name(user)})
 
 
-def quota(connection, user):
+def quota(connection: SyncConnection, user: str) -> tuple[bool, int | None, int]:
     """``(has_override, quota_bytes, used_bytes)`` for ``user``."""
-    row = connection.fetch_one("show_quota", {"user": names.user_name(user)})
+    row = connection.fetch("show_quota", {"user": names.user_name(user)})[0]
     return row["has_override"], row["quota_bytes"], int(row["used_bytes"])

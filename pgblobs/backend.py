@@ -1,23 +1,30 @@
 """PostgresBlobsBackend: IBlobsBackend on PostgreSQL, one method per interface method.
 
 Each method validates its names first (no database work for bad input), then
-runs named statements (queries.sql) or hands content to a worker thread
-(db/largeobjects.py, fed by the adapters of transfer.py). Nothing is cached in the process: every answer comes from
-the database, which several server nodes may share.
+runs named statements (db/queries.sql) or hands content to a worker thread
+(db/largeobjects.py, fed by the adapters of transfer.py). Nothing is cached
+in the process: every answer comes from the database, which several server
+nodes may share.
 """
+
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg2
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer
 from twisted.python.failure import Failure
-from twisted.web.iweb import UNKNOWN_LENGTH
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from pgblobs import names, settings, transfer
 from pgblobs.db import largeobjects
-from pgblobs.db.connector import Database
+from pgblobs.db.connector import Database, Row
 from pgblobs.errors import BlobExists, BlobNotFound, QuotaExceeded, TransferStopped
 from pgblobs.interfaces import IBlobsBackend, deferred
+from pgblobs.names import ByteRange
 
 LOOKUP_BATCH = 100  # ids per statement when many blobs are opened at once
 # At or below this size a blob travels inline, in one statement: the escaped
@@ -25,7 +32,7 @@ LOOKUP_BATCH = 100  # ids per statement when many blobs are opened at once
 INLINE_LIMIT = 256 * 1024
 
 
-def _give_up(pipes):
+def _give_up(pipes: list[transfer.UploadPipe]) -> None:
     """Stop the uploads of a failed write; raise the producer's own error
     if one failed first, since its reason is the real one."""
     for pipe in pipes:
@@ -43,6 +50,7 @@ class OpenBlob:
     ``row`` is the version's row in ``pgblobs.blobs``; ``content`` is None
     when the bytes are still to be read (large blobs, or opened in a batch).
     """
+
     user: str
     blob_id: str
     size: int
@@ -51,7 +59,7 @@ class OpenBlob:
     content: bytes | None
     _backend: "PostgresBlobsBackend" = field(repr=False, compare=False)
 
-    def read(self, consumer, range=None):
+    def read(self, consumer: IConsumer, range: ByteRange | None = None) -> Deferred[None]:
         """Stream this version's bytes (``range`` as in ``read_blob``) into
         ``consumer``; BlobNotFound if it was deleted meanwhile."""
         return defer.ensureDeferred(self._backend._read_version(self, consumer, range))
@@ -65,8 +73,13 @@ class PostgresBlobsBackend:
     a row in ``pgblobs.quotas`` overrides it for one user.
     """
 
-    def __init__(self, database, quota_bytes=settings.QUOTA_BYTES, reactor=None,
-                 buffer_bytes=settings.BUFFER_BYTES):
+    def __init__(
+        self,
+        database: Database,
+        quota_bytes: int | None = settings.QUOTA_BYTES,
+        reactor: Any = None,
+        buffer_bytes: int = settings.BUFFER_BYTES,
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.database = database
@@ -76,9 +89,17 @@ class PostgresBlobsBackend:
         self._buffered = 0  # bytes of small bodies being gathered now
 
     @classmethod
-    def connect(cls, dsn, quota_bytes=settings.QUOTA_BYTES, pool_size=settings.POOL_SIZE,
-                reactor=None, max_waiting=None, statement_timeout=settings.STATEMENT_TIMEOUT,
-                user_share=None, buffer_bytes=settings.BUFFER_BYTES):
+    def connect(
+        cls,
+        dsn: str,
+        quota_bytes: int | None = settings.QUOTA_BYTES,
+        pool_size: int = settings.POOL_SIZE,
+        reactor: Any = None,
+        max_waiting: int | None = None,
+        statement_timeout: float = settings.STATEMENT_TIMEOUT,
+        user_share: int | None = None,
+        buffer_bytes: int = settings.BUFFER_BYTES,
+    ) -> Deferred["PostgresBlobsBackend"]:
         """A Deferred firing with a backend connected to ``dsn``.
 
         ``pool_size`` connections serve statements and as many serve content;
@@ -91,38 +112,59 @@ class PostgresBlobsBackend:
         memory up to ``buffer_bytes`` at once. Fails with SchemaNotReady
         when the schema is missing or not at head.
         """
-        async def connecting():
+
+        async def connecting() -> "PostgresBlobsBackend":
             database = await Database.connect(
-                dsn, pool_size, reactor, max_waiting=max_waiting,
-                statement_timeout_ms=int(statement_timeout * 1000), user_share=user_share)
+                dsn,
+                pool_size,
+                reactor,
+                max_waiting=max_waiting,
+                statement_timeout_ms=int(statement_timeout * 1000),
+                user_share=user_share,
+            )
             return cls(database, quota_bytes, reactor, buffer_bytes)
+
         return defer.ensureDeferred(connecting())
 
-    def close(self):
+    def close(self) -> Deferred[None]:
         return self.database.close()
 
-    async def _one(self, name, params):
+    async def _one(self, name: str, params: dict[str, Any]) -> Row:
         rows = await self.database.fetch(name, params)
         if not rows:
             raise BlobNotFound("no such blob")
         return rows[0]
 
     @deferred
-    async def write_blob(self, user, blob_id, producer, namespace="", flags=()):
+    async def write_blob(
+        self,
+        user: str,
+        blob_id: str,
+        producer: IBodyProducer,
+        namespace: str = "",
+        flags: Iterable[str] = (),
+    ) -> None:
         key = names.BlobKey.of(user, blob_id, namespace)
         flags = names.flag_list(flags)
-        precheck = (await self.database.fetch("write_precheck", dict(
-            key.params(), default_quota=self.quota_bytes)))[0]
+        precheck = (
+            await self.database.fetch(
+                "write_precheck", dict(key.params(), default_quota=self.quota_bytes)
+            )
+        )[0]
         room = precheck["room"]
         if precheck["taken"]:
             raise BlobExists("a live blob already has this id")
-        length = getattr(producer, "length", UNKNOWN_LENGTH)
-        if length is not UNKNOWN_LENGTH and room is not None and length > room:
+        declared = getattr(producer, "length", UNKNOWN_LENGTH)
+        length = None if declared is UNKNOWN_LENGTH else int(declared)
+        if length is not None and room is not None and length > room:
             raise QuotaExceeded("the blob does not fit in the user's quota")
         # The one place that chooses how a blob travels: inline when its
         # length is known and small, else streamed into a large object.
-        if (length is not UNKNOWN_LENGTH and length <= INLINE_LIMIT
-                and self._buffered + length <= self._buffer_limit):
+        if (
+            length is not None
+            and length <= INLINE_LIMIT
+            and self._buffered + length <= self._buffer_limit
+        ):
             # Small and known: gathered on the reactor, stored by one
             # statement, no thread hop. Bodies gathered at once are bounded
             # in bytes: past that, small ones take the streamed path below,
@@ -132,20 +174,36 @@ class PostgresBlobsBackend:
                 content, digest = await transfer.gather_small(producer)
             finally:
                 self._buffered -= length
-            await self.database.fetch("put_small_blob", dict(
-                key.params(), default_quota=self.quota_bytes, content=psycopg2.Binary(content),
-                size=digest.size, tag=digest.tag, sha256=digest.sha256, flags=flags))
+            await self.database.fetch(
+                "put_small_blob",
+                dict(
+                    key.params(),
+                    default_quota=self.quota_bytes,
+                    content=psycopg2.Binary(content),
+                    size=digest.size,
+                    tag=digest.tag,
+                    sha256=digest.sha256,
+                    flags=flags,
+                ),
+            )
             return
         pipe = transfer.UploadPipe(self._reactor, producer)
         try:
-            await self.database.in_thread(largeobjects.store, pipe, key, self.quota_bytes, room,
-                                          flags, owner=key.user)
+            await self.database.in_thread(
+                largeobjects.store, pipe, key, self.quota_bytes, room, flags, owner=key.user
+            )
         except BaseException:
             _give_up([pipe])
             raise
 
     @deferred
-    async def write_blobs(self, user, blobs, namespace="", before_commit=None):
+    async def write_blobs(
+        self,
+        user: str,
+        blobs: Sequence[tuple[str, int, Callable[[], IBodyProducer]]],
+        namespace: str = "",
+        before_commit: Callable[[], Deferred[Any]] | None = None,
+    ) -> None:
         """Store several blobs in one transaction: all of them, or none.
 
         ``blobs`` lists ``(blob_id, size, producer_factory)``; each factory is
@@ -161,9 +219,16 @@ class PostgresBlobsBackend:
             raise BlobExists("the same id is listed twice")
         if not keys:
             return
-        precheck = (await self.database.fetch("write_many_precheck", dict(
-            keys[0].params(), blob_ids=[key.blob_id for key in keys],
-            default_quota=self.quota_bytes)))[0]
+        precheck = (
+            await self.database.fetch(
+                "write_many_precheck",
+                dict(
+                    keys[0].params(),
+                    blob_ids=[key.blob_id for key in keys],
+                    default_quota=self.quota_bytes,
+                ),
+            )
+        )[0]
         room = precheck["room"]
         if precheck["taken"]:
             raise BlobExists(f"a live blob already has the id {precheck['taken']}")
@@ -171,22 +236,30 @@ class PostgresBlobsBackend:
             raise QuotaExceeded("the blobs do not fit in the user's quota")
         pipes = []
 
-        def next_pipe(index):
+        def next_pipe(index: int) -> transfer.UploadPipe:
             pipes.append(transfer.UploadPipe(self._reactor, blobs[index][2]()))
             return pipes[-1]
 
-        def confirm():
+        def confirm() -> Deferred[Any]:
             return defer.maybeDeferred(before_commit) if before_commit else defer.succeed(None)
+
         try:
             await self.database.in_thread(
-                largeobjects.store_all, self._reactor, next_pipe, confirm, keys,
-                self.quota_bytes, room, owner=keys[0].user)
+                largeobjects.store_all,
+                self._reactor,
+                next_pipe,
+                confirm,
+                keys,
+                self.quota_bytes,
+                room,
+                owner=keys[0].user,
+            )
         except BaseException:
             _give_up(pipes)
             raise
 
     @deferred
-    async def open_blob(self, user, blob_id, namespace=""):
+    async def open_blob(self, user: str, blob_id: str, namespace: str = "") -> OpenBlob:
         """The blob's size and tag, and a way to read the bytes they describe.
 
         A row of ``pgblobs.blobs`` never changes but to become a tombstone, so
@@ -201,7 +274,9 @@ class PostgresBlobsBackend:
         return OpenBlob(key.user, key.blob_id, row["size"], row["tag"], row["id"], content, self)
 
     @deferred
-    async def open_blobs(self, user, blob_ids, namespace=""):
+    async def open_blobs(
+        self, user: str, blob_ids: Iterable[str], namespace: str = ""
+    ) -> list[OpenBlob]:
         """``open_blob`` for many ids, in their order, looked up a batch at a
         time; fails with BlobNotFound naming the first id with no live blob."""
         params = {"user": names.user_name(user), "namespace": names.namespace_name(namespace)}
@@ -209,22 +284,33 @@ class PostgresBlobsBackend:
         found = {}
         wanted = sorted(set(ids))
         for first in range(0, len(wanted), LOOKUP_BATCH):
-            rows = await self.database.fetch("open_blobs", dict(
-                params, blob_ids=wanted[first:first + LOOKUP_BATCH]))
+            rows = await self.database.fetch(
+                "open_blobs", dict(params, blob_ids=wanted[first : first + LOOKUP_BATCH])
+            )
             for row in rows:
-                found[row["blob_id"]] = OpenBlob(params["user"], row["blob_id"], row["size"],
-                                                 row["tag"], row["id"], None, self)
+                found[row["blob_id"]] = OpenBlob(
+                    params["user"], row["blob_id"], row["size"], row["tag"], row["id"], None, self
+                )
         for blob_id in ids:
             if blob_id not in found:
                 raise BlobNotFound(f"no such blob: {blob_id}")
         return [found[blob_id] for blob_id in ids]
 
     @deferred
-    async def read_blob(self, user, blob_id, consumer, namespace="", range=None):
+    async def read_blob(
+        self,
+        user: str,
+        blob_id: str,
+        consumer: IConsumer,
+        namespace: str = "",
+        range: ByteRange | None = None,
+    ) -> None:
         opened = await self.open_blob(user, blob_id, namespace)
         await opened.read(consumer, range)
 
-    async def _read_version(self, opened, consumer, range):
+    async def _read_version(
+        self, opened: OpenBlob, consumer: IConsumer, range: ByteRange | None
+    ) -> None:
         start, end = names.byte_range(range)
         stop = opened.size if end is None else min(end, opened.size)
         start = min(start, stop)
@@ -234,15 +320,22 @@ class PostgresBlobsBackend:
             if opened.content is not None:
                 content = opened.content[start:stop]
             elif opened.size <= INLINE_LIMIT:
-                rows = await self.database.fetch("version_bytes", dict(
-                    row=opened.row, start=start, length=stop - start))
+                rows = await self.database.fetch(
+                    "version_bytes", dict(row=opened.row, start=start, length=stop - start)
+                )
                 if not rows:
                     raise BlobNotFound(f"no such blob: {opened.blob_id}")
                 content = bytes(rows[0]["content"])
             else:
                 await self.database.in_thread(
-                    largeobjects.load, push, opened.row, start, stop, owner=opened.user,
-                    retry=lambda: push.delivered == 0)
+                    largeobjects.load,
+                    push,
+                    opened.row,
+                    start,
+                    stop,
+                    owner=opened.user,
+                    retry=lambda: push.delivered == 0,
+                )
                 return
             # Small: no thread, no large-object calls.
             if content:
@@ -251,40 +344,48 @@ class PostgresBlobsBackend:
             consumer.unregisterProducer()
 
     @deferred
-    async def delete_blob(self, user, blob_id, namespace=""):
+    async def delete_blob(self, user: str, blob_id: str, namespace: str = "") -> None:
         key = names.BlobKey.of(user, blob_id, namespace)
         await self._one("delete_blob", key.params())
 
     @deferred
-    async def get_blob_size(self, user, blob_id, namespace=""):
+    async def get_blob_size(self, user: str, blob_id: str, namespace: str = "") -> int:
         key = names.BlobKey.of(user, blob_id, namespace)
         return (await self._one("blob_info", key.params()))["size"]
 
     @deferred
-    async def get_tag(self, user, blob_id, namespace=""):
+    async def get_tag(self, user: str, blob_id: str, namespace: str = "") -> str:
         key = names.BlobKey.of(user, blob_id, namespace)
         return (await self._one("blob_info", key.params()))["tag"]
 
     @deferred
-    async def get_flags(self, user, blob_id, namespace=""):
+    async def get_flags(self, user: str, blob_id: str, namespace: str = "") -> list[str]:
         key = names.BlobKey.of(user, blob_id, namespace)
         return list((await self._one("blob_info", key.params()))["flags"])
 
     @deferred
-    async def set_flags(self, user, blob_id, flags, namespace=""):
+    async def set_flags(
+        self, user: str, blob_id: str, flags: Iterable[str], namespace: str = ""
+    ) -> None:
         key = names.BlobKey.of(user, blob_id, namespace)
         flags = names.flag_list(flags)
         await self._one("set_flags", dict(key.params(), flags=flags))
 
     @deferred
-    async def count(self, user, namespace=""):
+    async def count(self, user: str, namespace: str = "") -> int:
         params = {"user": names.user_name(user), "namespace": names.namespace_name(namespace)}
         rows = await self.database.fetch("count_live", params)
         return rows[0]["live_blobs"]
 
     @deferred
-    async def list_blobs(self, user, namespace="", order_by=None, deleted=False,
-                         filter_flag=None):
+    async def list_blobs(
+        self,
+        user: str,
+        namespace: str = "",
+        order_by: str | None = None,
+        deleted: bool = False,
+        filter_flag: str | None = None,
+    ) -> list[str]:
         params = {"user": names.user_name(user), "namespace": names.namespace_name(namespace)}
         newest_first = names.descending(order_by)
         if filter_flag is not None:
@@ -301,7 +402,7 @@ class PostgresBlobsBackend:
         return ids
 
     @deferred
-    async def get_total_storage(self, user):
+    async def get_total_storage(self, user: str) -> int:
         params = {"user": names.user_name(user)}
         rows = await self.database.fetch("total_storage_kib", params)
         return int(rows[0]["kib"])

@@ -3,9 +3,12 @@
 Each command is a few lines that call the backend, the accounts or the
 schema module; errors come back as one readable line and a non-zero exit.
 """
+
 import argparse
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import psycopg2
 import sqlalchemy.exc
@@ -18,8 +21,14 @@ from pgblobs.db.connector import SyncConnection
 from pgblobs.errors import BlobsError
 from pgblobs.web.site import Limits
 
-_FAILURES = (psycopg2.Error, sqlalchemy.exc.DBAPIError, BlobsError, ValueError,
-             ClusterFailed, PostgresNotFound)
+_FAILURES = (
+    psycopg2.Error,
+    sqlalchemy.exc.DBAPIError,
+    BlobsError,
+    ValueError,
+    ClusterFailed,
+    PostgresNotFound,
+)
 
 
 def _message(error):
@@ -32,11 +41,16 @@ def _message(error):
 
 def _database_options(parser):
     parser.add_argument(
-        "--dsn", default=settings.dsn_from_environment(),
+        "--dsn",
+        default=settings.dsn_from_environment(),
         help=f"libpq connection string or URL (default: ${settings.DSN_VARIABLE}, else the "
-             "embedded database of `pgblobs serve` if it is running)")
-    parser.add_argument("--data-dir", default=settings.DATA_DIR,
-                        help=f"the embedded database's directory (default: {settings.DATA_DIR})")
+        "embedded database of `pgblobs serve` if it is running)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=settings.DATA_DIR,
+        help=f"the embedded database's directory (default: {settings.DATA_DIR})",
+    )
 
 
 def _dsn(args):
@@ -45,52 +59,51 @@ def _dsn(args):
     embedded = LocalCluster(args.data_dir)
     if embedded.is_running():
         return embedded.dsn
-    raise SystemExit(f"pgblobs: no database given: pass --dsn, set {settings.DSN_VARIABLE}, "
-                     "or start `pgblobs serve` (`make run`) for the embedded one")
+    raise SystemExit(
+        f"pgblobs: no database given: pass --dsn, set {settings.DSN_VARIABLE}, "
+        "or start `pgblobs serve` (`make run`) for the embedded one"
+    )
 
 
 def _react(main):
     """Run the coroutine function ``main()`` under the reactor; a failure it
     raises becomes one readable line and exit status 1."""
+
     async def guarded(reactor):
         try:
             await main()
         except _FAILURES as error:
             raise SystemExit(f"pgblobs: {_message(error)}") from None
+
     task.react(lambda reactor: defer.ensureDeferred(guarded(reactor)))
 
 
 def _with_connection(work):
     """Run ``work(connection, args)`` on a SyncConnection to a schema at head."""
+
     def command(args):
         connection = SyncConnection.connect_at_head(_dsn(args))
         try:
             return work(connection, args)
         finally:
             connection.close()
+
     return command
 
 
-@_with_connection
-def _token_create(connection, args):
-    print(accounts.create_token(connection, args.user))
+def _token_commands(create, revoke, holder):
+    """The create and revoke commands of one kind of token (users', services')."""
 
+    @_with_connection
+    def create_command(connection, args):
+        print(create(connection, args.holder))
 
-@_with_connection
-def _token_revoke(connection, args):
-    revoked = accounts.revoke_tokens(connection, args.user)
-    print(f"revoked {revoked} token(s) of {args.user}")
+    @_with_connection
+    def revoke_command(connection, args):
+        revoked = revoke(connection, args.holder)
+        print(f"revoked {revoked} token(s) of {holder} {args.holder}")
 
-
-@_with_connection
-def _service_token_create(connection, args):
-    print(accounts.create_service_token(connection, args.name))
-
-
-@_with_connection
-def _service_token_revoke(connection, args):
-    revoked = accounts.revoke_service_tokens(connection, args.name)
-    print(f"revoked {revoked} token(s) of the service {args.name}")
+    return create_command, revoke_command
 
 
 def _byte_limit(text):
@@ -101,7 +114,8 @@ def _byte_limit(text):
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number of bytes or 'unlimited'") from None
+            f"{text!r} is not a number of bytes or 'unlimited'"
+        ) from None
     if value < 0:
         raise argparse.ArgumentTypeError("a quota cannot be negative")
     return value
@@ -140,19 +154,24 @@ def _quota_show(connection, args):
 @_with_connection
 def _report(connection, args):
     from pgblobs.ops import output, report
+
     if args.report == "usage":
         rows = report.usage(connection, args.quota_bytes, user=args.user, top=args.top)
         columns = report.USAGE_COLUMNS
         shown = dict(report.SIZE_COLUMNS, used_percent=lambda v: "-" if v is None else f"{v}%")
     else:
-        rows, columns, shown = report.daily(connection, args.days), report.DAILY_COLUMNS, \
-            report.SIZE_COLUMNS
+        rows, columns, shown = (
+            report.daily(connection, args.days),
+            report.DAILY_COLUMNS,
+            report.SIZE_COLUMNS,
+        )
     print(output.render(rows, columns, args.format, shown))
 
 
 @_with_connection
 def _purge(connection, args):
     from pgblobs.ops import purge
+
     count = purge.purge(connection, args.older_than, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     print(f"{verb} {count} tombstone(s) deleted more than {purge.describe(args.older_than)} ago")
@@ -161,6 +180,7 @@ def _purge(connection, args):
 @_with_connection
 def _fsck(connection, args):
     from pgblobs.ops import fsck
+
     findings = fsck.fsck(connection, repair=args.repair, verify_content=args.verify_content)
     for oid in findings.orphans:
         print(f"orphan large object {oid}: no blob references it")
@@ -174,33 +194,38 @@ def _fsck(connection, args):
         print("clean")
         return
     if findings.repaired:
-        print(f"repaired: unlinked {len(findings.orphans)} orphan(s), made "
-              f"{len(findings.broken_rows)} broken blob(s) tombstones, recounted "
-              f"{len(findings.drifted_usage)} usage counter(s)")
+        print(
+            f"repaired: unlinked {len(findings.orphans)} orphan(s), made "
+            f"{len(findings.broken_rows)} broken blob(s) tombstones, recounted "
+            f"{len(findings.drifted_usage)} usage counter(s)"
+        )
     raise SystemExit(1)
 
 
 @_with_connection
 def _import_fs(connection, args):
     from pgblobs.ops import importfs, output
+
     if not os.path.isdir(args.root):
         raise SystemExit(f"pgblobs: {args.root} is not a directory")
-    report = importfs.import_tree(connection, args.root, only_user=args.user,
-                                  dry_run=args.dry_run)
+    report = importfs.import_tree(connection, args.root, only_user=args.user, dry_run=args.dry_run)
     for path, reason in report.skipped:
         print(f"skipped {path}: {reason}")
     for path, reason in report.failed:
         print(f"failed {path}: {reason}", file=sys.stderr)
     verb = "would import" if args.dry_run else "imported"
-    print(f"{verb} {report.imported} blob(s) ({output.human_size(report.bytes)}) and "
-          f"{report.tombstones} tombstone(s); skipped {len(report.skipped)}; "
-          f"failed {len(report.failed)}")
+    print(
+        f"{verb} {report.imported} blob(s) ({output.human_size(report.bytes)}) and "
+        f"{report.tombstones} tombstone(s); skipped {len(report.skipped)}; "
+        f"failed {len(report.failed)}"
+    )
     if report.failed:
         raise SystemExit(1)
 
 
 def _duration(text):
     from pgblobs.ops.purge import parse_duration
+
     try:
         return parse_duration(text)
     except ValueError as error:
@@ -215,18 +240,30 @@ def _db_upgrade(args):
 
 def _serve(args):
     from pgblobs import serve
+
     options = serve.ServeOptions(
-        dsn=args.dsn, listen=args.listen or [serve.DEFAULT_LISTEN],
+        dsn=args.dsn,
+        listen=args.listen or [serve.DEFAULT_LISTEN],
         services_listen=args.services_listen or [],
-        quota_bytes=args.quota_bytes, data_dir=args.data_dir, pool_size=args.pool_size,
-        max_waiting=args.max_waiting, statement_timeout=args.statement_timeout,
-        user_share=args.max_transfers_per_user, buffer_bytes=args.max_buffered_bytes,
-        limits=Limits(max_blob_bytes=args.max_blob_bytes, max_json_bytes=args.max_json_bytes,
-                      max_stream_ids=args.max_stream_ids, idle_timeout=args.idle_timeout,
-                      header_timeout=args.header_timeout),
-        drain_seconds=args.drain_seconds)
+        quota_bytes=args.quota_bytes,
+        data_dir=args.data_dir,
+        pool_size=args.pool_size,
+        max_waiting=args.max_waiting,
+        statement_timeout=args.statement_timeout,
+        user_share=args.max_transfers_per_user,
+        buffer_bytes=args.max_buffered_bytes,
+        limits=Limits(
+            max_blob_bytes=args.max_blob_bytes,
+            max_json_bytes=args.max_json_bytes,
+            max_stream_ids=args.max_stream_ids,
+            idle_timeout=args.idle_timeout,
+            header_timeout=args.header_timeout,
+        ),
+        drain_seconds=args.drain_seconds,
+    )
     serve.start_logging(args.log_format)
     from twisted.internet import reactor
+
     _react(lambda: serve.run(reactor, options))
 
 
@@ -248,7 +285,8 @@ def _blob_size_limit(text):
     value = _non_negative(text)
     if value > Limits.max_blob_bytes:
         raise argparse.ArgumentTypeError(
-            f"at most {Limits.max_blob_bytes}: a stream download gives sizes in 8 hex digits")
+            f"at most {Limits.max_blob_bytes}: a stream download gives sizes in 8 hex digits"
+        )
     return value
 
 
@@ -261,94 +299,135 @@ def _user_command(commands, name, help_text, run):
     return command
 
 
+# `pgblobs serve`'s sizes and times: (option, type, default, help).
+_SERVE_LIMITS: list[tuple[str, Callable[[str], Any], Any, str]] = [
+    ("--quota-bytes", _byte_limit, settings.QUOTA_BYTES,
+     "default quota per user in bytes, or 'unlimited' (default: %(default)s)"),
+    ("--pool-size", int, settings.POOL_SIZE,
+     "database connections per pool (default: %(default)s)"),
+    ("--max-waiting", _non_negative, None,
+     "transfers that may wait for a busy content pool before 503s (default: "
+     f"{settings.WAITING_PER_CONNECTION} x pool; statements may wait 10 times as many)"),
+    ("--statement-timeout", float, settings.STATEMENT_TIMEOUT,
+     "seconds any one SQL statement may run (default: %(default)s)"),
+    ("--max-transfers-per-user", _positive, None,
+     "large reads and writes one user may run at once; more wait their turn, so one "
+     "user's stalled transfers never hold every content connection (default: half of "
+     "--pool-size)"),
+    ("--max-buffered-bytes", _non_negative, settings.BUFFER_BYTES,
+     "bytes of small upload bodies gathered in memory at once; past it, small uploads "
+     "stream like large ones (default: %(default)s)"),
+    ("--max-blob-bytes", _blob_size_limit, Limits.max_blob_bytes,
+     "largest blob accepted (default and most: %(default)s, what a stream download's size "
+     "field can carry)"),
+    ("--max-json-bytes", _non_negative, Limits.max_json_bytes,
+     "largest flag list or stream listing (default: %(default)s)"),
+    ("--max-stream-ids", _positive, Limits.max_stream_ids,
+     "blob ids one stream download may ask for (default: %(default)s)"),
+    ("--idle-timeout", float, Limits.idle_timeout,
+     "seconds a connection may keep the server waiting: silent between requests, or not "
+     "sending a body or not reading an answer (default: %(default)s)"),
+    ("--header-timeout", float, Limits.header_timeout,
+     "seconds from accepting a connection (or ending a response) to the last header of "
+     "its request (default: %(default)s)"),
+    ("--drain-seconds", float, settings.DRAIN_SECONDS,
+     "on SIGTERM, how long requests in flight may take (default: %(default)s)"),
+]  # fmt: skip
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="pgblobs", description="pgblobs: blobs of end-to-end-encrypted sync clients, in PostgreSQL")
+        prog="pgblobs",
+        description="pgblobs: blobs of end-to-end-encrypted sync clients, in PostgreSQL",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="serve the blobs HTTP API")
     _database_options(serve)
-    serve.add_argument("--listen", action="append", metavar="ENDPOINT",
-                       help="a Twisted endpoint, e.g. tcp:9000:interface=127.0.0.1 or "
-                            "ssl:443:privateKey=key.pem:certKey=cert.pem (repeatable)")
-    serve.add_argument("--services-listen", action="append", metavar="ENDPOINT",
-                       help="a Twisted endpoint for the provider's own services, e.g. "
-                            "tcp:9001:interface=127.0.0.1: PUT /incoming/{user}/{id} delivers "
-                            "mail, with a service token (repeatable; none by default)")
-    serve.add_argument("--quota-bytes", type=_byte_limit, default=settings.QUOTA_BYTES,
-                       help="default quota per user in bytes, or 'unlimited' (default: %(default)s)")
+    serve.add_argument(
+        "--listen",
+        action="append",
+        metavar="ENDPOINT",
+        help="a Twisted endpoint, e.g. tcp:9000:interface=127.0.0.1 or "
+        "ssl:443:privateKey=key.pem:certKey=cert.pem (repeatable)",
+    )
+    serve.add_argument(
+        "--services-listen",
+        action="append",
+        metavar="ENDPOINT",
+        help="a Twisted endpoint for the provider's own services, e.g. "
+        "tcp:9001:interface=127.0.0.1: PUT /incoming/{user}/{id} delivers "
+        "mail, with a service token (repeatable; none by default)",
+    )
+    for flag, kind, default, help_text in _SERVE_LIMITS:
+        serve.add_argument(flag, type=kind, default=default, help=help_text)
     serve.add_argument("--log-format", choices=("text", "json"), default="text")
-    serve.add_argument("--pool-size", type=int, default=settings.POOL_SIZE,
-                       help="database connections per pool (default: %(default)s)")
-    serve.add_argument("--max-waiting", type=_non_negative,
-                       help="transfers that may wait for a busy content pool before 503s "
-                            f"(default: {settings.WAITING_PER_CONNECTION} x pool; statements "
-                            "may wait 10 times as many)")
-    serve.add_argument("--statement-timeout", type=float, default=settings.STATEMENT_TIMEOUT,
-                       help="seconds any one SQL statement may run (default: %(default)s)")
-    serve.add_argument("--max-transfers-per-user", type=_positive,
-                       help="large reads and writes one user may run at once; more wait their "
-                            "turn, so one user's stalled transfers never hold every content "
-                            "connection (default: half of --pool-size)")
-    serve.add_argument("--max-buffered-bytes", type=_non_negative,
-                       default=settings.BUFFER_BYTES,
-                       help="bytes of small upload bodies gathered in memory at once; past it, "
-                            "small uploads stream like large ones (default: %(default)s)")
-    serve.add_argument("--max-blob-bytes", type=_blob_size_limit, default=Limits.max_blob_bytes,
-                       help="largest blob accepted (default and most: %(default)s, "
-                            "what a stream download's size field can carry)")
-    serve.add_argument("--max-json-bytes", type=_non_negative, default=Limits.max_json_bytes)
-    serve.add_argument("--max-stream-ids", type=_positive, default=Limits.max_stream_ids,
-                       help="blob ids one stream download may ask for (default: %(default)s)")
-    serve.add_argument("--idle-timeout", type=float, default=Limits.idle_timeout,
-                       help="seconds a connection may keep the server waiting: silent between "
-                            "requests, or not sending a body or not reading an answer "
-                            "(default: %(default)s)")
-    serve.add_argument("--header-timeout", type=float, default=Limits.header_timeout,
-                       help="seconds from accepting a connection (or ending a response) to the "
-                            "last header of its request (default: %(default)s)")
-    serve.add_argument("--drain-seconds", type=float, default=settings.DRAIN_SECONDS,
-                       help="on SIGTERM, how long requests in flight may take (default: %(default)s)")
     serve.set_defaults(run=_serve)
 
     db = commands.add_parser("db", help="the database schema").add_subparsers(
-        dest="db_command", required=True, metavar="COMMAND")
+        dest="db_command", required=True, metavar="COMMAND"
+    )
     upgrade = db.add_parser("upgrade", help="bring the schema to the newest revision")
     _database_options(upgrade)
     upgrade.add_argument("--revision", default="head", help=argparse.SUPPRESS)
     upgrade.set_defaults(run=_db_upgrade)
 
-    token = commands.add_parser("token", help="access tokens").add_subparsers(
-        dest="token_command", required=True, metavar="COMMAND")
-    _user_command(token, "create", "print a new token for USER (only the token)", _token_create)
-    _user_command(token, "revoke", "revoke every token of USER", _token_revoke)
-
-    service_token = commands.add_parser(
-        "service-token", help="access tokens of services (an MX delivering mail)"
-    ).add_subparsers(dest="service_token_command", required=True, metavar="COMMAND")
-    for name, help_text, run in (
-            ("create", "print a new token for the service NAME (only the token)",
-             _service_token_create),
-            ("revoke", "revoke every token of the service NAME", _service_token_revoke)):
-        command = service_token.add_parser(name, help=help_text)
-        command.add_argument("name", metavar="NAME")
-        _database_options(command)
-        command.set_defaults(run=run)
+    for command_name, help_text, holder, metavar, create, revoke in (
+        (
+            "token",
+            "access tokens of users",
+            "user",
+            "USER",
+            accounts.create_token,
+            accounts.revoke_tokens,
+        ),
+        (
+            "service-token",
+            "access tokens of services (an MX delivering mail)",
+            "service",
+            "NAME",
+            accounts.create_service_token,
+            accounts.revoke_service_tokens,
+        ),
+    ):
+        token = commands.add_parser(command_name, help=help_text).add_subparsers(
+            dest=f"{command_name}_command", required=True, metavar="COMMAND"
+        )
+        for action, run, action_help in zip(
+            ("create", "revoke"),
+            _token_commands(create, revoke, holder),
+            (
+                f"print a new token for the {holder} {metavar} (only the token)",
+                f"revoke every token of the {holder} {metavar}",
+            ),
+            strict=True,
+        ):
+            command = token.add_parser(action, help=action_help)
+            command.add_argument("holder", metavar=metavar)
+            _database_options(command)
+            command.set_defaults(run=run)
 
     quota = commands.add_parser("quota", help="per-user quotas").add_subparsers(
-        dest="quota_command", required=True, metavar="COMMAND")
-    set_quota = _user_command(quota, "set", "set USER's quota: BYTES, 'unlimited' or 'default'",
-                              _quota_set)
+        dest="quota_command", required=True, metavar="COMMAND"
+    )
+    set_quota = _user_command(
+        quota, "set", "set USER's quota: BYTES, 'unlimited' or 'default'", _quota_set
+    )
     set_quota.add_argument("bytes", type=_quota_setting)
     _user_command(quota, "show", "USER's quota and usage", _quota_show)
 
     report = commands.add_parser("report", help="usage reports").add_subparsers(
-        dest="report", required=True, metavar="REPORT")
+        dest="report", required=True, metavar="REPORT"
+    )
     usage = report.add_parser("usage", help="usage per user, biggest first")
     usage.add_argument("--user", help="only this user")
     usage.add_argument("--top", type=_non_negative, help="only the N biggest users")
-    usage.add_argument("--quota-bytes", type=_byte_limit, default=settings.QUOTA_BYTES,
-                       help="the servers' default quota, for users without an override")
+    usage.add_argument(
+        "--quota-bytes",
+        type=_byte_limit,
+        default=settings.QUOTA_BYTES,
+        help="the servers' default quota, for users without an override",
+    )
     daily = report.add_parser("daily", help="blobs and bytes written and deleted per day")
     daily.add_argument("--days", type=_non_negative, default=30)
     for parser_ in (usage, daily):
@@ -357,17 +436,26 @@ def build_parser():
         parser_.set_defaults(run=_report)
 
     purge = commands.add_parser("purge", help="remove old tombstones")
-    purge.add_argument("--older-than", type=_duration, required=True, metavar="DURATION",
-                       help="e.g. 30d, 12h, 2w")
+    purge.add_argument(
+        "--older-than", type=_duration, required=True, metavar="DURATION", help="e.g. 30d, 12h, 2w"
+    )
     purge.add_argument("--dry-run", action="store_true", help="only count them")
     _database_options(purge)
     purge.set_defaults(run=_purge)
 
-    fsck = commands.add_parser("fsck", help="check blob rows against large objects; exit 1 on problems")
-    fsck.add_argument("--repair", action="store_true",
-                      help="unlink orphan large objects; make rows without content tombstones")
-    fsck.add_argument("--verify-content", action="store_true",
-                      help="re-read every live blob and compare size and sha256")
+    fsck = commands.add_parser(
+        "fsck", help="check blob rows against large objects; exit 1 on problems"
+    )
+    fsck.add_argument(
+        "--repair",
+        action="store_true",
+        help="unlink orphan large objects; make rows without content tombstones",
+    )
+    fsck.add_argument(
+        "--verify-content",
+        action="store_true",
+        help="re-read every live blob and compare size and sha256",
+    )
     _database_options(fsck)
     fsck.set_defaults(run=_fsck)
 

@@ -10,6 +10,7 @@ and ``su`` stay in between and swallow it, orphaning the server).
 The test harness hands these programs to testing.postgresql; ``LocalCluster``
 uses them for the embedded database of ``pgblobs serve``.
 """
+
 import glob
 import os
 import pwd
@@ -45,12 +46,14 @@ def find_program(name):
     found = shutil.which(name)
     if found:
         return found
-    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
-                        key=lambda path: int(Path(path).parts[-3]))
+    candidates = sorted(
+        glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda path: int(Path(path).parts[-3])
+    )
     if candidates:
         return candidates[-1]
     raise PostgresNotFound(
-        f"PostgreSQL's {name} was not found: install Debian's postgresql package (`make setup`)")
+        f"PostgreSQL's {name} was not found: install Debian's postgresql package (`make setup`)"
+    )
 
 
 def server_programs(workdir):
@@ -63,7 +66,8 @@ def server_programs(workdir):
     except KeyError:
         raise PostgresNotFound(
             f"running as root needs the {SERVICE_ACCOUNT!r} account to run PostgreSQL; "
-            "install Debian's postgresql package, which creates it") from None
+            "install Debian's postgresql package, which creates it"
+        ) from None
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     wrapped = {}
@@ -113,9 +117,23 @@ class LocalCluster:
             # A session of its own: a Ctrl-C meant for pgblobs must not reach
             # postgres first; pgblobs stops it after draining its requests.
             self._process = subprocess.Popen(
-                [programs["postgres"], "-D", str(self.data), "-k", str(self.socket_dir),
-                 "-p", str(self.PORT), "-c", "listen_addresses=", "-c", "logging_collector=off"],
-                stdout=log, stderr=log, start_new_session=True)
+                [
+                    programs["postgres"],
+                    "-D",
+                    str(self.data),
+                    "-k",
+                    str(self.socket_dir),
+                    "-p",
+                    str(self.PORT),
+                    "-c",
+                    "listen_addresses=",
+                    "-c",
+                    "logging_collector=off",
+                ],
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
         self._wait_ready(timeout)
         self._create_database()
         return created
@@ -131,23 +149,42 @@ class LocalCluster:
                 raise ClusterFailed(
                     f"the {SERVICE_ACCOUNT} account cannot reach {self.directory} because "
                     f"{parent} is closed to others: choose another --data-dir or "
-                    f"`chmod o+x {parent}`")
+                    f"`chmod o+x {parent}`"
+                )
 
     def _initdb(self, initdb):
         done = subprocess.run(
-            [initdb, "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
-             "--lc-messages=C"], capture_output=True, text=True)
+            [
+                initdb,
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--lc-messages=C",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             raise ClusterFailed(f"initdb failed in {self.data}: {done.stderr.strip()}")
 
     def _connect(self, database):
-        return psycopg2.connect(host=str(self.socket_dir), port=self.PORT, user="postgres",
-                                dbname=database, connect_timeout=2)
+        return psycopg2.connect(
+            host=str(self.socket_dir),
+            port=self.PORT,
+            user="postgres",
+            dbname=database,
+            connect_timeout=2,
+        )
 
     def _wait_ready(self, timeout):
         deadline = time.monotonic() + timeout
         while True:
-            if self._process.poll() is not None:
+            if self._process is None or self._process.poll() is not None:
                 raise ClusterFailed(f"postgres exited at start; see {self.log_path}")
             try:
                 self._connect("postgres").close()
@@ -155,8 +192,9 @@ class LocalCluster:
             except psycopg2.OperationalError:
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise ClusterFailed(f"postgres did not start in {timeout:.0f}s; "
-                                        f"see {self.log_path}") from None
+                    raise ClusterFailed(
+                        f"postgres did not start in {timeout:.0f}s; see {self.log_path}"
+                    ) from None
                 time.sleep(0.1)
 
     def _create_database(self):

@@ -1,20 +1,36 @@
 """The blobs backend contract, in pgblobs' words.
 
 It follows the Soledad design's ``IBlobsBackend`` method for method, and adds
-the optional ``range`` of ``read_blob`` and ``flags`` of ``write_blob``. Every method returns a Deferred;
-failures arrive as a failed Deferred carrying an error from
+the optional ``range`` of ``read_blob`` and ``flags`` of ``write_blob``.
+Every method returns a Deferred; failures arrive as a failed Deferred
+carrying an error from
 :mod:`pgblobs.errors`. An empty namespace means ``default`` everywhere.
 """
+
 import functools
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, ParamSpec, TypeVar
 
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer
+from twisted.web.iweb import IBodyProducer
 from zope.interface import Interface
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 class IBlobsBackend(Interface):
     """Stores the opaque, already-encrypted blobs of many users."""
 
-    def read_blob(user, blob_id, consumer, namespace="", range=None):
+    def read_blob(
+        user: str,
+        blob_id: str,
+        consumer: IConsumer,
+        namespace: str = "",
+        range: tuple[int, int | None] | None = None,
+    ) -> Deferred[None]:
         """Stream a blob's bytes into ``consumer`` (an ``IConsumer``).
 
         A streaming producer is registered on the consumer for the duration,
@@ -23,7 +39,13 @@ class IBlobsBackend(Interface):
         written; fails with ``BlobNotFound`` when there is no such blob.
         """
 
-    def write_blob(user, blob_id, producer, namespace="", flags=()):
+    def write_blob(
+        user: str,
+        blob_id: str,
+        producer: IBodyProducer,
+        namespace: str = "",
+        flags: Iterable[str] = (),
+    ) -> Deferred[None]:
         """Store the bytes an ``IBodyProducer`` produces as a new blob.
 
         ``flags`` (pgblobs' addition) are set in the same transaction: the
@@ -33,20 +55,25 @@ class IBlobsBackend(Interface):
         passed; in both cases, and on any other failure, nothing is stored.
         """
 
-    def delete_blob(user, blob_id, namespace=""):
+    def delete_blob(user: str, blob_id: str, namespace: str = "") -> Deferred[None]:
         """Turn a blob into a tombstone and free its content at once.
 
         Fails with ``BlobNotFound`` when there is no live blob of that id.
         """
 
-    def get_blob_size(user, blob_id, namespace=""):
+    def get_blob_size(user: str, blob_id: str, namespace: str = "") -> Deferred[int]:
         """Fire with the blob's size in bytes."""
 
-    def count(user, namespace=""):
+    def count(user: str, namespace: str = "") -> Deferred[int]:
         """Fire with the number of live blobs of the user in the namespace."""
 
-    def list_blobs(user, namespace="", order_by=None, deleted=False,
-                   filter_flag=None):
+    def list_blobs(
+        user: str,
+        namespace: str = "",
+        order_by: str | None = None,
+        deleted: bool = False,
+        filter_flag: str | None = None,
+    ) -> Deferred[list[str]]:
         """Fire with a list of blob ids.
 
         Live blobs by default; with ``deleted`` true, only tombstones.
@@ -54,22 +81,28 @@ class IBlobsBackend(Interface):
         ``filter_flag`` keeps the blobs that carry that flag.
         """
 
-    def get_total_storage(user):
+    def get_total_storage(user: str) -> Deferred[int]:
         """Fire with the user's live bytes across namespaces, in KiB rounded up."""
 
-    def get_tag(user, blob_id, namespace=""):
+    def get_tag(user: str, blob_id: str, namespace: str = "") -> Deferred[str]:
         """Fire with the blob's tag: urlsafe base64 of its last 16 bytes."""
 
-    def get_flags(user, blob_id, namespace=""):
+    def get_flags(user: str, blob_id: str, namespace: str = "") -> Deferred[list[str]]:
         """Fire with the list of the blob's flags."""
 
-    def set_flags(user, blob_id, flags, namespace=""):
+    def set_flags(
+        user: str, blob_id: str, flags: Iterable[str], namespace: str = ""
+    ) -> Deferred[None]:
         """Replace the blob's flags; ``InvalidFlag`` leaves them unchanged."""
 
 
-def deferred(method):
+def deferred(
+    method: Callable[_P, Coroutine[Any, Any, _T]],
+) -> Callable[_P, Deferred[_T]]:
     """Run a coroutine method as a Deferred, so every failure is a failed Deferred."""
+
     @functools.wraps(method)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> Deferred[_T]:
         return defer.ensureDeferred(method(*args, **kwargs))
+
     return wrapper

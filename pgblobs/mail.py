@@ -7,11 +7,14 @@ preamble is Soledad's binary blob preamble: Python ``struct`` format
 ``2sbbQ16s255p255pQ`` with native alignment (552 bytes): magic, encryption
 scheme, method, time, IV, document id, revision and content size.
 """
+
 import base64
 import struct
 import time
 from dataclasses import dataclass
 
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
@@ -36,27 +39,35 @@ class Preamble:
     iv: bytes = b""
     magic: bytes = MAGIC
 
-    def encode(self):
+    def encode(self) -> bytes:
         """The packed preamble (552 bytes)."""
-        return _PACKED.pack(self.magic, self.scheme, self.method, self.timestamp, self.iv,
-                            self.doc_id.encode("utf-8"), self.rev.encode("utf-8"),
-                            self.content_size)
+        return _PACKED.pack(
+            self.magic,
+            self.scheme,
+            self.method,
+            self.timestamp,
+            self.iv,
+            self.doc_id.encode("utf-8"),
+            self.rev.encode("utf-8"),
+            self.content_size,
+        )
 
     @classmethod
-    def decode(cls, packed):
+    def decode(cls, packed: bytes) -> "Preamble":
         if len(packed) != _PACKED.size:
             raise InvalidArgument(f"a preamble has {_PACKED.size} bytes, not {len(packed)}")
         magic, scheme, method, timestamp, iv, doc_id, rev, size = _PACKED.unpack(packed)
         if magic != MAGIC:
             raise InvalidArgument("not a blob preamble: wrong magic")
-        return cls(doc_id.decode("utf-8"), rev.decode("utf-8"), size, timestamp, scheme, method,
-                   iv, magic)
+        return cls(
+            doc_id.decode("utf-8"), rev.decode("utf-8"), size, timestamp, scheme, method, iv, magic
+        )
 
     @classmethod
-    def of_stored(cls, blob):
+    def of_stored(cls, blob: bytes) -> "Preamble":
         """The preamble at the head of a stored delivery (``blob``: bytes)."""
         head = blob[:ENCODED_PREAMBLE_BYTES]
-        if blob[ENCODED_PREAMBLE_BYTES:ENCODED_PREAMBLE_BYTES + 1] != b" ":
+        if blob[ENCODED_PREAMBLE_BYTES : ENCODED_PREAMBLE_BYTES + 1] != b" ":
             raise InvalidArgument("not a delivered message: no separator after the preamble")
         return cls.decode(base64.urlsafe_b64decode(head))
 
@@ -67,22 +78,25 @@ class DeliveredMessage:
     message's bytes as ``message`` (an IBodyProducer of known length)
     produces them, streamed."""
 
-    def __init__(self, blob_id, message, delivered_at=None):
-        preamble = Preamble(blob_id, "0", message.length,
-                            int(time.time() if delivered_at is None else delivered_at))
+    def __init__(
+        self, blob_id: str, message: IBodyProducer, delivered_at: float | None = None
+    ) -> None:
+        preamble = Preamble(
+            blob_id, "0", message.length, int(time.time() if delivered_at is None else delivered_at)
+        )
         self._head = base64.urlsafe_b64encode(preamble.encode()) + b" "
         self._message = message
         self.length = len(self._head) + message.length
 
-    def startProducing(self, consumer):
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         consumer.write(self._head)
         return self._message.startProducing(consumer)
 
-    def pauseProducing(self):
+    def pauseProducing(self) -> None:
         self._message.pauseProducing()
 
-    def resumeProducing(self):
+    def resumeProducing(self) -> None:
         self._message.resumeProducing()
 
-    def stopProducing(self):
+    def stopProducing(self) -> None:
         self._message.stopProducing()

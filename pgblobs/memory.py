@@ -5,15 +5,22 @@ tests/test_backend.py run against both): names checked first, one live blob
 per id, tombstones, flags dropped on delete, quotas, KiB rounded up. It has
 no durability and no sharing between processes, by design.
 """
+
 import itertools
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer
+from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from pgblobs import names, settings, transfer
 from pgblobs.errors import BlobExists, BlobNotFound, QuotaExceeded
 from pgblobs.interfaces import IBlobsBackend, deferred
+from pgblobs.names import ByteRange
 
 _ORDER = itertools.count()  # creation order, as the dates PostgreSQL would give
 
@@ -23,50 +30,56 @@ class _Stored:
     content: bytes
     tag: str
     order: int
-    flags: set = field(default_factory=set)
+    flags: set[str] = field(default_factory=set)
     deleted: bool = False
 
 
 @dataclass(frozen=True)
 class _OpenBlob:
     """One version of a blob, as PostgresBlobsBackend.open_blob gives it."""
+
     user: str
     blob_id: str
     size: int
     tag: str
     content: bytes
 
-    def read(self, consumer, range=None):
+    def read(self, consumer: IConsumer, range: ByteRange | None = None) -> Deferred[None]:
         start, end = names.byte_range(range)
-        return defer.succeed(consumer.write(self.content[start:end]) if self.content else None)
+        if self.content[start:end]:
+            consumer.write(self.content[start:end])
+        return defer.succeed(None)
 
 
 @implementer(IBlobsBackend)
 class MemoryBlobsBackend:
     """Blobs in memory. ``quota_bytes`` is every user's quota (None: unlimited)."""
 
-    def __init__(self, quota_bytes=settings.QUOTA_BYTES):
+    def __init__(self, quota_bytes: int | None = settings.QUOTA_BYTES) -> None:
         self.quota_bytes = quota_bytes
         # BlobKey -> the live blob or the tombstone of that name
         self._blobs: dict[names.BlobKey, _Stored] = {}
 
-    def close(self):
+    def close(self) -> Deferred[None]:
         return defer.succeed(None)
 
-    def _live(self, key):
+    def _live(self, key: names.BlobKey) -> _Stored:
         stored = self._blobs.get(key)
         if stored is None or stored.deleted:
             raise BlobNotFound("no such blob")
         return stored
 
-    def _taken(self, key):
+    def _taken(self, key: names.BlobKey) -> bool:
         return key in self._blobs and not self._blobs[key].deleted
 
-    def _used(self, user):
-        return sum(len(stored.content) for key, stored in self._blobs.items()
-                   if key.user == user and not stored.deleted)
+    def _used(self, user: str) -> int:
+        return sum(
+            len(stored.content)
+            for key, stored in self._blobs.items()
+            if key.user == user and not stored.deleted
+        )
 
-    def _store(self, key, content, flags=()):
+    def _store(self, key: names.BlobKey, content: bytes, flags: Iterable[str] = ()) -> None:
         """A new live blob; replaces a tombstone of the same name, as put_blob does."""
         if self.quota_bytes is not None and self._used(key.user) + len(content) > self.quota_bytes:
             raise QuotaExceeded("the blob does not fit in the user's quota")
@@ -75,7 +88,14 @@ class MemoryBlobsBackend:
         self._blobs[key] = _Stored(content, digest.tag, next(_ORDER), set(flags))
 
     @deferred
-    async def write_blob(self, user, blob_id, producer, namespace="", flags=()):
+    async def write_blob(
+        self,
+        user: str,
+        blob_id: str,
+        producer: IBodyProducer,
+        namespace: str = "",
+        flags: Iterable[str] = (),
+    ) -> None:
         key = names.BlobKey.of(user, blob_id, namespace)
         flags = names.flag_list(flags)
         if self._taken(key):
@@ -86,7 +106,13 @@ class MemoryBlobsBackend:
         self._store(key, content, flags)
 
     @deferred
-    async def write_blobs(self, user, blobs, namespace="", before_commit=None):
+    async def write_blobs(
+        self,
+        user: str,
+        blobs: Sequence[tuple[str, int, Callable[[], IBodyProducer]]],
+        namespace: str = "",
+        before_commit: Callable[[], Deferred[Any]] | None = None,
+    ) -> None:
         keys = [names.BlobKey.of(user, blob_id, namespace) for blob_id, _, _ in blobs]
         if len(set(keys)) != len(keys):
             raise BlobExists("the same id is listed twice")
@@ -99,17 +125,19 @@ class MemoryBlobsBackend:
         total = sum(len(content) for content in contents)
         if self.quota_bytes is not None and self._used(user) + total > self.quota_bytes:
             raise QuotaExceeded("the blobs do not fit in the user's quota")
-        for key, content in zip(keys, contents):
+        for key, content in zip(keys, contents, strict=True):
             self._store(key, content)
 
     @deferred
-    async def open_blob(self, user, blob_id, namespace=""):
+    async def open_blob(self, user: str, blob_id: str, namespace: str = "") -> _OpenBlob:
         key = names.BlobKey.of(user, blob_id, namespace)
         stored = self._live(key)
         return _OpenBlob(key.user, key.blob_id, len(stored.content), stored.tag, stored.content)
 
     @deferred
-    async def open_blobs(self, user, blob_ids, namespace=""):
+    async def open_blobs(
+        self, user: str, blob_ids: Iterable[str], namespace: str = ""
+    ) -> list[_OpenBlob]:
         opened = []
         for blob_id in blob_ids:
             try:
@@ -119,45 +147,63 @@ class MemoryBlobsBackend:
         return opened
 
     @deferred
-    async def read_blob(self, user, blob_id, consumer, namespace="", range=None):
+    async def read_blob(
+        self,
+        user: str,
+        blob_id: str,
+        consumer: IConsumer,
+        namespace: str = "",
+        range: ByteRange | None = None,
+    ) -> None:
         names.byte_range(range)
         await (await self.open_blob(user, blob_id, namespace)).read(consumer, range)
 
     @deferred
-    async def delete_blob(self, user, blob_id, namespace=""):
+    async def delete_blob(self, user: str, blob_id: str, namespace: str = "") -> None:
         stored = self._live(names.BlobKey.of(user, blob_id, namespace))
         stored.deleted, stored.content, stored.flags = True, b"", set()
 
     @deferred
-    async def get_blob_size(self, user, blob_id, namespace=""):
+    async def get_blob_size(self, user: str, blob_id: str, namespace: str = "") -> int:
         return len(self._live(names.BlobKey.of(user, blob_id, namespace)).content)
 
     @deferred
-    async def get_tag(self, user, blob_id, namespace=""):
+    async def get_tag(self, user: str, blob_id: str, namespace: str = "") -> str:
         return self._live(names.BlobKey.of(user, blob_id, namespace)).tag
 
     @deferred
-    async def get_flags(self, user, blob_id, namespace=""):
+    async def get_flags(self, user: str, blob_id: str, namespace: str = "") -> list[str]:
         return sorted(self._live(names.BlobKey.of(user, blob_id, namespace)).flags)
 
     @deferred
-    async def set_flags(self, user, blob_id, flags, namespace=""):
+    async def set_flags(
+        self, user: str, blob_id: str, flags: Iterable[str], namespace: str = ""
+    ) -> None:
         key = names.BlobKey.of(user, blob_id, namespace)
         flags = names.flag_list(flags)
         self._live(key).flags = set(flags)
 
-    def _latest(self, user, namespace):
+    def _latest(self, user: str, namespace: str) -> list[tuple[str, _Stored]]:
         user, namespace = names.user_name(user), names.namespace_name(namespace)
-        return [(key.blob_id, stored) for key, stored in self._blobs.items()
-                if key.user == user and key.namespace == namespace]
+        return [
+            (key.blob_id, stored)
+            for key, stored in self._blobs.items()
+            if key.user == user and key.namespace == namespace
+        ]
 
     @deferred
-    async def count(self, user, namespace=""):
+    async def count(self, user: str, namespace: str = "") -> int:
         return sum(not stored.deleted for _, stored in self._latest(user, namespace))
 
     @deferred
-    async def list_blobs(self, user, namespace="", order_by=None, deleted=False,
-                         filter_flag=None):
+    async def list_blobs(
+        self,
+        user: str,
+        namespace: str = "",
+        order_by: str | None = None,
+        deleted: bool = False,
+        filter_flag: str | None = None,
+    ) -> list[str]:
         newest_first = names.descending(order_by)
         chosen = self._latest(user, namespace)
         if filter_flag is not None:
@@ -168,5 +214,5 @@ class MemoryBlobsBackend:
         return [blob_id for blob_id, _ in chosen]
 
     @deferred
-    async def get_total_storage(self, user):
+    async def get_total_storage(self, user: str) -> int:
         return (self._used(names.user_name(user)) + 1023) // 1024

@@ -3,17 +3,21 @@
 Everything here runs before any database work, so bad input never costs a
 round trip and never reaches SQL.
 """
+
 import re
-from collections import namedtuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 from pgblobs.errors import InvalidArgument, InvalidFlag, InvalidName
 
+ByteRange = tuple[int, int | None]  # start, end (exclusive; None: to the end)
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
 DEFAULT_NAMESPACE = "default"
 
 
 class Flags:
     """The four flags a blob may carry."""
+
     PENDING = "PENDING"
     PROCESSING = "PROCESSING"
     PROCESSED = "PROCESSED"
@@ -21,56 +25,60 @@ class Flags:
     ALL = (PENDING, PROCESSING, PROCESSED, FAILED)
 
 
-class BlobKey(namedtuple("BlobKey", "user namespace blob_id")):
+class BlobKey(NamedTuple):
     """A validated (user, namespace, blob id)."""
 
+    user: str
+    namespace: str
+    blob_id: str
+
     @classmethod
-    def of(cls, user, blob_id, namespace=""):
+    def of(cls, user: object, blob_id: object, namespace: object = "") -> "BlobKey":
         return cls(user_name(user), namespace_name(namespace), blob_name(blob_id))
 
-    def params(self):
+    def params(self) -> dict[str, str]:
         return {"user": self.user, "namespace": self.namespace, "blob_id": self.blob_id}
 
 
-def _checked(kind, value):
+def _checked(kind: str, value: object) -> str:
     if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise InvalidName(f"invalid {kind} {value!r}: use 1-255 of A-Z a-z 0-9 _ -")
     return value
 
 
-def user_name(value):
+def user_name(value: object) -> str:
     return _checked("user", value)
 
 
-def service_name(value):
+def service_name(value: object) -> str:
     """A service that holds tokens of its own (an MX delivering mail)."""
     return _checked("service", value)
 
 
-def blob_name(value):
+def blob_name(value: object) -> str:
     return _checked("blob id", value)
 
 
-def namespace_name(value):
+def namespace_name(value: object) -> str:
     """The empty (or absent) namespace is the default one."""
     if value is None or value == "":
         return DEFAULT_NAMESPACE
     return _checked("namespace", value)
 
 
-def flag(value):
-    if value not in Flags.ALL:
+def flag(value: object) -> str:
+    if not isinstance(value, str) or value not in Flags.ALL:
         raise InvalidFlag(f"invalid flag {value!r}: use one of {', '.join(Flags.ALL)}")
     return value
 
 
-def flag_list(values):
+def flag_list(values: Iterable[object]) -> list[str]:
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
         raise InvalidFlag(f"flags must be a list, not {values!r}")
     return sorted({flag(value) for value in values})
 
 
-def descending(order_by):
+def descending(order_by: str | None) -> bool:
     """True for newest first; False for oldest first (also the default)."""
     if order_by in (None, "date", "+date"):
         return False
@@ -79,15 +87,17 @@ def descending(order_by):
     raise InvalidArgument(f"invalid order_by {order_by!r}: use date, +date or -date")
 
 
-def byte_range(value):
+def byte_range(value: object) -> tuple[int, int | None]:
     """``(start, end)`` end-exclusive like a slice; ``end`` None means to the end."""
     if value is None:
         return 0, None
-    try:
-        start, end = value
-    except (TypeError, ValueError):
-        raise InvalidArgument(f"invalid range {value!r}: use (start, end)") from None
-    if not isinstance(start, int) or start < 0 or (
-            end is not None and (not isinstance(end, int) or end < start)):
+    if not isinstance(value, tuple | list) or len(value) != 2:
+        raise InvalidArgument(f"invalid range {value!r}: use (start, end)")
+    start, end = value
+    if (
+        not isinstance(start, int)
+        or start < 0
+        or (end is not None and (not isinstance(end, int) or end < start))
+    ):
         raise InvalidArgument(f"invalid range {value!r}: need 0 <= start <= end")
     return start, end

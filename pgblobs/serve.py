@@ -5,6 +5,7 @@ Without a DSN, a PostgreSQL cluster is kept under the data directory
 (cluster.LocalCluster), migrated on every start, and a development token
 for the user ``dev`` is kept next to it so the quick start works at once.
 """
+
 import os
 import sys
 from dataclasses import dataclass, field
@@ -29,17 +30,17 @@ _log = Logger()
 
 @dataclass
 class ServeOptions:
-    dsn: str = None
-    listen: list = field(default_factory=lambda: [DEFAULT_LISTEN])
-    services_listen: list = field(default_factory=list)
-    quota_bytes: int = settings.QUOTA_BYTES
+    dsn: str | None = None
+    listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
+    services_listen: list[str] = field(default_factory=list)
+    quota_bytes: int | None = settings.QUOTA_BYTES
     data_dir: str = settings.DATA_DIR
     pool_size: int = settings.POOL_SIZE
-    max_waiting: int = None
+    max_waiting: int | None = None
     statement_timeout: float = settings.STATEMENT_TIMEOUT
-    user_share: int = None
+    user_share: int | None = None
     buffer_bytes: int = settings.BUFFER_BYTES
-    limits: Limits = Limits()
+    limits: Limits = field(default_factory=Limits)
     drain_seconds: float = settings.DRAIN_SECONDS
 
 
@@ -60,30 +61,31 @@ def _base_url(address):
     return f"http://{host}:{address.port}"
 
 
+def _auth_header(name, token):
+    """The Authorization header, as a shell command line spells it."""
+    return f"Authorization: Token $(printf '{name}:{token}' | base64 -w0)"
+
+
 def _quick_start(listening, token):
-    base = _base_url(listening)
-    auth = f"Authorization: Token $(printf '{DEV_USER}:{token}' | base64 -w0)"
-    return "\n".join([
-        f"development token for user {DEV_USER!r}: {token}",
-        "try:",
-        f"  echo hello > blob && curl -sf -X PUT -H \"{auth}\" --data-binary @blob {base}/blobs/{DEV_USER}/first",
-        f"  curl -s -H \"{auth}\" {base}/blobs/{DEV_USER}/first",
-        f"  curl -s -H \"{auth}\" {base}/blobs/{DEV_USER}/",
-    ])
+    base, auth = _base_url(listening), _auth_header(DEV_USER, token)
+    blob = f"{base}/blobs/{DEV_USER}"
+    return f"""development token for user {DEV_USER!r}: {token}
+try:
+  echo hello > blob && curl -sf -X PUT -H "{auth}" --data-binary @blob {blob}/first
+  curl -s -H "{auth}" {blob}/first
+  curl -s -H "{auth}" {blob}/"""
 
 
 def _mail_quick_start(services, service_token, public, user_token):
-    auth = f"Authorization: Token $(printf '{DEV_SERVICE}:{service_token}' | base64 -w0)"
-    user_auth = f"Authorization: Token $(printf '{DEV_USER}:{user_token}' | base64 -w0)"
-    return "\n".join([
-        f"services listener on {_base_url(services)}; development token for the service "
-        f"{DEV_SERVICE!r}: {service_token}",
-        "deliver a message as an MX would, then list it as the mail client does:",
-        f"  echo 'an encrypted message' > message && curl -sf -X PUT -H \"{auth}\" "
-        f"--data-binary @message {_base_url(services)}/incoming/{DEV_USER}/first-mail",
-        f"  curl -s -H \"{user_auth}\" '{_base_url(public)}/blobs/{DEV_USER}/"
-        f"?namespace=MX&filter_flag=PENDING'",
-    ])
+    mx, user = _auth_header(DEV_SERVICE, service_token), _auth_header(DEV_USER, user_token)
+    incoming = f"{_base_url(services)}/incoming/{DEV_USER}"
+    pending = f"{_base_url(public)}/blobs/{DEV_USER}/?namespace=MX&filter_flag=PENDING"
+    return f"""services listener on {_base_url(services)}; \
+development token for the service {DEV_SERVICE!r}: {service_token}
+deliver a message as an MX would, then list it as the mail client does:
+  echo 'an encrypted message' > message && \
+curl -sf -X PUT -H "{mx}" --data-binary @message {incoming}/first-mail
+  curl -s -H "{user}" '{pending}'"""
 
 
 def _addresses(ports):
@@ -95,13 +97,16 @@ def _print_quick_start(dsn, data_dir, public, services):
     lines to paste: the quick start, and a mail delivery if ``services``."""
     connection = SyncConnection.connect(dsn)
     try:
-        user_token = _kept_token(os.path.join(data_dir, "dev-token"),
-                                 partial(accounts.create_token, connection, DEV_USER))
+        user_token = _kept_token(
+            os.path.join(data_dir, "dev-token"),
+            partial(accounts.create_token, connection, DEV_USER),
+        )
         print(_quick_start(public, user_token), flush=True)
         if services is not None:
             service_token = _kept_token(
                 os.path.join(data_dir, "dev-service-token"),
-                partial(accounts.create_service_token, connection, DEV_SERVICE))
+                partial(accounts.create_service_token, connection, DEV_SERVICE),
+            )
             print(_mail_quick_start(services, service_token, public, user_token), flush=True)
     finally:
         connection.close()
@@ -114,13 +119,21 @@ async def _connect(reactor, dsn, options):
     while True:
         try:
             return await PostgresBlobsBackend.connect(
-                dsn, quota_bytes=options.quota_bytes, pool_size=options.pool_size,
-                max_waiting=options.max_waiting, statement_timeout=options.statement_timeout,
-                user_share=options.user_share, buffer_bytes=options.buffer_bytes)
+                dsn,
+                quota_bytes=options.quota_bytes,
+                pool_size=options.pool_size,
+                max_waiting=options.max_waiting,
+                statement_timeout=options.statement_timeout,
+                user_share=options.user_share,
+                buffer_bytes=options.buffer_bytes,
+            )
         except psycopg2.OperationalError as error:
             reason = str(error).strip().splitlines()[0]
-            _log.warn("database unreachable ({reason}); retrying in {delay:.1f}s",
-                      reason=reason, delay=delay)
+            _log.warn(
+                "database unreachable ({reason}); retrying in {delay:.1f}s",
+                reason=reason,
+                delay=delay,
+            )
             await task.deferLater(reactor, delay, lambda: None)
             delay = min(delay * 2, 30.0)
 
@@ -132,6 +145,7 @@ async def _drain(reactor, sites, ports, backend, grace):
 
     def unfinished():
         return sum(len(site.in_flight) for site in sites)
+
     waited = 0.0
     while unfinished() and waited < grace:
         await task.deferLater(reactor, 0.1, lambda: None)
@@ -154,25 +168,42 @@ async def run(reactor, options):
         dsn = cluster.dsn
     backend = await _connect(reactor, dsn, options)
     database = backend.database
-    site = build_site(backend, partial(accounts.token_is_valid, database), database.ping,
-                      options.limits, database.usage)
+    shared = {"health": database.ping, "limits": options.limits}
+    site = build_site(
+        backend, partial(accounts.token_is_valid, database), pool_usage=database.usage, **shared
+    )
     ports = [await _listen(reactor, description, site) for description in options.listen]
     sites, services_ports = [site], []
     if options.services_listen:
         services = build_services_site(
-            backend, partial(accounts.service_token_is_valid, database), database.ping,
-            site.metrics, options.limits)
-        services_ports = [await _listen(reactor, description, services)
-                          for description in options.services_listen]
+            backend,
+            partial(accounts.service_token_is_valid, database),
+            metrics=site.metrics,
+            **shared,
+        )
+        services_ports = [
+            await _listen(reactor, description, services) for description in options.services_listen
+        ]
         sites.append(services)
     reactor.addSystemEventTrigger(
-        "before", "shutdown", lambda: defer.ensureDeferred(
-            _drain(reactor, sites, ports + services_ports, backend, options.drain_seconds)))
-    print(f"pgblobs is serving on {_addresses(ports)}"
-          + (f"; services on {_addresses(services_ports)}" if services_ports else ""), flush=True)
+        "before",
+        "shutdown",
+        lambda: defer.ensureDeferred(
+            _drain(reactor, sites, ports + services_ports, backend, options.drain_seconds)
+        ),
+    )
+    print(
+        f"pgblobs is serving on {_addresses(ports)}"
+        + (f"; services on {_addresses(services_ports)}" if services_ports else ""),
+        flush=True,
+    )
     if cluster is not None:
-        _print_quick_start(dsn, options.data_dir, ports[0].getHost(),
-                           services_ports[0].getHost() if services_ports else None)
+        _print_quick_start(
+            dsn,
+            options.data_dir,
+            ports[0].getHost(),
+            services_ports[0].getHost() if services_ports else None,
+        )
     await defer.Deferred()  # until the reactor stops
 
 
@@ -184,6 +215,7 @@ async def _listen(reactor, description, site):
 
 def start_logging(log_format):
     from twisted.logger import globalLogBeginner, jsonFileLogObserver, textFileLogObserver
+
     if log_format == "json":
         observer = jsonFileLogObserver(sys.stdout, recordSeparator="")  # JSON lines
     else:

@@ -3,6 +3,7 @@
 The CLI, ``pgblobs serve``, the backend and alembic's env read them here;
 the HTTP limits are ``web.site.Limits``, whose field defaults are theirs.
 """
+
 import os
 
 DSN_VARIABLE = "PGBLOBS_DSN"
@@ -15,11 +16,11 @@ DATA_DIR = ".pgblobs"  # the embedded PostgreSQL and its development tokens
 DRAIN_SECONDS = 30.0  # on SIGTERM, how long requests in flight may take
 
 
-def dsn_from_environment():
+def dsn_from_environment() -> str | None:
     """The DSN set in the environment, or None."""
     return os.environ.get(DSN_VARIABLE) or None
 
 
-def user_share(pool_size):
+def user_share(pool_size: int) -> int:
     """Content transfers one user may run at once: half the content connections."""
     return max(1, pool_size // 2)

@@ -15,12 +15,16 @@ db/connector.py). The reactor side of each direction is a small adapter:
 Small blobs skip the threads: the backend gathers one (``gather_small``)
 and stores it with one asynchronous statement.
 """
+
 import base64
 import hashlib
 import threading
 from collections import deque
+from typing import Any, cast
 
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
+from twisted.python.failure import Failure
+from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from pgblobs.errors import TransferStopped
@@ -33,22 +37,22 @@ _WAIT = 1.0  # seconds between checks for a stopped transfer while blocked
 class ContentDigest:
     """Size, sha256 and tag of content seen chunk by chunk."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.size = 0
         self._sha256 = hashlib.sha256()
         self._tail = b""
 
-    def update(self, chunk):
+    def update(self, chunk: bytes) -> None:
         self.size += len(chunk)
         self._sha256.update(chunk)
         self._tail = (self._tail + bytes(chunk[-_TAG_BYTES:]))[-_TAG_BYTES:]
 
     @property
-    def sha256(self):
+    def sha256(self) -> bytes:
         return self._sha256.digest()
 
     @property
-    def tag(self):
+    def tag(self) -> str:
         """urlsafe base64 of the last 16 bytes (the AES-GCM tag of Soledad blobs)."""
         return base64.urlsafe_b64encode(self._tail).decode("ascii")
 
@@ -65,41 +69,45 @@ class UploadPipe:
     HIGH_WATER = 4 * CHUNK
     LOW_WATER = CHUNK
 
-    def __init__(self, reactor, producer):
+    def __init__(self, reactor: Any, producer: IBodyProducer) -> None:
         self._reactor = reactor
         self._ready = threading.Condition()
-        self._chunks = deque()
+        self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._ended = False
-        self.error = None
+        self.error: Failure | None = None
         self._paused = False  # touched on the reactor thread only
         self._started = False
-        self.producer = producer
+        self._source = producer
+        # What pause and resume go to: the source, unless another producer registers.
+        self.producer: IPushProducer | None = producer
         # Hashed here on the reactor thread, which is otherwise idle during
         # an upload: sha256 then overlaps the worker's database writes.
         self.digest = ContentDigest()
 
-    def _start(self):
+    def _start(self) -> None:
         if self._ended:
             return
         self._started = True
-        produced = self.producer.startProducing(self)
+        produced = self._source.startProducing(self)
         produced.addCallbacks(self.finish, self.abort)
 
-    def stop_producer(self):
+    def stop_producer(self) -> None:
         """Stop a producer whose bytes are no longer wanted."""
         if self._started:
-            self.producer.stopProducing()
+            self._source.stopProducing()
 
     # Reactor side.
 
-    def registerProducer(self, producer, streaming):
-        self.producer = producer
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        if not streaming:
+            raise TypeError("an upload is fed by push producers only")
+        self.producer = cast(IPushProducer, producer)
 
-    def unregisterProducer(self):
+    def unregisterProducer(self) -> None:
         self.producer = None
 
-    def write(self, data):
+    def write(self, data: bytes) -> None:
         with self._ready:
             if self._ended:
                 return
@@ -112,13 +120,13 @@ class UploadPipe:
             self._paused = True
             self.producer.pauseProducing()
 
-    def finish(self, _=None):
+    def finish(self, _: object = None) -> None:
         """The producer is done: what is buffered is the whole content."""
         with self._ready:
             self._ended = True
             self._ready.notify()
 
-    def abort(self, reason):
+    def abort(self, reason: Failure) -> None:
         """The producer failed (``reason``, a Failure) or we gave up: the worker must stop."""
         with self._ready:
             self._ended = True
@@ -127,18 +135,18 @@ class UploadPipe:
             self._chunks.clear()
             self._ready.notify()
 
-    def _drained(self):
+    def _drained(self) -> None:
         if self._paused and not self._ended and self.producer is not None:
             self._paused = False
             self.producer.resumeProducing()
 
     # Worker side.
 
-    def begin(self):
+    def begin(self) -> None:
         """The worker has its connection: let the bytes come."""
         self._reactor.callFromThread(self._start)
 
-    def read(self, limit=CHUNK):
+    def read(self, limit: int = CHUNK) -> bytes:
         """Up to ``limit`` bytes, blocking for some; b"" at the end."""
         with self._ready:
             while not self._chunks and not self._ended:
@@ -149,8 +157,8 @@ class UploadPipe:
             while self._chunks and taken < limit:
                 part = self._chunks.popleft()
                 if taken + len(part) > limit:
-                    self._chunks.appendleft(part[limit - taken:])
-                    part = part[:limit - taken]
+                    self._chunks.appendleft(part[limit - taken :])
+                    part = part[: limit - taken]
                 parts.append(part)
                 taken += len(part)
             self._buffered -= taken
@@ -166,7 +174,7 @@ class DownloadPush:
 
     IN_FLIGHT = 2
 
-    def __init__(self, reactor, consumer):
+    def __init__(self, reactor: Any, consumer: IConsumer) -> None:
         self._reactor = reactor
         self._consumer = consumer
         self._resumed = threading.Event()
@@ -177,17 +185,17 @@ class DownloadPush:
 
     # Reactor side (IPushProducer).
 
-    def pauseProducing(self):
+    def pauseProducing(self) -> None:
         self._resumed.clear()
 
-    def resumeProducing(self):
+    def resumeProducing(self) -> None:
         self._resumed.set()
 
-    def stopProducing(self):
+    def stopProducing(self) -> None:
         self.stopped = True
         self._resumed.set()
 
-    def _write(self, chunk):
+    def _write(self, chunk: bytes) -> None:
         try:
             if not self.stopped:
                 self._consumer.write(chunk)
@@ -196,11 +204,11 @@ class DownloadPush:
 
     # Worker side.
 
-    def _check_stopped(self):
+    def _check_stopped(self) -> None:
         if self.stopped:
             raise TransferStopped("the consumer stopped the download")
 
-    def deliver(self, chunk):
+    def deliver(self, chunk: bytes) -> None:
         while not self._slots.acquire(timeout=_WAIT):
             self._check_stopped()
         while not self._resumed.wait(timeout=_WAIT):
@@ -215,21 +223,21 @@ class DownloadPush:
 class _Collected:
     """A consumer keeping what it is given."""
 
-    def __init__(self):
-        self.parts = []
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
 
-    def write(self, data):
+    def write(self, data: bytes) -> None:
         self.parts.append(data)
 
 
-async def collect(producer):
+async def collect(producer: IBodyProducer) -> bytes:
     """The whole output of an IBodyProducer, as bytes (for bodies known to be small)."""
     collected = _Collected()
     await producer.startProducing(collected)
     return b"".join(collected.parts)
 
 
-async def gather_small(producer):
+async def gather_small(producer: IBodyProducer) -> tuple[bytes, ContentDigest]:
     """The whole body of a producer already known to be small, and its digest."""
     content = await collect(producer)
     digest = ContentDigest()

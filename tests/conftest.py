@@ -4,21 +4,20 @@ The server comes from testing.postgresql, started through pgblobs.cluster's
 root-safe programs; if it cannot start, every test that needs it errors (no
 test is skipped for want of a database).
 """
-import base64
+
 import itertools
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-import psycopg2
 import pytest
 import pytest_twisted
 import testing.postgresql
 
 from pgblobs import PostgresBlobsBackend, cluster
 from pgblobs.db import schema
-from tests.helpers import create_token
+from tests.helpers import create_token, sql, token_header
 
 _scratch_names = itertools.count(1)
 
@@ -35,18 +34,6 @@ def postgresql(tmp_path_factory):
     yield server
     server.stop()
     factory.clear_cache()
-
-
-def sql(dsn, statement, params=None):
-    """Run one statement in autocommit mode; rows if it returns any."""
-    connection = psycopg2.connect(dsn)
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(statement, params)
-            return cursor.fetchall() if cursor.description else None
-    finally:
-        connection.close()
 
 
 @pytest.fixture(scope="session")
@@ -67,8 +54,11 @@ ORPHANS = """
 def dsn(migrated_dsn):
     """A migrated database with no blobs; after the test, no orphan large object."""
     sql(migrated_dsn, "SELECT lo_unlink(oid) FROM pg_largeobject_metadata")
-    sql(migrated_dsn, "TRUNCATE pgblobs.blobs, pgblobs.blob_flags, pgblobs.quotas, pgblobs.tokens, "
-             "pgblobs.service_tokens, pgblobs.usage RESTART IDENTITY")
+    sql(
+        migrated_dsn,
+        "TRUNCATE pgblobs.blobs, pgblobs.blob_flags, pgblobs.quotas, pgblobs.tokens, "
+        "pgblobs.service_tokens, pgblobs.usage RESTART IDENTITY",
+    )
     yield migrated_dsn
     assert sql(migrated_dsn, ORPHANS)[0][0] == 0, "a large object outlived its blob"
 
@@ -111,8 +101,7 @@ class Server:
         self.token = token
 
     def auth(self, user="alice", token=None):
-        raw = f"{user}:{token or self.token}".encode()
-        return {b"Authorization": [b"Token " + base64.b64encode(raw)]}
+        return {b"Authorization": [token_header(user, token or self.token).encode()]}
 
 
 def site_of(backend, limits=None):
@@ -121,19 +110,27 @@ def site_of(backend, limits=None):
 
     from pgblobs import accounts
     from pgblobs.web.site import Limits, build_site
+
     database = backend.database
-    return build_site(backend, partial(accounts.token_is_valid, database), database.ping,
-                      limits or Limits(), database.usage)
+    return build_site(
+        backend,
+        partial(accounts.token_is_valid, database),
+        database.ping,
+        limits or Limits(),
+        database.usage,
+    )
 
 
 @pytest_twisted.async_yield_fixture
 async def server(backend, dsn):
     from twisted.internet import reactor
+
     from pgblobs.web.site import Limits
 
     token = create_token(dsn, "alice")
-    site = site_of(backend, Limits(max_blob_bytes=64 * 1024 * 1024, max_json_bytes=64 * 1024,
-                                   idle_timeout=5))
+    site = site_of(
+        backend, Limits(max_blob_bytes=64 * 1024 * 1024, max_json_bytes=64 * 1024, idle_timeout=5)
+    )
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     yield Server(port, backend, token)
     await port.stopListening()

@@ -1,9 +1,40 @@
-"""Producers and consumers for driving a backend in tests."""
-import io
+"""What the tests share: driving a backend, SQL on the side, tokens, the CLI."""
 
+import base64
+import io
+import os
+import subprocess
+import sys
+
+import psycopg2
+import pytest_twisted
 from twisted.internet import defer, reactor, task
 from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import UNKNOWN_LENGTH
+
+deferred_test = pytest_twisted.ensureDeferred  # a coroutine test, run on the reactor
+
+
+def sql(dsn, statement, params=None):
+    """Run one statement in autocommit mode; rows if it returns any."""
+    connection = psycopg2.connect(dsn)
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(statement, params)
+            return cursor.fetchall() if cursor.description else None
+    finally:
+        connection.close()
+
+
+def token_header(user, token):
+    """The value of the Authorization header Soledad clients send."""
+    return "Token " + base64.b64encode(f"{user}:{token}".encode()).decode()
+
+
+def pgblobs_command(*args):
+    """The command line of `pgblobs ARGS` as an operator runs it."""
+    return [sys.executable, "-m", "pgblobs.cli", *args]
 
 
 def content(size, seed=0):
@@ -60,7 +91,8 @@ def sleep(seconds):
 async def gather(*coroutines):
     """Results (values or exceptions) of coroutines run concurrently."""
     results = await defer.DeferredList(
-        [defer.ensureDeferred(c) for c in coroutines], consumeErrors=True)
+        [defer.ensureDeferred(c) for c in coroutines], consumeErrors=True
+    )
     return [value if ok else value.value for ok, value in results]
 
 
@@ -113,6 +145,7 @@ class ScriptedProducer:
 def exchange(port, payload, timeout=5.0):
     """Blocking: send raw bytes to a local port; everything answered until it closes."""
     import socket
+
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
         try:
             connection.sendall(payload)
@@ -130,6 +163,7 @@ def exchange(port, payload, timeout=5.0):
 async def raw_http(server, payload, timeout=10):
     """Send raw bytes to the server; everything it answers until it closes."""
     from twisted.internet import threads
+
     return await threads.deferToThread(exchange, server.port.getHost().port, payload, timeout)
 
 
@@ -141,6 +175,7 @@ def create_token(dsn, user):
     """A new token for ``user``, made as `pgblobs token create` makes it."""
     from pgblobs import accounts
     from pgblobs.db.connector import SyncConnection
+
     connection = SyncConnection.connect(dsn)
     try:
         return accounts.create_token(connection, user)
@@ -148,10 +183,14 @@ def create_token(dsn, user):
         connection.close()
 
 
-def pgblobs_cli(*args, env=None):
-    """Run the `pgblobs` command as an operator would; the CompletedProcess."""
-    import os
-    import subprocess
-    import sys
-    return subprocess.run([sys.executable, "-m", "pgblobs.cli", *args], capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ, **(env or {})))
+def pgblobs_cli(*args, env=None, unset=()):
+    """Run the `pgblobs` command as an operator would; the CompletedProcess.
+    ``env`` adds to the environment, ``unset`` names variables to leave out."""
+    environment = {k: v for k, v in os.environ.items() if k not in unset}
+    return subprocess.run(
+        pgblobs_command(*args),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(environment, **(env or {})),
+    )

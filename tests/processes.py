@@ -1,13 +1,15 @@
 """`pgblobs serve` as a separate process, as operators run it."""
+
 import os
 import queue
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
+
+from tests.helpers import pgblobs_command
 
 
 def free_port():
@@ -22,10 +24,16 @@ class ServeProcess:
     def __init__(self, *args, timeout=90):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "pgblobs.cli", "serve",
-                   "--listen", f"tcp:{self.port}:interface=127.0.0.1", *args]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        command = pgblobs_command(
+            "serve", "--listen", f"tcp:{self.port}:interface=127.0.0.1", *args
+        )
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
         self.lines = queue.Queue()
         self.output = []
         threading.Thread(target=self._pump, args=(self.process.stdout,), daemon=True).start()

@@ -5,6 +5,7 @@ At the end every blob a client was told was stored must read back
 byte-identical, per-user counts and usage must match the clients' own
 ledgers, and fsck must find no unreferenced large object.
 """
+
 import argparse
 import collections
 import os
@@ -12,15 +13,14 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from pgblobs.db import schema
 from pgblobs.cluster import LocalCluster
-from tests.conftest import sql
+from pgblobs.db import schema
+from tests.helpers import pgblobs_command, sql
 from tests.processes import ServeProcess
 from tests.reliability.clients import Client, token_for
 
@@ -38,8 +38,8 @@ class Worker(threading.Thread):
         self.stop_event = stop
         self.statuses = statuses
         self.random = random.Random(number)
-        self.stored = {}         # blob id -> bytes, acknowledged with 200
-        self.uncertain = set()   # PUT/DELETE whose answer was lost: may or may not have happened
+        self.stored = {}  # blob id -> bytes, acknowledged with 200
+        self.uncertain = set()  # PUT/DELETE whose answer was lost: may or may not have happened
 
     def client(self):
         return self.random.choice(self.clients)
@@ -47,8 +47,9 @@ class Worker(threading.Thread):
     def run(self):
         serial = 0
         while not self.stop_event.is_set():
-            action = self.random.choices(["put", "get", "list", "flags", "delete"],
-                                         [5, 4, 1, 1, 2])[0]
+            action = self.random.choices(
+                ["put", "get", "list", "flags", "delete"], [5, 4, 1, 1, 2]
+            )[0]
             if action == "put" or not self.stored:
                 serial += 1
                 blob_id = f"b{serial}"
@@ -66,12 +67,15 @@ class Worker(threading.Thread):
             if action == "get":
                 status, _, body = client.get(blob_id)
                 self.statuses[status] += 1
-                assert status != 200 or body == self.stored[blob_id], f"{self.user}/{blob_id} differs"
+                assert status != 200 or body == self.stored[blob_id], (
+                    f"{self.user}/{blob_id} differs"
+                )
             elif action == "list":
                 self.statuses[client.request("GET", f"/blobs/{self.user}/")[0]] += 1
             elif action == "flags":
-                status = client.request("POST", f"/blobs/{self.user}/{blob_id}",
-                                        body=b'["PROCESSED"]')[0]
+                status = client.request(
+                    "POST", f"/blobs/{self.user}/{blob_id}", body=b'["PROCESSED"]'
+                )[0]
                 self.statuses[status] += 1
             else:
                 status = client.request("DELETE", f"/blobs/{self.user}/{blob_id}")[0]
@@ -101,8 +105,15 @@ def main():
         workers = []
         for number in range(args.clients):
             token = token_for(cluster.dsn, f"soak{number}")
-            workers.append(Worker(number, token, [Client(n.url, f"soak{number}", token)
-                                                  for n in nodes], stop, statuses))
+            workers.append(
+                Worker(
+                    number,
+                    token,
+                    [Client(n.url, f"soak{number}", token) for n in nodes],
+                    stop,
+                    statuses,
+                )
+            )
         for worker in workers:
             worker.start()
         third = args.minutes * 60 / 3
@@ -139,29 +150,46 @@ def check(cluster, nodes, workers):
             if (status, body) != (200, data):
                 mismatched += 1
                 print(f"LOST {worker.user}/{blob_id}: {status}, {len(body)} bytes")
-        live = {blob_id for (blob_id,) in sql(cluster.dsn, """
+        live = {
+            blob_id
+            for (blob_id,) in sql(
+                cluster.dsn,
+                """
             SELECT blob_id FROM pgblobs.blobs WHERE user_id = %s AND deleted_at IS NULL""",
-            (worker.user,))}
+                (worker.user,),
+            )
+        }
         unexplained = live - set(worker.stored) - worker.uncertain
         missing = set(worker.stored) - live
         if unexplained or missing:
             mismatched += 1
-            print(f"{worker.user}: counts disagree: extra {sorted(unexplained)}, "
-                  f"missing {sorted(missing)}")
-        kib = sql(cluster.dsn, "SELECT live_kib FROM pgblobs.usage_by_user WHERE user_id = %s",
-                  (worker.user,))
-        expected = sql(cluster.dsn, """SELECT (coalesce(sum(size), 0)::bigint + 1023) / 1024
+            print(
+                f"{worker.user}: counts disagree: extra {sorted(unexplained)}, "
+                f"missing {sorted(missing)}"
+            )
+        kib = sql(
+            cluster.dsn,
+            "SELECT live_kib FROM pgblobs.usage_by_user WHERE user_id = %s",
+            (worker.user,),
+        )
+        expected = sql(
+            cluster.dsn,
+            """SELECT (coalesce(sum(size), 0)::bigint + 1023) / 1024
                        FROM pgblobs.blobs WHERE user_id = %s AND deleted_at IS NULL""",
-                       (worker.user,))
+            (worker.user,),
+        )
         if kib and kib != expected:
             mismatched += 1
             print(f"{worker.user}: usage {kib} but blobs add up to {expected}")
-    fsck = subprocess.run([sys.executable, "-m", "pgblobs.cli", "fsck", "--dsn", cluster.dsn],
-                          capture_output=True, text=True)
+    fsck = subprocess.run(
+        pgblobs_command("fsck", "--dsn", cluster.dsn), capture_output=True, text=True
+    )
     uncertain = sum(len(w.uncertain) for w in workers)
-    print(f"checked {blobs} acknowledged blobs of {len(workers)} users: "
-          f"{mismatched} problem(s); {uncertain} answer(s) lost in the faults; "
-          f"fsck: {fsck.stdout.strip()}")
+    print(
+        f"checked {blobs} acknowledged blobs of {len(workers)} users: "
+        f"{mismatched} problem(s); {uncertain} answer(s) lost in the faults; "
+        f"fsck: {fsck.stdout.strip()}"
+    )
     if mismatched or fsck.returncode != 0:
         raise SystemExit(1)
 

@@ -1,21 +1,27 @@
 """The backend contract, every method and every error: against PostgreSQL
 (PostgresBlobsBackend on a real server) and, where a test needs no SQL of
 its own, against MemoryBlobsBackend too, which keeps that double honest."""
+
 import base64
 import hashlib
 
 import pytest
-import pytest_twisted
 from zope.interface.verify import verifyObject
 
 from pgblobs import (
-    BlobExists, BlobNotFound, Flags, IBlobsBackend, InvalidArgument, InvalidFlag,
-    InvalidName, MemoryBlobsBackend, PostgresBlobsBackend, QuotaExceeded, SchemaNotReady,
+    BlobExists,
+    BlobNotFound,
+    Flags,
+    IBlobsBackend,
+    InvalidArgument,
+    InvalidFlag,
+    InvalidName,
+    MemoryBlobsBackend,
+    PostgresBlobsBackend,
+    QuotaExceeded,
+    SchemaNotReady,
 )
-from tests.conftest import sql
-from tests.helpers import content, read, write
-
-deferred_test = pytest_twisted.ensureDeferred
+from tests.helpers import content, deferred_test, read, sql, write
 
 
 def tag_of(data):
@@ -47,7 +53,9 @@ async def test_exactly_the_four_soledad_flags_are_accepted(blobs):
     assert accepted == [Flags.PENDING, Flags.PROCESSING, Flags.PROCESSED, Flags.FAILED]
 
 
-@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 256 * 1024, 256 * 1024 + 1, 5 * 1024 * 1024 + 3])
+@pytest.mark.parametrize(
+    "size", [0, 1, 15, 16, 17, 256 * 1024, 256 * 1024 + 1, 5 * 1024 * 1024 + 3]
+)
 @pytest.mark.parametrize("known_length", [True, False])
 @deferred_test
 async def test_write_then_read_any_size(backend, dsn, size, known_length):
@@ -66,9 +74,17 @@ async def test_write_then_read_any_size(backend, dsn, size, known_length):
 async def test_ranges_are_end_exclusive_and_reach_both_edges(blobs, size):
     data = content(size, seed=3)
     await write(blobs, "alice", "ranged", data)
-    for start, end in [(0, 1), (0, size), (size - 1, size), (5, 50), (size, size),
-                       (0, size + 10), (size + 5, size + 10), (7, None),
-                       (1024 * 1024 - 1, 1024 * 1024 + 1)]:
+    for start, end in [
+        (0, 1),
+        (0, size),
+        (size - 1, size),
+        (5, 50),
+        (size, size),
+        (0, size + 10),
+        (size + 5, size + 10),
+        (7, None),
+        (1024 * 1024 - 1, 1024 * 1024 + 1),
+    ]:
         assert await read(blobs, "alice", "ranged", range=(start, end)) == data[start:end]
 
 
@@ -84,8 +100,7 @@ async def test_bad_range_is_a_value_error(blobs):
 async def test_missing_blobs_are_not_found(blobs):
     with pytest.raises(BlobNotFound):
         await read(blobs, "alice", "nothing")
-    for method in (blobs.get_blob_size, blobs.get_tag, blobs.get_flags,
-                   blobs.delete_blob):
+    for method in (blobs.get_blob_size, blobs.get_tag, blobs.get_flags, blobs.delete_blob):
         with pytest.raises(BlobNotFound):
             await method("alice", "nothing")
     with pytest.raises(BlobNotFound):
@@ -181,7 +196,10 @@ async def test_flags_are_replaced_and_filtered(blobs):
     await blobs.set_flags("alice", "b", [Flags.PENDING])
     assert sorted(await blobs.get_flags("alice", "a")) == ["FAILED", "PENDING"]
     assert await blobs.list_blobs("alice", filter_flag=Flags.PENDING) == ["a", "b"]
-    assert await blobs.list_blobs("alice", filter_flag=Flags.PENDING, order_by="-date") == ["b", "a"]
+    assert await blobs.list_blobs("alice", filter_flag=Flags.PENDING, order_by="-date") == [
+        "b",
+        "a",
+    ]
     assert await blobs.list_blobs("alice", filter_flag=Flags.FAILED) == ["a"]
     await blobs.set_flags("alice", "a", [Flags.PROCESSED])
     assert await blobs.get_flags("alice", "a") == ["PROCESSED"]
@@ -258,7 +276,9 @@ async def test_quota_refuses_what_does_not_fit(dsn, known_length):
         await write(backend, "alice", "after-delete", content(600), known_length=known_length)
         # A large upload is stopped when it passes the quota, not at its end.
         with pytest.raises(QuotaExceeded):
-            await write(backend, "alice", "huge", content(3 * 1024 * 1024), known_length=known_length)
+            await write(
+                backend, "alice", "huge", content(3 * 1024 * 1024), known_length=known_length
+            )
     finally:
         await backend.close()
 
@@ -299,8 +319,11 @@ async def test_connect_refuses_a_schema_behind_head(scratch_dsn):
 @deferred_test
 async def test_close_releases_every_connection(dsn):
     from tests.helpers import sleep
-    count = ("SELECT count(*) FROM pg_stat_activity "
-             "WHERE backend_type = 'client backend' AND datname = current_database()")
+
+    count = (
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE backend_type = 'client backend' AND datname = current_database()"
+    )
     before = sql(dsn, count)[0][0]
     for _ in range(3):
         backend = await PostgresBlobsBackend.connect(dsn, pool_size=4)
@@ -316,6 +339,7 @@ async def test_an_opened_blob_reads_its_own_version_or_nothing(blobs):
     """Size, tag and bytes of one read come from one version, even when the
     blob is deleted and rewritten (same size, other bytes) in between."""
     from tests.helpers import Collector
+
     for size in (100, 1_000_000):
         blob_id = f"v{size}"
         await write(blobs, "alice", blob_id, content(size, seed=1))
@@ -331,8 +355,10 @@ async def test_an_opened_blob_reads_its_own_version_or_nothing(blobs):
             assert collector.data == content(size, seed=1)
             assert opened.tag == base64.urlsafe_b64encode(collector.data[-16:]).decode()
         fresh = await blobs.open_blob("alice", blob_id)
-        assert (fresh.size, fresh.tag) == (size, base64.urlsafe_b64encode(
-            content(size, seed=2)[-16:]).decode())
+        assert (fresh.size, fresh.tag) == (
+            size,
+            base64.urlsafe_b64encode(content(size, seed=2)[-16:]).decode(),
+        )
         assert await read(blobs, "alice", blob_id) == content(size, seed=2)
 
 

@@ -1,4 +1,5 @@
 """The alembic schema: up, down, offline, and indexes that serve every per-user query."""
+
 import os
 import subprocess
 import sys
@@ -9,30 +10,42 @@ import pytest_twisted
 from pgblobs import PostgresBlobsBackend
 from pgblobs.db import schema
 from pgblobs.db.queries import SQL
-from tests.conftest import sql
-from tests.helpers import write
+from tests.helpers import pgblobs_cli, sql, write
 
 ROOT = Path(__file__).resolve().parent.parent
 ALEMBIC = [sys.executable, "-m", "alembic"]
 
 
 def alembic(*args, env=None):
-    result = subprocess.run(ALEMBIC + list(args), cwd=ROOT, capture_output=True, text=True,
-                            env=dict(os.environ, **(env or {})), timeout=120)
+    result = subprocess.run(
+        ALEMBIC + list(args),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, **(env or {})),
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
 def tables(dsn):
-    return {name for (name,) in sql(dsn, """
-        SELECT table_name FROM information_schema.tables WHERE table_schema = 'pgblobs'""")}
+    return {
+        name
+        for (name,) in sql(
+            dsn,
+            """
+        SELECT table_name FROM information_schema.tables WHERE table_schema = 'pgblobs'""",
+        )
+    }
 
 
 def test_upgrade_and_downgrade_from_the_repository_root(scratch_dsn):
     alembic("-x", f"dsn={scratch_dsn}", "upgrade", "head")
     assert {"blobs", "blob_flags", "quotas", "usage", "alembic_version"} <= tables(scratch_dsn)
     assert sql(scratch_dsn, "SELECT version_num FROM pgblobs.alembic_version") == [
-        (schema.head_revision(),)]
+        (schema.head_revision(),)
+    ]
     alembic("downgrade", "base", env={"PGBLOBS_DSN": scratch_dsn})
     assert tables(scratch_dsn) == {"alembic_version"}
     alembic("upgrade", "head", env={"PGBLOBS_DSN": scratch_dsn})
@@ -64,23 +77,20 @@ async def test_downgrade_unlinks_our_large_objects_and_only_ours(scratch_dsn):
 
 
 def test_cli_upgrades_a_database(scratch_dsn):
-    command = [sys.executable, "-m", "pgblobs.cli", "db", "upgrade"]
-    done = subprocess.run(command + ["--dsn", scratch_dsn], capture_output=True, text=True)
+    done = pgblobs_cli("db", "upgrade", "--dsn", scratch_dsn)
     assert done.returncode == 0, done.stderr
     assert "blobs" in tables(scratch_dsn)
-    again = subprocess.run(command, capture_output=True, text=True,
-                           env=dict(os.environ, PGBLOBS_DSN=scratch_dsn))
+    again = pgblobs_cli("db", "upgrade", env={"PGBLOBS_DSN": scratch_dsn})
     assert again.returncode == 0, again.stderr
 
 
 def test_cli_says_what_is_wrong_without_a_database():
-    command = [sys.executable, "-m", "pgblobs.cli", "db", "upgrade"]
-    env = {k: v for k, v in os.environ.items() if k != "PGBLOBS_DSN"}
-    missing = subprocess.run(command, capture_output=True, text=True, env=env)
+    missing = pgblobs_cli("db", "upgrade", unset=["PGBLOBS_DSN"])
     assert missing.returncode != 0
     assert "PGBLOBS_DSN" in missing.stderr and "Traceback" not in missing.stderr
-    unreachable = subprocess.run(command + ["--dsn", "host=127.0.0.1 port=1 connect_timeout=2"],
-                                 capture_output=True, text=True, env=env)
+    unreachable = pgblobs_cli(
+        "db", "upgrade", "--dsn", "host=127.0.0.1 port=1 connect_timeout=2", unset=["PGBLOBS_DSN"]
+    )
     assert unreachable.returncode != 0
     assert "database error" in unreachable.stderr and "Traceback" not in unreachable.stderr
 
@@ -99,9 +109,19 @@ SEED = """
     WHERE id %% 7 = 0 AND deleted_at IS NULL;
 """
 
-PER_USER_QUERIES = ["count_live", "list_live", "list_tombstones", "list_flagged",
-                    "total_storage_kib", "blob_info", "open_blob", "open_blobs", "write_precheck",
-                    "delete_blob", "set_flags"]
+PER_USER_QUERIES = [
+    "count_live",
+    "list_live",
+    "list_tombstones",
+    "list_flagged",
+    "total_storage_kib",
+    "blob_info",
+    "open_blob",
+    "open_blobs",
+    "write_precheck",
+    "delete_blob",
+    "set_flags",
+]
 
 
 def test_per_user_queries_are_index_scans_on_a_large_table(scratch_dsn):
@@ -110,10 +130,18 @@ def test_per_user_queries_are_index_scans_on_a_large_table(scratch_dsn):
     sql(scratch_dsn, "VACUUM ANALYZE pgblobs.blobs")
     sql(scratch_dsn, "VACUUM ANALYZE pgblobs.blob_flags")
     sql(scratch_dsn, "VACUUM ANALYZE pgblobs.usage")
-    params = {"user": "user-42", "namespace": "default", "blob_id": "blob-1042",
-              "flag": "PENDING", "flags": ["PENDING"], "default_quota": 1000,
-              "start": 0, "end": None, "inline_limit": 0,
-              "blob_ids": ["blob-1042", "blob-2042"]}
+    params = {
+        "user": "user-42",
+        "namespace": "default",
+        "blob_id": "blob-1042",
+        "flag": "PENDING",
+        "flags": ["PENDING"],
+        "default_quota": 1000,
+        "start": 0,
+        "end": None,
+        "inline_limit": 0,
+        "blob_ids": ["blob-1042", "blob-2042"],
+    }
     for name in PER_USER_QUERIES:
         plan = "\n".join(row[0] for row in sql(scratch_dsn, "EXPLAIN " + SQL[name], params))
         assert "Seq Scan" not in plan, f"{name}:\n{plan}"

@@ -1,33 +1,32 @@
 """`pgblobs serve` and the operator commands, as separate processes."""
-import base64
+
 import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from urllib.error import HTTPError
 
 import pytest
 
-from tests.conftest import sql
-from tests.helpers import pgblobs_cli
+from tests.helpers import pgblobs_cli, sql, token_header
 from tests.processes import ServeProcess, no_stray_postgres
 
 
 def call(method, url, user, token, data=None, headers=None):
-    request = urllib.request.Request(url, data=data, method=method, headers={
-        "Authorization": "Token " + base64.b64encode(f"{user}:{token}".encode()).decode(),
-        **(headers or {})})
+    request = urllib.request.Request(
+        url,
+        data=data,
+        method=method,
+        headers={"Authorization": token_header(user, token), **(headers or {})},
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read()
     except HTTPError as error:
         return error.code, error.read()
-
-
 
 
 def test_embedded_default_starts_from_nothing_and_keeps_its_data(open_tmp):
@@ -59,18 +58,23 @@ def test_embedded_default_starts_from_nothing_and_keeps_its_data(open_tmp):
 def test_the_printed_mail_delivery_works_as_printed(open_tmp):
     """What `make run` prints for mail: paste the delivery, then the listing."""
     from tests.processes import free_port
+
     data_dir = open_tmp / "embedded"
-    server = ServeProcess("--data-dir", str(data_dir),
-                          "--services-listen", f"tcp:{free_port()}:interface=127.0.0.1")
+    server = ServeProcess(
+        "--data-dir", str(data_dir), "--services-listen", f"tcp:{free_port()}:interface=127.0.0.1"
+    )
     try:
         printed = "".join(server.output)
-        deliver, listing = [line.strip() for line in printed.splitlines()
-                            if "/incoming/dev/" in line or "filter_flag=PENDING" in line]
-        run = subprocess.run(["bash", "-c", deliver], cwd=open_tmp, capture_output=True,
-                             text=True, timeout=30)
+        deliver, listing = [
+            line.strip()
+            for line in printed.splitlines()
+            if "/incoming/dev/" in line or "filter_flag=PENDING" in line
+        ]
+        run = subprocess.run(
+            ["bash", "-c", deliver], cwd=open_tmp, capture_output=True, text=True, timeout=30
+        )
         assert run.returncode == 0, run.stderr
-        listed = subprocess.run(["bash", "-c", listing], capture_output=True, text=True,
-                                timeout=30)
+        listed = subprocess.run(["bash", "-c", listing], capture_output=True, text=True, timeout=30)
         assert json.loads(listed.stdout) == ["first-mail"]
     finally:
         assert server.stop() == 0
@@ -80,17 +84,15 @@ def test_the_printed_mail_delivery_works_as_printed(open_tmp):
 def test_embedded_default_explains_an_unreachable_data_dir(tmp_path):
     if os.geteuid() != 0:
         pytest.xfail("only root hands the cluster to the postgres account")
-    done = subprocess.run([sys.executable, "-m", "pgblobs.cli", "serve", "--data-dir",
-                           str(tmp_path / "closed"), "--listen", "tcp:0:interface=127.0.0.1"],
-                          capture_output=True, text=True, timeout=60)
+    done = pgblobs_cli(
+        "serve", "--data-dir", str(tmp_path / "closed"), "--listen", "tcp:0:interface=127.0.0.1"
+    )
     assert done.returncode != 0
     assert "cannot reach" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_serve_refuses_a_database_not_at_head(scratch_dsn):
-    done = subprocess.run([sys.executable, "-m", "pgblobs.cli", "serve", "--dsn", scratch_dsn,
-                           "--listen", "tcp:0:interface=127.0.0.1"],
-                          capture_output=True, text=True, timeout=60)
+    done = pgblobs_cli("serve", "--dsn", scratch_dsn, "--listen", "tcp:0:interface=127.0.0.1")
     assert done.returncode != 0
     assert "pgblobs db upgrade" in done.stderr
     assert "Traceback" not in done.stderr
@@ -100,10 +102,13 @@ def test_sigterm_lets_a_request_in_flight_finish(dsn):
     token = pgblobs_cli("token", "create", "alice", "--dsn", dsn).stdout.strip()
     server = ServeProcess("--dsn", dsn)
     try:
-        auth = base64.b64encode(f"alice:{token}".encode())
+        auth = token_header("alice", token).encode()
         with socket.create_connection(("127.0.0.1", server.port)) as client:
-            client.sendall(b"PUT /blobs/alice/slow HTTP/1.1\r\nHost: x\r\nAuthorization: Token "
-                           + auth + b"\r\nContent-Length: 10\r\n\r\n12345")
+            client.sendall(
+                b"PUT /blobs/alice/slow HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                + auth
+                + b"\r\nContent-Length: 10\r\n\r\n12345"
+            )
             time.sleep(0.5)
             server.process.send_signal(signal.SIGTERM)
             time.sleep(0.5)
@@ -132,10 +137,13 @@ def test_token_and_quota_commands(dsn):
     revoked = pgblobs_cli("token", "revoke", "carol", "--dsn", dsn)
     assert revoked.returncode == 0 and "1" in revoked.stdout
     assert sql(dsn, "SELECT count(*) FROM pgblobs.tokens") == [(0,)]
-    for bad in (["token", "create", "a/b", "--dsn", dsn], ["quota", "set", "carol", "-5", "--dsn", dsn],
-                ["quota", "set", "carol", "lots", "--dsn", dsn],
-                ["serve", "--quota-bytes", "default", "--dsn", dsn],
-                ["report", "usage", "--quota-bytes", "default", "--dsn", dsn]):
+    for bad in (
+        ["token", "create", "a/b", "--dsn", dsn],
+        ["quota", "set", "carol", "-5", "--dsn", dsn],
+        ["quota", "set", "carol", "lots", "--dsn", dsn],
+        ["serve", "--quota-bytes", "default", "--dsn", dsn],
+        ["report", "usage", "--quota-bytes", "default", "--dsn", dsn],
+    ):
         failed = pgblobs_cli(*bad)
         assert failed.returncode != 0 and "Traceback" not in failed.stderr, bad
 
@@ -157,14 +165,17 @@ def test_a_json_log_line_per_event(dsn):
 def test_memory_stays_bounded_during_a_1gib_put_and_a_1gib_get(dsn, tmp_path):
     token = pgblobs_cli("token", "create", "alice", "--dsn", dsn).stdout.strip()
     server = ServeProcess("--dsn", dsn, "--quota-bytes", "unlimited")
-    auth = "Authorization: Token " + base64.b64encode(f"alice:{token}".encode()).decode()
-    gib = 1024 ** 3
+    auth = "Authorization: " + token_header("alice", token)
+    gib = 1024**3
 
     def upload(blob_id):
         return subprocess.Popen(
             f"head -c {gib} /dev/urandom | curl -sS -o /dev/null -w '%{{http_code}}' "
             f"-T - -H '{auth}' {server.url}/blobs/alice/{blob_id}",
-            shell=True, stdout=subprocess.PIPE, text=True)
+            shell=True,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     try:
         first = upload("first")
@@ -172,8 +183,20 @@ def test_memory_stays_bounded_during_a_1gib_put_and_a_1gib_get(dsn, tmp_path):
         baseline = server.rss_kib()
         second = upload("second")
         reading = subprocess.Popen(
-            ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
-             "-H", auth, f"{server.url}/blobs/alice/first"], stdout=subprocess.PIPE, text=True)
+            [
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{size_download}",
+                "-H",
+                auth,
+                f"{server.url}/blobs/alice/first",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         peak = baseline
         while second.poll() is None or reading.poll() is None:
             peak = max(peak, server.rss_kib())
@@ -189,17 +212,19 @@ def test_memory_stays_bounded_during_a_1gib_put_and_a_1gib_get(dsn, tmp_path):
 
 def test_the_blob_size_limit_fits_a_stream_download(migrated_dsn):
     # A stream record carries a size in 8 hex digits: 4 GiB - 1 at most.
-    refused = pgblobs_cli("serve", "--dsn", migrated_dsn, "--max-blob-bytes", str(4 * 1024 ** 3))
+    refused = pgblobs_cli("serve", "--dsn", migrated_dsn, "--max-blob-bytes", str(4 * 1024**3))
     assert refused.returncode != 0
     assert "at most 4294967295" in refused.stderr
     token = pgblobs_cli("token", "create", "alice", "--dsn", migrated_dsn).stdout.strip()
-    auth = base64.b64encode(f"alice:{token}".encode())
+    auth = token_header("alice", token).encode()
     server = ServeProcess("--dsn", migrated_dsn)
     try:
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
-            connection.sendall(b"PUT /blobs/alice/huge HTTP/1.1\r\nHost: x\r\n"
-                               b"Authorization: Token " + auth + b"\r\n"
-                               b"Content-Length: 4294967296\r\n\r\n")
+            connection.sendall(
+                b"PUT /blobs/alice/huge HTTP/1.1\r\nHost: x\r\n"
+                b"Authorization: " + auth + b"\r\n"
+                b"Content-Length: 4294967296\r\n\r\n"
+            )
             assert connection.recv(100).startswith(b"HTTP/1.1 413 ")
     finally:
         server.stop()

@@ -1,13 +1,19 @@
 """Backpressure and failures while content streams in and out."""
+
 import pytest
-import pytest_twisted
 
 from pgblobs import PostgresBlobsBackend, TransferStopped
 from pgblobs.transfer import CHUNK, DownloadPush, UploadPipe
-from tests.conftest import sql
-from tests.helpers import Collector, ScriptedProducer, content, read, sleep, write
-
-deferred_test = pytest_twisted.ensureDeferred
+from tests.helpers import (
+    Collector,
+    ScriptedProducer,
+    content,
+    deferred_test,
+    read,
+    sleep,
+    sql,
+    write,
+)
 
 
 def assert_nothing_stored(dsn):
@@ -17,9 +23,12 @@ def assert_nothing_stored(dsn):
 
 @pytest.mark.parametrize("chunk_size, fail_after", [(10, 1), (64 * 1024, 40), (64 * 1024, 0)])
 @deferred_test
-async def test_a_producer_failing_midway_leaves_nothing_behind(backend, dsn, chunk_size, fail_after):
-    broken = ScriptedProducer([b"z" * chunk_size] * 100, fail_after=fail_after,
-                              error=OSError("disk on fire"))
+async def test_a_producer_failing_midway_leaves_nothing_behind(
+    backend, dsn, chunk_size, fail_after
+):
+    broken = ScriptedProducer(
+        [b"z" * chunk_size] * 100, fail_after=fail_after, error=OSError("disk on fire")
+    )
     with pytest.raises(OSError, match="disk on fire"):
         await backend.write_blob("alice", "broken", broken)
     assert_nothing_stored(dsn)
@@ -46,6 +55,7 @@ async def test_the_upload_pipe_buffers_a_bounded_amount():
             self.paused += 1
 
     from twisted.internet import reactor
+
     producer = Recorder()
     pipe = UploadPipe(reactor, producer)
     for _ in range(UploadPipe.HIGH_WATER // CHUNK):
@@ -93,9 +103,12 @@ async def test_a_consumer_that_stops_ends_the_read_and_frees_its_connection(dsn)
             await backend.read_blob("alice", "abandoned", Leaving())
         # With one content connection, this only works if it was released.
         assert await read(backend, "alice", "abandoned") == data
-        open_transactions = sql(dsn, """
+        open_transactions = sql(
+            dsn,
+            """
             SELECT count(*) FROM pg_stat_activity
-            WHERE datname = current_database() AND state LIKE 'idle in transaction%%'""")
+            WHERE datname = current_database() AND state LIKE 'idle in transaction%%'""",
+        )
         assert open_transactions[0][0] == 0
     finally:
         await backend.close()

@@ -13,20 +13,29 @@ synchronous one is dropped and opened afresh on next use. Meanwhile callers
 get DatabaseUnavailable at once, as they do when more work waits for a
 connection than ``max_waiting`` allows.
 """
+
 import contextlib
 import queue
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import psycopg2
 from psycopg2 import errorcodes
 from psycopg2.extensions import make_dsn, parse_dsn
 from psycopg2.extras import RealDictCursor
-from twisted.internet import defer, error as internet_error, task, threads
+from twisted.internet import defer, task, threads
+from twisted.internet import error as internet_error
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from txpostgres import reconnection, txpostgres
 
 from pgblobs import settings
 from pgblobs.db import queries, schema
 from pgblobs.errors import BlobExists, DatabaseUnavailable, QuotaExceeded
+
+Row = dict[str, Any]  # a row, by column name
+_T = TypeVar("_T")
 
 _QUOTA_EXCEEDED = "PB507"  # raised by pgblobs.put_blob (migrations/versions/0001)
 _SERVER_GOING_AWAY = {"57P01", "57P02", "57P03"}  # admin/crash shutdown, cannot connect now
@@ -37,10 +46,17 @@ _RECOVERY_WAIT = 2.0
 _RECOVERY_STEP = 0.02
 
 
-def connection_lost(error):
+def connection_lost(error: BaseException) -> bool:
     """Whether ``error`` means the connection itself is gone."""
-    if isinstance(error, (psycopg2.InterfaceError, txpostgres.RollbackFailed,
-                          internet_error.ConnectionLost, internet_error.ConnectionDone)):
+    if isinstance(
+        error,
+        (
+            psycopg2.InterfaceError,
+            txpostgres.RollbackFailed,
+            internet_error.ConnectionLost,
+            internet_error.ConnectionDone,
+        ),
+    ):
         return True
     if isinstance(error, psycopg2.OperationalError):
         code = error.pgcode
@@ -48,13 +64,14 @@ def connection_lost(error):
     return False
 
 
-def translate(error):
+def translate(error: BaseException) -> BaseException:
     """The pgblobs error a database error stands for, or the error itself."""
     code = getattr(error, "pgcode", None)
-    if code == _QUOTA_EXCEEDED:
-        return QuotaExceeded(str(error.diag.message_primary))
-    if code == errorcodes.UNIQUE_VIOLATION and error.diag.constraint_name == "blobs_live_key":
-        return BlobExists("a live blob already has this id")
+    if isinstance(error, psycopg2.Error):
+        if code == _QUOTA_EXCEEDED:
+            return QuotaExceeded(str(error.diag.message_primary))
+        if code == errorcodes.UNIQUE_VIOLATION and error.diag.constraint_name == "blobs_live_key":
+            return BlobExists("a live blob already has this id")
     if isinstance(error, reconnection.ConnectionDead) or connection_lost(error):
         return DatabaseUnavailable("the database is unavailable; try again shortly")
     if code in _BUSY:
@@ -62,7 +79,7 @@ def translate(error):
     return error
 
 
-def with_statement_timeout(dsn, milliseconds):
+def with_statement_timeout(dsn: str, milliseconds: int) -> str:
     """``dsn`` whose sessions stop any statement running past ``milliseconds``,
     so a stuck query cannot hold a connection forever."""
     options = parse_dsn(dsn).get("options", "")
@@ -74,17 +91,18 @@ class _Reconnector(reconnection.DeadConnectionDetector):
     pool's ``hurry`` cuts the wait short once another connection got
     through, since the server is evidently back."""
 
-    def __init__(self, reactor, recovered):
-        super().__init__(deathChecker=lambda failure: connection_lost(failure.value),
-                         reactor=reactor)
+    def __init__(self, reactor: Any, recovered: Callable[["_Reconnector"], None]) -> None:
+        super().__init__(
+            deathChecker=lambda failure: connection_lost(failure.value), reactor=reactor
+        )
         self._recovered = recovered
-        self._nap = None
+        self._nap: Deferred[None] | None = None
         self.stopped = False
 
-    def startReconnecting(self, failure):
+    def startReconnecting(self, failure: Failure) -> None:
         defer.ensureDeferred(self._reconnect())
 
-    async def _reconnect(self):
+    async def _reconnect(self) -> None:
         delay = 0.0
         while not self.stopped:
             if delay:
@@ -103,7 +121,7 @@ class _Reconnector(reconnection.DeadConnectionDetector):
             self._recovered(self)
             return
 
-    def hurry(self):
+    def hurry(self) -> None:
         if self._nap is not None:
             self._nap.cancel()
 
@@ -112,11 +130,12 @@ class _ReconnectingPool(txpostgres.ConnectionPool):
     """A txpostgres pool whose connections come back after the server does,
     and which hands out a live connection whenever it has one."""
 
-    def connectionFactory(self, reactor, cooperator):
+    def connectionFactory(self, reactor: Any, cooperator: Any) -> txpostgres.Connection:
         return txpostgres.Connection(
-            reactor, cooperator, detector=_Reconnector(reactor, self._one_recovered))
+            reactor, cooperator, detector=_Reconnector(reactor, self._one_recovered)
+        )
 
-    def _one_recovered(self, detector):
+    def _one_recovered(self, detector: _Reconnector) -> None:
         # The server answers again: every other connection tries at once,
         # and those not known dead are checked, so none fails a request
         # for having lost the old server.
@@ -128,30 +147,30 @@ class _ReconnectingPool(txpostgres.ConnectionPool):
             elif connection in self.connections:
                 connection.runQuery(queries.SQL["ping"]).addErrback(lambda _: None)
 
-    def start(self):
+    def start(self) -> Deferred[Any]:
         self._everyone = list(self.connections)
         return super().start()
 
-    def has_live_connection(self):
+    def has_live_connection(self) -> bool:
         return any(not c.detector.connectionIsDead for c in self._everyone)
 
-    def _take(self):
+    def _take(self) -> txpostgres.Connection:
         alive = [c for c in self.connections if not c.detector.connectionIsDead]
         connection = alive[0] if alive else next(iter(self.connections))
         self.connections.remove(connection)
         return connection
 
-    def _runQuery(self, *args, **kwargs):
+    def _runQuery(self, *args: Any, **kwargs: Any) -> Deferred[list[Row]]:
         connection = self._take()
-        return connection.runQuery(*args, **kwargs).addBoth(
-            self._putBackAndPassthrough, connection)
+        return connection.runQuery(*args, **kwargs).addBoth(self._putBackAndPassthrough, connection)
 
-    def _runOperation(self, *args, **kwargs):
+    def _runOperation(self, *args: Any, **kwargs: Any) -> Deferred[None]:
         connection = self._take()
         return connection.runOperation(*args, **kwargs).addBoth(
-            self._putBackAndPassthrough, connection)
+            self._putBackAndPassthrough, connection
+        )
 
-    def close(self):
+    def close(self) -> None:
         for connection in self._everyone:
             connection.detector.stopped = True
             connection.detector = None  # closed on purpose: stay closed
@@ -167,16 +186,16 @@ class SyncConnection:
     owns its transactions: outside ``transaction()`` each statement commits
     on its own; inside, they commit together on leaving, or roll back."""
 
-    def __init__(self, raw):
+    def __init__(self, raw: Any) -> None:
         self.raw = raw
         raw.autocommit = True
 
     @classmethod
-    def connect(cls, dsn):
+    def connect(cls, dsn: str) -> "SyncConnection":
         return cls(psycopg2.connect(dsn, cursor_factory=RealDictCursor))
 
     @classmethod
-    def connect_at_head(cls, dsn):
+    def connect_at_head(cls, dsn: str) -> "SyncConnection":
         """A connection to a database whose schema is at head, else SchemaNotReady."""
         connection = cls.connect(dsn)
         try:
@@ -186,7 +205,7 @@ class SyncConnection:
             raise
         return connection
 
-    def schema_revision(self):
+    def schema_revision(self) -> str | None:
         """The schema's alembic revision, or None when there is no schema."""
         try:
             row = self.fetch_one("schema_version")
@@ -194,31 +213,32 @@ class SyncConnection:
             return None
         return None if row is None else row["version_num"]
 
-    def fetch(self, name, params=None):
+    def fetch(self, name: str, params: dict[str, Any] | None = None) -> list[Row]:
         """Every row of a named statement, as dicts."""
         with self.raw.cursor() as cursor:
             cursor.execute(queries.SQL[name], params or {})
             return cursor.fetchall() if cursor.description else []
 
-    def fetch_one(self, name, params=None):
+    def fetch_one(self, name: str, params: dict[str, Any] | None = None) -> Row | None:
         rows = self.fetch(name, params)
         return rows[0] if rows else None
 
-    def execute(self, name, params=None):
+    def execute(self, name: str, params: dict[str, Any] | None = None) -> int:
         """Run a named statement; the number of rows it touched."""
         with self.raw.cursor() as cursor:
             cursor.execute(queries.SQL[name], params or {})
             return cursor.rowcount
 
     @contextlib.contextmanager
-    def transaction(self, snapshot=False, commit=True):
+    def transaction(
+        self, snapshot: bool = False, commit: bool = True
+    ) -> Iterator["SyncConnection"]:
         """Statements inside share one transaction (large objects need one),
         committed on leaving unless ``commit`` is false, rolled back on an
         error. ``snapshot``: REPEATABLE READ and read-only, so every statement
         sees the same snapshot."""
         if snapshot:
-            self.raw.set_session(isolation_level="REPEATABLE READ", readonly=True,
-                                 autocommit=False)
+            self.raw.set_session(isolation_level="REPEATABLE READ", readonly=True, autocommit=False)
         else:
             self.raw.autocommit = False
         try:
@@ -233,24 +253,25 @@ class SyncConnection:
             raise
         finally:
             if not self.raw.closed:
-                self.raw.set_session(isolation_level="DEFAULT", readonly="DEFAULT",
-                                     autocommit=True)
+                self.raw.set_session(isolation_level="DEFAULT", readonly="DEFAULT", autocommit=True)
 
-    def large_object(self, oid=0, mode="rb"):
+    def large_object(self, oid: int = 0, mode: str = "rb") -> Any:
         """A large object (a new one for ``oid`` 0); only inside a transaction."""
         return self.raw.lobject(oid, mode)
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         return bool(self.raw.closed)
 
     @property
-    def idle(self):
+    def idle(self) -> bool:
         """Open, and in no transaction."""
-        return (not self.raw.closed and self.raw.info.transaction_status
-                == psycopg2.extensions.TRANSACTION_STATUS_IDLE)
+        return (
+            not self.raw.closed
+            and self.raw.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+        )
 
-    def close(self):
+    def close(self) -> None:
         self.raw.close()
 
 
@@ -262,13 +283,18 @@ class _SyncConnections:
     rather than used, since they lost the same server.
     """
 
-    def __init__(self, dsn, on_lost):
+    def __init__(self, dsn: str, on_lost: Callable[[], None]) -> None:
         self._dsn = dsn
         self._on_lost = on_lost
-        self._idle = queue.LifoQueue()  # (generation, connection)
+        self._idle: queue.LifoQueue[tuple[int, SyncConnection]] = queue.LifoQueue()
         self._generation = 0
 
-    def run(self, work, *args, retry=None):
+    def run(
+        self,
+        work: Callable[..., _T],
+        *args: Any,
+        retry: Callable[[], bool] | None = None,
+    ) -> _T:
         """``work(connection, *args)``; when the connection turns out lost and
         ``retry()`` says nothing was done yet, once more on a fresh one."""
         generation, connection = self._take()
@@ -285,7 +311,7 @@ class _SyncConnections:
             self._give_back(generation, connection)
         return self.run(work, *args)
 
-    def _take(self):
+    def _take(self) -> tuple[int, SyncConnection]:
         while True:
             try:
                 generation, connection = self._idle.get_nowait()
@@ -301,7 +327,7 @@ class _SyncConnections:
             raise DatabaseUnavailable("the database is unreachable; try again shortly") from error
         return generation, connection
 
-    def _give_back(self, generation, connection):
+    def _give_back(self, generation: int, connection: SyncConnection) -> None:
         if connection.closed:
             return
         if generation != self._generation or not connection.idle:
@@ -311,12 +337,12 @@ class _SyncConnections:
             return
         self._idle.put((generation, connection))
 
-    def lost(self):
+    def lost(self) -> None:
         """The server went away: no connection opened before now is used again."""
         self._generation += 1
         self.close()
 
-    def close(self):
+    def close(self) -> None:
         while True:
             try:
                 self._idle.get_nowait()[1].close()
@@ -327,12 +353,22 @@ class _SyncConnections:
 class Database:
     """A txpostgres pool for statements, a thread pool for large objects."""
 
-    def __init__(self, reactor, pool, threadpool, dsn, pool_size, max_waiting, user_share):
+    def __init__(
+        self,
+        reactor: Any,
+        pool: _ReconnectingPool,
+        threadpool: ThreadPool,
+        dsn: str,
+        pool_size: int,
+        max_waiting: int,
+        user_share: int,
+    ) -> None:
         self._reactor = reactor
         self._pool = pool
         self._threadpool = threadpool
         self._sync = _SyncConnections(
-            dsn, on_lost=lambda: reactor.callFromThread(self._ping_idle_statements))
+            dsn, on_lost=lambda: reactor.callFromThread(self._ping_idle_statements)
+        )
         # Content transfers hold a connection for as long as a client takes;
         # statements for milliseconds, so they may queue ten times deeper.
         self._transfer_capacity = pool_size + max_waiting
@@ -341,12 +377,19 @@ class Database:
         self._transfers = 0
         self._user_share = user_share
         self._user_waiting = max(1, max_waiting // 2)
-        self._shares = {}  # user -> DeferredSemaphore, while the user has transfers
+        # user -> their share, while the user has transfers
+        self._shares: dict[str, defer.DeferredSemaphore] = {}
 
     @classmethod
-    async def connect(cls, dsn, pool_size, reactor=None, max_waiting=None,
-                      statement_timeout_ms=int(settings.STATEMENT_TIMEOUT * 1000),
-                      user_share=None):
+    async def connect(
+        cls,
+        dsn: str,
+        pool_size: int,
+        reactor: Any = None,
+        max_waiting: int | None = None,
+        statement_timeout_ms: int = int(settings.STATEMENT_TIMEOUT * 1000),
+        user_share: int | None = None,
+    ) -> "Database":
         if reactor is None:
             from twisted.internet import reactor
         dsn = with_statement_timeout(dsn, statement_timeout_ms)
@@ -371,15 +414,16 @@ class Database:
             max_waiting = settings.WAITING_PER_CONNECTION * pool_size
         if user_share is None:
             user_share = settings.user_share(pool_size)
-        return cls(reactor, pool, threadpool, dsn, pool_size, max_waiting,
-                   user_share)
+        return cls(reactor, pool, threadpool, dsn, pool_size, max_waiting, user_share)
 
     @staticmethod
-    def _admit(in_flight, capacity):
+    def _admit(in_flight: int, capacity: int) -> None:
         if in_flight >= capacity:
             raise DatabaseUnavailable("too many requests wait for the database; try again shortly")
 
-    async def _statement(self, run, name, params):
+    async def _statement(
+        self, run: Callable[..., Awaitable[_T]], name: str, params: dict[str, Any]
+    ) -> _T:
         self._admit(self._statements, self._statement_capacity)
         self._statements += 1
         try:
@@ -395,8 +439,12 @@ class Database:
                         raise translate(error) from error
                     await task.deferLater(self._reactor, _RECOVERY_STEP, lambda: None)
                     waited += _RECOVERY_STEP
-                except (psycopg2.Error, txpostgres.RollbackFailed,
-                        internet_error.ConnectionLost, internet_error.ConnectionDone) as error:
+                except (
+                    psycopg2.Error,
+                    txpostgres.RollbackFailed,
+                    internet_error.ConnectionLost,
+                    internet_error.ConnectionDone,
+                ) as error:
                     if not connection_lost(error):
                         raise translate(error) from error
                     self._lost()
@@ -412,7 +460,7 @@ class Database:
         finally:
             self._statements -= 1
 
-    def _lost(self):
+    def _lost(self) -> None:
         """A connection died: the server probably went away for all of them.
         Touch the idle statement connections now, so they reconnect in the
         background instead of failing the next requests one by one, and
@@ -420,20 +468,26 @@ class Database:
         self._sync.lost()
         self._ping_idle_statements()
 
-    def _ping_idle_statements(self):
+    def _ping_idle_statements(self) -> None:
         for connection in list(self._pool.connections):
             if not connection.detector.connectionIsDead:
                 connection.runQuery(queries.SQL["ping"]).addErrback(lambda _: None)
 
-    def fetch(self, name, params):
+    def fetch(self, name: str, params: dict[str, Any]) -> Deferred[list[Row]]:
         """Rows of a named statement, run on the txpostgres pool."""
         return defer.ensureDeferred(self._statement(self._pool.runQuery, name, params))
 
-    def execute(self, name, params):
+    def execute(self, name: str, params: dict[str, Any]) -> Deferred[None]:
         """Run a named statement that returns no rows, on the txpostgres pool."""
         return defer.ensureDeferred(self._statement(self._pool.runOperation, name, params))
 
-    def in_thread(self, work, *args, owner, retry=None):
+    def in_thread(
+        self,
+        work: Callable[..., _T],
+        *args: Any,
+        owner: str,
+        retry: Callable[[], bool] | None = None,
+    ) -> Deferred[_T]:
         """Run ``work(connection, *args)`` in a content thread for the user
         ``owner``; a Deferred of its result. When the connection turns out
         lost, ``retry()`` (called in the thread) may ask for one more go.
@@ -452,24 +506,32 @@ class Database:
         except DatabaseUnavailable:
             return defer.fail()
         self._transfers += 1
-        done = share.run(threads.deferToThreadPool, self._reactor, self._threadpool,
-                         self._sync.run, work, *args, retry=retry)
+        done = share.run(
+            threads.deferToThreadPool,
+            self._reactor,
+            self._threadpool,
+            self._sync.run,
+            work,
+            *args,
+            retry=retry,
+        )
 
-        def finished(result):
+        def finished(result: _T) -> _T:
             self._transfers -= 1
             if share.tokens == share.limit and not share.waiting:
                 self._shares.pop(owner, None)
             return result
+
         return done.addBoth(finished)
 
-    def ping(self):
+    def ping(self) -> Deferred[list[Row]]:
         return self.fetch("ping", {})
 
-    def usage(self):
+    def usage(self) -> dict[str, int]:
         """Statements and content transfers in flight (running or waiting)."""
         return {"statements": self._statements, "content": self._transfers}
 
-    def close(self):
+    def close(self) -> Deferred[None]:
         self._threadpool.stop()
         self._sync.close()
         return defer.maybeDeferred(self._pool.close)

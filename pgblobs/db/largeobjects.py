@@ -4,10 +4,17 @@ Each function here runs in a worker thread on a ``SyncConnection`` and moves
 bytes between a large object and a transfer adapter (pgblobs/transfer.py):
 an ``UploadPipe`` to read from, a ``DownloadPush`` to deliver to.
 """
-from twisted.internet import threads
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet import threads
+from twisted.internet.defer import Deferred
+
+from pgblobs.db.connector import SyncConnection
 from pgblobs.errors import BlobNotFound, QuotaExceeded
-from pgblobs.transfer import CHUNK
+from pgblobs.names import BlobKey
+from pgblobs.transfer import CHUNK, ContentDigest, DownloadPush, UploadPipe
 
 
 class _Allowance:
@@ -15,11 +22,11 @@ class _Allowance:
     an upload is stopped early; ``pgblobs.put_blob`` makes the final,
     race-free check."""
 
-    def __init__(self, room):
+    def __init__(self, room: int | None) -> None:
         self._room = room
         self._received = 0
 
-    def take(self, pipe):
+    def take(self, pipe: UploadPipe) -> bytes:
         chunk = pipe.read()
         self._received += len(chunk)
         if self._room is not None and self._received > self._room:
@@ -27,7 +34,7 @@ class _Allowance:
         return chunk
 
 
-def _write(connection, pipe, allowance):
+def _write(connection: SyncConnection, pipe: UploadPipe, allowance: _Allowance) -> int:
     """Everything ``pipe`` carries, as a new large object; its oid."""
     large_object = connection.large_object(0, "wb")
     while chunk := allowance.take(pipe):
@@ -36,13 +43,36 @@ def _write(connection, pipe, allowance):
     return large_object.oid
 
 
-def _commit_row(connection, key, default_quota, oid, digest, flags=()):
-    connection.fetch("put_blob", dict(
-        key.params(), default_quota=default_quota, oid=oid, size=digest.size, tag=digest.tag,
-        sha256=digest.sha256, flags=list(flags)))
+def _commit_row(
+    connection: SyncConnection,
+    key: BlobKey,
+    default_quota: int | None,
+    oid: int,
+    digest: ContentDigest,
+    flags: Sequence[str] = (),
+) -> None:
+    connection.fetch(
+        "put_blob",
+        dict(
+            key.params(),
+            default_quota=default_quota,
+            oid=oid,
+            size=digest.size,
+            tag=digest.tag,
+            sha256=digest.sha256,
+            flags=list(flags),
+        ),
+    )
 
 
-def store(connection, pipe, key, default_quota, room, flags):
+def store(
+    connection: SyncConnection,
+    pipe: UploadPipe,
+    key: BlobKey,
+    default_quota: int | None,
+    room: int | None,
+    flags: Sequence[str],
+) -> None:
     """Worker: what ``pipe`` carries as the blob ``key`` with ``flags``, in
     one transaction."""
     pipe.begin()
@@ -51,7 +81,15 @@ def store(connection, pipe, key, default_quota, room, flags):
         _commit_row(connection, key, default_quota, oid, pipe.digest, flags)
 
 
-def store_all(connection, reactor, next_pipe, confirm, keys, default_quota, room):
+def store_all(
+    connection: SyncConnection,
+    reactor: Any,
+    next_pipe: Callable[[int], UploadPipe],
+    confirm: Callable[[], Deferred[Any]],
+    keys: list[BlobKey],
+    default_quota: int | None,
+    room: int | None,
+) -> None:
     """Worker: the blobs ``keys``, their bytes from ``next_pipe(index)`` (run
     on the reactor), in one transaction committed only if ``confirm()``
     (run on the reactor too) succeeds once every byte is in.
@@ -71,7 +109,7 @@ def store_all(connection, reactor, next_pipe, confirm, keys, default_quota, room
             _commit_row(connection, key, default_quota, oid, digest)
 
 
-def load(connection, push, row, start, stop):
+def load(connection: SyncConnection, push: DownloadPush, row: int, start: int, stop: int) -> None:
     """Worker: deliver bytes ``start:stop`` of the blob version ``row`` through ``push``.
 
     The read runs in one snapshot: the row and every page of its content

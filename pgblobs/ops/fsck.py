@@ -4,22 +4,23 @@
 role `pgblobs serve` uses, on the database pgblobs has to itself (recommended),
 and every such large object that no blob row references is an orphan.
 """
+
 import hashlib
 from dataclasses import dataclass, field
 
 import psycopg2
 
-from pgblobs.transfer import CHUNK
 from pgblobs.ops.output import progress
+from pgblobs.transfer import CHUNK
 
 _BATCH = 500
 
 
 @dataclass
 class Findings:
-    orphans: list = field(default_factory=list)       # large object oids
-    broken_rows: list = field(default_factory=list)   # (user, namespace, blob id)
-    mismatches: list = field(default_factory=list)    # (user, namespace, blob id, what)
+    orphans: list = field(default_factory=list)  # large object oids
+    broken_rows: list = field(default_factory=list)  # (user, namespace, blob id)
+    mismatches: list = field(default_factory=list)  # (user, namespace, blob id, what)
     drifted_usage: list = field(default_factory=list)  # (user, namespace)
     repaired: bool = False
 
@@ -43,8 +44,9 @@ def fsck(connection, repair=False, verify_content=False):
                 connection.execute("bury_row", {"id": row["id"]})
         findings.repaired = True
     # Counted after any repair, which itself moves the counters.
-    findings.drifted_usage = [(row["user_id"], row["namespace"])
-                              for row in connection.fetch("usage_drift")]
+    findings.drifted_usage = [
+        (row["user_id"], row["namespace"]) for row in connection.fetch("usage_drift")
+    ]
     if repair and findings.drifted_usage:
         with connection.transaction():
             for user, namespace in findings.drifted_usage:
@@ -54,7 +56,7 @@ def fsck(connection, repair=False, verify_content=False):
 
 
 def _verify_content(connection):
-    mismatches = []
+    mismatches: list[tuple[str, str, str, str]] = []
     total_bytes = connection.fetch_one("live_totals")["bytes"]
     after = 0
     with progress(int(total_bytes), "B", "verifying", unit_scale=True) as bar:
@@ -64,8 +66,9 @@ def _verify_content(connection):
                 return mismatches
             for row in batch:
                 after = row["id"]
-                problem = _check_one(connection, row["lo_oid"], row["size"],
-                                     bytes(row["sha256"]), bar)
+                problem = _check_one(
+                    connection, row["lo_oid"], row["size"], bytes(row["sha256"]), bar
+                )
                 if problem:
                     mismatches.append((row["user_id"], row["namespace"], row["blob_id"], problem))
 

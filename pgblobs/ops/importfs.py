@@ -6,6 +6,7 @@ tombstone; a file's mtime is the blob's date. Each blob is imported in its
 own transaction and anything already in pgblobs is skipped, so a second run
 imports nothing and an interrupted run resumes where it stopped.
 """
+
 import datetime
 import json
 import os
@@ -18,15 +19,15 @@ from psycopg2 import errorcodes
 
 from pgblobs import names
 from pgblobs.errors import InvalidFlag, InvalidName
-from pgblobs.transfer import CHUNK, ContentDigest
 from pgblobs.ops.output import progress
+from pgblobs.transfer import CHUNK, ContentDigest
 
 _FLAGS, _DELETED = ".flags", ".deleted"
 
 
 @dataclass
 class Entry:
-    path: Path             # the blob file, or its .deleted marker for a tombstone
+    path: Path  # the blob file, or its .deleted marker for a tombstone
     user: str
     namespace: str
     blob_id: str
@@ -41,12 +42,12 @@ class ImportReport:
     imported: int = 0
     tombstones: int = 0
     bytes: int = 0
-    skipped: list = field(default_factory=list)   # (path, reason)
-    failed: list = field(default_factory=list)    # (path, reason)
+    skipped: list = field(default_factory=list)  # (path, reason)
+    failed: list = field(default_factory=list)  # (path, reason)
 
 
 def _mtime(path):
-    return datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc)
+    return datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.UTC)
 
 
 def scan(root, report, only_user=None):
@@ -61,8 +62,15 @@ def scan(root, report, only_user=None):
                 subdirectories.sort()
                 present = set(files)
                 for name in sorted(files):
-                    entry = _entry(Path(directory), name, present, user_dir.name,
-                                   namespace_dir.name, namespace_dir, report)
+                    entry = _entry(
+                        Path(directory),
+                        name,
+                        present,
+                        user_dir.name,
+                        namespace_dir.name,
+                        namespace_dir,
+                        report,
+                    )
                     if entry is not None:
                         yield entry
 
@@ -72,7 +80,7 @@ def _entry(directory, name, present, user, namespace, namespace_dir, report):
     if name.endswith(_FLAGS):
         return None  # read with its blob
     tombstone = name.endswith(_DELETED)
-    blob_id = name[:-len(_DELETED)] if tombstone else name
+    blob_id = name[: -len(_DELETED)] if tombstone else name
     if not tombstone and blob_id + _DELETED in present:
         return None  # deleted: its marker stands for it
     try:
@@ -98,8 +106,9 @@ def import_tree(connection, root, only_user=None, dry_run=False):
     started = time.monotonic()
     with progress(total, "B", "importing", unit_scale=True) as bar:
         for done, entry in enumerate(entries, 1):
-            bar.set_postfix_str(f"{done / max(time.monotonic() - started, 1e-6):.0f} blobs/s",
-                                refresh=False)
+            bar.set_postfix_str(
+                f"{done / max(time.monotonic() - started, 1e-6):.0f} blobs/s", refresh=False
+            )
             try:
                 _import_one(connection, entry, report, dry_run, bar)
             except _AlreadyThere:
@@ -123,10 +132,7 @@ def _import_one(connection, entry, report, dry_run, bar):
         report.tombstones += 1
         return
     flags = _read_flags(entry)
-    if dry_run:
-        size = entry.path.stat().st_size
-    else:
-        size = _store(connection, entry, params, flags, bar)
+    size = entry.path.stat().st_size if dry_run else _store(connection, entry, params, flags, bar)
     report.imported += 1
     report.bytes += size
 
@@ -152,9 +158,17 @@ def _store(connection, entry, params, flags, bar):
                     large_object.write(chunk)
                     bar.update(len(chunk))
             large_object.close()
-            row = connection.fetch_one("import_blob", dict(
-                params, oid=large_object.oid, size=digest.size, tag=digest.tag,
-                sha256=digest.sha256, created_at=_mtime(entry.path)))["id"]
+            row = connection.fetch_one(
+                "import_blob",
+                dict(
+                    params,
+                    oid=large_object.oid,
+                    size=digest.size,
+                    tag=digest.tag,
+                    sha256=digest.sha256,
+                    created_at=_mtime(entry.path),
+                ),
+            )["id"]
             if flags:
                 connection.execute("import_flags", dict(params, row=row, flags=flags))
     except psycopg2.IntegrityError as error:

@@ -1,4 +1,5 @@
 """Presenting results to an operator: tables, CSV, JSON, sizes, progress."""
+
 import csv
 import datetime
 import io
@@ -41,11 +42,15 @@ def render(rows, columns, output_format, shown=None):
     shown = shown or {}
     cells = [[str(shown.get(c, _cell)(row[c])) for c in columns] for row in rows]
     widths = [max([len(c)] + [len(line[i]) for line in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     for line in cells:
-        lines.append("  ".join(
-            cell.rjust(w) if _numeric(cell) else cell.ljust(w) for cell, w in zip(line, widths)))
+        lines.append(
+            "  ".join(
+                cell.rjust(w) if _numeric(cell) else cell.ljust(w)
+                for cell, w in zip(line, widths, strict=True)
+            )
+        )
     return "\n".join(lines)
 
 
@@ -58,11 +63,17 @@ def _cell(value):
 
 
 def _numeric(cell):
-    return cell.replace(".", "", 1).replace("%", "").replace(" ", "").rstrip(
-        "BKMGTPi").isdigit()
+    return cell.replace(".", "", 1).replace("%", "").replace(" ", "").rstrip("BKMGTPi").isdigit()
 
 
 def progress(total, unit, description, unit_scale=False):
     """A progress bar on a terminal; silent otherwise (callers print a summary)."""
-    return tqdm(total=total, unit=unit, desc=description, unit_scale=unit_scale,
-                disable=not sys.stderr.isatty(), file=sys.stderr, leave=False)
+    return tqdm(
+        total=total,
+        unit=unit,
+        desc=description,
+        unit_scale=unit_scale,
+        disable=not sys.stderr.isatty(),
+        file=sys.stderr,
+        leave=False,
+    )

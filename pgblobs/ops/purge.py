@@ -1,4 +1,5 @@
 """Removing old tombstones, in short batches."""
+
 import datetime
 import re
 
@@ -32,7 +33,7 @@ def purge(connection, older_than, dry_run=False):
     """Remove tombstones deleted more than ``older_than`` ago; the number removed
     (or, with ``dry_run``, that would be). Each batch is its own statement,
     and so its own transaction."""
-    cutoff = datetime.datetime.now(datetime.timezone.utc) - older_than
+    cutoff = datetime.datetime.now(datetime.UTC) - older_than
     total = connection.fetch_one("count_old_tombstones", {"cutoff": cutoff})["tombstones"]
     if dry_run or not total:
         return total

@@ -1,30 +1,55 @@
 """Usage reports from the reporting views (migrations/versions/0003)."""
+
 from pgblobs.ops.output import human_size
 
-USAGE_COLUMNS = ["user", "blobs", "bytes", "kib", "tombstones", "first_write", "last_write",
-                 "quota_bytes", "used_percent"]
+USAGE_COLUMNS = [
+    "user",
+    "blobs",
+    "bytes",
+    "kib",
+    "tombstones",
+    "first_write",
+    "last_write",
+    "quota_bytes",
+    "used_percent",
+]
 DAILY_COLUMNS = ["day", "blobs_written", "bytes_written", "blobs_deleted", "bytes_deleted"]
-SIZE_COLUMNS = {"bytes": human_size, "quota_bytes": human_size,
-                "bytes_written": human_size, "bytes_deleted": human_size}
+SIZE_COLUMNS = {
+    "bytes": human_size,
+    "quota_bytes": human_size,
+    "bytes_written": human_size,
+    "bytes_deleted": human_size,
+}
 
 
 def usage(connection, default_quota, user=None, top=None):
     """One dict per user, biggest first. ``quota_bytes`` is the override, or
     ``default_quota`` for users without one (None: unlimited)."""
-    rows = connection.fetch("report_usage", {
-        "user": user, "top": top, "default_quota": default_quota})
+    rows = connection.fetch(
+        "report_usage", {"user": user, "top": top, "default_quota": default_quota}
+    )
     report = []
     for row in rows:
         quota = row["quota_bytes"]
         used = None if not quota else round(100.0 * row["live_bytes"] / quota, 1)
-        report.append({"user": row["user_id"], "blobs": row["live_blobs"],
-                       "bytes": int(row["live_bytes"]), "kib": int(row["live_kib"]),
-                       "tombstones": row["tombstones"], "first_write": row["first_write"],
-                       "last_write": row["last_write"], "quota_bytes": quota,
-                       "used_percent": used})
+        report.append(
+            {
+                "user": row["user_id"],
+                "blobs": row["live_blobs"],
+                "bytes": int(row["live_bytes"]),
+                "kib": int(row["live_kib"]),
+                "tombstones": row["tombstones"],
+                "first_write": row["first_write"],
+                "last_write": row["last_write"],
+                "quota_bytes": quota,
+                "used_percent": used,
+            }
+        )
     return report
 
 
 def daily(connection, days):
-    return [{column: row[column] for column in DAILY_COLUMNS}
-            for row in connection.fetch("report_daily", {"days": days})]
+    return [
+        {column: row[column] for column in DAILY_COLUMNS}
+        for row in connection.fetch("report_daily", {"days": days})
+    ]

@@ -1,4 +1,5 @@
 """Reading path segments, query arguments and headers of a request."""
+
 import json
 
 from pgblobs.errors import InvalidArgument
@@ -68,8 +69,9 @@ def byte_range(header, size):
         return max(0, size - length), size - 1
     start = int(first)
     if last and int(last) < start:
-        raise RangeNotSatisfiable(size, f"malformed Range header {header[:60]!r}: its end "
-                                        "comes before its start")
+        raise RangeNotSatisfiable(
+            size, f"malformed Range header {header[:60]!r}: its end comes before its start"
+        )
     if start >= size:
         raise RangeNotSatisfiable(size)
     return start, size - 1 if not last else min(int(last), size - 1)

@@ -8,6 +8,7 @@ services site, so neither kind opens the other site. The realm's avatar is
 simply the name. ``Authenticator`` ties them together for the resources,
 which then require that the avatar is the ``{user}`` of the path.
 """
+
 import binascii
 from base64 import b64decode
 
@@ -37,7 +38,8 @@ class TokenCredentialFactory:
             user, token = b64decode(response, validate=True).decode("utf-8").split(":", 1)
         except (binascii.Error, UnicodeDecodeError, ValueError):
             raise error.LoginFailed("malformed Token credentials") from None
-        return credentials.UsernamePassword(user, token)
+        # Twisted's annotation says bytes; the checker and realm here work in text.
+        return credentials.UsernamePassword(user, token)  # type: ignore[arg-type]
 
 
 @implementer(ICredentialsChecker)

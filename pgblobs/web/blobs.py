@@ -3,6 +3,7 @@
 Each render checks names (400), then the token (401/403), then hands over to
 the backend; its errors become statuses through web/status.py.
 """
+
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from pgblobs import names
@@ -10,19 +11,6 @@ from pgblobs.errors import InvalidArgument, InvalidFlag
 from pgblobs.web import arguments
 from pgblobs.web.responses import ExactBody, Handler, Missing, rendered, send, send_json
 from pgblobs.web.status import BodyTooLarge
-
-
-class BlobsRoot(Handler):
-    """/blobs: its children are users."""
-
-    def __init__(self, context):
-        super().__init__()
-        self._context = context
-
-    def getChild(self, path, request):
-        if not path:
-            return Missing()
-        return UserBlobs(self._context, arguments.segment(path))
 
 
 class UserBlobs(Handler):
@@ -59,8 +47,12 @@ class UserBlobs(Handler):
         except InvalidFlag as error:
             raise InvalidArgument(str(error)) from None
         ids = await backend.list_blobs(
-            user, namespace, order_by=arguments.text(request, "order_by"),
-            deleted=arguments.boolean(request, "deleted"), filter_flag=filter_flag)
+            user,
+            namespace,
+            order_by=arguments.text(request, "order_by"),
+            deleted=arguments.boolean(request, "deleted"),
+            filter_flag=filter_flag,
+        )
         send_json(request, ids)
 
 
@@ -78,8 +70,7 @@ class Blob(Handler):
 
     async def _authorized_key(self, request):
         request.route = self.route
-        key = names.BlobKey.of(self._user, self._blob_id,
-                               arguments.text(request, "namespace", ""))
+        key = names.BlobKey.of(self._user, self._blob_id, arguments.text(request, "namespace", ""))
         await self._context.auth.require(request, key.user)
         return key
 
@@ -103,8 +94,11 @@ class Blob(Handler):
             return
         blob = await backend.open_blob(*key_args(key))
         wanted = arguments.byte_range(request.getHeader(b"range"), blob.size)
-        headers = [(b"Tag", blob.tag.encode("ascii")), (b"Accept-Ranges", b"bytes"),
-                   (b"Content-Type", b"application/octet-stream")]
+        headers = [
+            (b"Tag", blob.tag.encode("ascii")),
+            (b"Accept-Ranges", b"bytes"),
+            (b"Content-Type", b"application/octet-stream"),
+        ]
         if wanted is None:
             code, (first, last) = 200, (0, blob.size - 1)
         else:
@@ -135,4 +129,3 @@ class Blob(Handler):
 def key_args(key):
     """(user, blob_id, namespace), the argument order of the backend's methods."""
     return key.user, key.blob_id, key.namespace
-

@@ -17,8 +17,12 @@ replaces it, per connection, with two clocks:
 Either one expiring cuts the connection; what the request held is released
 by its ``connectionLost``.
 """
-from functools import partial
 
+from functools import partial
+from typing import TYPE_CHECKING, Any, cast
+
+from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -27,40 +31,45 @@ from pgblobs.web.request import RequestBody
 from pgblobs.web.responses import send_error
 from pgblobs.web.status import BodyStalled
 
+if TYPE_CHECKING:
+    from pgblobs.web.site import BlobsSite
+
 _log = Logger()
 
 
 class BlobsChannel(http.HTTPChannel):
     """An HTTPChannel with a header deadline and a stall clock (see module)."""
 
-    _header_deadline = None
-    _stall_clock = None
+    site: "BlobsSite"  # set by the site that builds the channel
+    _header_deadline: Any = None  # IDelayedCall
+    _stall_clock: Any = None
 
-    def connectionMade(self):
+    def connectionMade(self) -> None:
         super().connectionMade()
         self.site.open_channels.add(self)
-        self._waiting_for = set()
+        self._waiting_for: set[str] = set()
         self._arm_header_deadline()
 
-    def _arm_header_deadline(self):
+    def _arm_header_deadline(self) -> None:
         self._header_deadline = self.callLater(
-            self.site.limits.header_timeout, partial(self._cut, "its headers took too long"))
+            self.site.limits.header_timeout, partial(self._cut, "its headers took too long")
+        )
 
     @property
-    def request_line(self):
+    def request_line(self) -> tuple[bytes, bytes, bytes]:
         """(method, path, version) of the request whose headers just arrived.
         twisted.web keeps them to itself until the body is in, and requests
         here render before that: this is the one place that reads them."""
         return self._command, self._path, self._version
 
-    def allHeadersReceived(self):
+    def allHeadersReceived(self) -> None:
         if self._header_deadline is not None and self._header_deadline.active():
             self._header_deadline.cancel()
         # From here the stall clock stands in for the idle timeout.
         self.setTimeout(None)
         super().allHeadersReceived()
 
-    def requestDone(self, request):
+    def requestDone(self, request: http.Request) -> None:
         # Armed before the channel reads on, since it may parse a pipelined
         # request's headers (and cancel these) at once. The idle timeout
         # also ends a closing connection whose client never reads the end.
@@ -73,24 +82,25 @@ class BlobsChannel(http.HTTPChannel):
 
     # The stall clock.
 
-    def waiting_on_client(self, what):
+    def waiting_on_client(self, what: str) -> None:
         """The request cannot go on until the client does ``what``."""
         self._waiting_for.add(what)
         if self._stall_clock is None:
             self._stall_clock = self.callLater(
-                self.site.limits.idle_timeout, partial(self._cut, f"it stalled ({what})"))
+                self.site.limits.idle_timeout, partial(self._cut, f"it stalled ({what})")
+            )
 
-    def client_progressed(self):
+    def client_progressed(self) -> None:
         """The client did something the request waited for: the clock restarts."""
         if self._stall_clock is not None:
             self._stall_clock.reset(self.site.limits.idle_timeout)
 
-    def not_waiting_on_client(self, what):
+    def not_waiting_on_client(self, what: str) -> None:
         self._waiting_for.discard(what)
         if not self._waiting_for:
             self._stop_stall_clock()
 
-    def _stop_stall_clock(self):
+    def _stop_stall_clock(self) -> None:
         if self._stall_clock is not None:
             if self._stall_clock.active():
                 self._stall_clock.cancel()
@@ -98,31 +108,41 @@ class BlobsChannel(http.HTTPChannel):
 
     # The transport stops taking our bytes when the client stops reading.
 
-    def pauseProducing(self):
+    def pauseProducing(self) -> None:
         super().pauseProducing()
         if self.requests:
             self.waiting_on_client("reading the response")
 
-    def resumeProducing(self):
+    def resumeProducing(self) -> None:
         super().resumeProducing()
         self.not_waiting_on_client("reading the response")
 
-    def _cut(self, why):
+    def _cut(self, why: str) -> None:
         self._header_deadline = self._stall_clock = None
-        if self.transport is None or not self.transport.connected:
+        if self.transport is None:
             return
-        _log.info("cutting {peer}: {why}", peer=self.transport.getPeer(), why=why)
+        transport = cast(ITCPTransport, self.transport)
+        _log.info("cutting {peer}: {why}", peer=transport.getPeer(), why=why)
         request = self.requests[-1] if self.requests else None
-        if (RequestBody.WAIT in self._waiting_for and request is not None
-                and not request.startedWriting):
+        if (
+            RequestBody.WAIT in self._waiting_for
+            and request is not None
+            and not request.startedWriting
+        ):
             # The client still reads, so it can be told why (it then goes,
             # once the answer had a moment to reach it).
-            send_error(request, Failure(BodyStalled(
-                f"the request body stopped arriving for {self.site.limits.idle_timeout:g} s")))
+            send_error(
+                request,
+                Failure(
+                    BodyStalled(
+                        f"the request body stopped arriving for {self.site.limits.idle_timeout:g} s"
+                    )
+                ),
+            )
             return
-        self.transport.abortConnection()
+        transport.abortConnection()
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.site.open_channels.discard(self)
         if self._header_deadline is not None and self._header_deadline.active():
             self._header_deadline.cancel()

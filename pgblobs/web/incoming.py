@@ -5,6 +5,7 @@ namespace behind Soledad's preamble (see pgblobs/mail.py), flagged PENDING
 in the same transaction: the mail client, which lists PENDING blobs of that
 namespace, sees every delivery that was answered 200, and nothing else.
 """
+
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from pgblobs import mail, names
@@ -14,20 +15,9 @@ from pgblobs.web.responses import Handler, Missing, rendered, send
 from pgblobs.web.status import BodyTooLarge, LengthRequired
 
 
-class IncomingRoot(Handler):
-    """/incoming: its children are users."""
+class UserIncoming(Handler):
+    """/incoming/{user}/: its children are deliveries."""
 
-    def __init__(self, context):
-        super().__init__()
-        self._context = context
-
-    def getChild(self, path, request):
-        if not path:
-            return Missing()
-        return _UserIncoming(self._context, arguments.segment(path))
-
-
-class _UserIncoming(Handler):
     def __init__(self, context, user):
         super().__init__()
         self._context = context
@@ -64,6 +54,7 @@ class Delivery(Handler):
         limit = self._context.limits.max_blob_bytes
         if message.length > limit:
             raise BodyTooLarge(f"a blob may have at most {limit} bytes")
-        await self._context.backend.write_blob(key.user, key.blob_id, message, key.namespace,
-                                               flags=[Flags.PENDING])
+        await self._context.backend.write_blob(
+            key.user, key.blob_id, message, key.namespace, flags=[Flags.PENDING]
+        )
         send(request, 200)

@@ -1,8 +1,16 @@
 """Prometheus metrics of one site: requests, latencies, bytes, database pools."""
+
 import time
+from collections.abc import Callable
+from functools import partial
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest,
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
 )
 from twisted.web.server import NOT_DONE_YET
 
@@ -13,24 +21,40 @@ from pgblobs.web.responses import Handler, send
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH"})
 
 
+def _in_use(pool_usage: Callable[[], dict[str, int]], pool: str) -> float:
+    return pool_usage()[pool]
+
+
 class SiteMetrics:
     def __init__(self, pool_usage=None):
         self.registry = CollectorRegistry()
         self._requests = Counter(
-            "pgblobs_http_requests", "HTTP requests answered",
-            ["route", "method", "status"], registry=self.registry)
+            "pgblobs_http_requests",
+            "HTTP requests answered",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
         self._latency = Histogram(
-            "pgblobs_http_request_duration_seconds", "Time from headers to last byte",
-            ["route"], registry=self.registry)
+            "pgblobs_http_request_duration_seconds",
+            "Time from headers to last byte",
+            ["route"],
+            registry=self.registry,
+        )
         self._received = Counter(
-            "pgblobs_http_received_bytes", "Request body bytes received", registry=self.registry)
+            "pgblobs_http_received_bytes", "Request body bytes received", registry=self.registry
+        )
         self._sent = Counter(
-            "pgblobs_http_sent_bytes", "Response bytes sent", registry=self.registry)
+            "pgblobs_http_sent_bytes", "Response bytes sent", registry=self.registry
+        )
         if pool_usage is not None:
-            in_use = Gauge("pgblobs_db_connections_in_use", "Database connections busy",
-                           ["pool"], registry=self.registry)
+            in_use = Gauge(
+                "pgblobs_db_connections_in_use",
+                "Database connections busy",
+                ["pool"],
+                registry=self.registry,
+            )
             for pool in ("statements", "content"):
-                in_use.labels(pool).set_function(lambda pool=pool: pool_usage()[pool])
+                in_use.labels(pool).set_function(partial(_in_use, pool_usage, pool))
 
     def resource(self):
         return _MetricsPage(self.registry)

@@ -8,12 +8,16 @@ So an upload flows from the socket into the database with bounded memory,
 and a request that auth, the path or its Content-Length already condemns is
 answered before its body is read.
 """
+
 import io
 import secrets
 import time
+from collections.abc import Callable
 from functools import partial
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IConsumer, IPushProducer, ITCPTransport
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
@@ -23,6 +27,8 @@ from pgblobs.errors import TransferStopped
 from pgblobs.transfer import collect
 from pgblobs.web.status import BodyTooLarge
 
+if TYPE_CHECKING:
+    from pgblobs.web.channel import BlobsChannel
 
 LINGER_SECONDS = 2.0
 
@@ -38,17 +44,22 @@ class RequestBody:
 
     WAIT = "sending the body"  # what the channel's stall clock says the request waits for
 
-    def __init__(self, channel, length, on_demand=None):
+    def __init__(
+        self,
+        channel: "BlobsChannel",
+        length: int | None,
+        on_demand: Callable[[], None] | None = None,
+    ) -> None:
         self.length = UNKNOWN_LENGTH if length is None else length
-        self.limit = None
+        self.limit: int | None = None
         self.received = 0
         self._channel = channel
-        self._transport = channel.transport
+        self._transport = cast(IPushProducer, channel.transport)
         self._on_demand = on_demand
-        self._held = []
-        self._consumer = None
-        self._done = defer.Deferred()
-        self._outcome = None  # None while bytes may still come
+        self._held: list[bytes] = []
+        self._consumer: IConsumer | None = None
+        self._done: defer.Deferred[None] = defer.Deferred()
+        self._outcome: Failure | str | None = None  # None while bytes may still come
         self._transport.pauseProducing()
 
     # Fed by the request: bytes as they arrive, then the end (None: complete,
@@ -130,12 +141,14 @@ class RequestBody:
 class StreamingRequest(server.Request):
     """A Request rendered when its headers arrive; its body is ``self.body``."""
 
+    channel: "BlobsChannel"
+
     gone = False
-    body = None  # until the headers are in
+    body: RequestBody | None = None  # until the headers are in
     route = "other"  # resources name their route, for metrics
     request_id = "-"
 
-    _lingering = None
+    _lingering: Any = None  # IDelayedCall while the rest of a refused body is dropped
 
     def gotLength(self, length):
         self.started_at = time.monotonic()
@@ -149,8 +162,7 @@ class StreamingRequest(server.Request):
         on_demand = None
         expect = self.requestHeaders.getRawHeaders(b"expect") or []
         command, path, version = self.channel.request_line
-        if version == b"HTTP/1.1" and b"100-continue" in [
-                value.lower() for value in expect]:
+        if version == b"HTTP/1.1" and b"100-continue" in [value.lower() for value in expect]:
             self.requestHeaders.removeHeader(b"expect")
             on_demand = self._send_continue
         self.body = RequestBody(self.channel, length, on_demand)
@@ -161,7 +173,7 @@ class StreamingRequest(server.Request):
 
     def _send_continue(self):
         if not self.startedWriting and not self.gone:
-            self.channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
 
     def _render_early(self, command, path, version):
         if self.channel is None:  # the client left already
@@ -169,13 +181,15 @@ class StreamingRequest(server.Request):
         server.Request.requestReceived(self, command, path, version)
 
     def handleContentChunk(self, data):
-        self.body.arrived(data)
+        if self.body is not None:
+            self.body.arrived(data)
 
     def requestReceived(self, command, path, version):
         # The channel calls this once the whole body is in; rendering began
         # at gotLength, so all that is left is to tell the body.
         self.body_complete = True
-        self.body.end()
+        if self.body is not None:
+            self.body.end()
         if self._lingering is not None:
             self._stop_lingering()
 
@@ -205,7 +219,7 @@ class StreamingRequest(server.Request):
         self.body.discard()  # after: what waited on the body must see the answer as given
 
     def _stop_lingering(self):
-        if self._lingering.active():
+        if self._lingering is not None and self._lingering.active():
             self._lingering.cancel()
         if not self.gone and not self.finished:
             super().finish()
@@ -223,4 +237,4 @@ class StreamingRequest(server.Request):
     def abort(self):
         """Drop the connection: for a response that cannot be completed honestly."""
         if self.channel is not None and self.channel.transport is not None:
-            self.channel.transport.abortConnection()
+            cast(ITCPTransport, self.channel.transport).abortConnection()

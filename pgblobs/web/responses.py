@@ -1,4 +1,5 @@
 """Writing responses: plain and JSON bodies, and errors through the status table."""
+
 import functools
 import json
 
@@ -8,8 +9,13 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from pgblobs.web import arguments
 from pgblobs.web.status import (
-    RETRY_AFTER_SECONDS, MethodNotAllowed, NotFound, RangeNotSatisfiable, status_of,
+    RETRY_AFTER_SECONDS,
+    MethodNotAllowed,
+    NotFound,
+    RangeNotSatisfiable,
+    status_of,
 )
 
 _log = Logger()
@@ -38,8 +44,9 @@ def send_error(request, failure):
         return
     if request.startedWriting:
         # The status line is gone already; only a cut connection says "failed".
-        _log.failure("request {request_id} failed mid-response", failure,
-                     request_id=request.request_id)
+        _log.failure(
+            "request {request_id} failed mid-response", failure, request_id=request.request_id
+        )
         request.abort()
         return
     code = status_of(error)
@@ -62,11 +69,13 @@ def send_error(request, failure):
 def rendered(method):
     """Make a coroutine a ``render_*`` method: it sends its own response, and
     whatever it raises is answered through the status table."""
+
     @functools.wraps(method)
     def render(resource, request):
         done = defer.ensureDeferred(method(resource, request))
         done.addErrback(lambda failure: send_error(request, failure))
         return NOT_DONE_YET
+
     return render
 
 
@@ -76,8 +85,11 @@ class Handler(Resource):
     HEAD wherever it answers GET: the same status and headers, no body."""
 
     def allowed_methods(self):
-        methods = {name[len("render_"):] for name in dir(self)
-                   if name.startswith("render_") and name[len("render_"):].isupper()}
+        methods = {
+            name[len("render_") :]
+            for name in dir(self)
+            if name.startswith("render_") and name[len("render_") :].isupper()
+        }
         # Resource defines render_HEAD for everyone; it means something only beside GET.
         methods.discard("HEAD")
         if "GET" in methods:
@@ -92,6 +104,21 @@ class Handler(Resource):
         # Every render_GET here sends its own response, and send() leaves
         # the body out of a HEAD answer: so GET serves both.
         return getattr(self, "render_" + ("GET" if method == "HEAD" else method))(request)
+
+
+class Users(Handler):
+    """A path whose children are users (/blobs, /stream, /incoming): each
+    child is ``per_user(context, user)``."""
+
+    def __init__(self, context, per_user):
+        super().__init__()
+        self._context = context
+        self._per_user = per_user
+
+    def getChild(self, path, request):
+        if not path:
+            return Missing()
+        return self._per_user(self._context, arguments.segment(path))
 
 
 class Missing(Handler):
@@ -110,8 +137,12 @@ def exactly(request, written, length):
     complete."""
     if written == length:
         return True
-    _log.warn("request {request_id}: {written} bytes instead of {length}",
-              request_id=request.request_id, written=written, length=length)
+    _log.warn(
+        "request {request_id}: {written} bytes instead of {length}",
+        request_id=request.request_id,
+        written=written,
+        length=length,
+    )
     request.abort()
     return False
 

@@ -14,26 +14,27 @@ The services site, for the provider's own services on a local listener:
     /health                    as above
     /incoming/{user}/{blob_id} mail from an MX, web/incoming.py
 """
+
 from dataclasses import dataclass
 
 from twisted.web import server
 
 from pgblobs import __version__
 from pgblobs.web.auth import Authenticator
-from pgblobs.web.blobs import BlobsRoot
+from pgblobs.web.blobs import UserBlobs
 from pgblobs.web.channel import BlobsChannel
+from pgblobs.web.incoming import UserIncoming
 from pgblobs.web.metrics import SiteMetrics
-from pgblobs.web.incoming import IncomingRoot
-from pgblobs.web.responses import Handler, Missing, rendered, send, send_json
-from pgblobs.web.stream import MAX_STREAMED_SIZE, StreamRoot
 from pgblobs.web.request import StreamingRequest
+from pgblobs.web.responses import Handler, Missing, Users, rendered, send, send_json
+from pgblobs.web.stream import MAX_STREAMED_SIZE, UserStream
 
 
 @dataclass(frozen=True)
 class Limits:
     # A stream record gives a blob's size in 8 hex digits: no stored blob may need more.
     max_blob_bytes: int = MAX_STREAMED_SIZE
-    max_json_bytes: int = 1024 ** 2
+    max_json_bytes: int = 1024**2
     max_stream_ids: int = 1000  # blobs per stream download request
     # Seconds a connection may keep the server waiting for it: silent between
     # requests, or, within one, not sending the body or not reading the answer.
@@ -42,13 +43,16 @@ class Limits:
 
     def __post_init__(self):
         if self.max_blob_bytes > MAX_STREAMED_SIZE:
-            raise ValueError(f"a blob may have at most {MAX_STREAMED_SIZE} bytes "
-                             "(the most a stream download can carry)")
+            raise ValueError(
+                f"a blob may have at most {MAX_STREAMED_SIZE} bytes "
+                "(the most a stream download can carry)"
+            )
 
 
 @dataclass(frozen=True)
 class _Context:
     """What every blobs resource needs."""
+
     backend: object
     auth: Authenticator
     limits: Limits
@@ -86,7 +90,9 @@ class _Health(Handler):
 
 
 class BlobsSite(server.Site):
-    protocol = BlobsChannel
+    # HTTPFactory's default wraps an HTTPChannel to negotiate HTTP/2; these
+    # sites speak HTTP/1.1 through BlobsChannel's deadlines.
+    protocol = BlobsChannel  # type: ignore[assignment]
     requestFactory = StreamingRequest
 
     def __init__(self, root, metrics, limits):
@@ -117,23 +123,23 @@ def build_site(backend, token_is_valid, health, limits=Limits(), pool_usage=None
     context = _Context(backend, Authenticator(token_is_valid), limits)
     metrics = SiteMetrics(pool_usage)
     root = _About()
-    root.putChild(b"blobs", BlobsRoot(context))
-    root.putChild(b"stream", StreamRoot(context))
+    root.putChild(b"blobs", Users(context, UserBlobs))
+    root.putChild(b"stream", Users(context, UserStream))
     root.putChild(b"health", _Health(health))
     root.putChild(b"metrics", metrics.resource())
     return BlobsSite(root, metrics, limits)
 
 
-def build_services_site(backend, token_is_valid, health, metrics, limits=Limits()):
+def build_services_site(backend, token_is_valid, health, limits=Limits(), metrics=None):
     """The services Site: only tokens that ``token_is_valid(service, token)``
     accepts (services', never users') open it, and it serves only deliveries
-    and health. Its requests count in ``metrics`` (the public site's), so
-    one /metrics shows both."""
+    and health. Its requests count in ``metrics`` (give the public site's,
+    so one /metrics shows both; default: metrics of its own)."""
     context = _Context(backend, Authenticator(token_is_valid), limits)
     root = _ServicesRoot()
-    root.putChild(b"incoming", IncomingRoot(context))
+    root.putChild(b"incoming", Users(context, UserIncoming))
     root.putChild(b"health", _Health(health))
-    return BlobsSite(root, metrics, limits)
+    return BlobsSite(root, metrics or SiteMetrics(), limits)
 
 
 class _ServicesRoot(Handler):

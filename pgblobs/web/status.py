@@ -3,8 +3,15 @@
 Soledad clients branch on 404, 409, 406, 507 and 416, so those stay exact.
 Anything not in the table is a 500 whose body carries only a request id.
 """
+
 from pgblobs.errors import (
-    BlobExists, BlobNotFound, DatabaseUnavailable, InvalidArgument, InvalidFlag, InvalidName, QuotaExceeded,
+    BlobExists,
+    BlobNotFound,
+    DatabaseUnavailable,
+    InvalidArgument,
+    InvalidFlag,
+    InvalidName,
+    QuotaExceeded,
     TransferStopped,
 )
 

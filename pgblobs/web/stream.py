@@ -6,12 +6,13 @@ space, then its bytes, each header and each piece of content a chunk of its
 own. Upload: the body is one line of JSON ``[[id, size], ...]`` and then the
 blobs' bytes back to back; they are stored in one transaction, all or none.
 """
+
 import functools
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer
-from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 
 from pgblobs import names
@@ -21,18 +22,7 @@ from pgblobs.web.responses import Handler, exactly, rendered, send
 from pgblobs.web.status import BodyTooLarge, MalformedBody, NotFound, TooManyIds
 
 _TAG_WIDTH = 24
-MAX_STREAMED_SIZE = 16 ** 8 - 1  # a record header carries the size in 8 hex digits
-
-
-class StreamRoot(Handler):
-    """/stream: its children are users."""
-
-    def __init__(self, context):
-        super().__init__()
-        self._context = context
-
-    def getChild(self, path, request):
-        return UserStream(self._context, arguments.segment(path))
+MAX_STREAMED_SIZE = 16**8 - 1  # a record header carries the size in 8 hex digits
 
 
 class UserStream(Handler):
@@ -63,8 +53,10 @@ class UserStream(Handler):
     async def _download(self, request, user, namespace):
         limits = self._context.limits
         raw = await request.body.read_all(limits.max_json_bytes)
-        ids = [names.blob_name(blob_id) if isinstance(blob_id, str) else _not_an_id(blob_id)
-               for blob_id in arguments.json_body(raw, list)]
+        ids = [
+            names.blob_name(blob_id) if isinstance(blob_id, str) else _not_an_id(blob_id)
+            for blob_id in arguments.json_body(raw, list)
+        ]
         if len(ids) > limits.max_stream_ids:
             raise TooManyIds(f"at most {limits.max_stream_ids} ids per stream request")
         # Everything is looked up before the first byte, so a missing blob
@@ -97,14 +89,20 @@ class UserStream(Handler):
         listing = await blobs.listing()
         for blob_id, size in listing:
             if size > limits.max_blob_bytes:
-                raise BodyTooLarge(f"blob {blob_id}: a blob may have at most "
-                                   f"{limits.max_blob_bytes} bytes")
+                raise BodyTooLarge(
+                    f"blob {blob_id}: a blob may have at most {limits.max_blob_bytes} bytes"
+                )
         # All or nothing: a failure stores none of the request's blobs, so
         # the same request can simply be sent again.
         await self._context.backend.write_blobs(
-            user, [(blob_id, size, functools.partial(blobs.next_blob, size))
-                   for blob_id, size in listing],
-            namespace, before_commit=lambda: defer.ensureDeferred(blobs.ended()))
+            user,
+            [
+                (blob_id, size, functools.partial(blobs.next_blob, size))
+                for blob_id, size in listing
+            ],
+            namespace,
+            before_commit=lambda: defer.ensureDeferred(blobs.ended()),
+        )
         send(request, 200)
 
 
@@ -116,8 +114,14 @@ def _parse_listing(line):
     listing = arguments.json_body(line, list)
     parsed = []
     for entry in listing:
-        if (not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[0], str)
-                or not isinstance(entry[1], int) or isinstance(entry[1], bool) or entry[1] < 0):
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 2
+            or not isinstance(entry[0], str)
+            or not isinstance(entry[1], int)
+            or isinstance(entry[1], bool)
+            or entry[1] < 0
+        ):
             raise MalformedBody("the first line must be a JSON list of [id, size] pairs")
         parsed.append((names.blob_name(entry[0]), entry[1]))
     return parsed
@@ -135,11 +139,11 @@ class BlobSequence:
         self._body = body
         self._max_listing = max_listing_bytes
         self._line = bytearray()
-        self._listing = defer.Deferred()
+        self._listing: defer.Deferred[list[tuple[str, int]]] = defer.Deferred()
         self._held = b""
-        self._slice = None
-        self._end = None  # None while the body flows; then True or a Failure
-        self._end_waiters = []
+        self._slice: _BlobSlice | None = None
+        self._end: Failure | bool | None = None  # None while the body flows
+        self._end_waiters: list[defer.Deferred[None]] = []
         body.startProducing(self).addBoth(self._body_ended)
 
     def listing(self):
@@ -154,7 +158,7 @@ class BlobSequence:
         if self._held:
             raise MalformedBody("the body is longer than its listing says")
         if self._end is None:
-            waiter = defer.Deferred()
+            waiter: defer.Deferred[None] = defer.Deferred()
             self._end_waiters.append(waiter)
             self._body.resumeProducing()
             await waiter
@@ -174,7 +178,7 @@ class BlobSequence:
                     self._fail_listing(BodyTooLarge("the listing line is too long"))
                 return
             self._line += data[:newline]
-            data = data[newline + 1:]
+            data = data[newline + 1 :]
             try:
                 listing = _parse_listing(bytes(self._line))
             except Exception as error:
@@ -205,8 +209,10 @@ class BlobSequence:
         self._end = outcome if isinstance(outcome, Failure) else True
         if not self._listing.called:
             self._listing.errback(
-                self._end if isinstance(self._end, Failure)
-                else Failure(MalformedBody("the body ended before its listing line")))
+                self._end
+                if isinstance(self._end, Failure)
+                else Failure(MalformedBody("the body ended before its listing line"))
+            )
         if self._slice is not None and self._slice.started and self._slice.remaining:
             self._slice.fail(self._cut_short())
         waiters, self._end_waiters = self._end_waiters, []
@@ -215,13 +221,13 @@ class BlobSequence:
 
     # Used by the slices.
 
-    def start_slice(self):
+    def start_slice(self, blob: "_BlobSlice") -> None:
         held, self._held = self._held, b""
         self._route(held)
-        if not self._slice.remaining:
+        if not blob.remaining:
             return
         if self._end is not None:
-            self._slice.fail(self._cut_short())
+            blob.fail(self._cut_short())
         elif not self._held:
             self._body.resumeProducing()
 
@@ -240,8 +246,8 @@ class _BlobSlice:
         self.length = length
         self.remaining = length
         self._sequence = sequence
-        self._consumer = None
-        self._done = defer.Deferred()
+        self._consumer: IConsumer | None = None
+        self._done: defer.Deferred[None] = defer.Deferred()
 
     @property
     def started(self):
@@ -252,14 +258,15 @@ class _BlobSlice:
         if self.remaining == 0:
             self._done.callback(None)
         else:
-            self._sequence.start_slice()
+            self._sequence.start_slice(self)
         return self._done
 
     def feed(self, data):
         """Take what belongs to this blob; return the rest."""
-        mine, rest = data[:self.remaining], data[self.remaining:]
+        mine, rest = data[: self.remaining], data[self.remaining :]
         self.remaining -= len(mine)
-        self._consumer.write(mine)
+        if self._consumer is not None:
+            self._consumer.write(mine)
         if self.remaining == 0 and not self._done.called:
             self._done.callback(None)
         return rest
@@ -337,7 +344,7 @@ class _PacedBlobs:
     async def writable(self):
         """Wait while the client is behind; TransferStopped once it is gone."""
         while self._paused and not self._stopped:
-            waiter = defer.Deferred()
+            waiter: defer.Deferred[None] = defer.Deferred()
             self._waiters.append(waiter)
             await waiter
         if self._stopped:

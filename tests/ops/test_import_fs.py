@@ -1,18 +1,12 @@
 """`pgblobs import-fs` on a generated Soledad filesystem store."""
+
 import json
 import os
 import random
 from pathlib import Path
 
-import pytest_twisted
-
 from pgblobs import Flags
-from tests.conftest import sql
-from tests.helpers import pgblobs_cli, read
-
-deferred_test = pytest_twisted.ensureDeferred
-
-
+from tests.helpers import deferred_test, pgblobs_cli, read, sql
 
 
 def blob_path(root, user, namespace, blob_id):
@@ -74,12 +68,15 @@ async def test_import_reproduces_the_tree_and_a_second_run_imports_nothing(backe
 
     for user in ("alice", "bob", "carol"):
         for namespace in ("default", "mail", "sync"):
-            mine = sorted(((r["when"], k[2], r) for k, r in expected.items()
-                           if k[:2] == (user, namespace)))
+            mine = sorted(
+                ((r["when"], k[2], r) for k, r in expected.items() if k[:2] == (user, namespace))
+            )
             assert await backend.list_blobs(user, namespace, order_by="date") == [
-                blob_id for _, blob_id, r in mine if not r["deleted"]]
+                blob_id for _, blob_id, r in mine if not r["deleted"]
+            ]
             assert await backend.list_blobs(user, namespace, deleted=True, order_by="date") == [
-                blob_id for _, blob_id, r in mine if r["deleted"]]
+                blob_id for _, blob_id, r in mine if r["deleted"]
+            ]
             for _, blob_id, record in mine:
                 if not record["deleted"]:
                     assert await read(backend, user, blob_id, namespace) == record["data"]

@@ -1,13 +1,6 @@
 """`pgblobs purge` and `pgblobs fsck` on planted problems."""
 
-import pytest_twisted
-
-from tests.conftest import sql
-from tests.helpers import content, pgblobs_cli, read, write
-
-deferred_test = pytest_twisted.ensureDeferred
-
-
+from tests.helpers import content, deferred_test, pgblobs_cli, read, sql, write
 
 
 @deferred_test
@@ -16,8 +9,11 @@ async def test_purge_removes_only_old_tombstones(backend, dsn):
         await write(backend, "alice", name, name.encode())
     for name in ("old1", "old2", "recent"):
         await backend.delete_blob("alice", name)
-    sql(dsn, "UPDATE pgblobs.blobs SET deleted_at = now() - interval '40 days' "
-             "WHERE blob_id LIKE 'old%%'")
+    sql(
+        dsn,
+        "UPDATE pgblobs.blobs SET deleted_at = now() - interval '40 days' "
+        "WHERE blob_id LIKE 'old%%'",
+    )
     dry = pgblobs_cli("purge", "--older-than", "30d", "--dry-run", "--dsn", dsn)
     assert dry.returncode == 0 and "would remove 2" in dry.stdout
     assert "more than 30 days ago" in dry.stdout

@@ -1,16 +1,10 @@
 """Reporting views and `pgblobs report`, against figures from the backend API."""
+
 import csv
 import io
 import json
 
-import pytest_twisted
-
-from tests.conftest import sql
-from tests.helpers import content, pgblobs_cli, write
-
-deferred_test = pytest_twisted.ensureDeferred
-
-
+from tests.helpers import content, deferred_test, pgblobs_cli, sql, write
 
 
 @deferred_test
@@ -21,19 +15,31 @@ async def test_views_agree_with_the_backend(backend, dsn):
     await backend.delete_blob("alice", "c")
     await write(backend, "bob", "a", content(1))
     sql(dsn, "INSERT INTO pgblobs.quotas VALUES ('bob', 4096)")
-    rows = sql(dsn, """SELECT user_id, live_blobs, live_bytes, live_kib, tombstones,
+    rows = sql(
+        dsn,
+        """SELECT user_id, live_blobs, live_bytes, live_kib, tombstones,
                               quota_override_bytes, has_quota_override
-                       FROM pgblobs.usage_by_user ORDER BY user_id""")
+                       FROM pgblobs.usage_by_user ORDER BY user_id""",
+    )
     assert rows == [
         ("alice", 2, 305_000, await backend.get_total_storage("alice"), 1, None, False),
-        ("bob", 1, 1, await backend.get_total_storage("bob"), 0, 4096, True)]
-    by_namespace = sql(dsn, """SELECT namespace, live_blobs, live_bytes, tombstones
+        ("bob", 1, 1, await backend.get_total_storage("bob"), 0, 4096, True),
+    ]
+    by_namespace = sql(
+        dsn,
+        """SELECT namespace, live_blobs, live_bytes, tombstones
                                FROM pgblobs.usage_by_namespace WHERE user_id = 'alice'
-                               ORDER BY namespace""")
-    assert by_namespace == [("default", await backend.count("alice"), 5000, 1),
-                            ("mail", await backend.count("alice", "mail"), 300_000, 0)]
-    daily = sql(dsn, "SELECT blobs_written, bytes_written, blobs_deleted, bytes_deleted "
-                     "FROM pgblobs.daily_activity")
+                               ORDER BY namespace""",
+    )
+    assert by_namespace == [
+        ("default", await backend.count("alice"), 5000, 1),
+        ("mail", await backend.count("alice", "mail"), 300_000, 0),
+    ]
+    daily = sql(
+        dsn,
+        "SELECT blobs_written, bytes_written, blobs_deleted, bytes_deleted "
+        "FROM pgblobs.daily_activity",
+    )
     assert daily == [(4, 305_011, 1, 10)]
 
 
@@ -46,17 +52,23 @@ async def test_report_usage_formats(backend, dsn):
     lines = table.stdout.splitlines()
     assert lines[0].split()[:3] == ["user", "blobs", "bytes"]
     assert lines[2].startswith("alice") and "1.5 MiB" in lines[2] and "0.8%" in lines[2]
-    as_csv = list(csv.DictReader(io.StringIO(pgblobs_cli("report", "usage", "--format", "csv",
-                                                     "--dsn", dsn).stdout)))
+    as_csv = list(
+        csv.DictReader(
+            io.StringIO(pgblobs_cli("report", "usage", "--format", "csv", "--dsn", dsn).stdout)
+        )
+    )
     assert [(r["user"], r["bytes"]) for r in as_csv] == [("alice", "1572864"), ("bob", "100")]
-    as_json = json.loads(pgblobs_cli("report", "usage", "--format", "json", "--top", "1",
-                                 "--dsn", dsn).stdout)
+    as_json = json.loads(
+        pgblobs_cli("report", "usage", "--format", "json", "--top", "1", "--dsn", dsn).stdout
+    )
     assert [r["user"] for r in as_json] == ["alice"]
-    only_bob = json.loads(pgblobs_cli("report", "usage", "--format", "json", "--user", "bob",
-                                  "--dsn", dsn).stdout)
+    only_bob = json.loads(
+        pgblobs_cli("report", "usage", "--format", "json", "--user", "bob", "--dsn", dsn).stdout
+    )
     assert only_bob[0]["kib"] == await backend.get_total_storage("bob")
-    daily = json.loads(pgblobs_cli("report", "daily", "--days", "7", "--format", "json",
-                               "--dsn", dsn).stdout)
+    daily = json.loads(
+        pgblobs_cli("report", "daily", "--days", "7", "--format", "json", "--dsn", dsn).stdout
+    )
     assert daily[0]["blobs_written"] == 2
 
 
@@ -68,6 +80,7 @@ def test_reporting_role_may_read_the_views_and_nothing_else(dsn):
         assert sql(reader, "SELECT count(*) FROM pgblobs.usage_by_user") == [(0,)]
         import psycopg2
         import pytest
+
         with pytest.raises(psycopg2.errors.InsufficientPrivilege):
             sql(reader, "SELECT count(*) FROM pgblobs.blobs")
         with pytest.raises(psycopg2.errors.InsufficientPrivilege):

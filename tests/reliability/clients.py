@@ -1,14 +1,14 @@
 """Blocking HTTP clients for tests that drive `pgblobs serve` processes from threads."""
-import base64
+
 import http.client
-import subprocess
-import sys
 from urllib.parse import urlsplit
+
+from tests.helpers import pgblobs_cli, token_header
 
 
 def token_for(dsn, user):
-    done = subprocess.run([sys.executable, "-m", "pgblobs.cli", "token", "create", user,
-                           "--dsn", dsn], capture_output=True, text=True, timeout=60)
+    """A token made by `pgblobs token create`, as an operator makes one."""
+    done = pgblobs_cli("token", "create", user, "--dsn", dsn)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
@@ -21,14 +21,15 @@ class Client:
         self.host, self.port = parts.hostname, parts.port
         self.user = user
         self.timeout = timeout
-        self.auth = "Token " + base64.b64encode(f"{user}:{token}".encode()).decode()
+        self.auth = token_header(user, token)
 
     def request(self, method, path, body=None, headers=None):
         """(status, headers, body); status 0 when the connection broke."""
         connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         try:
-            connection.request(method, path, body=body,
-                               headers={"Authorization": self.auth, **(headers or {})})
+            connection.request(
+                method, path, body=body, headers={"Authorization": self.auth, **(headers or {})}
+            )
             response = connection.getresponse()
             return response.status, dict(response.getheaders()), response.read()
         except (OSError, http.client.HTTPException):

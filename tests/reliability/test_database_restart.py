@@ -1,15 +1,16 @@
 """PostgreSQL restarted (fast shutdown) under load, and unreachable at start."""
+
 import collections
 import contextlib
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-from pgblobs.db import schema
 from pgblobs.cluster import LocalCluster
+from pgblobs.db import schema
+from tests.helpers import pgblobs_command
 from tests.processes import ServeProcess, free_port
 from tests.reliability.clients import Client, token_for
 
@@ -63,11 +64,15 @@ def node_on_own_cluster(directory, *options):
 
 
 def test_a_restart_costs_503s_for_seconds_and_loses_nothing(open_tmp):
-    with node_on_own_cluster(open_tmp / "pg") as (cluster, node, client):
+    with node_on_own_cluster(open_tmp / "pg") as (cluster, _node, client):
         stop, stored = threading.Event(), {}
         statuses, retry_after = collections.Counter(), []
-        workers = [threading.Thread(target=load, args=(client, f"w{i}", stop, stored, statuses,
-                                                       retry_after)) for i in range(4)]
+        workers = [
+            threading.Thread(
+                target=load, args=(client, f"w{i}", stop, stored, statuses, retry_after)
+            )
+            for i in range(4)
+        ]
         for worker in workers:
             worker.start()
         time.sleep(1.5)
@@ -103,9 +108,13 @@ def test_a_database_unreachable_at_start_is_waited_for(open_tmp):
     try:
         port = free_port()
         process = subprocess.Popen(
-            [sys.executable, "-m", "pgblobs.cli", "serve", "--dsn", cluster.dsn,
-             "--listen", f"tcp:{port}:interface=127.0.0.1"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            pgblobs_command(
+                "serve", "--dsn", cluster.dsn, "--listen", f"tcp:{port}:interface=127.0.0.1"
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(3)
         assert process.poll() is None, "it must wait, not exit"
         starting.start()
@@ -124,7 +133,7 @@ def test_a_database_unreachable_at_start_is_waited_for(open_tmp):
 def test_after_an_outage_the_first_success_is_followed_by_no_503(open_tmp):
     """PostgreSQL down 5 s under load: once one request got through again,
     every pooled connection is checked or replaced, and none fails another."""
-    with node_on_own_cluster(open_tmp / "pg", "--pool-size", "4") as (cluster, node, client):
+    with node_on_own_cluster(open_tmp / "pg", "--pool-size", "4") as (cluster, _node, client):
         large = b"L" * (2 * 1024 * 1024)
         assert client.put("large", large)[0] == 200
         assert client.put("small", b"s" * 1000)[0] == 200
@@ -135,12 +144,15 @@ def test_after_an_outage_the_first_success_is_followed_by_no_503(open_tmp):
             while not stop.is_set():
                 number += 1
                 for method, path, body in (
-                        ("GET", "/blobs/alice/large", None), ("GET", "/blobs/alice/small", None),
-                        ("GET", "/blobs/alice/?only_count=True", None),
-                        ("PUT", f"/blobs/alice/w{worker}-{number}", b"x" * 500)):
+                    ("GET", "/blobs/alice/large", None),
+                    ("GET", "/blobs/alice/small", None),
+                    ("GET", "/blobs/alice/?only_count=True", None),
+                    ("PUT", f"/blobs/alice/w{worker}-{number}", b"x" * 500),
+                ):
                     started = time.monotonic()
                     status, _, _ = client.request(method, path, body=body)
                     answers.append((started, time.monotonic(), method, path, status))
+
         workers = [threading.Thread(target=requests, args=(i,)) for i in range(4)]
         for worker in workers:
             worker.start()
@@ -153,11 +165,19 @@ def test_after_an_outage_the_first_success_is_followed_by_no_503(open_tmp):
         stop.set()
         for worker in workers:
             worker.join(60)
-        first_success = min(ended for started, ended, _, _, status in answers
-                            if started > restarted and status == 200)
-        after = [(method, path, status) for started, _, method, path, status in answers
-                 if started > first_success]
-        print(f"first 200 {first_success - restarted:.2f}s after the restart; "
-              f"{len(after)} requests after it")
+        first_success = min(
+            ended
+            for started, ended, _, _, status in answers
+            if started > restarted and status == 200
+        )
+        after = [
+            (method, path, status)
+            for started, _, method, path, status in answers
+            if started > first_success
+        ]
+        print(
+            f"first 200 {first_success - restarted:.2f}s after the restart; "
+            f"{len(after)} requests after it"
+        )
         assert len(after) > 50
         assert [answer for answer in after if answer[2] != 200] == []

@@ -1,15 +1,17 @@
 """Hostile and broken input: every answer is a 2xx or a 4xx, and nobody
 else's data is touched."""
+
 import json
 import socket
 import time
 from urllib.parse import quote
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from tests.conftest import sql
 from tests.helpers import exchange as raw_exchange
+from tests.helpers import pgblobs_cli, sql
 from tests.processes import ServeProcess
 from tests.reliability.clients import Client, token_for
 
@@ -18,8 +20,18 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def node(migrated_dsn):
-    started = ServeProcess("--dsn", migrated_dsn, "--idle-timeout", "2", "--header-timeout", "3",
-                           "--max-json-bytes", "65536", "--max-blob-bytes", "1000000")
+    started = ServeProcess(
+        "--dsn",
+        migrated_dsn,
+        "--idle-timeout",
+        "2",
+        "--header-timeout",
+        "3",
+        "--max-json-bytes",
+        "65536",
+        "--max-blob-bytes",
+        "1000000",
+    )
     yield started
     started.stop()
 
@@ -45,9 +57,11 @@ def status_of(answer):
 
 anything = st.text(max_size=300)
 flagish = st.one_of(st.sampled_from(["PENDING", "PROCESSING", "PROCESSED", "FAILED"]), anything)
-relaxed = settings(max_examples=60, deadline=None,
-                   suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                          HealthCheck.too_slow])
+relaxed = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @relaxed
@@ -55,16 +69,33 @@ relaxed = settings(max_examples=60, deadline=None,
 def test_generated_names_never_fail_the_server(users, user, blob_id, namespace):
     alice, _ = users
     path = f"/blobs/{quote(user, safe='')}/{quote(blob_id, safe='')}?namespace={quote(namespace)}"
-    for method, body in (("PUT", b"data"), ("GET", None), ("POST", b'["PENDING"]'),
-                         ("DELETE", None)):
+    for method, body in (
+        ("PUT", b"data"),
+        ("GET", None),
+        ("POST", b'["PENDING"]'),
+        ("DELETE", None),
+    ):
         status, _, _ = alice.request(method, path, body=body)
         assert 200 <= status < 500, (method, path, status)
 
 
 @relaxed
-@given(arguments=st.dictionaries(st.sampled_from(
-    ["namespace", "order_by", "filter_flag", "deleted", "only_count", "only_flags", "direction"]),
-    st.one_of(flagish, st.sampled_from(["True", "False", "date", "-date", "+date", "1", "0"]))))
+@given(
+    arguments=st.dictionaries(
+        st.sampled_from(
+            [
+                "namespace",
+                "order_by",
+                "filter_flag",
+                "deleted",
+                "only_count",
+                "only_flags",
+                "direction",
+            ]
+        ),
+        st.one_of(flagish, st.sampled_from(["True", "False", "date", "-date", "+date", "1", "0"])),
+    )
+)
 def test_generated_query_arguments(users, arguments):
     alice, _ = users
     query = "&".join(f"{quote(k)}={quote(v)}" for k, v in arguments.items())
@@ -85,10 +116,13 @@ def test_generated_flag_bodies(users, flags):
 
 
 @relaxed
-@given(header=st.one_of(
-    st.from_regex(r"bytes=-?[0-9]{0,12}-?[0-9]{0,12}", fullmatch=True),
-    st.from_regex(r"[a-z]{0,6}=[0-9,\- ]{0,20}", fullmatch=True),
-    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40)))
+@given(
+    header=st.one_of(
+        st.from_regex(r"bytes=-?[0-9]{0,12}-?[0-9]{0,12}", fullmatch=True),
+        st.from_regex(r"[a-z]{0,6}=[0-9,\- ]{0,20}", fullmatch=True),
+        st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
+    )
+)
 def test_generated_range_headers(users, header):
     alice, _ = users
     alice.put("ranged", b"0123456789")
@@ -96,15 +130,22 @@ def test_generated_range_headers(users, header):
     assert status in (200, 206, 416), (header, status)
     if status == 206:
         first, last = map(int, headers["Content-Range"].split()[1].split("/")[0].split("-"))
-        assert body == b"0123456789"[first:last + 1]
+        assert body == b"0123456789"[first : last + 1]
 
 
 def test_paths_that_try_to_escape(users):
     alice, _ = users
-    for path in ("/blobs/alice/../bob/precious", "/blobs/alice/%2e%2e%2fbob%2fprecious",
-                 "/blobs/bob%2fprecious", "/blobs/alice/precious%00", "/blobs/alice/%00",
-                 "/blobs/../blobs/bob/precious", "/blobs/alice/" + "a" * 5000,
-                 "/blobs/alice/x?namespace=../../bob", "/stream/bob?direction=download"):
+    for path in (
+        "/blobs/alice/../bob/precious",
+        "/blobs/alice/%2e%2e%2fbob%2fprecious",
+        "/blobs/bob%2fprecious",
+        "/blobs/alice/precious%00",
+        "/blobs/alice/%00",
+        "/blobs/../blobs/bob/precious",
+        "/blobs/alice/" + "a" * 5000,
+        "/blobs/alice/x?namespace=../../bob",
+        "/stream/bob?direction=download",
+    ):
         for method in ("GET", "DELETE", "PUT"):
             status, _, body = alice.request(method, path, body=b"evil" if method == "PUT" else None)
             assert status in (400, 401, 403, 404, 405, 414), (method, path, status)
@@ -116,24 +157,26 @@ def test_sql_in_every_argument_is_inert(users, dsn):
     evil = "x'; DROP TABLE pgblobs.blobs; --"
     quoted = quote(evil, safe="")
     for method, path, body in (
-            ("PUT", f"/blobs/alice/{quoted}", b"x"),
-            ("GET", f"/blobs/{quoted}/", None),
-            ("GET", f"/blobs/alice/?namespace={quoted}", None),
-            ("GET", f"/blobs/alice/?filter_flag={quoted}", None),
-            ("GET", f"/blobs/alice/?order_by={quoted}", None),
-            ("POST", "/stream/alice?direction=download", json.dumps([evil]).encode()),
-            ("POST", "/stream/alice?direction=upload", json.dumps([[evil, 1]]).encode() + b"\nx")):
+        ("PUT", f"/blobs/alice/{quoted}", b"x"),
+        ("GET", f"/blobs/{quoted}/", None),
+        ("GET", f"/blobs/alice/?namespace={quoted}", None),
+        ("GET", f"/blobs/alice/?filter_flag={quoted}", None),
+        ("GET", f"/blobs/alice/?order_by={quoted}", None),
+        ("POST", "/stream/alice?direction=download", json.dumps([evil]).encode()),
+        ("POST", "/stream/alice?direction=upload", json.dumps([[evil, 1]]).encode() + b"\nx"),
+    ):
         status, _, _ = alice.request(method, path, body=body)
         assert 400 <= status < 500, (method, path, status)
     assert alice.put("flags-target", b"x")[0] == 200
-    status, _, _ = alice.request("POST", "/blobs/alice/flags-target",
-                                 body=json.dumps([evil]).encode())
+    status, _, _ = alice.request(
+        "POST", "/blobs/alice/flags-target", body=json.dumps([evil]).encode()
+    )
     assert status == 406
     assert sql(dsn, "SELECT count(*) FROM pgblobs.blobs WHERE user_id = 'alice'") == [(1,)]
 
 
 def test_auth_failures_leave_the_victim_alone(users, node, dsn):
-    alice, bob = users
+    alice, _bob = users
     no_token = Client(node.url, "bob", "x")
     no_token.auth = ""
     assert no_token.get("precious")[0] == 401
@@ -149,10 +192,7 @@ def test_auth_failures_leave_the_victim_alone(users, node, dsn):
     revoked = token_for(dsn, "carol")
     carol = Client(node.url, "carol", revoked)
     assert carol.put("c", b"x")[0] == 200
-    import subprocess
-    import sys
-    subprocess.run([sys.executable, "-m", "pgblobs.cli", "token", "revoke", "carol", "--dsn", dsn],
-                   check=True, capture_output=True)
+    assert pgblobs_cli("token", "revoke", "carol", "--dsn", dsn).returncode == 0
     assert carol.get("c")[0] == 401
     logged = "".join(node.output + node.errors)
     assert token not in logged and secret not in logged and revoked not in logged
@@ -160,8 +200,11 @@ def test_auth_failures_leave_the_victim_alone(users, node, dsn):
 
 def test_lying_content_lengths(users, dsn, node):
     alice, _ = users
-    head = (b"PUT /blobs/alice/%s HTTP/1.1\r\nHost: x\r\nAuthorization: " +
-            alice.auth.encode() + b"\r\nContent-Length: %d\r\n\r\n")
+    head = (
+        b"PUT /blobs/alice/%s HTTP/1.1\r\nHost: x\r\nAuthorization: "
+        + alice.auth.encode()
+        + b"\r\nContent-Length: %d\r\n\r\n"
+    )
     # Longer than what comes: the idle timeout ends it with a 408, nothing is stored.
     started = time.monotonic()
     answer = exchange(node, head % (b"short", 1000) + b"only this", wait=10)
@@ -200,8 +243,11 @@ def test_huge_headers_and_json_bombs(users, node):
     answer = exchange(node, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n")
     assert status_of(answer) in (None, 400, 431)
     alice.put("bombed", b"x")
-    for body in (b"[" * 50_000 + b"]" * 50_000, b'["PENDING", ' * 10_000 + b"]",
-                 b'{"a": ' * 20_000):
+    for body in (
+        b"[" * 50_000 + b"]" * 50_000,
+        b'["PENDING", ' * 10_000 + b"]",
+        b'{"a": ' * 20_000,
+    ):
         status, _, _ = alice.request("POST", "/blobs/alice/bombed", body=body)
         assert status in (400, 413), status
         status, _, _ = alice.request("POST", "/stream/alice?direction=download", body=body)

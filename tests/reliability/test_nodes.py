@@ -1,4 +1,5 @@
 """Two `pgblobs serve` nodes on one database: kills, races and deletes mid-read."""
+
 import signal
 import socket
 import time
@@ -6,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import sql
+from tests.helpers import sql
 from tests.processes import ServeProcess
 from tests.reliability.clients import Client, token_for
 
@@ -29,8 +30,11 @@ def clients(nodes, dsn, user="alice"):
 def wait_for_no_transactions(dsn, seconds=20):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        open_ = sql(dsn, "SELECT count(*) FROM pg_stat_activity "
-                         "WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid()")[0][0]
+        open_ = sql(
+            dsn,
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid()",
+        )[0][0]
         if open_ == 0:
             return
         time.sleep(0.1)
@@ -44,8 +48,11 @@ def test_a_node_killed_mid_upload_leaves_nothing(migrated_dsn, dsn):
         token = token_for(dsn, "alice")
         auth = Client(victim.url, "alice", token).auth.encode()
         upload = socket.create_connection(("127.0.0.1", victim.port))
-        upload.sendall(b"PUT /blobs/alice/cut HTTP/1.1\r\nHost: x\r\nAuthorization: " + auth +
-                       b"\r\nContent-Length: 50000000\r\n\r\n")
+        upload.sendall(
+            b"PUT /blobs/alice/cut HTTP/1.1\r\nHost: x\r\nAuthorization: "
+            + auth
+            + b"\r\nContent-Length: 50000000\r\n\r\n"
+        )
         for _ in range(40):
             upload.sendall(b"k" * 250_000)
         time.sleep(0.5)
@@ -66,8 +73,9 @@ def test_a_node_killed_mid_upload_leaves_nothing(migrated_dsn, dsn):
 def test_concurrent_writes_of_one_id_on_two_nodes(nodes, dsn):
     a, b = clients(nodes, dsn)
     with ThreadPoolExecutor(10) as pool:
-        results = list(pool.map(lambda i: (a if i % 2 else b).put("contended", b"v%d" % i * 9000),
-                                range(10)))
+        results = list(
+            pool.map(lambda i: (a if i % 2 else b).put("contended", b"v%d" % i * 9000), range(10))
+        )
     statuses = sorted(status for status, _, _ in results)
     assert statuses == [200] + [409] * 9
     winner = next(i for i, r in enumerate(results) if r[0] == 200)
@@ -78,8 +86,9 @@ def test_concurrent_writes_near_the_quota_on_two_nodes(nodes, dsn):
     sql(dsn, "INSERT INTO pgblobs.quotas VALUES ('alice', 1000000)")
     a, b = clients(nodes, dsn)
     with ThreadPoolExecutor(12) as pool:
-        results = list(pool.map(
-            lambda i: (a if i % 2 else b).put(f"q{i}", bytes([i]) * 300_000), range(12)))
+        results = list(
+            pool.map(lambda i: (a if i % 2 else b).put(f"q{i}", bytes([i]) * 300_000), range(12))
+        )
     statuses = sorted(status for status, _, _ in results)
     assert statuses == [200] * 3 + [507] * 9
     used = sql(dsn, "SELECT sum(size) FROM pgblobs.blobs WHERE deleted_at IS NULL")[0][0]

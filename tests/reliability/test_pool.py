@@ -1,4 +1,5 @@
 """More requests than connections: a bounded queue, then 503; stuck queries time out."""
+
 import socket
 import time
 
@@ -12,8 +13,16 @@ pytestmark = pytest.mark.slow
 
 
 def test_pool_exhaustion_queues_then_refuses(migrated_dsn, dsn):
-    node = ServeProcess("--dsn", migrated_dsn, "--pool-size", "1", "--max-waiting", "3",
-                        "--quota-bytes", "unlimited")
+    node = ServeProcess(
+        "--dsn",
+        migrated_dsn,
+        "--pool-size",
+        "1",
+        "--max-waiting",
+        "3",
+        "--quota-bytes",
+        "unlimited",
+    )
     sockets = []
     try:
         client = Client(node.url, "alice", token_for(dsn, "alice"))
@@ -23,8 +32,11 @@ def test_pool_exhaustion_queues_then_refuses(migrated_dsn, dsn):
         for _ in range(12):
             held = socket.create_connection(("127.0.0.1", node.port))
             held.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            held.sendall(b"GET /blobs/alice/big HTTP/1.1\r\nHost: x\r\nAuthorization: " +
-                         client.auth.encode() + b"\r\n\r\n")
+            held.sendall(
+                b"GET /blobs/alice/big HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                + client.auth.encode()
+                + b"\r\n\r\n"
+            )
             sockets.append(held)
         time.sleep(1.5)
         status, headers, _ = client.get("big")

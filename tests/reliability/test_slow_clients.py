@@ -1,13 +1,13 @@
 """Clients that stop reading, stop sending or trickle: they are cut off, and
 they never hold up another user's transfers."""
+
 import socket
 import threading
 import time
 
 import pytest
 
-from tests.conftest import sql
-from tests.helpers import content
+from tests.helpers import content, sql
 from tests.processes import ServeProcess
 from tests.reliability.clients import Client, token_for
 
@@ -28,17 +28,21 @@ def connect(node, receive_buffer=None):
 def stalled_get(node, client, blob_id):
     """A GET whose client never reads a byte of the answer."""
     connection = connect(node, receive_buffer=4096)
-    connection.sendall(f"GET /blobs/{client.user}/{blob_id} HTTP/1.1\r\nHost: x\r\n"
-                       f"Authorization: {client.auth}\r\n\r\n".encode())
+    connection.sendall(
+        f"GET /blobs/{client.user}/{blob_id} HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: {client.auth}\r\n\r\n".encode()
+    )
     return connection
 
 
 def stalled_put(node, client, blob_id, length, sent):
     """A PUT that announces ``length`` bytes and sends only ``sent``."""
     connection = connect(node)
-    connection.sendall(f"PUT /blobs/{client.user}/{blob_id} HTTP/1.1\r\nHost: x\r\n"
-                       f"Authorization: {client.auth}\r\nContent-Length: {length}\r\n\r\n"
-                       .encode() + b"x" * sent)
+    connection.sendall(
+        f"PUT /blobs/{client.user}/{blob_id} HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: {client.auth}\r\nContent-Length: {length}\r\n\r\n".encode()
+        + b"x" * sent
+    )
     return connection
 
 
@@ -51,7 +55,7 @@ def is_closed(connection, within):
         try:
             if connection.recv(1 << 20) == b"":
                 return True
-        except socket.timeout:
+        except TimeoutError:
             continue
         except OSError:
             return True
@@ -80,8 +84,11 @@ def content_in_use(node):
 
 
 def open_transactions(dsn):
-    return sql(dsn, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND state LIKE 'idle in transaction%%' AND pid <> pg_backend_pid()")[0][0]
+    return sql(
+        dsn,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND state LIKE 'idle in transaction%%' AND pid <> pg_backend_pid()",
+    )[0][0]
 
 
 @pytest.fixture
@@ -97,6 +104,7 @@ def serve(dsn):
     def start(*options):
         nodes.append(ServeProcess("--dsn", dsn, "--quota-bytes", "unlimited", *options))
         return nodes[-1]
+
     yield start
     for node in nodes:
         node.stop()
@@ -147,6 +155,7 @@ def test_one_users_stalled_transfers_leave_room_for_everyone_else(users, serve):
             while not trickling.wait(1.0):
                 for connection in trickles:
                     connection.sendall(b"x")
+
         threading.Thread(target=trickle, daemon=True).start()
         time.sleep(2)
         started = time.monotonic()
@@ -166,8 +175,9 @@ def test_a_request_queued_for_a_connection_outlives_the_idle_timeout(users, serv
     # alice holds the only content connection for ~6 s, sending steadily.
     slow = stalled_put(node, alice, "slow", 300_006, 300_000)
     answers = {}
-    queued = threading.Thread(target=lambda: answers.update(
-        bob=bob.put("queued", content(1 << 20))))
+    queued = threading.Thread(
+        target=lambda: answers.update(bob=bob.put("queued", content(1 << 20)))
+    )
     time.sleep(0.5)
     queued.start()
     for _ in range(6):

@@ -1,15 +1,21 @@
 """Every route of PROTOCOL.md over a real socket, with treq."""
+
 import base64
 import json
 
 import pytest
-import pytest_twisted
 import treq
 
 from pgblobs import Flags
-from tests.helpers import auth_header, content, create_token, pgblobs_cli, raw_http
-
-deferred_test = pytest_twisted.ensureDeferred
+from tests.helpers import (
+    auth_header,
+    content,
+    create_token,
+    deferred_test,
+    pgblobs_cli,
+    raw_http,
+    sql,
+)
 
 
 async def put(server, blob_id, data, user="alice", namespace=None, headers=None):
@@ -69,7 +75,9 @@ async def test_namespaces(server):
 async def test_flags(server):
     await put(server, "f", b"flag me")
     url = f"{server.url}/blobs/alice/f"
-    response = await treq.post(url, data=json.dumps([Flags.PENDING]).encode(), headers=server.auth())
+    response = await treq.post(
+        url, data=json.dumps([Flags.PENDING]).encode(), headers=server.auth()
+    )
     assert response.code == 200
     _, body = await get(server, "/blobs/alice/f?only_flags=True")
     assert json.loads(body) == ["PENDING"]
@@ -83,8 +91,9 @@ async def test_flags(server):
     assert response.code == 400
     response = await treq.post(url + "x", data=b'["PENDING"]', headers=server.auth())
     assert response.code == 404
-    response = await treq.post(url, data=b"[" + b'"PENDING",' * 20000 + b'"PENDING"]',
-                               headers=server.auth())
+    response = await treq.post(
+        url, data=b"[" + b'"PENDING",' * 20000 + b'"PENDING"]', headers=server.auth()
+    )
     assert response.code == 413
     _, body = await get(server, "/blobs/alice/f?only_flags=True")
     assert json.loads(body) == ["PENDING"]
@@ -116,26 +125,34 @@ async def test_listing_order_and_bad_arguments(server):
     assert json.loads(body) == ["c", "b", "a"]
     _, body = await get(server, "/blobs/alice/?order_by=%2Bdate")
     assert json.loads(body) == ["a", "b", "c"]
-    for bad in ("order_by=size", "deleted=maybe", "filter_flag=DONE", "namespace=a%2Fb",
-                "only_count=yes"):
+    for bad in (
+        "order_by=size",
+        "deleted=maybe",
+        "filter_flag=DONE",
+        "namespace=a%2Fb",
+        "only_count=yes",
+    ):
         response, body = await get(server, f"/blobs/alice/?{bad}")
         assert response.code == 400, bad
         assert body and b"Traceback" not in body
 
 
-@pytest.mark.parametrize("header, status, expected, content_range", [
-    (b"bytes=0-4", 206, b"01234", b"bytes 0-4/10"),
-    (b"bytes=5-", 206, b"56789", b"bytes 5-9/10"),
-    (b"bytes=-3", 206, b"789", b"bytes 7-9/10"),
-    (b"bytes=8-100", 206, b"89", b"bytes 8-9/10"),
-    (b"bytes=9-9", 206, b"9", b"bytes 9-9/10"),
-    (b"bytes=10-", 416, b"", b"bytes */10"),
-    (b"bytes=5-2", 416, b"", b"bytes */10"),
-    (b"bytes=-0", 416, b"", b"bytes */10"),
-    (b"bytes=abc", 416, b"", b"bytes */10"),
-    (b"bytes=1-2,4-5", 200, b"0123456789", None),
-    (b"items=0-1", 200, b"0123456789", None),
-])
+@pytest.mark.parametrize(
+    "header, status, expected, content_range",
+    [
+        (b"bytes=0-4", 206, b"01234", b"bytes 0-4/10"),
+        (b"bytes=5-", 206, b"56789", b"bytes 5-9/10"),
+        (b"bytes=-3", 206, b"789", b"bytes 7-9/10"),
+        (b"bytes=8-100", 206, b"89", b"bytes 8-9/10"),
+        (b"bytes=9-9", 206, b"9", b"bytes 9-9/10"),
+        (b"bytes=10-", 416, b"", b"bytes */10"),
+        (b"bytes=5-2", 416, b"", b"bytes */10"),
+        (b"bytes=-0", 416, b"", b"bytes */10"),
+        (b"bytes=abc", 416, b"", b"bytes */10"),
+        (b"bytes=1-2,4-5", 200, b"0123456789", None),
+        (b"items=0-1", 200, b"0123456789", None),
+    ],
+)
 @deferred_test
 async def test_ranges_follow_rfc_7233(server, header, status, expected, content_range):
     await put(server, "r", b"0123456789")
@@ -144,7 +161,8 @@ async def test_ranges_follow_rfc_7233(server, header, status, expected, content_
     if status != 416:
         assert body == expected
     assert response.headers.getRawHeaders(b"content-range") == (
-        [content_range] if content_range else None)
+        [content_range] if content_range else None
+    )
 
 
 @deferred_test
@@ -176,8 +194,13 @@ async def test_auth(server, dsn):
 
 @deferred_test
 async def test_bad_names_are_400(server):
-    for path in ("/blobs/alice/a%20b", "/blobs/alice/" + "x" * 256, "/blobs/alice/%C3%A9",
-                 "/blobs/al%00ice/x", "/blobs/alice/x?namespace=..%2F"):
+    for path in (
+        "/blobs/alice/a%20b",
+        "/blobs/alice/" + "x" * 256,
+        "/blobs/alice/%C3%A9",
+        "/blobs/al%00ice/x",
+        "/blobs/alice/x?namespace=..%2F",
+    ):
         response, body = await get(server, path)
         assert response.code == 400, path
         assert body.startswith(b"invalid "), (path, body)
@@ -188,7 +211,6 @@ async def test_bad_names_are_400(server):
 
 @deferred_test
 async def test_quota_is_507_with_and_without_content_length(server, dsn):
-    from tests.conftest import sql
     sql(dsn, "INSERT INTO pgblobs.quotas VALUES ('alice', 1000)")
     assert (await put(server, "fits", content(600)))[0] == 200
     assert (await put(server, "big", content(500)))[0] == 507
@@ -197,10 +219,13 @@ async def test_quota_is_507_with_and_without_content_length(server, dsn):
         yield b"x" * 300
         yield b"y" * 300
 
-    from twisted.web.client import FileBodyProducer
     import io
+
+    from twisted.web.client import FileBodyProducer
+
     body = FileBodyProducer(io.BytesIO(content(500)))
     from twisted.web.iweb import UNKNOWN_LENGTH
+
     body.length = UNKNOWN_LENGTH  # sent chunked
     response = await treq.put(f"{server.url}/blobs/alice/chunked", data=body, headers=server.auth())
     assert response.code == 507
@@ -211,8 +236,11 @@ async def test_quota_is_507_with_and_without_content_length(server, dsn):
 @deferred_test
 async def test_a_body_over_the_limit_is_413_before_it_is_sent(server):
     limit = 64 * 1024 * 1024
-    head = (b"PUT /blobs/alice/huge HTTP/1.1\r\nHost: x\r\n" + auth_header(server) +
-            b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % (limit + 1))
+    head = (
+        b"PUT /blobs/alice/huge HTTP/1.1\r\nHost: x\r\n"
+        + auth_header(server)
+        + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % (limit + 1)
+    )
     answer = await raw_http(server, head)
     assert answer.startswith(b"HTTP/1.1 413 ")
 
@@ -220,25 +248,33 @@ async def test_a_body_over_the_limit_is_413_before_it_is_sent(server):
 @deferred_test
 async def test_a_chunked_body_over_the_limit_is_413(server):
     chunk = b"x" * 1024 * 1024
-    payload = (b"PUT /blobs/alice/huge HTTP/1.1\r\nHost: x\r\n" + auth_header(server) +
-               b"\r\nTransfer-Encoding: chunked\r\n\r\n" +
-               (b"%x\r\n" % len(chunk) + chunk + b"\r\n") * 65 + b"0\r\n\r\n")
+    payload = (
+        b"PUT /blobs/alice/huge HTTP/1.1\r\nHost: x\r\n"
+        + auth_header(server)
+        + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + (b"%x\r\n" % len(chunk) + chunk + b"\r\n") * 65
+        + b"0\r\n\r\n"
+    )
     answer = await raw_http(server, payload)
     assert answer.startswith(b"HTTP/1.1 413 ")
-    response, body = await get(server, "/blobs/alice/")
+    _response, body = await get(server, "/blobs/alice/")
     assert json.loads(body) == []
 
 
 @deferred_test
 async def test_expect_100_continue_is_answered_only_when_the_body_is_wanted(server):
     await put(server, "taken", b"already here")
-    head = (b"PUT /blobs/alice/%s HTTP/1.1\r\nHost: x\r\n" + auth_header(server) +
-            b"\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+    head = (
+        b"PUT /blobs/alice/%s HTTP/1.1\r\nHost: x\r\n"
+        + auth_header(server)
+        + b"\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+    )
     refused = await raw_http(server, head % b"taken", timeout=3)
     assert refused.startswith(b"HTTP/1.1 409 "), refused[:40]
     assert b"100 Continue" not in refused
 
     import socket
+
     from twisted.internet import threads
 
     def polite_client():
@@ -261,8 +297,12 @@ async def test_expect_100_continue_is_answered_only_when_the_body_is_wanted(serv
 @deferred_test
 async def test_a_refused_upload_is_answered_even_while_the_client_keeps_sending(server):
     await put(server, "taken", b"already here")
-    payload = (b"PUT /blobs/alice/taken HTTP/1.1\r\nHost: x\r\n" + auth_header(server) +
-               b"\r\nContent-Length: 3000000\r\n\r\n" + b"z" * 3_000_000)
+    payload = (
+        b"PUT /blobs/alice/taken HTTP/1.1\r\nHost: x\r\n"
+        + auth_header(server)
+        + b"\r\nContent-Length: 3000000\r\n\r\n"
+        + b"z" * 3_000_000
+    )
     answer = await raw_http(server, payload)
     assert answer.startswith(b"HTTP/1.1 409 ")
 
@@ -270,15 +310,21 @@ async def test_a_refused_upload_is_answered_even_while_the_client_keeps_sending(
 @deferred_test
 async def test_a_malformed_range_is_416_without_blaming_the_blob(server):
     await treq.put(f"{server.url}/blobs/alice/ten", data=b"0123456789", headers=server.auth())
-    for header, reason in (("bytes=abc", b"malformed"), ("bytes=5-2", b"malformed"),
-                           ("bytes=-", b"malformed"), ("bytes=100-", b"outside")):
-        response = await treq.get(f"{server.url}/blobs/alice/ten",
-                                  headers={**server.auth(), b"Range": [header.encode()]})
+    for header, reason in (
+        ("bytes=abc", b"malformed"),
+        ("bytes=5-2", b"malformed"),
+        ("bytes=-", b"malformed"),
+        ("bytes=100-", b"outside"),
+    ):
+        response = await treq.get(
+            f"{server.url}/blobs/alice/ten", headers={**server.auth(), b"Range": [header.encode()]}
+        )
         body = await response.content()
         assert response.code == 416, header
         assert reason in body, (header, body)
         assert response.headers.getRawHeaders(b"content-range") == [b"bytes */10"]
     # An unknown unit is ignored, as RFC 7233 says: the whole blob.
-    response = await treq.get(f"{server.url}/blobs/alice/ten",
-                              headers={**server.auth(), b"Range": [b"lines=1-2"]})
+    response = await treq.get(
+        f"{server.url}/blobs/alice/ten", headers={**server.auth(), b"Range": [b"lines=1-2"]}
+    )
     assert response.code == 200 and await response.content() == b"0123456789"

@@ -1,14 +1,11 @@
 """/stream/{user} in both directions, and clients that leave mid-transfer."""
+
 import base64
 import json
 
-import pytest_twisted
 import treq
 
-from tests.conftest import sql
-from tests.helpers import auth_header, content, raw_http, sleep
-
-deferred_test = pytest_twisted.ensureDeferred
+from tests.helpers import auth_header, content, deferred_test, raw_http, sleep, sql
 
 
 def parse_download(body):
@@ -17,8 +14,8 @@ def parse_download(body):
         size = int(body[:8], 16)
         tag = body[8:32].decode().strip()
         assert body[32:33] == b" "
-        blobs.append((tag, body[33:33 + size]))
-        body = body[33 + size:]
+        blobs.append((tag, body[33 : 33 + size]))
+        body = body[33 + size :]
     return blobs
 
 
@@ -33,25 +30,33 @@ async def upload(server, listing, payload, namespace=None):
 
 @deferred_test
 async def test_upload_then_download_many_blobs(server):
-    blobs = {f"s{i}": content(size, seed=i)
-             for i, size in enumerate([0, 1, 16, 17, 300_000, 2_500_000, 40])}
+    blobs = {
+        f"s{i}": content(size, seed=i)
+        for i, size in enumerate([0, 1, 16, 17, 300_000, 2_500_000, 40])
+    }
     listing = [[blob_id, len(data)] for blob_id, data in blobs.items()]
     code, _ = await upload(server, listing, b"".join(blobs.values()), namespace="mail")
     assert code == 200
-    response = await treq.post(f"{server.url}/stream/alice?direction=download&namespace=mail",
-                               data=json.dumps(list(blobs)).encode(), headers=server.auth())
+    response = await treq.post(
+        f"{server.url}/stream/alice?direction=download&namespace=mail",
+        data=json.dumps(list(blobs)).encode(),
+        headers=server.auth(),
+    )
     assert response.code == 200
     received = parse_download(await response.content())
     assert [data for _, data in received] == list(blobs.values())
-    for (tag, _), data in zip(received, blobs.values()):
+    for (tag, _), data in zip(received, blobs.values(), strict=True):
         assert tag == base64.urlsafe_b64encode(data[-16:]).decode()
 
 
 @deferred_test
 async def test_download_of_a_missing_blob_is_404(server):
     await upload(server, [["here", 3]], b"abc")
-    response = await treq.post(f"{server.url}/stream/alice?direction=download",
-                               data=b'["here", "gone"]', headers=server.auth())
+    response = await treq.post(
+        f"{server.url}/stream/alice?direction=download",
+        data=b'["here", "gone"]',
+        headers=server.auth(),
+    )
     assert response.code == 404
 
 
@@ -68,11 +73,13 @@ async def test_upload_lists_that_do_not_match_the_body(server):
     for bad in ([["c", -1]], [["c"]], [[1, 2]], {"c": 1}, [["../c", 1]], [["c", True]]):
         code, _ = await upload(server, bad, b"x")
         assert code == 400, bad
-    response = await treq.post(f"{server.url}/stream/alice?direction=sideways",
-                               data=b"[]", headers=server.auth())
+    response = await treq.post(
+        f"{server.url}/stream/alice?direction=sideways", data=b"[]", headers=server.auth()
+    )
     assert response.code == 400
-    response = await treq.post(f"{server.url}/stream/alice?direction=upload",
-                               data=b"not json\n", headers=server.auth())
+    response = await treq.post(
+        f"{server.url}/stream/alice?direction=upload", data=b"not json\n", headers=server.auth()
+    )
     assert response.code == 400
 
 
@@ -113,15 +120,19 @@ async def test_an_upload_stream_over_quota_stores_nothing(server, dsn):
 async def test_stream_needs_the_users_token(server):
     response = await treq.post(f"{server.url}/stream/alice?direction=download", data=b"[]")
     assert response.code == 401
-    response = await treq.post(f"{server.url}/stream/bob?direction=download", data=b"[]",
-                               headers=server.auth())
+    response = await treq.post(
+        f"{server.url}/stream/bob?direction=download", data=b"[]", headers=server.auth()
+    )
     assert response.code == 403
 
 
 @deferred_test
 async def test_a_client_leaving_mid_put_stores_nothing(server, dsn):
-    head = (b"PUT /blobs/alice/partial HTTP/1.1\r\nHost: x\r\n" + auth_header(server) +
-            b"\r\nContent-Length: 10000000\r\n\r\n")
+    head = (
+        b"PUT /blobs/alice/partial HTTP/1.1\r\nHost: x\r\n"
+        + auth_header(server)
+        + b"\r\nContent-Length: 10000000\r\n\r\n"
+    )
     await raw_http(server, head + b"x" * 3_000_000, timeout=1)
     for _ in range(50):
         busy = server.backend.database.usage()
@@ -131,8 +142,9 @@ async def test_a_client_leaving_mid_put_stores_nothing(server, dsn):
     assert busy == {"statements": 0, "content": 0}
     assert sql(dsn, "SELECT count(*) FROM pgblobs.blobs")[0][0] == 0
     assert sql(dsn, "SELECT count(*) FROM pg_largeobject_metadata")[0][0] == 0
-    response = await treq.put(f"{server.url}/blobs/alice/partial", data=b"later",
-                              headers=server.auth())
+    response = await treq.put(
+        f"{server.url}/blobs/alice/partial", data=b"later", headers=server.auth()
+    )
     assert response.code == 200
 
 
@@ -141,10 +153,10 @@ async def test_a_client_leaving_mid_get_releases_the_read(server):
     data = content(20 * 1024 * 1024)
     response = await treq.put(f"{server.url}/blobs/alice/big", data=data, headers=server.auth())
     assert response.code == 200
-    request = (b"GET /blobs/alice/big HTTP/1.1\r\nHost: x\r\n" + auth_header(server) +
-               b"\r\n\r\n")
+    request = b"GET /blobs/alice/big HTTP/1.1\r\nHost: x\r\n" + auth_header(server) + b"\r\n\r\n"
 
     import socket
+
     from twisted.internet import threads
 
     def read_a_little_then_leave():
@@ -163,20 +175,27 @@ async def test_a_client_leaving_mid_get_releases_the_read(server):
 @deferred_test
 async def test_download_of_many_small_blobs_keeps_their_order(server):
     blobs = {f"m{i}": content(40 + i, seed=i) for i in range(300)}
-    code, _ = await upload(server, [[k, len(v)] for k, v in blobs.items()], b"".join(blobs.values()))
+    code, _ = await upload(
+        server, [[k, len(v)] for k, v in blobs.items()], b"".join(blobs.values())
+    )
     assert code == 200
     wanted = list(reversed(blobs))
-    response = await treq.post(f"{server.url}/stream/alice?direction=download",
-                               data=json.dumps(wanted).encode(), headers=server.auth())
+    response = await treq.post(
+        f"{server.url}/stream/alice?direction=download",
+        data=json.dumps(wanted).encode(),
+        headers=server.auth(),
+    )
     assert response.code == 200
     assert [data for _, data in parse_download(await response.content())] == [
-        blobs[k] for k in wanted]
+        blobs[k] for k in wanted
+    ]
 
 
 def chunks_of(port, request):
     """Blocking: send ``request``; the status line, headers and the body's
     chunks one by one, as a chunked-transfer decoder hands them over."""
     import socket
+
     with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
         connection.sendall(request)
         reader = connection.makefile("rb")
@@ -222,18 +241,29 @@ class ChunkwiseRecords:
 @deferred_test
 async def test_download_frames_each_record_as_soledad_reads_it(server):
     from twisted.internet import threads
+
     # Contents full of the separator; each at least 16 bytes, as Soledad's
     # blobs (which end with their tag) are, so no tag is padded with spaces.
-    blobs = {"one": b"a b c " * 7, "two": content(1_500_000) + b" " * 20, "three": b" x y " * 4,
-             "four": content(5000, seed=4)}
-    code, _ = await upload(server, [[k, len(v)] for k, v in blobs.items()],
-                           b"".join(blobs.values()))
+    blobs = {
+        "one": b"a b c " * 7,
+        "two": content(1_500_000) + b" " * 20,
+        "three": b" x y " * 4,
+        "four": content(5000, seed=4),
+    }
+    code, _ = await upload(
+        server, [[k, len(v)] for k, v in blobs.items()], b"".join(blobs.values())
+    )
     assert code == 200
     body = json.dumps(list(blobs)).encode()
-    request = (b"POST /stream/alice?direction=download HTTP/1.1\r\nHost: x\r\n" +
-               auth_header(server) + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    request = (
+        b"POST /stream/alice?direction=download HTTP/1.1\r\nHost: x\r\n"
+        + auth_header(server)
+        + b"\r\nContent-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
     status, headers, chunks = await threads.deferToThread(
-        chunks_of, server.port.getHost().port, request)
+        chunks_of, server.port.getHost().port, request
+    )
     assert status.startswith(b"HTTP/1.1 200")
     assert "content-length" not in headers and headers["transfer-encoding"] == "chunked"
     records = ChunkwiseRecords()
@@ -241,17 +271,24 @@ async def test_download_frames_each_record_as_soledad_reads_it(server):
         records.write(chunk)
     assert [data for _, data in records.blobs] == list(blobs.values())
     assert [tag for tag, _ in records.blobs] == [
-        base64.urlsafe_b64encode(data[-16:]).decode() for data in blobs.values()]
+        base64.urlsafe_b64encode(data[-16:]).decode() for data in blobs.values()
+    ]
 
 
 @deferred_test
 async def test_stream_download_ids_are_bounded(server):
     await upload(server, [["one", 1]], b"1")
-    response = await treq.post(f"{server.url}/stream/alice?direction=download",
-                               data=json.dumps(["one"] * 1001).encode(), headers=server.auth())
+    response = await treq.post(
+        f"{server.url}/stream/alice?direction=download",
+        data=json.dumps(["one"] * 1001).encode(),
+        headers=server.auth(),
+    )
     assert response.code == 413
     assert b"at most 1000 ids" in await response.content()
-    response = await treq.post(f"{server.url}/stream/alice?direction=download",
-                               data=json.dumps(["one"] * 1000).encode(), headers=server.auth())
+    response = await treq.post(
+        f"{server.url}/stream/alice?direction=download",
+        data=json.dumps(["one"] * 1000).encode(),
+        headers=server.auth(),
+    )
     assert response.code == 200
     assert len(parse_download(await response.content())) == 1000
