@@ -8,7 +8,7 @@ for the user ``dev`` is kept next to it so the quick start works at once.
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 
 import psycopg2
@@ -28,18 +28,25 @@ DEFAULT_LISTEN = "tcp:9000:interface=127.0.0.1"
 _log = Logger()
 
 
-@dataclass
-class ServeOptions:
-    dsn: str | None = None
-    listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
-    services_listen: list[str] = field(default_factory=list)
+@dataclass(frozen=True)
+class BackendOptions:
+    """The keyword arguments of PostgresBlobsBackend.connect."""
+
     quota_bytes: int | None = settings.QUOTA_BYTES
-    data_dir: str = settings.DATA_DIR
     pool_size: int = settings.POOL_SIZE
     max_waiting: int | None = None
     statement_timeout: float = settings.STATEMENT_TIMEOUT
     user_share: int | None = None
     buffer_bytes: int = settings.BUFFER_BYTES
+
+
+@dataclass
+class ServeOptions:
+    dsn: str | None = None
+    listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
+    services_listen: list[str] = field(default_factory=list)
+    data_dir: str = settings.DATA_DIR
+    backend: BackendOptions = field(default_factory=BackendOptions)
     limits: Limits = field(default_factory=Limits)
     drain_seconds: float = settings.DRAIN_SECONDS
 
@@ -118,15 +125,7 @@ async def _connect(reactor, dsn, options):
     delay = 0.5
     while True:
         try:
-            return await PostgresBlobsBackend.connect(
-                dsn,
-                quota_bytes=options.quota_bytes,
-                pool_size=options.pool_size,
-                max_waiting=options.max_waiting,
-                statement_timeout=options.statement_timeout,
-                user_share=options.user_share,
-                buffer_bytes=options.buffer_bytes,
-            )
+            return await PostgresBlobsBackend.connect(dsn, **asdict(options.backend))
         except psycopg2.OperationalError as error:
             reason = str(error).strip().splitlines()[0]
             _log.warn(

@@ -9,7 +9,8 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from pgblobs import names
 from pgblobs.errors import InvalidArgument, InvalidFlag
 from pgblobs.web import arguments
-from pgblobs.web.responses import ExactBody, Handler, Missing, rendered, send, send_json
+from pgblobs.web.resources import Handler, Missing, rendered
+from pgblobs.web.responses import ExactBody, send, send_json
 from pgblobs.web.status import BodyTooLarge
 
 

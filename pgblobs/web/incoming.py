@@ -11,7 +11,8 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from pgblobs import mail, names
 from pgblobs.names import Flags
 from pgblobs.web import arguments
-from pgblobs.web.responses import Handler, Missing, rendered, send
+from pgblobs.web.resources import Handler, Missing, rendered
+from pgblobs.web.responses import send
 from pgblobs.web.status import BodyTooLarge, LengthRequired
 
 

@@ -14,7 +14,8 @@ from prometheus_client import (
 )
 from twisted.web.server import NOT_DONE_YET
 
-from pgblobs.web.responses import Handler, send
+from pgblobs.web.resources import Handler
+from pgblobs.web.responses import send
 
 # Label values come from known sets only: the method is whatever a client
 # typed, and every new label value is a new time series, kept forever.

@@ -26,7 +26,8 @@ from pgblobs.web.channel import BlobsChannel
 from pgblobs.web.incoming import UserIncoming
 from pgblobs.web.metrics import SiteMetrics
 from pgblobs.web.request import StreamingRequest
-from pgblobs.web.responses import Handler, Missing, Users, rendered, send, send_json
+from pgblobs.web.resources import Handler, Missing, Users, rendered
+from pgblobs.web.responses import send, send_json
 from pgblobs.web.stream import MAX_STREAMED_SIZE, UserStream
 
 
