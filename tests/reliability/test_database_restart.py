@@ -58,7 +58,6 @@ def node_on_own_cluster(directory, *options):
         assert node.process.poll() is None, "the server must stay up"
     finally:
         if node is not None:
-            print("".join(node.errors)[-4000:])
             assert node.stop() == 0
         cluster.stop()
 
