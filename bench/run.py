@@ -118,14 +118,7 @@ async def main(reactor):
         connection = SyncConnection.connect(cluster.dsn)
         token = accounts.create_token(connection, "bench")
         connection.close()
-        serve_args = (
-            "--dsn",
-            cluster.dsn,
-            "--quota-bytes",
-            "unlimited",
-            "--max-blob-bytes",
-            str(1 << 40),
-        )
+        serve_args = ("--dsn", cluster.dsn, "--quota-bytes", "unlimited")
         nodes = [ServeProcess(*serve_args), ServeProcess(*serve_args)]
         auth = {
             b"Authorization": [

@@ -171,6 +171,13 @@ def auth_header(server, user="alice"):
     return b"Authorization: " + server.auth(user)[b"Authorization"][0]
 
 
+def raw_request(server, method, path, *headers, body=b""):
+    """The bytes of an HTTP/1.1 request with alice's token, for a raw socket."""
+    lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: x", auth_header(server)]
+    lines += [header.encode() for header in headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
 def create_token(dsn, user):
     """A new token for ``user``, made as `pgblobs token create` makes it."""
     from pgblobs import accounts

@@ -14,6 +14,7 @@ from tests.helpers import (
     deferred_test,
     pgblobs_cli,
     raw_http,
+    raw_request,
     sql,
 )
 
@@ -236,10 +237,8 @@ async def test_quota_is_507_with_and_without_content_length(server, dsn):
 @deferred_test
 async def test_a_body_over_the_limit_is_413_before_it_is_sent(server):
     limit = 64 * 1024 * 1024
-    head = (
-        b"PUT /blobs/alice/huge HTTP/1.1\r\nHost: x\r\n"
-        + auth_header(server)
-        + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % (limit + 1)
+    head = raw_request(
+        server, "PUT", "/blobs/alice/huge", f"Content-Length: {limit + 1}", "Connection: close"
     )
     answer = await raw_http(server, head)
     assert answer.startswith(b"HTTP/1.1 413 ")
@@ -248,12 +247,9 @@ async def test_a_body_over_the_limit_is_413_before_it_is_sent(server):
 @deferred_test
 async def test_a_chunked_body_over_the_limit_is_413(server):
     chunk = b"x" * 1024 * 1024
-    payload = (
-        b"PUT /blobs/alice/huge HTTP/1.1\r\nHost: x\r\n"
-        + auth_header(server)
-        + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
-        + (b"%x\r\n" % len(chunk) + chunk + b"\r\n") * 65
-        + b"0\r\n\r\n"
+    chunks = (b"%x\r\n" % len(chunk) + chunk + b"\r\n") * 65 + b"0\r\n\r\n"
+    payload = raw_request(
+        server, "PUT", "/blobs/alice/huge", "Transfer-Encoding: chunked", body=chunks
     )
     answer = await raw_http(server, payload)
     assert answer.startswith(b"HTTP/1.1 413 ")
@@ -297,11 +293,8 @@ async def test_expect_100_continue_is_answered_only_when_the_body_is_wanted(serv
 @deferred_test
 async def test_a_refused_upload_is_answered_even_while_the_client_keeps_sending(server):
     await put(server, "taken", b"already here")
-    payload = (
-        b"PUT /blobs/alice/taken HTTP/1.1\r\nHost: x\r\n"
-        + auth_header(server)
-        + b"\r\nContent-Length: 3000000\r\n\r\n"
-        + b"z" * 3_000_000
+    payload = raw_request(
+        server, "PUT", "/blobs/alice/taken", "Content-Length: 3000000", body=b"z" * 3_000_000
     )
     answer = await raw_http(server, payload)
     assert answer.startswith(b"HTTP/1.1 409 ")

@@ -5,7 +5,7 @@ import json
 
 import treq
 
-from tests.helpers import auth_header, content, deferred_test, raw_http, sleep, sql
+from tests.helpers import content, deferred_test, raw_http, raw_request, sleep, sql
 
 
 def parse_download(body):
@@ -17,6 +17,12 @@ def parse_download(body):
         blobs.append((tag, body[33 : 33 + size]))
         body = body[33 + size :]
     return blobs
+
+
+async def stream_status(server, path, body, auth=True):
+    """The status of POST /stream/{path} with ``body`` (alice's token unless not ``auth``)."""
+    headers = server.auth() if auth else {}
+    return (await treq.post(f"{server.url}/stream/{path}", data=body, headers=headers)).code
 
 
 async def upload(server, listing, payload, namespace=None):
@@ -73,14 +79,8 @@ async def test_upload_lists_that_do_not_match_the_body(server):
     for bad in ([["c", -1]], [["c"]], [[1, 2]], {"c": 1}, [["../c", 1]], [["c", True]]):
         code, _ = await upload(server, bad, b"x")
         assert code == 400, bad
-    response = await treq.post(
-        f"{server.url}/stream/alice?direction=sideways", data=b"[]", headers=server.auth()
-    )
-    assert response.code == 400
-    response = await treq.post(
-        f"{server.url}/stream/alice?direction=upload", data=b"not json\n", headers=server.auth()
-    )
-    assert response.code == 400
+    assert await stream_status(server, "alice?direction=sideways", b"[]") == 400
+    assert await stream_status(server, "alice?direction=upload", b"not json\n") == 400
 
 
 @deferred_test
@@ -118,21 +118,13 @@ async def test_an_upload_stream_over_quota_stores_nothing(server, dsn):
 
 @deferred_test
 async def test_stream_needs_the_users_token(server):
-    response = await treq.post(f"{server.url}/stream/alice?direction=download", data=b"[]")
-    assert response.code == 401
-    response = await treq.post(
-        f"{server.url}/stream/bob?direction=download", data=b"[]", headers=server.auth()
-    )
-    assert response.code == 403
+    assert await stream_status(server, "alice?direction=download", b"[]", auth=False) == 401
+    assert await stream_status(server, "bob?direction=download", b"[]") == 403
 
 
 @deferred_test
 async def test_a_client_leaving_mid_put_stores_nothing(server, dsn):
-    head = (
-        b"PUT /blobs/alice/partial HTTP/1.1\r\nHost: x\r\n"
-        + auth_header(server)
-        + b"\r\nContent-Length: 10000000\r\n\r\n"
-    )
+    head = raw_request(server, "PUT", "/blobs/alice/partial", "Content-Length: 10000000")
     await raw_http(server, head + b"x" * 3_000_000, timeout=1)
     for _ in range(50):
         busy = server.backend.database.usage()
@@ -153,7 +145,7 @@ async def test_a_client_leaving_mid_get_releases_the_read(server):
     data = content(20 * 1024 * 1024)
     response = await treq.put(f"{server.url}/blobs/alice/big", data=data, headers=server.auth())
     assert response.code == 200
-    request = b"GET /blobs/alice/big HTTP/1.1\r\nHost: x\r\n" + auth_header(server) + b"\r\n\r\n"
+    request = raw_request(server, "GET", "/blobs/alice/big")
 
     import socket
 
@@ -255,11 +247,12 @@ async def test_download_frames_each_record_as_soledad_reads_it(server):
     )
     assert code == 200
     body = json.dumps(list(blobs)).encode()
-    request = (
-        b"POST /stream/alice?direction=download HTTP/1.1\r\nHost: x\r\n"
-        + auth_header(server)
-        + b"\r\nContent-Length: %d\r\n\r\n" % len(body)
-        + body
+    request = raw_request(
+        server,
+        "POST",
+        "/stream/alice?direction=download",
+        f"Content-Length: {len(body)}",
+        body=body,
     )
     status, headers, chunks = await threads.deferToThread(
         chunks_of, server.port.getHost().port, request
