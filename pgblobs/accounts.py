@@ -24,7 +24,7 @@ def _matches(token: str, rows: list[Row]) -> bool:
     """Whether ``token`` is one of the digests in ``rows``. Every digest is
     compared, so timing does not tell which matched."""
     offered = _digest(token)
-    return any([hmac.compare_digest(offered, bytes(row["token_sha256"])) for row in rows])
+    return any([hmac.compare_digest(offered, bytes(row.token_sha256)) for row in rows])
 
 
 async def token_is_valid(database: Database, user: str, token: str) -> bool:
@@ -48,7 +48,7 @@ def create_token(connection: SyncConnection, user: str) -> str:
 
 def revoke_tokens(connection: SyncConnection, user: str) -> int:
     """Forget every token of ``user``; the number forgotten."""
-    return connection.fetch("revoke_tokens", {"user": names.user_name(user)})[0]["revoked"]
+    return connection.fetch("revoke_tokens", {"user": names.user_name(user)})[0].revoked
 
 
 def create_service_token(connection: SyncConnection, service: str) -> str:
@@ -63,7 +63,7 @@ def create_service_token(connection: SyncConnection, service: str) -> str:
 def revoke_service_tokens(connection: SyncConnection, service: str) -> int:
     """Forget every token of ``service``; the number forgotten."""
     rows = connection.fetch("revoke_service_tokens", {"service": names.service_name(service)})
-    return int(rows[0]["revoked"])
+    return int(rows[0].revoked)
 
 
 def set_quota(connection: SyncConnection, user: str, quota_bytes: int | None) -> None:
@@ -80,4 +80,4 @@ def clear_quota(connection: SyncConnection, user: str) -> None:
 def quota(connection: SyncConnection, user: str) -> tuple[bool, int | None, int]:
     """``(has_override, quota_bytes, used_bytes)`` for ``user``."""
     row = connection.fetch("show_quota", {"user": names.user_name(user)})[0]
-    return row["has_override"], row["quota_bytes"], int(row["used_bytes"])
+    return row.has_override, row.quota_bytes, int(row.used_bytes)

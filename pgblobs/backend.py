@@ -151,8 +151,8 @@ class PostgresBlobsBackend:
                 "write_precheck", dict(key.params(), default_quota=self.quota_bytes)
             )
         )[0]
-        room = precheck["room"]
-        if precheck["taken"]:
+        room = precheck.room
+        if precheck.taken:
             raise BlobExists("a live blob already has this id")
         declared = getattr(producer, "length", UNKNOWN_LENGTH)
         length = None if declared is UNKNOWN_LENGTH else int(declared)
@@ -229,9 +229,9 @@ class PostgresBlobsBackend:
                 ),
             )
         )[0]
-        room = precheck["room"]
-        if precheck["taken"]:
-            raise BlobExists(f"a live blob already has the id {precheck['taken']}")
+        room = precheck.room
+        if precheck.taken:
+            raise BlobExists(f"a live blob already has the id {precheck.taken}")
         if room is not None and sum(size for _, size, _ in blobs) > room:
             raise QuotaExceeded("the blobs do not fit in the user's quota")
         pipes = []
@@ -270,8 +270,8 @@ class PostgresBlobsBackend:
         """
         key = names.BlobKey.of(user, blob_id, namespace)
         row = await self._one("open_blob", dict(key.params(), inline_limit=INLINE_LIMIT))
-        content = None if row["content"] is None else bytes(row["content"])
-        return OpenBlob(key.user, key.blob_id, row["size"], row["tag"], row["id"], content, self)
+        content = None if row.content is None else bytes(row.content)
+        return OpenBlob(key.user, key.blob_id, row.size, row.tag, row.id, content, self)
 
     @deferred
     async def open_blobs(
@@ -288,8 +288,8 @@ class PostgresBlobsBackend:
                 "open_blobs", dict(params, blob_ids=wanted[first : first + LOOKUP_BATCH])
             )
             for row in rows:
-                found[row["blob_id"]] = OpenBlob(
-                    params["user"], row["blob_id"], row["size"], row["tag"], row["id"], None, self
+                found[row.blob_id] = OpenBlob(
+                    params["user"], row.blob_id, row.size, row.tag, row.id, None, self
                 )
         for blob_id in ids:
             if blob_id not in found:
@@ -325,7 +325,7 @@ class PostgresBlobsBackend:
                 )
                 if not rows:
                     raise BlobNotFound(f"no such blob: {opened.blob_id}")
-                content = bytes(rows[0]["content"])
+                content = bytes(rows[0].content)
             else:
                 await self.database.in_thread(
                     largeobjects.load,
@@ -351,17 +351,17 @@ class PostgresBlobsBackend:
     @deferred
     async def get_blob_size(self, user: str, blob_id: str, namespace: str = "") -> int:
         key = names.BlobKey.of(user, blob_id, namespace)
-        return (await self._one("blob_info", key.params()))["size"]
+        return (await self._one("blob_info", key.params())).size
 
     @deferred
     async def get_tag(self, user: str, blob_id: str, namespace: str = "") -> str:
         key = names.BlobKey.of(user, blob_id, namespace)
-        return (await self._one("blob_info", key.params()))["tag"]
+        return (await self._one("blob_info", key.params())).tag
 
     @deferred
     async def get_flags(self, user: str, blob_id: str, namespace: str = "") -> list[str]:
         key = names.BlobKey.of(user, blob_id, namespace)
-        return list((await self._one("blob_info", key.params()))["flags"])
+        return list((await self._one("blob_info", key.params())).flags)
 
     @deferred
     async def set_flags(
@@ -375,7 +375,7 @@ class PostgresBlobsBackend:
     async def count(self, user: str, namespace: str = "") -> int:
         params = {"user": names.user_name(user), "namespace": names.namespace_name(namespace)}
         rows = await self.database.fetch("count_live", params)
-        return rows[0]["live_blobs"]
+        return rows[0].live_blobs
 
     @deferred
     async def list_blobs(
@@ -395,7 +395,7 @@ class PostgresBlobsBackend:
             name = "list_flagged"
         else:
             name = "list_tombstones" if deleted else "list_live"
-        ids = [row["blob_id"] for row in await self.database.fetch(name, params)]
+        ids: list[str] = (await self.database.fetch(name, params))[0].blob_ids
         # Both orders come from one ascending index scan.
         if newest_first:
             ids.reverse()
@@ -405,4 +405,4 @@ class PostgresBlobsBackend:
     async def get_total_storage(self, user: str) -> int:
         params = {"user": names.user_name(user)}
         rows = await self.database.fetch("total_storage_kib", params)
-        return int(rows[0]["kib"])
+        return int(rows[0].kib)

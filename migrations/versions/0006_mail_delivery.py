@@ -37,12 +37,14 @@ def upgrade():
         BEGIN
             PERFORM pgblobs.put_blob(p_user, p_namespace, p_blob_id, p_oid,
                                      p_size, p_tag, p_sha256, p_default_quota);
-            INSERT INTO pgblobs.blob_flags (blob_row, user_id, namespace, blob_id,
-                                            created_at, flag)
-            SELECT b.id, b.user_id, b.namespace, b.blob_id, b.created_at, f.flag
-            FROM pgblobs.blobs AS b, unnest(p_flags) AS f(flag)
-            WHERE b.user_id = p_user AND b.namespace = p_namespace
-              AND b.blob_id = p_blob_id AND b.deleted_at IS NULL;
+            IF cardinality(p_flags) > 0 THEN  -- most writes have none: no second lookup
+                INSERT INTO pgblobs.blob_flags (blob_row, user_id, namespace, blob_id,
+                                                created_at, flag)
+                SELECT b.id, b.user_id, b.namespace, b.blob_id, b.created_at, f.flag
+                FROM pgblobs.blobs AS b, unnest(p_flags) AS f(flag)
+                WHERE b.user_id = p_user AND b.namespace = p_namespace
+                  AND b.blob_id = p_blob_id AND b.deleted_at IS NULL;
+            END IF;
         END
         $$
     """)

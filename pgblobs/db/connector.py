@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import psycopg2
 from psycopg2 import errorcodes
 from psycopg2.extensions import make_dsn, parse_dsn
-from psycopg2.extras import RealDictCursor
+from psycopg2.extras import NamedTupleCursor
 from twisted.internet import defer, task, threads
 from twisted.internet import error as internet_error
 from twisted.internet.defer import Deferred
@@ -34,7 +34,9 @@ from pgblobs import settings
 from pgblobs.db import queries, schema
 from pgblobs.errors import BlobExists, DatabaseUnavailable, QuotaExceeded
 
-Row = dict[str, Any]  # a row, by column name
+# A row: a named tuple whose fields are the statement's column names
+# (NamedTupleCursor costs a third of RealDictCursor on long listings).
+Row = Any
 _T = TypeVar("_T")
 
 _QUOTA_EXCEEDED = "PB507"  # raised by pgblobs.put_blob (migrations/versions/0001)
@@ -182,7 +184,7 @@ class _ReconnectingPool(txpostgres.ConnectionPool):
 
 class SyncConnection:
     """A psycopg2 connection used synchronously: by content threads, operator
-    tools and the CLI. It runs named statements, returns rows as dicts, and
+    tools and the CLI. It runs named statements, returns rows with named fields, and
     owns its transactions: outside ``transaction()`` each statement commits
     on its own; inside, they commit together on leaving, or roll back."""
 
@@ -192,7 +194,7 @@ class SyncConnection:
 
     @classmethod
     def connect(cls, dsn: str) -> "SyncConnection":
-        return cls(psycopg2.connect(dsn, cursor_factory=RealDictCursor))
+        return cls(psycopg2.connect(dsn, cursor_factory=NamedTupleCursor))
 
     @classmethod
     def connect_at_head(cls, dsn: str) -> "SyncConnection":
@@ -211,10 +213,10 @@ class SyncConnection:
             row = self.fetch_one("schema_version")
         except psycopg2.errors.UndefinedTable:
             return None
-        return None if row is None else row["version_num"]
+        return None if row is None else row.version_num
 
     def fetch(self, name: str, params: dict[str, Any] | None = None) -> list[Row]:
-        """Every row of a named statement, as dicts."""
+        """Every row of a named statement."""
         with self.raw.cursor() as cursor:
             cursor.execute(queries.SQL[name], params or {})
             return cursor.fetchall() if cursor.description else []
@@ -393,7 +395,7 @@ class Database:
         if reactor is None:
             from twisted.internet import reactor
         dsn = with_statement_timeout(dsn, statement_timeout_ms)
-        pool = _ReconnectingPool(None, dsn, min=pool_size, cursor_factory=RealDictCursor)
+        pool = _ReconnectingPool(None, dsn, min=pool_size, cursor_factory=NamedTupleCursor)
         try:
             await pool.start()
         except defer.FirstError as error:
@@ -404,7 +406,7 @@ class Database:
                 rows = await pool.runQuery(queries.SQL["schema_version"])
             except psycopg2.errors.UndefinedTable:
                 rows = []
-            schema.require_head(rows[0]["version_num"] if rows else None)
+            schema.require_head(rows[0].version_num if rows else None)
         except BaseException:
             pool.close()
             raise

@@ -119,7 +119,7 @@ def load(connection: SyncConnection, push: DownloadPush, row: int, start: int, s
         found = connection.fetch_one("version_large_object", {"row": row})
         if found is None:
             raise BlobNotFound("the blob was deleted")
-        large_object = connection.large_object(found["lo_oid"], "rb")
+        large_object = connection.large_object(found.lo_oid, "rb")
         position = start
         large_object.seek(position)
         while position < stop:

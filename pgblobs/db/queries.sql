@@ -112,23 +112,30 @@ SELECT coalesce((SELECT live_blobs FROM pgblobs.usage
                  WHERE user_id = %(user)s AND namespace = %(namespace)s), 0) AS live_blobs;
 
 -- name: list_live (read)
--- Ids of a user's live blobs in a namespace, oldest first.
-SELECT blob_id FROM pgblobs.blobs
-WHERE user_id = %(user)s AND namespace = %(namespace)s AND deleted_at IS NULL
-ORDER BY created_at, id;
+-- Ids of a user's live blobs in a namespace, oldest first, as one array (one row
+-- parses far faster than a row per id).
+SELECT ARRAY(
+    SELECT blob_id FROM pgblobs.blobs
+    WHERE user_id = %(user)s AND namespace = %(namespace)s AND deleted_at IS NULL
+    ORDER BY created_at, id
+) AS blob_ids;
 
 -- name: list_tombstones (read)
--- Ids of a user's tombstones in a namespace, oldest first.
-SELECT blob_id FROM pgblobs.blobs
-WHERE user_id = %(user)s AND namespace = %(namespace)s AND deleted_at IS NOT NULL
-ORDER BY created_at, id;
+-- Ids of a user's tombstones in a namespace, oldest first, as one array.
+SELECT ARRAY(
+    SELECT blob_id FROM pgblobs.blobs
+    WHERE user_id = %(user)s AND namespace = %(namespace)s AND deleted_at IS NOT NULL
+    ORDER BY created_at, id
+) AS blob_ids;
 
 -- name: list_flagged (read)
--- Ids of a user's live blobs in a namespace that carry %(flag)s, oldest first
--- (only live blobs have flags, so the flag rows answer alone).
-SELECT blob_id FROM pgblobs.blob_flags
-WHERE user_id = %(user)s AND namespace = %(namespace)s AND flag = %(flag)s
-ORDER BY created_at, blob_row;
+-- Ids of a user's live blobs in a namespace that carry %(flag)s, oldest first, as
+-- one array (only live blobs have flags, so the flag rows answer alone).
+SELECT ARRAY(
+    SELECT blob_id FROM pgblobs.blob_flags
+    WHERE user_id = %(user)s AND namespace = %(namespace)s AND flag = %(flag)s
+    ORDER BY created_at, blob_row
+) AS blob_ids;
 
 -- name: total_storage_kib (read)
 -- A user's live bytes across namespaces, in KiB rounded up.

@@ -31,9 +31,9 @@ class Findings:
 
 def fsck(connection, repair=False, verify_content=False):
     findings = Findings()
-    findings.orphans = [row["oid"] for row in connection.fetch("orphan_large_objects")]
+    findings.orphans = [row.oid for row in connection.fetch("orphan_large_objects")]
     broken = connection.fetch("rows_without_content")
-    findings.broken_rows = [(row["user_id"], row["namespace"], row["blob_id"]) for row in broken]
+    findings.broken_rows = [(row.user_id, row.namespace, row.blob_id) for row in broken]
     if verify_content:
         findings.mismatches = _verify_content(connection)
     if repair and (findings.orphans or broken):
@@ -41,11 +41,11 @@ def fsck(connection, repair=False, verify_content=False):
             for oid in findings.orphans:
                 connection.fetch("unlink_large_object", {"oid": oid})
             for row in broken:
-                connection.execute("bury_row", {"id": row["id"]})
+                connection.execute("bury_row", {"id": row.id})
         findings.repaired = True
     # Counted after any repair, which itself moves the counters.
     findings.drifted_usage = [
-        (row["user_id"], row["namespace"]) for row in connection.fetch("usage_drift")
+        (row.user_id, row.namespace) for row in connection.fetch("usage_drift")
     ]
     if repair and findings.drifted_usage:
         with connection.transaction():
@@ -57,7 +57,7 @@ def fsck(connection, repair=False, verify_content=False):
 
 def _verify_content(connection):
     mismatches: list[tuple[str, str, str, str]] = []
-    total_bytes = connection.fetch_one("live_totals")["bytes"]
+    total_bytes = connection.fetch_one("live_totals").bytes
     after = 0
     with progress(int(total_bytes), "B", "verifying", unit_scale=True) as bar:
         while True:
@@ -65,12 +65,10 @@ def _verify_content(connection):
             if not batch:
                 return mismatches
             for row in batch:
-                after = row["id"]
-                problem = _check_one(
-                    connection, row["lo_oid"], row["size"], bytes(row["sha256"]), bar
-                )
+                after = row.id
+                problem = _check_one(connection, row.lo_oid, row.size, bytes(row.sha256), bar)
                 if problem:
-                    mismatches.append((row["user_id"], row["namespace"], row["blob_id"], problem))
+                    mismatches.append((row.user_id, row.namespace, row.blob_id, problem))
 
 
 def _check_one(connection, oid, size, sha256, bar):

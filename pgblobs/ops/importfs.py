@@ -168,7 +168,7 @@ def _store(connection, entry, params, flags, bar):
                     sha256=digest.sha256,
                     created_at=_mtime(entry.path),
                 ),
-            )["id"]
+            ).id
             if flags:
                 connection.execute("import_flags", dict(params, row=row, flags=flags))
     except psycopg2.IntegrityError as error:

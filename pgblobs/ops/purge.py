@@ -34,7 +34,7 @@ def purge(connection, older_than, dry_run=False):
     (or, with ``dry_run``, that would be). Each batch is its own statement,
     and so its own transaction."""
     cutoff = datetime.datetime.now(datetime.UTC) - older_than
-    total = connection.fetch_one("count_old_tombstones", {"cutoff": cutoff})["tombstones"]
+    total = connection.fetch_one("count_old_tombstones", {"cutoff": cutoff}).tombstones
     if dry_run or not total:
         return total
     removed = 0

@@ -30,17 +30,17 @@ def usage(connection, default_quota, user=None, top=None):
     )
     report = []
     for row in rows:
-        quota = row["quota_bytes"]
-        used = None if not quota else round(100.0 * row["live_bytes"] / quota, 1)
+        quota = row.quota_bytes
+        used = None if not quota else round(100.0 * row.live_bytes / quota, 1)
         report.append(
             {
-                "user": row["user_id"],
-                "blobs": row["live_blobs"],
-                "bytes": int(row["live_bytes"]),
-                "kib": int(row["live_kib"]),
-                "tombstones": row["tombstones"],
-                "first_write": row["first_write"],
-                "last_write": row["last_write"],
+                "user": row.user_id,
+                "blobs": row.live_blobs,
+                "bytes": int(row.live_bytes),
+                "kib": int(row.live_kib),
+                "tombstones": row.tombstones,
+                "first_write": row.first_write,
+                "last_write": row.last_write,
                 "quota_bytes": quota,
                 "used_percent": used,
             }
@@ -50,6 +50,6 @@ def usage(connection, default_quota, user=None, top=None):
 
 def daily(connection, days):
     return [
-        {column: row[column] for column in DAILY_COLUMNS}
+        {column: getattr(row, column) for column in DAILY_COLUMNS}
         for row in connection.fetch("report_daily", {"days": days})
     ]
