@@ -122,6 +122,9 @@ class MemoryBlobsBackend:
         contents = [await transfer.collect(make()) for _, _, make in blobs]
         if before_commit is not None:
             await before_commit()
+        for key in keys:
+            if self._taken(key):  # written meanwhile
+                raise BlobExists(f"a live blob already has the id {key.blob_id}")
         total = sum(len(content) for content in contents)
         if self.quota_bytes is not None and self._used(user) + total > self.quota_bytes:
             raise QuotaExceeded("the blobs do not fit in the user's quota")
