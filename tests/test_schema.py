@@ -146,3 +146,34 @@ def test_per_user_queries_are_index_scans_on_a_large_table(scratch_dsn):
         plan = "\n".join(row[0] for row in sql(scratch_dsn, "EXPLAIN " + SQL[name], params))
         assert "Seq Scan" not in plan, f"{name}:\n{plan}"
         assert "Index" in plan, f"{name}:\n{plan}"
+
+
+SINGLE_BLOB_QUERIES = ["open_blob", "blob_info", "write_precheck", "delete_blob", "set_flags"]
+
+
+def test_single_blob_statements_use_the_live_key_before_any_statistics(scratch_dsn):
+    """100,000 live blobs of one user, no ANALYZE: a single-blob statement
+    must still find its row through the unique live key, not by scanning the
+    user's blobs (revision 0007)."""
+    schema.upgrade(scratch_dsn)
+    oid = sql(scratch_dsn, "SELECT lo_from_bytea(0, 'x')")[0][0]
+    sql(
+        scratch_dsn,
+        "INSERT INTO pgblobs.blobs (user_id, namespace, blob_id, lo_oid, size, tag, sha256) "
+        "SELECT 'heavy', 'default', 'b' || i, %(oid)s, 1, 't', '\\x00' "
+        "FROM generate_series(1, 100000) AS i",
+        {"oid": oid},
+    )
+    params = {
+        "user": "heavy",
+        "namespace": "default",
+        "blob_id": "b50000",
+        "inline_limit": 262144,
+        "default_quota": None,
+        "flags": [],
+    }
+    for name in SINGLE_BLOB_QUERIES:
+        plan = "\n".join(row[0] for row in sql(scratch_dsn, "EXPLAIN " + SQL[name], params))
+        assert "blobs_live_key" in plan, f"{name}:\n{plan}"
+        assert "blobs_live_by_date" not in plan, f"{name}:\n{plan}"
+    sql(scratch_dsn, "SELECT lo_unlink(%(oid)s)", {"oid": oid})
