@@ -118,7 +118,7 @@ def load(connection: SyncConnection, push: DownloadPush, row: int, start: int, s
     with connection.transaction(snapshot=True, commit=False):
         found = connection.fetch_one("version_large_object", {"row": row})
         if found is None:
-            raise BlobNotFound("the blob was deleted")
+            raise BlobNotFound("no such blob: it was deleted meanwhile")
         large_object = connection.large_object(found.lo_oid, "rb")
         position = start
         large_object.seek(position)
