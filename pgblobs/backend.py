@@ -218,6 +218,8 @@ class PostgresBlobsBackend:
         if len({key.blob_id for key in keys}) != len(keys):
             raise BlobExists("the same id is listed twice")
         if not keys:
+            if before_commit is not None:
+                await before_commit()
             return
         precheck = (
             await self.database.fetch(

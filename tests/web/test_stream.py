@@ -76,6 +76,9 @@ async def test_upload_lists_that_do_not_match_the_body(server):
     assert code == 400
     response = await treq.get(f"{server.url}/blobs/alice/", headers=server.auth())
     assert await response.json() == []
+    # An empty listing is a valid upload of nothing, but only with nothing after it.
+    assert (await upload(server, [], b""))[0] == 200
+    assert (await upload(server, [], b"stray"))[0] == 400
     for bad in ([["c", -1]], [["c"]], [[1, 2]], {"c": 1}, [["../c", 1]], [["c", True]]):
         code, _ = await upload(server, bad, b"x")
         assert code == 400, bad
