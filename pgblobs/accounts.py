@@ -1,48 +1,22 @@
 """Access tokens of users and services, and quota overrides: the
 administrative side of a user.
 
-Tokens are random, shown once, and stored only as SHA-256 digests; checking
-one compares digests in constant time. The checks are asynchronous (every
-authenticated request makes one, on the server's pool); the administration
-is synchronous, on a ``SyncConnection`` (the CLI, and ``serve``'s
-development tokens at start).
+Tokens are random, shown once, and stored only as SHA-256 digests (checking
+them is tokens.py's, on the server). The administration is synchronous, on a
+``SyncConnection``: the CLI, and ``serve``'s development tokens at start.
 """
 
-import hashlib
-import hmac
 import secrets
 
 from pgblobs import names
-from pgblobs.db.connector import Database, Row, SyncConnection
-
-
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8")).digest()
-
-
-def _matches(token: str, rows: list[Row]) -> bool:
-    """Whether ``token`` is one of the digests in ``rows``. Every digest is
-    compared, so timing does not tell which matched."""
-    offered = _digest(token)
-    return any([hmac.compare_digest(offered, bytes(row.token_sha256)) for row in rows])
-
-
-async def token_is_valid(database: Database, user: str, token: str) -> bool:
-    """Whether ``token`` is one of ``user``'s (``database``: the server's Database)."""
-    return _matches(token, await database.fetch("token_digests", {"user": names.user_name(user)}))
-
-
-async def service_token_is_valid(database: Database, service: str, token: str) -> bool:
-    return _matches(
-        token,
-        await database.fetch("service_token_digests", {"service": names.service_name(service)}),
-    )
+from pgblobs.db.connector import SyncConnection
+from pgblobs.tokens import digest
 
 
 def create_token(connection: SyncConnection, user: str) -> str:
     """A new token for ``user``; only its digest is kept."""
     token = secrets.token_urlsafe(32)
-    connection.fetch("add_token", {"user": names.user_name(user), "digest": _digest(token)})
+    connection.fetch("add_token", {"user": names.user_name(user), "digest": digest(token)})
     return token
 
 
@@ -55,7 +29,7 @@ def create_service_token(connection: SyncConnection, service: str) -> str:
     """A new token for a service (an MX, say); only its digest is kept."""
     token = secrets.token_urlsafe(32)
     connection.fetch(
-        "add_service_token", {"service": names.service_name(service), "digest": _digest(token)}
+        "add_service_token", {"service": names.service_name(service), "digest": digest(token)}
     )
     return token
 

@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from pgblobs import names, settings, transfer
 from pgblobs.db import largeobjects
+from pgblobs.db.batching import Coalescer
 from pgblobs.db.connector import Database, Row
 from pgblobs.errors import BlobExists, BlobNotFound, QuotaExceeded, TransferStopped
 from pgblobs.interfaces import IBlobsBackend, deferred
@@ -41,6 +42,25 @@ def _give_up(pipes: list[transfer.UploadPipe]) -> None:
     for pipe in pipes:
         pipe.abort(Failure(TransferStopped("the blob could not be stored")))
         pipe.stop_producer()
+
+
+@dataclass(frozen=True)
+class _SmallWrite:
+    """A small blob's whole content, on its way into a group commit."""
+
+    key: names.BlobKey
+    content: bytes
+    digest: transfer.ContentDigest
+    flags: list[str]
+
+
+def _write_outcome(status: str) -> BaseException | None:
+    """What pgblobs.store_small_blobs says of one item, as write_blob's outcome."""
+    if status == "exists":
+        return BlobExists("a live blob already has this id")
+    if status == "quota":
+        return QuotaExceeded("the blob does not fit in the user's quota")
+    return None
 
 
 @dataclass(frozen=True)
@@ -87,6 +107,8 @@ class PostgresBlobsBackend:
         self.quota_bytes = quota_bytes
         self._buffer_limit = buffer_bytes
         self._buffered = 0  # bytes of small bodies being gathered now
+        self._reads = Coalescer(reactor, self._open_together)
+        self._small_writes = Coalescer(reactor, self._store_small)
 
     @classmethod
     def connect(
@@ -146,47 +168,30 @@ class PostgresBlobsBackend:
     ) -> None:
         key = names.BlobKey.of(user, blob_id, namespace)
         flags = names.flag_list(flags)
-        precheck = (
-            await self.database.fetch(
-                "write_precheck", dict(key.params(), default_quota=self.quota_bytes)
-            )
-        )[0]
-        room = precheck.room
-        if precheck.taken:
-            raise BlobExists("a live blob already has this id")
         declared = getattr(producer, "length", UNKNOWN_LENGTH)
         length = None if declared is UNKNOWN_LENGTH else int(declared)
-        if length is not None and room is not None and length > room:
-            raise QuotaExceeded("the blob does not fit in the user's quota")
         # The one place that chooses how a blob travels: inline when its
         # length is known and small, else streamed into a large object.
-        if (
-            length is not None
-            and length <= INLINE_LIMIT
-            and self._buffered + length <= self._buffer_limit
-        ):
-            # Small and known: gathered on the reactor, stored by one
-            # statement, no thread hop. Bodies gathered at once are bounded
-            # in bytes: past that, small ones take the streamed path below,
-            # which holds nothing while it waits for a connection.
+        small = length is not None and length <= INLINE_LIMIT
+        # A small body already on its way costs less to read than a round
+        # trip to refuse it first; one the client sends only when asked
+        # (``sent_on_demand``, HTTP's Expect: 100-continue) is checked first.
+        if small and getattr(producer, "sent_on_demand", False):
+            await self._precheck(key, length)
+        if small and length is not None and self._buffered + length <= self._buffer_limit:
+            # Small and known: gathered on the reactor, then committed with
+            # the other small writes of the moment (one statement, one WAL
+            # flush). Bodies gathered at once are bounded in bytes: past
+            # that, small ones take the streamed path below, which holds
+            # nothing while it waits for a connection.
             self._buffered += length
             try:
                 content, digest = await transfer.gather_small(producer)
             finally:
                 self._buffered -= length
-            await self.database.fetch(
-                "put_small_blob",
-                dict(
-                    key.params(),
-                    default_quota=self.quota_bytes,
-                    content=psycopg2.Binary(content),
-                    size=digest.size,
-                    tag=digest.tag,
-                    sha256=digest.sha256,
-                    flags=flags,
-                ),
-            )
+            await self._small_writes.submit(_SmallWrite(key, content, digest, flags))
             return
+        room = await self._precheck(key, length)
         pipe = transfer.UploadPipe(self._reactor, producer)
         try:
             await self.database.in_thread(
@@ -195,6 +200,38 @@ class PostgresBlobsBackend:
         except BaseException:
             _give_up([pipe])
             raise
+
+    async def _precheck(self, key: names.BlobKey, length: int | None) -> int | None:
+        """Refuse a write whose id is taken or whose known length is over
+        quota before reading its body; the bytes the user may still store
+        (None: no limit)."""
+        precheck = (
+            await self.database.fetch(
+                "write_precheck", dict(key.params(), default_quota=self.quota_bytes)
+            )
+        )[0]
+        if precheck.taken:
+            raise BlobExists("a live blob already has this id")
+        room: int | None = precheck.room
+        if length is not None and room is not None and length > room:
+            raise QuotaExceeded("the blob does not fit in the user's quota")
+        return room
+
+    async def _store_small(self, writes: list[_SmallWrite]) -> list[BaseException | None]:
+        rows = await self.database.fetch(
+            "put_small_blobs",
+            {
+                "users": [write.key.user for write in writes],
+                "namespaces": [write.key.namespace for write in writes],
+                "blob_ids": [write.key.blob_id for write in writes],
+                "contents": [psycopg2.Binary(write.content) for write in writes],
+                "tags": [write.digest.tag for write in writes],
+                "sha256s": [psycopg2.Binary(write.digest.sha256) for write in writes],
+                "flags": [",".join(write.flags) for write in writes],
+                "default_quota": self.quota_bytes,
+            },
+        )
+        return [_write_outcome(status) for status in rows[0].statuses]
 
     @deferred
     async def write_blobs(
@@ -267,13 +304,29 @@ class PostgresBlobsBackend:
         A row of ``pgblobs.blobs`` never changes but to become a tombstone, so
         reading through the returned ``OpenBlob`` gives the content of this
         very version or ``BlobNotFound``, never another blob's bytes under
-        this size and tag. A small blob's content comes with it, in the same
-        statement.
+        this size and tag. A small blob's content comes with it, looked up
+        in one statement with the other reads of the moment.
         """
         key = names.BlobKey.of(user, blob_id, namespace)
-        row = await self._one("open_blob", dict(key.params(), inline_limit=INLINE_LIMIT))
+        row = await self._reads.submit(key)
         content = None if row.content is None else bytes(row.content)
         return OpenBlob(key.user, key.blob_id, row.size, row.tag, row.id, content, self)
+
+    async def _open_together(self, keys: list[names.BlobKey]) -> list[Row | BaseException]:
+        rows = await self.database.fetch(
+            "open_blob_batch",
+            {
+                "users": [key.user for key in keys],
+                "namespaces": [key.namespace for key in keys],
+                "blob_ids": [key.blob_id for key in keys],
+                "inline_limit": INLINE_LIMIT,
+            },
+        )
+        found = {row.position: row for row in rows}
+        return [
+            found.get(position, BlobNotFound("no such blob"))
+            for position in range(1, len(keys) + 1)
+        ]
 
     @deferred
     async def open_blobs(

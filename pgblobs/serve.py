@@ -20,6 +20,7 @@ from pgblobs.backend import PostgresBlobsBackend
 from pgblobs.cluster import LocalCluster
 from pgblobs.db import schema
 from pgblobs.db.connector import SyncConnection
+from pgblobs.tokens import KnownTokens
 from pgblobs.web.site import Limits, build_services_site, build_site
 
 DEV_USER = "dev"
@@ -137,7 +138,7 @@ async def _connect(reactor, dsn, options):
             delay = min(delay * 2, 30.0)
 
 
-async def _drain(reactor, sites, ports, backend, grace):
+async def _drain(reactor, sites, ports, backend, tokens, grace):
     """Stop accepting, let requests in flight finish (at most ``grace``
     seconds), then close the database connections."""
     await defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in ports])
@@ -151,6 +152,7 @@ async def _drain(reactor, sites, ports, backend, grace):
         waited += 0.1
     if unfinished():
         _log.warn("stopping with {count} requests unfinished", count=unfinished())
+    tokens.stop()
     await backend.close()
 
 
@@ -167,16 +169,16 @@ async def run(reactor, options):
         dsn = cluster.dsn
     backend = await _connect(reactor, dsn, options)
     database = backend.database
+    tokens = KnownTokens(database)
+    await tokens.start()
     shared = {"health": database.ping, "limits": options.limits}
-    site = build_site(
-        backend, partial(accounts.token_is_valid, database), pool_usage=database.usage, **shared
-    )
+    site = build_site(backend, tokens.user_token_is_valid, pool_usage=database.usage, **shared)
     ports = [await _listen(reactor, description, site) for description in options.listen]
     sites, services_ports = [site], []
     if options.services_listen:
         services = build_services_site(
             backend,
-            partial(accounts.service_token_is_valid, database),
+            tokens.service_token_is_valid,
             metrics=site.metrics,
             **shared,
         )
@@ -188,7 +190,7 @@ async def run(reactor, options):
         "before",
         "shutdown",
         lambda: defer.ensureDeferred(
-            _drain(reactor, sites, ports + services_ports, backend, options.drain_seconds)
+            _drain(reactor, sites, ports + services_ports, backend, tokens, options.drain_seconds)
         ),
     )
     print(

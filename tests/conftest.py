@@ -105,16 +105,15 @@ class Server:
 
 
 def site_of(backend, limits=None):
-    """The public site over ``backend``, its tokens and health from the backend's database."""
-    from functools import partial
-
-    from pgblobs import accounts
+    """The public site over ``backend``, its tokens and health from the backend's
+    database (tokens checked in the database every time: nothing listens here)."""
+    from pgblobs.tokens import KnownTokens
     from pgblobs.web.site import Limits, build_site
 
     database = backend.database
     return build_site(
         backend,
-        partial(accounts.token_is_valid, database),
+        KnownTokens(database).user_token_is_valid,
         database.ping,
         limits or Limits(),
         database.usage,

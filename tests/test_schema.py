@@ -116,7 +116,7 @@ PER_USER_QUERIES = [
     "list_flagged",
     "total_storage_kib",
     "blob_info",
-    "open_blob",
+    "open_blob_batch",
     "open_blobs",
     "write_precheck",
     "delete_blob",
@@ -141,6 +141,8 @@ def test_per_user_queries_are_index_scans_on_a_large_table(scratch_dsn):
         "end": None,
         "inline_limit": 0,
         "blob_ids": ["blob-1042", "blob-2042"],
+        "users": ["user-42", "user-42"],
+        "namespaces": ["default", "default"],
     }
     for name in PER_USER_QUERIES:
         plan = "\n".join(row[0] for row in sql(scratch_dsn, "EXPLAIN " + SQL[name], params))
@@ -148,7 +150,7 @@ def test_per_user_queries_are_index_scans_on_a_large_table(scratch_dsn):
         assert "Index" in plan, f"{name}:\n{plan}"
 
 
-SINGLE_BLOB_QUERIES = ["open_blob", "blob_info", "write_precheck", "delete_blob", "set_flags"]
+SINGLE_BLOB_QUERIES = ["open_blob_batch", "blob_info", "write_precheck", "delete_blob", "set_flags"]
 
 
 def test_single_blob_statements_use_the_live_key_before_any_statistics(scratch_dsn):
@@ -171,6 +173,9 @@ def test_single_blob_statements_use_the_live_key_before_any_statistics(scratch_d
         "inline_limit": 262144,
         "default_quota": None,
         "flags": [],
+        "users": ["heavy"],
+        "namespaces": ["default"],
+        "blob_ids": ["b50000"],
     }
     for name in SINGLE_BLOB_QUERIES:
         plan = "\n".join(row[0] for row in sql(scratch_dsn, "EXPLAIN " + SQL[name], params))

@@ -88,20 +88,29 @@ def with_statement_timeout(dsn: str, milliseconds: int) -> str:
     return make_dsn(dsn, options=f"{options} -c statement_timeout={milliseconds}".strip())
 
 
-class _Reconnector(reconnection.DeadConnectionDetector):
-    """Reconnects one dead connection, backing off between attempts; a
-    pool's ``hurry`` cuts the wait short once another connection got
+class Reconnector(reconnection.DeadConnectionDetector):
+    """Reconnects one dead connection, backing off between attempts, and
+    tells ``lost`` (if given) when it died and ``recovered`` when it is back;
+    a pool's ``hurry`` cuts the wait short once another connection got
     through, since the server is evidently back."""
 
-    def __init__(self, reactor: Any, recovered: Callable[["_Reconnector"], None]) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        recovered: Callable[["Reconnector"], None],
+        lost: Callable[[Failure], None] | None = None,
+    ) -> None:
         super().__init__(
             deathChecker=lambda failure: connection_lost(failure.value), reactor=reactor
         )
         self._recovered = recovered
+        self._lost = lost
         self._nap: Deferred[None] | None = None
         self.stopped = False
 
     def startReconnecting(self, failure: Failure) -> None:
+        if self._lost is not None:
+            self._lost(failure)
         defer.ensureDeferred(self._reconnect())
 
     async def _reconnect(self) -> None:
@@ -134,10 +143,10 @@ class _ReconnectingPool(txpostgres.ConnectionPool):
 
     def connectionFactory(self, reactor: Any, cooperator: Any) -> txpostgres.Connection:
         return txpostgres.Connection(
-            reactor, cooperator, detector=_Reconnector(reactor, self._one_recovered)
+            reactor, cooperator, detector=Reconnector(reactor, self._one_recovered)
         )
 
-    def _one_recovered(self, detector: _Reconnector) -> None:
+    def _one_recovered(self, detector: Reconnector) -> None:
         # The server answers again: every other connection tries at once,
         # and those not known dead are checked, so none fails a request
         # for having lost the old server.
@@ -365,7 +374,8 @@ class Database:
         max_waiting: int,
         user_share: int,
     ) -> None:
-        self._reactor = reactor
+        self.reactor = reactor
+        self.dsn = dsn  # with the statement timeout, for connections of its own
         self._pool = pool
         self._threadpool = threadpool
         self._sync = _SyncConnections(
@@ -439,7 +449,7 @@ class Database:
                     # (briefly) rather than fail, since the server is there.
                     if not self._pool.has_live_connection() or waited >= _RECOVERY_WAIT:
                         raise translate(error) from error
-                    await task.deferLater(self._reactor, _RECOVERY_STEP, lambda: None)
+                    await task.deferLater(self.reactor, _RECOVERY_STEP, lambda: None)
                     waited += _RECOVERY_STEP
                 except (
                     psycopg2.Error,
@@ -510,7 +520,7 @@ class Database:
         self._transfers += 1
         done = share.run(
             threads.deferToThreadPool,
-            self._reactor,
+            self.reactor,
             self._threadpool,
             self._sync.run,
             work,

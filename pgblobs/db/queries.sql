@@ -28,24 +28,31 @@ SELECT (SELECT min(blob_id) FROM pgblobs.blobs
            SELECT coalesce(sum(live_bytes), 0) FROM pgblobs.usage WHERE user_id = %(user)s
        ) AS room;
 
--- name: put_small_blob
--- A whole small blob in one statement: content, quota check, row and flags commit together.
-SELECT pgblobs.store_blob(%(user)s, %(namespace)s, %(blob_id)s, lo_from_bytea(0, %(content)s),
-                          %(size)s, %(tag)s, %(sha256)s, %(default_quota)s, %(flags)s::text[]);
+-- name: put_small_blobs
+-- A batch of whole small blobs, of any users, in one statement and one commit; one
+-- status per item: 'stored', 'exists' (a live blob has the id) or 'quota'. %(flags)s
+-- holds each item's flags joined by commas.
+SELECT pgblobs.store_small_blobs(%(users)s::text[], %(namespaces)s::text[],
+                                 %(blob_ids)s::text[], %(contents)s::bytea[], %(tags)s::text[],
+                                 %(sha256s)s::bytea[], %(flags)s::text[], %(default_quota)s)
+       AS statuses;
 
 -- name: put_blob
 -- The row and flags of a streamed blob whose large object was written in this transaction.
 SELECT pgblobs.store_blob(%(user)s, %(namespace)s, %(blob_id)s, %(oid)s,
                           %(size)s, %(tag)s, %(sha256)s, %(default_quota)s, %(flags)s::text[]);
 
--- name: open_blob (read)
--- One live blob's row (its version), size and tag; its whole content too when small
--- enough to inline, so a small response comes from one statement and one snapshot.
-SELECT id, size, tag,
-       CASE WHEN size <= %(inline_limit)s THEN lo_get(lo_oid) END AS content
-FROM pgblobs.blobs
-WHERE user_id = %(user)s AND namespace = %(namespace)s
-  AND blob_id = %(blob_id)s AND deleted_at IS NULL;
+-- name: open_blob_batch (read)
+-- Live blobs looked up together (reads that arrived at once, of any users): each
+-- found item's position in the arrays, its row (its version), size and tag, and its
+-- whole content when small enough to inline, so a small read is part of one statement.
+SELECT item.position, b.id, b.size, b.tag,
+       CASE WHEN b.size <= %(inline_limit)s THEN lo_get(b.lo_oid) END AS content
+FROM unnest(%(users)s::text[], %(namespaces)s::text[], %(blob_ids)s::text[])
+     WITH ORDINALITY AS item(user_id, namespace, blob_id, position)
+JOIN pgblobs.blobs AS b
+  ON b.blob_id = item.blob_id AND b.namespace = item.namespace
+ AND b.user_id = item.user_id AND b.deleted_at IS NULL;
 
 -- name: open_blobs (read)
 -- Row, size and tag of the live blobs among %(blob_ids)s (one batch of a stream download).

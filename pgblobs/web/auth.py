@@ -3,7 +3,7 @@
 Soledad clients send ``Authorization: Token base64("user:token")``.
 ``TokenCredentialFactory`` decodes that header into credentials,
 ``TokenChecker`` checks them against stored digests (constant-time, see
-accounts.py): users' tokens on the public site, services' tokens on the
+tokens.py): users' tokens on the public site, services' tokens on the
 services site, so neither kind opens the other site. The realm's avatar is
 simply the name. ``Authenticator`` ties them together for the resources,
 which then require that the avatar is the ``{user}`` of the path.
@@ -74,7 +74,8 @@ class _UserRealm:
 
 class Authenticator:
     """Who a request is, as far as its Token header and ``is_valid(name,
-    token)`` show (``accounts.token_is_valid`` or ``service_token_is_valid``)."""
+    token)`` show (a tokens.KnownTokens' ``user_token_is_valid`` or
+    ``service_token_is_valid``)."""
 
     def __init__(self, is_valid):
         self._portal = portal.Portal(_UserRealm(), [TokenChecker(is_valid)])

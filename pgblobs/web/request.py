@@ -93,6 +93,12 @@ class RequestBody:
         else:
             self._done.callback(None)
 
+    @property
+    def sent_on_demand(self) -> bool:
+        """Whether the client sends the body only once asked (Expect:
+        100-continue): refusing on the headers alone then saves it the upload."""
+        return self._on_demand is not None
+
     # IBodyProducer.
 
     def startProducing(self, consumer):

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.helpers import sql
+from tests.helpers import pgblobs_cli, sql
 from tests.processes import ServeProcess
 from tests.reliability.clients import Client, token_for
 
@@ -112,3 +112,17 @@ def test_delete_racing_a_read_gives_all_or_404(nodes, dsn):
                 status == 404 and body.startswith(b"no such blob")
             ), (status, body[:80])
     print("read outcomes", outcomes)
+
+
+def test_a_revoked_token_is_refused_by_every_node_within_a_second(nodes, dsn):
+    carol = clients(nodes, dsn, user="carol")
+    assert carol[0].put("note", b"hello")[0] == 200
+    for client in carol:  # each node now knows the token
+        assert client.get("note")[0] == 200
+    done = pgblobs_cli("token", "revoke", "carol", "--dsn", dsn)
+    assert done.returncode == 0, done.stderr
+    revoked = time.monotonic()
+    for client in carol:
+        while client.get("note")[0] != 401:
+            assert time.monotonic() - revoked < 1.0, "a node still accepts a revoked token"
+            time.sleep(0.01)

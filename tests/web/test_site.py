@@ -1,12 +1,11 @@
 """/health, /metrics and the handling of errors nobody planned for."""
 
-from functools import partial
-
 import treq
 from twisted.internet import defer
 from zope.interface import implementer
 
-from pgblobs import IBlobsBackend, accounts
+from pgblobs import IBlobsBackend
+from pgblobs.tokens import KnownTokens
 from pgblobs.web.site import build_site
 from tests.helpers import create_token, deferred_test, token_header
 
@@ -45,7 +44,7 @@ async def test_an_unexpected_error_is_a_500_with_a_request_id_only(backend, dsn)
 
     token = create_token(dsn, "alice")
     site = build_site(
-        _Exploding(), partial(accounts.token_is_valid, backend.database), backend.database.ping
+        _Exploding(), KnownTokens(backend.database).user_token_is_valid, backend.database.ping
     )
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     try:

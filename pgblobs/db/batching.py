@@ -1,0 +1,82 @@
+"""Coalescing: small operations that arrive together reach PostgreSQL as one
+statement.
+
+A request costs a round trip, a plan and, for a write, a commit whose WAL
+flush dominates everything else. Requests that arrive in the same reactor
+turn (one pass over the sockets that are ready) are gathered and leave as one
+batch at the end of that turn, or at once when the batch is full; batches do
+not wait for each other, so several may be in flight on the pool's
+connections. A lone request leaves at the end of its own turn: batching
+never delays it by more than the turn that received it.
+"""
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
+
+# Items per statement: past a few dozen, a batch's statement grows slower
+# than the round trips it saves (measured: bench/findings.md).
+BATCH_SIZE = 25
+
+
+class Coalescer(Generic[_Item, _Result]):
+    """Runs ``run(items)`` for the items submitted together.
+
+    ``run`` returns one outcome per item, in order: a result, or an
+    exception that fails that item alone; if ``run`` itself fails, every
+    item of its batch fails with that error.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        run: Callable[[list[_Item]], Awaitable[Sequence[_Result | BaseException]]],
+        size: int = BATCH_SIZE,
+    ) -> None:
+        self._reactor = reactor
+        self._run = run
+        self._size = size
+        self._pending: list[tuple[_Item, Deferred[_Result]]] = []
+        self._turn_end: Any = None  # the delayed call that sends the batch
+
+    def submit(self, item: _Item) -> Deferred[_Result]:
+        """A Deferred of ``item``'s outcome, once its batch has run."""
+        outcome: Deferred[_Result] = Deferred()
+        self._pending.append((item, outcome))
+        if len(self._pending) >= self._size:
+            self._send()
+        elif self._turn_end is None:
+            self._turn_end = self._reactor.callLater(0, self._send)
+        return outcome
+
+    def _send(self) -> None:
+        if self._turn_end is not None:
+            if self._turn_end.active():
+                self._turn_end.cancel()
+            self._turn_end = None
+        batch, self._pending = self._pending, []
+        if batch:
+            defer.ensureDeferred(self._run_batch(batch))
+
+    async def _run_batch(self, batch: list[tuple[_Item, Deferred[_Result]]]) -> None:
+        try:
+            outcomes = await self._run([item for item, _ in batch])
+        except BaseException:
+            failure = Failure()
+            for _, waiting in batch:
+                if not waiting.called:  # a caller may have given up
+                    waiting.errback(failure)
+            return
+        for (_, waiting), outcome in zip(batch, outcomes, strict=True):
+            if waiting.called:
+                continue
+            if isinstance(outcome, BaseException):
+                waiting.errback(Failure(outcome))
+            else:
+                waiting.callback(outcome)

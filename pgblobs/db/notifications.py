@@ -1,0 +1,78 @@
+"""LISTEN: one connection that hears a PostgreSQL channel, across restarts.
+
+A node that remembers something another node may change (valid tokens)
+must hear every change, or remember nothing. So the listener says when it
+starts and stops hearing: ``on_reset`` runs whenever the connection is lost
+(forget everything: notifications sent meanwhile are gone), and
+``listening`` is true only between a successful LISTEN and the next loss.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+from psycopg2.extensions import Notify
+from psycopg2.extras import NamedTupleCursor
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+from txpostgres import txpostgres
+
+from pgblobs.db.connector import Reconnector
+
+
+class Listener:
+    """Calls ``on_notify(payload)`` for each notification on ``channel``."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        dsn: str,
+        channel: str,
+        on_notify: Callable[[str], None],
+        on_reset: Callable[[], None],
+    ) -> None:
+        self._dsn = dsn
+        # A channel name is an identifier: ours are constants, never input.
+        self._listen = f"LISTEN {channel}"
+        self._channel = channel
+        self._on_notify = on_notify
+        self._on_reset = on_reset
+        self.listening = False
+        detector = Reconnector(reactor, recovered=self._relisten, lost=self._lost)
+        self._connection = txpostgres.Connection(reactor, detector=detector)
+        self._connection.addNotifyObserver(self._notified)
+
+    def start(self) -> Deferred[None]:
+        async def starting() -> None:
+            await self._connection.connect(self._dsn, cursor_factory=NamedTupleCursor)
+            await self._connection.runOperation(self._listen)
+            self.listening = True
+
+        return defer.ensureDeferred(starting())
+
+    def _notified(self, notify: Notify) -> None:
+        if notify.channel == self._channel:
+            self._on_notify(notify.payload)
+
+    def _lost(self, reason: Failure) -> None:
+        self.listening = False
+        self._on_reset()
+
+    def _relisten(self, detector: Reconnector) -> None:
+        def heard(_: object) -> None:
+            self.listening = True
+
+        # A failed LISTEN means the connection died again: the detector
+        # has started over, and ``listening`` stays false.
+        self._connection.runOperation(self._listen).addCallbacks(heard, lambda _: None)
+
+    def stop(self) -> None:
+        self.listening = False
+        detector = self._connection.detector
+        if detector is not None:
+            detector.stopped = True
+        self._connection.detector = None  # closed on purpose: stay closed
+        try:
+            self._connection.close()
+        except AttributeError:
+            pass  # never opened

@@ -1,0 +1,87 @@
+"""Checking tokens: each node remembers the tokens it has seen valid, and
+forgets them the moment PostgreSQL says they changed.
+
+Asking the database on every request would double the statements of a small
+GET. Revision 0008's triggers notify the channel ``pgblobs_tokens`` of every
+change to a user's or a service's tokens, at the commit that makes it, and
+every node listens: a revoked token is refused everywhere within the
+notification's delivery (milliseconds). While a node's listening connection
+is down it remembers nothing and asks the database every time, so a change
+it could not hear is never missed. Refusals are never remembered: a token
+created on another node works at once.
+"""
+
+import hashlib
+import hmac
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from pgblobs import names
+from pgblobs.db.connector import Database, Row
+from pgblobs.db.notifications import Listener
+
+CHANNEL = "pgblobs_tokens"
+
+
+def digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def _matches(offered: bytes, rows: list[Row]) -> bool:
+    """Whether the digest ``offered`` is among ``rows``. Every digest is
+    compared, so timing does not tell which matched."""
+    return any([hmac.compare_digest(offered, bytes(row.token_sha256)) for row in rows])
+
+
+class KnownTokens:
+    """``user_token_is_valid`` and ``service_token_is_valid`` for one node."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        # (kind, name) -> digests seen valid; kinds as the triggers name them.
+        self._valid: dict[tuple[str, str], set[bytes]] = {}
+        # Bumped by every change heard, so an answer read before a change
+        # is not remembered after it.
+        self._changes = 0
+        self._listener = Listener(
+            database.reactor, database.dsn, CHANNEL, self._changed, self._forget_all
+        )
+
+    def start(self) -> Deferred[None]:
+        return self._listener.start()
+
+    def stop(self) -> None:
+        self._listener.stop()
+        self._forget_all()
+
+    def _changed(self, payload: str) -> None:
+        kind, _, name = payload.partition(":")
+        self._changes += 1
+        self._valid.pop((kind, name), None)
+
+    def _forget_all(self) -> None:
+        self._changes += 1
+        self._valid.clear()
+
+    async def user_token_is_valid(self, user: str, token: str) -> bool:
+        return await self._check("user", names.user_name(user), token, "token_digests")
+
+    async def service_token_is_valid(self, service: str, token: str) -> bool:
+        return await self._check(
+            "service", names.service_name(service), token, "service_token_digests"
+        )
+
+    async def _check(self, kind: str, name: str, token: str, statement: str) -> bool:
+        offered = digest(token)
+        # Set membership of a SHA-256 digest tells a timing observer nothing
+        # about the stored tokens.
+        if self._listener.listening and offered in self._valid.get((kind, name), ()):
+            return True
+        changes = self._changes
+        params: dict[str, Any] = {kind: name}
+        rows = await self._database.fetch(statement, params)
+        valid = _matches(offered, rows)
+        if valid and self._listener.listening and changes == self._changes:
+            self._valid.setdefault((kind, name), set()).add(offered)
+        return valid

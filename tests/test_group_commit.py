@@ -1,0 +1,136 @@
+"""Coalesced reads and group-committed small writes (issue 11): the requests of
+one moment share a statement, each keeps its own outcome, a write is
+acknowledged only after the shared COMMIT, and the guarantees between nodes
+(one winner per id, quota never passed) hold under batching."""
+
+import psycopg2
+from twisted.internet import defer
+
+from pgblobs import BlobExists, BlobNotFound, PostgresBlobsBackend, QuotaExceeded
+from tests.helpers import content, deferred_test, gather, read, sleep, sql, write
+
+
+def statements_sent(backend):
+    """The names of the statements ``backend`` sends from now on, in order
+    (the real statements still run)."""
+    sent = []
+    fetch = backend.database.fetch
+
+    def recording(name, params):
+        sent.append(name)
+        return fetch(name, params)
+
+    backend.database.fetch = recording
+    return sent
+
+
+@deferred_test
+async def test_reads_that_arrive_together_share_one_statement(backend):
+    stored = {(f"user{i % 3}", f"b{i}"): content(1000 + i, seed=i) for i in range(30)}
+    for (user, blob_id), data in stored.items():
+        await write(backend, user, blob_id, data)
+    sent = statements_sent(backend)
+    wanted = [*stored, ("user0", "missing")]
+    results = await gather(*[read(backend, user, blob_id) for user, blob_id in wanted])
+    assert results[:-1] == list(stored.values())
+    assert isinstance(results[-1], BlobNotFound)
+    # 31 reads of three users: batches of 25, so two statements in all.
+    assert sent == ["open_blob_batch", "open_blob_batch"]
+
+
+@deferred_test
+async def test_each_write_of_a_batch_has_its_own_outcome(backend, dsn):
+    await write(backend, "alice", "taken", b"first")
+    sql(dsn, "INSERT INTO pgblobs.quotas VALUES ('alice', 25000)")
+    sent = statements_sent(backend)
+    outcomes = await gather(
+        write(backend, "alice", "taken", b"second"),
+        *[write(backend, "alice", f"a{i}", content(10_000, seed=i)) for i in range(5)],
+        write(backend, "bob", "b", b"bob's"),
+        write(backend, "alice", "twice", b"one"),
+        write(backend, "alice", "twice", b"two"),
+    )
+    assert isinstance(outcomes[0], BlobExists)
+    # Two 10 kB blobs fit in what is left of 25,000 bytes; the others fail alone.
+    fitted = [i for i in range(5) if outcomes[1 + i] is None]
+    assert len(fitted) == 2
+    assert all(isinstance(outcomes[1 + i], QuotaExceeded) for i in range(5) if i not in fitted)
+    assert outcomes[6] is None
+    # The same id twice in one batch: one of them wins it.
+    twice = outcomes[7:9]
+    assert sum(o is None for o in twice) == 1 and any(isinstance(o, BlobExists) for o in twice)
+    assert sent == ["put_small_blobs"]
+    assert await read(backend, "alice", "taken") == b"first"
+    assert await read(backend, "alice", "twice") == [b"one", b"two"][twice.index(None)]
+    assert await read(backend, "bob", "b") == b"bob's"
+    assert sorted(await backend.list_blobs("alice")) == sorted(
+        [*(f"a{i}" for i in fitted), "taken", "twice"]
+    )
+    # The counters moved once per batch, and by exactly what was stored.
+    assert sql(dsn, "SELECT count(*) FROM pgblobs.blobs")[0][0] == 5
+    assert sql(dsn, "SELECT count(*) FROM pg_largeobject_metadata")[0][0] == 5
+    assert await backend.get_total_storage("alice") == (5 + 20_000 + 3 + 1023) // 1024
+
+
+@deferred_test
+async def test_a_write_is_acknowledged_only_after_its_batch_commits(backend, dsn):
+    # Hold alice's write lock from outside: her batch must wait inside its
+    # transaction, and no caller may hear "stored" before the commit.
+    holder = psycopg2.connect(dsn)
+    holder.autocommit = True
+    with holder.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(hashtextextended('pgblobs.user:alice', 0))")
+    try:
+        writes = [
+            defer.ensureDeferred(write(backend, "alice", f"w{i}", b"x" * i)) for i in range(1, 6)
+        ]
+        await sleep(0.5)
+        assert not any(w.called for w in writes)
+        assert sql(dsn, "SELECT count(*) FROM pgblobs.blobs")[0][0] == 0
+    finally:
+        with holder.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock_all()")
+        holder.close()
+    for w in writes:
+        await w
+    assert sql(dsn, "SELECT count(*) FROM pgblobs.blobs WHERE deleted_at IS NULL")[0][0] == 5
+
+
+@deferred_test
+async def test_two_nodes_batching_keep_one_winner_per_id_and_the_quota(dsn):
+    nodes = [await PostgresBlobsBackend.connect(dsn, pool_size=4) for _ in range(2)]
+    try:
+        sql(dsn, "INSERT INTO pgblobs.quotas VALUES ('alice', 50000)")
+        same_ids = await gather(
+            *[
+                write(node, "bob", f"race{i}", bytes([n]) * 100)
+                for i in range(20)
+                for n, node in enumerate(nodes)
+            ]
+        )
+        for i in range(20):
+            pair = same_ids[2 * i : 2 * i + 2]
+            assert pair.count(None) == 1 and any(isinstance(o, BlobExists) for o in pair), pair
+            winner = pair.index(None)
+            assert await read(nodes[0], "bob", f"race{i}") == bytes([winner]) * 100
+        filling = await gather(
+            *[
+                write(node, "alice", f"fill{n}-{i}", content(10_000, seed=i))
+                for i in range(10)
+                for n, node in enumerate(nodes)
+            ]
+        )
+        assert filling.count(None) == 5
+        assert all(isinstance(o, QuotaExceeded) for o in filling if o is not None)
+        assert (
+            sql(
+                dsn,
+                "SELECT sum(size) FROM pgblobs.blobs "
+                "WHERE user_id = 'alice' AND deleted_at IS NULL",
+            )[0][0]
+            == 50_000
+        )
+        assert sql(dsn, "SELECT count(*) FROM pg_largeobject_metadata")[0][0] == 25
+    finally:
+        for node in nodes:
+            await node.close()

@@ -1,0 +1,98 @@
+"""Tokens remembered per node and forgotten on every change (issue 11): a
+check of a known token costs no statement, a revocation is heard at once,
+and a node that cannot hear remembers nothing."""
+
+import time
+
+import pytest_twisted
+
+from pgblobs import accounts
+from pgblobs.db.connector import SyncConnection
+from pgblobs.tokens import KnownTokens
+from tests.helpers import deferred_test, sleep, sql
+from tests.test_group_commit import statements_sent
+
+
+async def until(condition, seconds=5.0):
+    """Poll the coroutine function ``condition`` until it is true; the seconds it took."""
+    started = time.monotonic()
+    while not await condition():
+        assert time.monotonic() - started < seconds, "never became true"
+        await sleep(0.01)
+    return time.monotonic() - started
+
+
+@pytest_twisted.async_yield_fixture
+async def known(backend):
+    tokens = KnownTokens(backend.database)
+    await tokens.start()
+    yield tokens
+    tokens.stop()
+
+
+@deferred_test
+async def test_a_known_token_costs_no_statement_until_it_is_revoked(backend, known, dsn):
+    connection = SyncConnection.connect(dsn)
+    try:
+        token = accounts.create_token(connection, "alice")
+        service_token = accounts.create_service_token(connection, "mx")
+        await sleep(0.3)  # the creations' own notifications are heard first
+        assert await known.user_token_is_valid("alice", token)
+        assert await known.service_token_is_valid("mx", service_token)
+        sent = statements_sent(backend)
+        for _ in range(3):
+            assert await known.user_token_is_valid("alice", token)
+            assert await known.service_token_is_valid("mx", service_token)
+        assert sent == []
+        # Neither kind of token opens the other's door.
+        assert not await known.service_token_is_valid("alice", token)
+        assert not await known.user_token_is_valid("mx", service_token)
+
+        accounts.revoke_tokens(connection, "alice")
+
+        async def refused():
+            return not await known.user_token_is_valid("alice", token)
+
+        assert await until(refused) < 1.0
+        accounts.revoke_service_tokens(connection, "mx")
+
+        async def service_refused():
+            return not await known.service_token_is_valid("mx", service_token)
+
+        assert await until(service_refused) < 1.0
+    finally:
+        connection.close()
+
+
+@deferred_test
+async def test_a_new_token_works_at_once_and_a_lost_listener_forgets_everything(
+    backend, known, dsn
+):
+    connection = SyncConnection.connect(dsn)
+    try:
+        first = accounts.create_token(connection, "alice")
+        assert await known.user_token_is_valid("alice", first)
+        second = accounts.create_token(connection, "alice")
+        assert await known.user_token_is_valid("alice", second)
+        # Cut the listening connection: until it listens again every check
+        # asks the database, so a revocation made meanwhile still counts.
+        sql(
+            dsn,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE query LIKE 'LISTEN pgblobs_tokens%%'",
+        )
+        accounts.revoke_tokens(connection, "alice")
+
+        async def refused():
+            return not await known.user_token_is_valid("alice", first)
+
+        await until(refused)
+        assert not await known.user_token_is_valid("alice", second)
+        third = accounts.create_token(connection, "alice")
+
+        async def accepted():
+            return await known.user_token_is_valid("alice", third)
+
+        await until(accepted)
+    finally:
+        connection.close()
