@@ -213,9 +213,7 @@ async def timed(run):
 
 
 SEED = """
-    -- Seeding a million rows in one statement: the usage trigger would update
-    -- the same counter rows a hundred thousand times; count once instead.
-    ALTER TABLE pgblobs.blobs DISABLE TRIGGER blobs_track_usage;
+    -- One statement: the usage counters (statement triggers) move once.
     INSERT INTO pgblobs.blobs (user_id, namespace, blob_id, lo_oid, size, tag, sha256,
                                created_at, deleted_at)
     SELECT CASE WHEN i <= 110000 THEN 'heavy' ELSE 'user-' || (i %% 9999) END,
@@ -227,13 +225,6 @@ SEED = """
     INSERT INTO pgblobs.blob_flags (blob_row, user_id, namespace, blob_id, created_at, flag)
     SELECT id, user_id, namespace, blob_id, created_at, 'PENDING' FROM pgblobs.blobs
     WHERE user_id = 'heavy' AND deleted_at IS NULL AND blob_id ~ '^m[0-9]*00$';
-    ALTER TABLE pgblobs.blobs ENABLE TRIGGER blobs_track_usage;
-    INSERT INTO pgblobs.usage (user_id, namespace, live_blobs, live_bytes)
-    SELECT user_id, namespace, count(*), sum(size) FROM pgblobs.blobs
-    WHERE deleted_at IS NULL AND blob_id LIKE 'm%%' GROUP BY user_id, namespace
-    ON CONFLICT (user_id, namespace) DO UPDATE
-    SET live_blobs = pgblobs.usage.live_blobs + EXCLUDED.live_blobs,
-        live_bytes = pgblobs.usage.live_bytes + EXCLUDED.live_bytes;
 """
 
 

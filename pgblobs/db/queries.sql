@@ -262,14 +262,37 @@ ORDER BY id LIMIT %(batch)s;
 SELECT count(*) AS blobs, coalesce(sum(size), 0) AS bytes FROM pgblobs.blobs
 WHERE deleted_at IS NULL;
 
--- name: existing_blob (read)
--- Is there a row (live or tombstone) for this name already?
-SELECT deleted_at IS NOT NULL AS is_tombstone FROM pgblobs.blobs
-WHERE user_id = %(user)s AND namespace = %(namespace)s AND blob_id = %(blob_id)s
-ORDER BY deleted_at IS NULL DESC LIMIT 1;
+-- name: existing_blobs (read)
+-- Which of these names (positions in the arrays, from 1) have a row already, live or tombstone.
+SELECT item.position FROM unnest(%(users)s::text[], %(namespaces)s::text[], %(blob_ids)s::text[])
+     WITH ORDINALITY AS item(user_id, namespace, blob_id, position)
+WHERE EXISTS (SELECT 1 FROM pgblobs.blobs AS b
+              WHERE b.user_id = item.user_id AND b.namespace = item.namespace
+                AND b.blob_id = item.blob_id);
+
+-- name: import_small_blobs
+-- Small blobs from another store, as they were (their own dates, flags joined by commas),
+-- content inline; no quota applies.
+WITH item AS (
+    SELECT * FROM unnest(%(users)s::text[], %(namespaces)s::text[], %(blob_ids)s::text[],
+                         %(contents)s::bytea[], %(tags)s::text[], %(sha256s)s::bytea[],
+                         %(dates)s::timestamptz[], %(flags)s::text[])
+           AS i(user_id, namespace, blob_id, content, tag, sha256, created_at, flags)
+), stored AS (
+    INSERT INTO pgblobs.blobs (user_id, namespace, blob_id, lo_oid, size, tag, sha256, created_at)
+    SELECT user_id, namespace, blob_id, lo_from_bytea(0, content), octet_length(content), tag,
+           sha256, created_at
+    FROM item
+    RETURNING id, user_id, namespace, blob_id, created_at
+)
+INSERT INTO pgblobs.blob_flags (blob_row, user_id, namespace, blob_id, created_at, flag)
+SELECT s.id, s.user_id, s.namespace, s.blob_id, s.created_at, f.flag
+FROM stored AS s
+JOIN item USING (user_id, namespace, blob_id),
+     unnest(string_to_array(nullif(item.flags, ''), ',')) AS f(flag);
 
 -- name: import_blob
--- Store a blob from another store as it was, with its own date; no quota applies.
+-- A large blob from another store, its content already in the large object %(oid)s.
 INSERT INTO pgblobs.blobs (user_id, namespace, blob_id, lo_oid, size, tag, sha256, created_at)
 VALUES (%(user)s, %(namespace)s, %(blob_id)s, %(oid)s, %(size)s, %(tag)s, %(sha256)s, %(created_at)s)
 RETURNING id;
@@ -280,10 +303,12 @@ INSERT INTO pgblobs.blob_flags (blob_row, user_id, namespace, blob_id, created_a
 SELECT id, user_id, namespace, blob_id, created_at, unnest(%(flags)s::text[])
 FROM pgblobs.blobs WHERE id = %(row)s;
 
--- name: import_tombstone
--- A tombstone from another store, dated as it was.
+-- name: import_tombstones
+-- Tombstones from another store, dated as they were.
 INSERT INTO pgblobs.blobs (user_id, namespace, blob_id, size, created_at, deleted_at)
-VALUES (%(user)s, %(namespace)s, %(blob_id)s, 0, %(created_at)s, %(deleted_at)s);
+SELECT user_id, namespace, blob_id, 0, deleted_at, deleted_at
+FROM unnest(%(users)s::text[], %(namespaces)s::text[], %(blob_ids)s::text[],
+            %(dates)s::timestamptz[]) AS i(user_id, namespace, blob_id, deleted_at);
 
 -- name: usage_drift (read)
 -- (user, namespace) whose counters in pgblobs.usage differ from their live blobs.

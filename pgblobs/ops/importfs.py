@@ -2,9 +2,16 @@
 
 The layout (PROTOCOL.md): ``{root}/{user}/{namespace}/{id[0]}/{id[0:3]}/{id[0:6]}/{id}``
 holds a blob, ``{that}.flags`` its flags as JSON, ``{that}.deleted`` marks a
-tombstone; a file's mtime is the blob's date. Each blob is imported in its
-own transaction and anything already in pgblobs is skipped, so a second run
-imports nothing and an interrupted run resumes where it stopped.
+tombstone; a file's mtime is the blob's date.
+
+Blobs go in batches of ``BATCH``: one statement finds what is already there,
+one stores the small blobs with their content inline, one the tombstones,
+and the batch commits once (one WAL flush for hundreds of blobs); large
+blobs stream into large objects inside the same transaction. Anything
+already in pgblobs is skipped, so a second run imports nothing and an
+interrupted run resumes after its last committed batch. A batch that fails
+(an unreadable file, a blob written through the API meanwhile) is rolled
+back and imported again one blob at a time, so only the culprit is reported.
 """
 
 import datetime
@@ -18,6 +25,7 @@ import psycopg2
 from psycopg2 import errorcodes
 
 from pgblobs import names
+from pgblobs.backend import INLINE_LIMIT
 from pgblobs.errors import InvalidFlag, InvalidName
 from pgblobs.ops.output import progress
 from pgblobs.transfer import CHUNK, ContentDigest
@@ -99,42 +107,97 @@ class _AlreadyThere(Exception):
     """The blob was written through the API while we imported it."""
 
 
+BATCH = 200  # blobs per transaction
+
+
 def import_tree(connection, root, only_user=None, dry_run=False):
     report = ImportReport()
     entries = list(scan(root, report, only_user))
     total = sum(e.path.stat().st_size for e in entries if not e.tombstone)
     started = time.monotonic()
     with progress(total, "B", "importing", unit_scale=True) as bar:
-        for done, entry in enumerate(entries, 1):
-            bar.set_postfix_str(
-                f"{done / max(time.monotonic() - started, 1e-6):.0f} blobs/s", refresh=False
-            )
+        for first in range(0, len(entries), BATCH):
+            batch = entries[first : first + BATCH]
             try:
-                _import_one(connection, entry, report, dry_run, bar)
-            except _AlreadyThere:
-                report.skipped.append((entry.path, "written through the API meanwhile"))
-            except (OSError, ValueError, psycopg2.Error) as error:
-                report.failed.append((entry.path, str(error).strip().splitlines()[0]))
+                _import_batch(connection, batch, report, dry_run, bar)
+            except (OSError, ValueError, psycopg2.Error, _AlreadyThere):
+                for entry in batch:
+                    _import_alone(connection, entry, report, dry_run, bar)
+            done = first + len(batch)
+            bar.set_postfix_str(f"{done / max(time.monotonic() - started, 1e-6):.0f} blobs/s")
     return report
 
 
-def _import_one(connection, entry, report, dry_run, bar):
-    params = {"user": entry.user, "namespace": entry.namespace, "blob_id": entry.blob_id}
-    if connection.fetch_one("existing_blob", params) is not None:
-        report.skipped.append((entry.path, "already in pgblobs"))
-        if not entry.tombstone:
-            bar.update(entry.path.stat().st_size)
-        return
-    if entry.tombstone:
-        if not dry_run:
-            date = _mtime(entry.path)
-            connection.execute("import_tombstone", dict(params, created_at=date, deleted_at=date))
-        report.tombstones += 1
-        return
-    flags = _read_flags(entry)
-    size = entry.path.stat().st_size if dry_run else _store(connection, entry, params, flags, bar)
-    report.imported += 1
-    report.bytes += size
+def _arrays(entries, **columns):
+    """The parameters of a statement over ``entries``: their names as
+    arrays, and each of ``columns`` (a list per entry)."""
+    return dict(
+        users=[e.user for e in entries],
+        namespaces=[e.namespace for e in entries],
+        blob_ids=[e.blob_id for e in entries],
+        **columns,
+    )
+
+
+def _import_batch(connection, batch, report, dry_run, bar):
+    present = {row.position for row in connection.fetch("existing_blobs", _arrays(batch))}
+    todo = [entry for position, entry in enumerate(batch, 1) if position not in present]
+    tombstones = [entry for entry in todo if entry.tombstone]
+    blobs = [entry for entry in todo if not entry.tombstone]
+    flags = {id(entry): _read_flags(entry) for entry in blobs}
+    sizes = {id(entry): entry.path.stat().st_size for entry in blobs}
+    if not dry_run:
+        small = [entry for entry in blobs if sizes[id(entry)] <= INLINE_LIMIT]
+        with connection.transaction():
+            for entry in blobs:
+                if sizes[id(entry)] > INLINE_LIMIT:
+                    sizes[id(entry)] = _store(connection, entry, flags[id(entry)])
+            if small:
+                _store_small(connection, small, flags)
+            if tombstones:
+                dates = [_mtime(entry.path) for entry in tombstones]
+                connection.execute("import_tombstones", _arrays(tombstones, dates=dates))
+    for position, entry in enumerate(batch, 1):
+        if position in present:
+            report.skipped.append((entry.path, "already in pgblobs"))
+    report.tombstones += len(tombstones)
+    report.imported += len(blobs)
+    report.bytes += sum(sizes.values())
+    bar.update(sum(e.path.stat().st_size for e in batch if not e.tombstone))
+
+
+def _store_small(connection, entries, flags):
+    contents, digests = [], []
+    for entry in entries:
+        contents.append(entry.path.read_bytes())
+        digests.append(ContentDigest())
+        digests[-1].update(contents[-1])
+    try:
+        connection.execute(
+            "import_small_blobs",
+            _arrays(
+                entries,
+                contents=[psycopg2.Binary(content) for content in contents],
+                tags=[digest.tag for digest in digests],
+                sha256s=[psycopg2.Binary(digest.sha256) for digest in digests],
+                dates=[_mtime(entry.path) for entry in entries],
+                flags=[",".join(flags[id(entry)]) for entry in entries],
+            ),
+        )
+    except psycopg2.IntegrityError as error:
+        if error.pgcode == errorcodes.UNIQUE_VIOLATION:
+            raise _AlreadyThere() from None
+        raise
+
+
+def _import_alone(connection, entry, report, dry_run, bar):
+    """One entry in its own transaction, its failure reported as its own."""
+    try:
+        _import_batch(connection, [entry], report, dry_run, bar)
+    except _AlreadyThere:
+        report.skipped.append((entry.path, "written through the API meanwhile"))
+    except (OSError, ValueError, psycopg2.Error) as error:
+        report.failed.append((entry.path, str(error).strip().splitlines()[0]))
 
 
 def _read_flags(entry):
@@ -147,30 +210,30 @@ def _read_flags(entry):
         raise ValueError(f"bad flags file {path.name}: {error}") from None
 
 
-def _store(connection, entry, params, flags, bar):
+def _store(connection, entry, flags):
+    """A large blob, streamed into a large object in the caller's transaction."""
     digest = ContentDigest()
+    params = {"user": entry.user, "namespace": entry.namespace, "blob_id": entry.blob_id}
     try:
-        with connection.transaction():
-            large_object = connection.large_object(0, "wb")
-            with open(entry.path, "rb") as source:
-                while chunk := source.read(CHUNK):
-                    digest.update(chunk)
-                    large_object.write(chunk)
-                    bar.update(len(chunk))
-            large_object.close()
-            row = connection.fetch_one(
-                "import_blob",
-                dict(
-                    params,
-                    oid=large_object.oid,
-                    size=digest.size,
-                    tag=digest.tag,
-                    sha256=digest.sha256,
-                    created_at=_mtime(entry.path),
-                ),
-            ).id
-            if flags:
-                connection.execute("import_flags", dict(params, row=row, flags=flags))
+        large_object = connection.large_object(0, "wb")
+        with open(entry.path, "rb") as source:
+            while chunk := source.read(CHUNK):
+                digest.update(chunk)
+                large_object.write(chunk)
+        large_object.close()
+        row = connection.fetch_one(
+            "import_blob",
+            dict(
+                params,
+                oid=large_object.oid,
+                size=digest.size,
+                tag=digest.tag,
+                sha256=digest.sha256,
+                created_at=_mtime(entry.path),
+            ),
+        ).id
+        if flags:
+            connection.execute("import_flags", dict(params, row=row, flags=flags))
     except psycopg2.IntegrityError as error:
         if error.pgcode == errorcodes.UNIQUE_VIOLATION:
             raise _AlreadyThere() from None

@@ -93,3 +93,19 @@ async def test_import_one_user_only(backend, dsn, tmp_path):
     done = pgblobs_cli("import-fs", str(tmp_path), "--user", "bob", "--dsn", dsn)
     assert done.returncode == 0, done.stderr
     assert {u for (u,) in sql(dsn, "SELECT DISTINCT user_id FROM pgblobs.blobs")} == {"bob"}
+
+
+def test_a_failing_blob_fails_alone_and_its_batch_leaves_nothing_behind(dsn, tmp_path):
+    expected = make_store(tmp_path)
+    culprit = next(k for k, r in expected.items() if not r["deleted"] and not r["flags"])
+    blob_path(tmp_path, *culprit).with_name(culprit[2] + ".flags").write_text("not json")
+    done = pgblobs_cli("import-fs", str(tmp_path), "--dsn", dsn)
+    assert done.returncode == 1
+    assert "failed 1" in done.stdout and culprit[2] in done.stderr
+    live = sum(not r["deleted"] for r in expected.values())
+    assert f"imported {live - 1} blob(s)" in done.stdout
+    # Every large object belongs to a live row, and the counters add up.
+    assert sql(dsn, "SELECT count(*) FROM pg_largeobject_metadata") == [(live - 1,)]
+    assert sql(dsn, "SELECT sum(live_blobs) FROM pgblobs.usage") == [(live - 1,)]
+    check = pgblobs_cli("fsck", "--dsn", dsn)
+    assert check.returncode == 0, check.stdout + check.stderr
