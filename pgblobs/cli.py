@@ -262,6 +262,8 @@ def _serve(args):
             header_timeout=args.header_timeout,
         ),
         drain_seconds=args.drain_seconds,
+        workers=args.workers,
+        log_format=args.log_format,
     )
     serve.start_logging(args.log_format)
     from twisted.internet import reactor
@@ -281,6 +283,12 @@ def _positive(text):
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def _worker_count(text):
+    if text == "auto":
+        return os.cpu_count() or 1
+    return _positive(text)
 
 
 def _blob_size_limit(text):
@@ -332,6 +340,9 @@ _SERVE_LIMITS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("--header-timeout", float, Limits.header_timeout,
      "seconds from accepting a connection (or ending a response) to the last header of "
      "its request (default: %(default)s)"),
+    ("--workers", _worker_count, 1,
+     "processes serving the listening sockets, each with its own pool (one Python "
+     "process uses one core); 'auto': one per core (default: %(default)s)"),
     ("--drain-seconds", float, settings.DRAIN_SECONDS,
      "on SIGTERM, how long requests in flight may take (default: %(default)s)"),
 ]  # fmt: skip

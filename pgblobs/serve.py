@@ -8,14 +8,16 @@ for the user ``dev`` is kept next to it so the quick start works at once.
 
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 
 import psycopg2
 from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
-from pgblobs import accounts, settings
+from pgblobs import accounts, settings, workers
 from pgblobs.backend import PostgresBlobsBackend
 from pgblobs.cluster import LocalCluster
 from pgblobs.db import schema
@@ -50,6 +52,19 @@ class ServeOptions:
     backend: BackendOptions = field(default_factory=BackendOptions)
     limits: Limits = field(default_factory=Limits)
     drain_seconds: float = settings.DRAIN_SECONDS
+    workers: int = 1  # processes serving the sockets (see workers.py)
+    log_format: str = "text"
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ServeOptions":
+        """Options from ``asdict(options)`` (how a supervisor hands them to its workers)."""
+        return cls(
+            **dict(
+                values,
+                backend=BackendOptions(**values["backend"]),
+                limits=Limits(**values["limits"]),
+            )
+        )
 
 
 def _kept_token(path, create):
@@ -156,8 +171,10 @@ async def _drain(reactor, sites, ports, backend, tokens, grace):
     await backend.close()
 
 
-async def run(reactor, options):
-    """Serve until the reactor stops (SIGINT/SIGTERM)."""
+async def run(reactor, options, inherited=None):
+    """Serve until the reactor stops (SIGINT/SIGTERM): in this process, or
+    through ``options.workers`` worker processes. ``inherited``: the
+    listening sockets a worker was handed, as workers.inherited gives them."""
     cluster = None
     dsn = options.dsn
     if not dsn:
@@ -167,35 +184,16 @@ async def run(reactor, options):
         reactor.addSystemEventTrigger("after", "shutdown", cluster.stop)
         schema.upgrade(cluster.dsn)
         dsn = cluster.dsn
-    backend = await _connect(reactor, dsn, options)
-    database = backend.database
-    tokens = KnownTokens(database)
-    await tokens.start()
-    shared = {"health": database.ping, "limits": options.limits}
-    site = build_site(backend, tokens.user_token_is_valid, pool_usage=database.usage, **shared)
-    ports = [await _listen(reactor, description, site) for description in options.listen]
-    sites, services_ports = [site], []
-    if options.services_listen:
-        services = build_services_site(
-            backend,
-            tokens.service_token_is_valid,
-            metrics=site.metrics,
-            **shared,
+    if options.workers > 1:
+        ports, services_ports = await _supervise(
+            reactor, replace(options, dsn=dsn, workers=1), options.workers
         )
-        services_ports = [
-            await _listen(reactor, description, services) for description in options.services_listen
-        ]
-        sites.append(services)
-    reactor.addSystemEventTrigger(
-        "before",
-        "shutdown",
-        lambda: defer.ensureDeferred(
-            _drain(reactor, sites, ports + services_ports, backend, tokens, options.drain_seconds)
-        ),
-    )
+    else:
+        ports, services_ports = await _serve_here(reactor, options, dsn, inherited)
     print(
         f"pgblobs is serving on {_addresses(ports)}"
-        + (f"; services on {_addresses(services_ports)}" if services_ports else ""),
+        + (f"; services on {_addresses(services_ports)}" if services_ports else "")
+        + (f" ({options.workers} workers)" if options.workers > 1 else ""),
         flush=True,
     )
     if cluster is not None:
@@ -206,6 +204,62 @@ async def run(reactor, options):
             services_ports[0].getHost() if services_ports else None,
         )
     await defer.Deferred()  # until the reactor stops
+
+
+async def _serve_here(reactor, options, dsn, inherited):
+    backend = await _connect(reactor, dsn, options)
+    database = backend.database
+    tokens = KnownTokens(database)
+    await tokens.start()
+    shared = {"health": database.ping, "limits": options.limits}
+    site = build_site(backend, tokens.user_token_is_valid, pool_usage=database.usage, **shared)
+    sites = {"public": site}
+    if options.services_listen:
+        sites["services"] = build_services_site(
+            backend, tokens.service_token_is_valid, metrics=site.metrics, **shared
+        )
+    if inherited is None:
+        ports = {
+            "public": [await _listen(reactor, d, site) for d in options.listen],
+            "services": [
+                await _listen(reactor, d, sites["services"]) for d in options.services_listen
+            ],
+        }
+    else:
+        ports = {
+            name: [reactor.adoptStreamPort(fd, family, sites[name]) for fd, family in group]
+            for name, group in inherited.items()
+        }
+    every_port = ports["public"] + ports["services"]
+    reactor.addSystemEventTrigger(
+        "before",
+        "shutdown",
+        lambda: defer.ensureDeferred(
+            _drain(
+                reactor, list(sites.values()), every_port, backend, tokens, options.drain_seconds
+            )
+        ),
+    )
+    return ports["public"], ports["services"]
+
+
+async def _supervise(reactor, options, count):
+    """Open the sockets here, and start ``count`` workers serving ``options`` on them."""
+    # This process never accepts: the sockets are only held for the workers.
+    idle = Site(Resource())
+    ports = {
+        "public": [await _listen(reactor, d, idle) for d in options.listen],
+        "services": [await _listen(reactor, d, idle) for d in options.services_listen],
+    }
+    for port in ports["public"] + ports["services"]:
+        port.stopReading()
+    supervisor = workers.Supervisor(reactor, options, ports, count)
+    reactor.addSystemEventTrigger(
+        "before", "shutdown", lambda: supervisor.stop(options.drain_seconds)
+    )
+    supervisor.start()
+    await supervisor.ready
+    return ports["public"], ports["services"]
 
 
 async def _listen(reactor, description, site):

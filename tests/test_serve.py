@@ -7,6 +7,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 from urllib.error import HTTPError
 
 import pytest
@@ -228,3 +229,51 @@ def test_the_blob_size_limit_fits_a_stream_download(migrated_dsn):
             assert connection.recv(100).startswith(b"HTTP/1.1 413 ")
     finally:
         server.stop()
+
+
+def workers_of(server):
+    """The pids of a supervisor's worker processes."""
+    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+    found = []
+    for pid in children.read_text().split():
+        try:
+            if b"pgblobs.workers" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(int(pid))
+        except FileNotFoundError:
+            pass  # it has just exited
+    return found
+
+
+def test_workers_share_the_socket_come_back_and_stop_with_the_embedded_database(open_tmp):
+    data_dir = open_tmp / "workers"
+    server = ServeProcess("--data-dir", str(data_dir), "--workers", "2")
+    try:
+        assert "(2 workers)" in "".join(server.output)
+        token = server.dev_token()
+        first = workers_of(server)
+        assert len(first) == 2
+        for i in range(40):
+            status, _ = call("PUT", f"{server.url}/blobs/dev/b{i}", "dev", token, data=b"x")
+            assert status == 200
+        # A worker that dies is replaced, and the node keeps serving meanwhile.
+        os.kill(first[0], signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while len(set(workers_of(server)) - {first[0]}) < 2:
+            assert time.monotonic() < deadline, "the worker was not started again"
+            assert call("GET", f"{server.url}/blobs/dev/b1", "dev", token) == (200, b"x")
+            time.sleep(0.1)
+        assert call("GET", f"{server.url}/blobs/dev/", "dev", token)[0] == 200
+        remaining = workers_of(server)
+    finally:
+        assert server.stop(signal.SIGINT) == 0
+    for pid in remaining:
+        assert not Path(f"/proc/{pid}").exists()
+    assert no_stray_postgres(data_dir)
+
+
+def test_workers_auto_is_one_per_core(migrated_dsn):
+    server = ServeProcess("--dsn", migrated_dsn, "--workers", "auto")
+    try:
+        assert len(workers_of(server)) == os.cpu_count()
+    finally:
+        assert server.stop() == 0
