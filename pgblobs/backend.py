@@ -8,7 +8,7 @@ nodes may share.
 """
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg2
@@ -350,6 +350,22 @@ class PostgresBlobsBackend:
             if blob_id not in found:
                 raise BlobNotFound(f"no such blob: {blob_id}")
         return [found[blob_id] for blob_id in ids]
+
+    @deferred
+    async def load_small(self, opened: Sequence[OpenBlob]) -> list[OpenBlob]:
+        """The same versions, the small ones carrying their content, read in
+        one statement: a stream of many small blobs costs a statement per
+        batch, not one per blob. A version deleted meanwhile stays without
+        content, so reading it is the usual BlobNotFound."""
+        rows = [blob.row for blob in opened if blob.content is None and blob.size <= INLINE_LIMIT]
+        if not rows:
+            return list(opened)
+        found = await self.database.fetch("versions_content", {"rows": rows})
+        contents = {row.id: bytes(row.content) for row in found}
+        return [
+            replace(blob, content=contents[blob.row]) if blob.row in contents else blob
+            for blob in opened
+        ]
 
     @deferred
     async def read_blob(

@@ -150,6 +150,10 @@ class MemoryBlobsBackend:
         return opened
 
     @deferred
+    async def load_small(self, opened: Sequence[_OpenBlob]) -> list[_OpenBlob]:
+        return list(opened)  # the content is always there
+
+    @deferred
     async def read_blob(
         self,
         user: str,

@@ -201,3 +201,17 @@ def pgblobs_cli(*args, env=None, unset=()):
         timeout=300,
         env=dict(environment, **(env or {})),
     )
+
+
+def statements_sent(backend):
+    """The names of the statements ``backend`` sends from now on, in order
+    (the real statements still run)."""
+    sent = []
+    fetch = backend.database.fetch
+
+    def recording(name, params):
+        sent.append(name)
+        return fetch(name, params)
+
+    backend.database.fetch = recording
+    return sent

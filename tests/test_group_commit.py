@@ -7,21 +7,16 @@ import psycopg2
 from twisted.internet import defer
 
 from pgblobs import BlobExists, BlobNotFound, PostgresBlobsBackend, QuotaExceeded
-from tests.helpers import content, deferred_test, gather, read, sleep, sql, write
-
-
-def statements_sent(backend):
-    """The names of the statements ``backend`` sends from now on, in order
-    (the real statements still run)."""
-    sent = []
-    fetch = backend.database.fetch
-
-    def recording(name, params):
-        sent.append(name)
-        return fetch(name, params)
-
-    backend.database.fetch = recording
-    return sent
+from tests.helpers import (
+    content,
+    deferred_test,
+    gather,
+    read,
+    sleep,
+    sql,
+    statements_sent,
+    write,
+)
 
 
 @deferred_test

@@ -9,8 +9,7 @@ import pytest_twisted
 from pgblobs import accounts
 from pgblobs.db.connector import SyncConnection
 from pgblobs.tokens import KnownTokens
-from tests.helpers import deferred_test, sleep, sql
-from tests.test_group_commit import statements_sent
+from tests.helpers import deferred_test, sleep, sql, statements_sent
 
 
 async def until(condition, seconds=5.0):

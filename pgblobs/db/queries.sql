@@ -66,6 +66,12 @@ WHERE user_id = %(user)s AND namespace = %(namespace)s
 SELECT lo_get(lo_oid, %(start)s, %(length)s) AS content FROM pgblobs.blobs
 WHERE id = %(row)s AND deleted_at IS NULL;
 
+-- name: versions_content (read)
+-- The whole content of the blob versions %(rows)s that are still live (a batch of small
+-- blobs of a stream download).
+SELECT id, lo_get(lo_oid) AS content FROM pgblobs.blobs
+WHERE id = ANY (%(rows)s::bigint[]) AND deleted_at IS NULL;
+
 -- name: version_large_object (read)
 -- The large object of one blob version, if it is still live.
 SELECT lo_oid FROM pgblobs.blobs WHERE id = %(row)s AND deleted_at IS NULL;

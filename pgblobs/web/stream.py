@@ -23,6 +23,8 @@ from pgblobs.web.stream_body import BlobSequence
 
 _TAG_WIDTH = 24
 MAX_STREAMED_SIZE = 16**8 - 1  # a record header carries the size in 8 hex digits
+# Blobs whose small contents are fetched together (one statement) and held at once.
+_WINDOW = 25
 
 
 class UserStream(Handler):
@@ -71,14 +73,18 @@ class UserStream(Handler):
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", b"application/octet-stream")
         blobs = _PacedBlobs(request)
+        backend = self._context.backend
         try:
-            for blob in opened:
-                await blobs.writable()
-                request.write(f"{blob.size:08x}{blob.tag:<{_TAG_WIDTH}} ".encode("ascii"))
-                blobs.expect(blob.size)
-                await blob.read(blobs)
-                if not blobs.verified():
-                    return
+            # A batch's small contents come in one statement, and only one
+            # batch of them is held at a time.
+            for first in range(0, len(opened), _WINDOW):
+                for blob in await backend.load_small(opened[first : first + _WINDOW]):
+                    await blobs.writable()
+                    request.write(f"{blob.size:08x}{blob.tag:<{_TAG_WIDTH}} ".encode("ascii"))
+                    blobs.expect(blob.size)
+                    await blob.read(blobs)
+                    if not blobs.verified():
+                        return
         finally:
             blobs.done()
         request.finish()

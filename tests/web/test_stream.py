@@ -5,7 +5,15 @@ import json
 
 import treq
 
-from tests.helpers import content, deferred_test, raw_http, raw_request, sleep, sql
+from tests.helpers import (
+    content,
+    deferred_test,
+    raw_http,
+    raw_request,
+    sleep,
+    sql,
+    statements_sent,
+)
 
 
 def parse_download(body):
@@ -175,6 +183,7 @@ async def test_download_of_many_small_blobs_keeps_their_order(server):
     )
     assert code == 200
     wanted = list(reversed(blobs))
+    sent = statements_sent(server.backend)
     response = await treq.post(
         f"{server.url}/stream/alice?direction=download",
         data=json.dumps(wanted).encode(),
@@ -184,6 +193,10 @@ async def test_download_of_many_small_blobs_keeps_their_order(server):
     assert [data for _, data in parse_download(await response.content())] == [
         blobs[k] for k in wanted
     ]
+    # One lookup per 100 ids, one statement per 25 contents: not one per blob.
+    assert sent.count("open_blobs") == 3
+    assert sent.count("versions_content") == 12
+    assert "version_bytes" not in sent
 
 
 def chunks_of(port, request):
