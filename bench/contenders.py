@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psycopg2
 import treq
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.web.client import FileBodyProducer, HTTPConnectionPool
 from twisted.web.static import NoRangeStaticProducer
 
@@ -33,7 +33,12 @@ async def bounded(operations):
     await defer.gatherResults(runs, consumeErrors=True)
 
 
-class _Counting:
+def body(data):
+    """An IBodyProducer of ``data``, as a client library would make one."""
+    return FileBodyProducer(io.BytesIO(data))
+
+
+class Counting:
     """A consumer that keeps only a count (reads must not be timed against memory)."""
 
     def __init__(self):
@@ -94,24 +99,29 @@ class Ceiling:
 
 class Files:
     """Soledad's filesystem backend's way: FileBodyProducer into a file,
-    twisted.web.static's producer out of it, on the same disk."""
+    twisted.web.static's producer out of it, on the same disk. With
+    ``fsync``, each file is flushed to disk before its write counts as done,
+    as PostgreSQL's commit is."""
 
-    name = "files (FileBodyProducer / static)"
-
-    def __init__(self, directory):
+    def __init__(self, directory, fsync=False):
         self._root = Path(directory)
         self._root.mkdir(parents=True, exist_ok=True)
+        self._fsync = fsync
+        self.name = "files that fsync" if fsync else "files (FileBodyProducer / static)"
 
     async def write(self, items):
         async def store(name, data):
             with open(self._root / name, "wb") as target:
-                await FileBodyProducer(io.BytesIO(data)).startProducing(_FileSink(target))
+                await body(data).startProducing(_FileSink(target))
+                if self._fsync:  # in threads, so the 100 in flight overlap
+                    target.flush()
+                    await threads.deferToThread(os.fsync, target.fileno())
 
         await bounded([lambda n=n, d=d: store(n, d) for n, d in items])
 
     async def read(self, items):
         async def fetch(name, data):
-            consumer = _Counting()
+            consumer = Counting()
             with open(self._root / name, "rb") as source:
                 NoRangeStaticProducer(consumer, source).start()
             assert consumer.received == len(data)
@@ -143,17 +153,12 @@ class Backend:
 
     async def write(self, items):
         await bounded(
-            [
-                lambda n=n, d=d: self.backend.write_blob(
-                    "bench", n, FileBodyProducer(io.BytesIO(d))
-                )
-                for n, d in items
-            ]
+            [lambda n=n, d=d: self.backend.write_blob("bench", n, body(d)) for n, d in items]
         )
 
     async def read(self, items):
         async def fetch(name, data):
-            consumer = _Counting()
+            consumer = Counting()
             await self.backend.read_blob("bench", name, consumer)
             assert consumer.received == len(data)
 

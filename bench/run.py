@@ -13,8 +13,9 @@ from pathlib import Path
 
 from twisted.internet import defer, task
 
-from bench import contenders
+from bench import contenders, small
 from bench.measure import RUNS, PeakRss, machine, median_seconds
+from bench.small import WRK_WORKLOAD
 from pgblobs import accounts
 from pgblobs.cluster import LocalCluster
 from pgblobs.db import schema
@@ -58,10 +59,18 @@ class Results:
         )
 
     def ratio(self, description, workload, operation, contender, reference, target):
+        """Goal: ``contender`` at least ``target`` times as fast as ``reference``."""
         measured = self.seconds(workload, operation, reference) / self.seconds(
             workload, operation, contender
         )
         self.goals.append((description, measured, target, measured >= target, "x"))
+
+    def slowdown(self, description, workload, operation, contender, reference, limit):
+        """Goal: ``contender`` takes at most ``limit`` times as long as ``reference``."""
+        measured = self.seconds(workload, operation, contender) / self.seconds(
+            workload, operation, reference
+        )
+        self.goals.append((description, measured, limit, measured <= limit, "x slower"))
 
     def latency(self, description, seconds, limit):
         self.goals.append((description, seconds * 1000, limit * 1000, seconds <= limit, "ms"))
@@ -132,7 +141,8 @@ async def main(reactor):
             "pgblobs HTTP, 2 nodes", [n.url + "/blobs/bench" for n in nodes], auth
         )
         files = contenders.Files(workdir / "files")
-        stores = [files, backend, one_node, two_nodes]
+        synced = contenders.Files(workdir / "synced", fsync=True)
+        stores = [files, synced, backend, one_node, two_nodes]
         if contenders.nginx_available():
             from tests.processes import free_port
 
@@ -168,10 +178,12 @@ async def main(reactor):
         print("\ndiagnostics for the small-blob figures", flush=True)
         await diagnostics(results, backend.backend, cluster.dsn)
 
+        await small.run_all(results, backend.backend, cluster.dsn, token, nginx, workdir)
+
         print("\nmetadata: one user with 100,000 blobs among 1,000,000 rows", flush=True)
         await metadata(results, backend.backend, cluster.dsn)
         await backend.close()
-        for store in stores[2:]:
+        for store in stores[3:]:  # the HTTP stores
             await store.close()
     finally:
         for node in nodes:
@@ -292,10 +304,9 @@ def judge(results):
     names = {
         "ceiling": "ceiling (sync lobject)",
         "files": "files (FileBodyProducer / static)",
+        "synced": "files that fsync",
         "api": "pgblobs backend API",
         "http": "pgblobs HTTP, 1 node",
-        "http2": "pgblobs HTTP, 2 nodes",
-        "nginx": "nginx WebDAV",
     }
     for operation in ("write", "read"):
         results.ratio(
@@ -314,24 +325,65 @@ def judge(results):
             names["ceiling"],
             0.75,
         )
-        results.ratio(
-            f"1000 x 10 KB {operation}: backend / files",
-            "1000 x 10 KB",
-            operation,
-            names["api"],
-            names["files"],
-            0.5,
-        )
-        if any(c == names["nginx"] for _, _, c, _, _ in results.rows):
-            for node in ("http", "http2"):
-                results.ratio(
-                    f"1000 x 10 KB {operation}: {names[node]} / nginx",
-                    "1000 x 10 KB",
-                    operation,
-                    names[node],
-                    names["nginx"],
-                    0.5,
-                )
+    small = "1000 x 10 KB"
+    results.ratio(
+        f"{small} write: backend / files", small, "write", names["api"], names["files"], 0.6
+    )
+    results.ratio(
+        f"{small} write: backend / files that fsync",
+        small,
+        "write",
+        names["api"],
+        names["synced"],
+        1.2,
+    )
+    results.ratio(
+        f"{small} read: backend / files", small, "read", names["api"], names["files"], 0.3
+    )
+    wrk_rows = {(o, c) for w, o, c, _, _ in results.rows if w == WRK_WORKLOAD}
+    bare, one, two = (
+        "bare twisted.web (no work)",
+        "pgblobs HTTP, 1 worker",
+        "pgblobs HTTP, 2 workers",
+    )
+    if wrk_rows:
+        for operation, target in (("GET", 0.25), ("PUT", 0.3)):
+            results.ratio(
+                f"10 KB {operation} under wrk: pgblobs 1 worker / bare twisted.web",
+                WRK_WORKLOAD,
+                operation,
+                one,
+                bare,
+                target,
+            )
+            results.ratio(
+                f"10 KB {operation} under wrk: 2 workers / 1 worker",
+                WRK_WORKLOAD,
+                operation,
+                two,
+                one,
+                1.0,
+            )
+    streamed = f"{small}, /stream"
+    results.ratio(
+        f"{streamed} download: one /stream / 1000 GETs",
+        streamed,
+        "download",
+        "one /stream request",
+        "1000 single requests",
+        1.0,
+    )
+    results.slowdown(
+        "one 10 KB read: user with 100,000 blobs / lone user",
+        "one 10 KB read",
+        "read",
+        "user with 100,000 blobs",
+        "lone user",
+        1.2,
+    )
+    *_, seconds, size = next(r for r in results.rows if r[0] == "import-fs")
+    rate = size / 10_000 / seconds
+    results.goals.append(("import-fs of 10 KB files", rate, 2000, rate >= 2000, "blobs/s"))
     for run, growth in results.rss:
         results.goals.append((f"server RSS growth, {run}", growth, 100, growth <= 100, "MiB"))
 
@@ -355,7 +407,7 @@ def write_results(results, info):
         "|---|---:|---:|---|",
     ]
     for description, measured, target, met, unit in results.goals:
-        sign = ">=" if unit == "x" else "<="
+        sign = "<=" if unit in ("ms", "MiB", "x slower") else ">="
         lines.append(
             f"| {description} | {measured:.2f} {unit} | {sign} {target:g} {unit} | "
             f"{'yes' if met else '**no**'} |"

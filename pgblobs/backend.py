@@ -31,6 +31,9 @@ LOOKUP_BATCH = 100  # ids per statement when many blobs are opened at once
 # At or below this size a blob travels inline, in one statement: the escaped
 # bytes it costs are cheaper than the round trips of the large-object calls.
 INLINE_LIMIT = 256 * 1024
+# Group-commit batches of small writes in flight at once; more writes wait
+# and fill the next batch (see db/batching.py).
+WRITES_IN_FLIGHT = 2
 
 
 def _give_up(pipes: list[transfer.UploadPipe]) -> None:
@@ -108,7 +111,7 @@ class PostgresBlobsBackend:
         self._buffer_limit = buffer_bytes
         self._buffered = 0  # bytes of small bodies being gathered now
         self._reads = Coalescer(reactor, self._open_together)
-        self._small_writes = Coalescer(reactor, self._store_small)
+        self._small_writes = Coalescer(reactor, self._store_small, max_in_flight=WRITES_IN_FLIGHT)
 
     @classmethod
     def connect(

@@ -54,6 +54,7 @@ class ServeOptions:
     drain_seconds: float = settings.DRAIN_SECONDS
     workers: int = 1  # processes serving the sockets (see workers.py)
     log_format: str = "text"
+    access_log: bool = False
 
     @classmethod
     def from_dict(cls, values: dict) -> "ServeOptions":
@@ -211,7 +212,11 @@ async def _serve_here(reactor, options, dsn, inherited):
     database = backend.database
     tokens = KnownTokens(database)
     await tokens.start()
-    shared = {"health": database.ping, "limits": options.limits}
+    shared = {
+        "health": database.ping,
+        "limits": options.limits,
+        "access_log": options.access_log,
+    }
     site = build_site(backend, tokens.user_token_is_valid, pool_usage=database.usage, **shared)
     sites = {"public": site}
     if options.services_listen:

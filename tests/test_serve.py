@@ -150,7 +150,7 @@ def test_token_and_quota_commands(dsn):
 
 
 def test_a_json_log_line_per_event(dsn):
-    server = ServeProcess("--dsn", dsn, "--log-format", "json")
+    server = ServeProcess("--dsn", dsn, "--log-format", "json", "--access-log")
     try:
         urllib.request.urlopen(f"{server.url}/", timeout=10).read()
     finally:

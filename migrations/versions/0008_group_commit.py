@@ -81,40 +81,42 @@ def upgrade():
             p_tags text[], p_sha256s bytea[], p_flags text[], p_default_quota bigint)
         RETURNS text[] LANGUAGE plpgsql VOLATILE AS $$
         DECLARE
-            v_status text[] := array_fill('stored'::text, ARRAY[cardinality(p_blob_ids)]);
-            v_rooms  jsonb  := '{}';  -- user -> bytes still free (null: no limit)
-            v_room   bigint;
-            v_size   bigint;
+            v_status text[];
+            v_user   text;
+            v_room   bigint;  -- bytes the user may still store
         BEGIN
             PERFORM pg_advisory_xact_lock(hashtextextended('pgblobs.user:' || name, 0))
             FROM (SELECT DISTINCT name FROM unnest(p_users) AS name ORDER BY name) AS users;
-            FOR i IN 1 .. cardinality(p_blob_ids) LOOP
-                -- Taken by a live blob, or by an earlier item of this batch.
-                IF EXISTS (SELECT 1 FROM pgblobs.blobs
-                           WHERE blob_id = p_blob_ids[i] AND namespace = p_namespaces[i]
-                             AND user_id = p_users[i] AND deleted_at IS NULL)
-                   OR EXISTS (SELECT 1 FROM generate_series(1, i - 1) AS j
-                              WHERE v_status[j] = 'stored' AND p_blob_ids[j] = p_blob_ids[i]
-                                AND p_namespaces[j] = p_namespaces[i]
-                                AND p_users[j] = p_users[i]) THEN
-                    v_status[i] := 'exists';
-                    CONTINUE;
-                END IF;
-                IF NOT v_rooms ? p_users[i] THEN
-                    v_rooms := v_rooms || jsonb_build_object(p_users[i],
-                        pgblobs.effective_quota(p_users[i], p_default_quota)
-                        - (SELECT coalesce(sum(live_bytes), 0) FROM pgblobs.usage
-                           WHERE user_id = p_users[i]));
-                END IF;
-                v_room := (v_rooms ->> p_users[i])::bigint;
-                v_size := octet_length(p_contents[i]);
-                IF v_room IS NOT NULL THEN
-                    IF v_size > v_room THEN
+            -- Taken by a live blob, or by an earlier item of this batch.
+            SELECT array_agg(CASE WHEN taken THEN 'exists' ELSE 'stored' END ORDER BY position)
+            INTO v_status
+            FROM (
+                SELECT i.position,
+                       EXISTS (SELECT 1 FROM pgblobs.blobs AS b
+                               WHERE b.blob_id = i.blob_id AND b.namespace = i.namespace
+                                 AND b.user_id = i.user_id AND b.deleted_at IS NULL)
+                       OR row_number() OVER (PARTITION BY i.user_id, i.namespace, i.blob_id
+                                             ORDER BY i.position) > 1 AS taken
+                FROM unnest(p_users, p_namespaces, p_blob_ids)
+                     WITH ORDINALITY AS i(user_id, namespace, blob_id, position)
+            ) AS checked;
+            -- Quotas, for the users that have one: in order, each blob that
+            -- no longer fits fails alone.
+            FOR v_user, v_room IN
+                SELECT name, pgblobs.effective_quota(name, p_default_quota)
+                             - (SELECT coalesce(sum(live_bytes), 0) FROM pgblobs.usage
+                                WHERE user_id = name)
+                FROM (SELECT DISTINCT name FROM unnest(p_users) AS name) AS users
+            LOOP
+                CONTINUE WHEN v_room IS NULL;
+                FOR i IN 1 .. cardinality(p_blob_ids) LOOP
+                    CONTINUE WHEN p_users[i] <> v_user OR v_status[i] <> 'stored';
+                    IF octet_length(p_contents[i]) > v_room THEN
                         v_status[i] := 'quota';
-                        CONTINUE;
+                    ELSE
+                        v_room := v_room - octet_length(p_contents[i]);
                     END IF;
-                    v_rooms := jsonb_set(v_rooms, ARRAY[p_users[i]], to_jsonb(v_room - v_size));
-                END IF;
+                END LOOP;
             END LOOP;
             -- Writing an id again revives it: it stops being a tombstone.
             DELETE FROM pgblobs.blobs AS b

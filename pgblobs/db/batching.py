@@ -4,10 +4,14 @@ statement.
 A request costs a round trip, a plan and, for a write, a commit whose WAL
 flush dominates everything else. Requests that arrive in the same reactor
 turn (one pass over the sockets that are ready) are gathered and leave as one
-batch at the end of that turn, or at once when the batch is full; batches do
-not wait for each other, so several may be in flight on the pool's
-connections. A lone request leaves at the end of its own turn: batching
-never delays it by more than the turn that received it.
+batch at the end of that turn, or at once when the batch is full. A lone
+request leaves at the end of its own turn.
+
+Reads do not wait for each other: several batches may be in flight on the
+pool's connections. Writes may be limited to a few batches in flight: the
+batches of one user queue on that user's lock anyway, so while they wait,
+the next batch grows instead (group commit: a full batch per commit, where
+batches sent at once would each commit a handful).
 """
 
 from collections.abc import Awaitable, Callable, Sequence
@@ -38,10 +42,13 @@ class Coalescer(Generic[_Item, _Result]):
         reactor: Any,
         run: Callable[[list[_Item]], Awaitable[Sequence[_Result | BaseException]]],
         size: int = BATCH_SIZE,
+        max_in_flight: int | None = None,
     ) -> None:
         self._reactor = reactor
         self._run = run
         self._size = size
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
         self._pending: list[tuple[_Item, Deferred[_Result]]] = []
         self._turn_end: Any = None  # the delayed call that sends the batch
 
@@ -60,8 +67,11 @@ class Coalescer(Generic[_Item, _Result]):
             if self._turn_end.active():
                 self._turn_end.cancel()
             self._turn_end = None
-        batch, self._pending = self._pending, []
-        if batch:
+        while self._pending and (
+            self._max_in_flight is None or self._in_flight < self._max_in_flight
+        ):
+            batch, self._pending = self._pending[: self._size], self._pending[self._size :]
+            self._in_flight += 1
             defer.ensureDeferred(self._run_batch(batch))
 
     async def _run_batch(self, batch: list[tuple[_Item, Deferred[_Result]]]) -> None:
@@ -73,6 +83,10 @@ class Coalescer(Generic[_Item, _Result]):
                 if not waiting.called:  # a caller may have given up
                     waiting.errback(failure)
             return
+        finally:
+            self._in_flight -= 1
+            if self._pending and self._turn_end is None:
+                self._turn_end = self._reactor.callLater(0, self._send)
         for (_, waiting), outcome in zip(batch, outcomes, strict=True):
             if waiting.called:
                 continue

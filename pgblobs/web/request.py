@@ -10,6 +10,7 @@ answered before its body is read.
 """
 
 import io
+import itertools
 import secrets
 import time
 from collections.abc import Callable
@@ -31,6 +32,10 @@ if TYPE_CHECKING:
     from pgblobs.web.channel import BlobsChannel
 
 LINGER_SECONDS = 2.0
+# Request ids: a random tag per process and a counter, unique across nodes
+# and restarts without drawing random bytes for every request.
+_PROCESS_TAG = secrets.token_hex(3)
+_REQUEST_NUMBERS = itertools.count()
 
 
 @implementer(IBodyProducer)
@@ -158,7 +163,7 @@ class StreamingRequest(server.Request):
 
     def gotLength(self, length):
         self.started_at = time.monotonic()
-        self.request_id = secrets.token_hex(6)
+        self.request_id = f"{_PROCESS_TAG}{next(_REQUEST_NUMBERS):06x}"
         self.setHeader(b"X-Request-Id", self.request_id.encode("ascii"))
         self.channel.site.track(self)
         self.content = io.BytesIO()  # stays empty: resources read self.body

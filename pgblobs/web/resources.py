@@ -27,22 +27,33 @@ def rendered(method):
     return render
 
 
+_METHODS_OF: dict[type, list[str]] = {}  # Handler class -> its methods, worked out once
+
+
+def _allowed_methods(kind):
+    """The methods a Handler class answers."""
+    if kind in _METHODS_OF:
+        return _METHODS_OF[kind]
+    methods = {
+        name[len("render_") :]
+        for name in dir(kind)
+        if name.startswith("render_") and name[len("render_") :].isupper()
+    }
+    # Resource defines render_HEAD for everyone; it means something only beside GET.
+    methods.discard("HEAD")
+    if "GET" in methods:
+        methods.add("HEAD")
+    _METHODS_OF[kind] = sorted(methods)
+    return _METHODS_OF[kind]
+
+
 class Handler(Resource):
     """A resource that answers a method it lacks with 405 through the status
     table (twisted.web says 501 for methods outside GET, HEAD and POST), and
     HEAD wherever it answers GET: the same status and headers, no body."""
 
     def allowed_methods(self):
-        methods = {
-            name[len("render_") :]
-            for name in dir(self)
-            if name.startswith("render_") and name[len("render_") :].isupper()
-        }
-        # Resource defines render_HEAD for everyone; it means something only beside GET.
-        methods.discard("HEAD")
-        if "GET" in methods:
-            methods.add("HEAD")
-        return sorted(methods)
+        return _allowed_methods(type(self))
 
     def render(self, request):
         method = request.method.decode("latin-1")
