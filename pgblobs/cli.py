@@ -159,12 +159,15 @@ def _report(connection, args):
         rows = report.usage(connection, args.quota_bytes, user=args.user, top=args.top)
         columns = report.USAGE_COLUMNS
         shown = dict(report.SIZE_COLUMNS, used_percent=lambda v: "-" if v is None else f"{v}%")
-    else:
+    elif args.report == "daily":
         rows, columns, shown = (
             report.daily(connection, args.days),
             report.DAILY_COLUMNS,
             report.SIZE_COLUMNS,
         )
+    else:
+        rows, columns = report.large_objects(connection), report.LARGE_OBJECT_COLUMNS
+        shown = dict(report.SIZE_COLUMNS, oids_used_percent=lambda v: f"{v}%")
     print(output.render(rows, columns, args.format, shown))
 
 
@@ -190,6 +193,8 @@ def _fsck(connection, args):
         print(f"blob {user}/{namespace}/{blob_id}: {problem}")
     for user, namespace in findings.drifted_usage:
         print(f"usage counters of {user}/{namespace} differ from its blobs")
+    for warning in findings.warnings:
+        print(f"warning: {warning}")
     if findings.clean:
         print("clean")
         return
@@ -450,7 +455,12 @@ def build_parser():
     )
     daily = report.add_parser("daily", help="blobs and bytes written and deleted per day")
     daily.add_argument("--days", type=_non_negative, default=30)
-    for parser_ in (usage, daily):
+    large_objects = report.add_parser(
+        "large-objects",
+        help="large objects, their bytes on disk, and the OIDs left (a cluster has about 4.29 "
+        "billion)",
+    )
+    for parser_ in (usage, daily, large_objects):
         parser_.add_argument("--format", choices=("table", "csv", "json"), default="table")
         _database_options(parser_)
         parser_.set_defaults(run=_report)

@@ -22,12 +22,14 @@ from pgblobs.backend import PostgresBlobsBackend
 from pgblobs.cluster import LocalCluster
 from pgblobs.db import schema
 from pgblobs.db.connector import SyncConnection
+from pgblobs.ops import capacity
 from pgblobs.tokens import KnownTokens
 from pgblobs.web.site import Limits, build_services_site, build_site
 
 DEV_USER = "dev"
 DEV_SERVICE = "mx"
 DEFAULT_LISTEN = "tcp:9000:interface=127.0.0.1"
+LARGE_OBJECTS_EVERY = 60.0  # seconds between measurements of the large objects for /metrics
 _log = Logger()
 
 
@@ -235,6 +237,9 @@ async def _serve_here(reactor, options, dsn, inherited):
             name: [reactor.adoptStreamPort(fd, family, sites[name]) for fd, family in group]
             for name, group in inherited.items()
         }
+    refresh = task.LoopingCall(_measure_large_objects, database, site.metrics)
+    refresh.start(LARGE_OBJECTS_EVERY, now=True)
+    reactor.addSystemEventTrigger("before", "shutdown", refresh.stop)
     every_port = ports["public"] + ports["services"]
     reactor.addSystemEventTrigger(
         "before",
@@ -246,6 +251,20 @@ async def _serve_here(reactor, options, dsn, inherited):
         ),
     )
     return ports["public"], ports["services"]
+
+
+def _measure_large_objects(database, metrics):
+    """Refresh the large-object gauges of /metrics (an estimate: cheap at any size)."""
+
+    async def measuring():
+        try:
+            rows = await database.fetch("large_objects", {"exact": False})
+        except Exception as error:  # the next round tries again; the gauges keep their values
+            _log.warn("could not measure large objects: {error}", error=error)
+            return
+        metrics.large_objects(capacity.of_row(rows[0]))
+
+    return defer.ensureDeferred(measuring())
 
 
 async def _supervise(reactor, options, count):

@@ -232,6 +232,16 @@ DELETE FROM pgblobs.blobs WHERE id IN (
     FOR UPDATE SKIP LOCKED
 );
 
+-- name: large_objects (read)
+-- Large objects in this database, counted (or, unless %(exact)s, estimated from the
+-- catalog's statistics, which a scrape can afford at any size), and their bytes on disk.
+SELECT CASE WHEN %(exact)s OR c.reltuples < 0
+            THEN (SELECT count(*) FROM pg_catalog.pg_largeobject_metadata)
+            ELSE c.reltuples::bigint END AS large_objects,
+       pg_total_relation_size('pg_catalog.pg_largeobject') AS disk_bytes
+FROM pg_catalog.pg_class AS c
+WHERE c.oid = 'pg_catalog.pg_largeobject_metadata'::regclass;
+
 -- name: orphan_large_objects (read)
 -- Large objects of the current role that no blob row references.
 SELECT m.oid FROM pg_largeobject_metadata AS m

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import psycopg2
 
+from pgblobs.ops import capacity
 from pgblobs.ops.output import progress
 from pgblobs.transfer import CHUNK
 
@@ -22,6 +23,7 @@ class Findings:
     broken_rows: list = field(default_factory=list)  # (user, namespace, blob id)
     mismatches: list = field(default_factory=list)  # (user, namespace, blob id, what)
     drifted_usage: list = field(default_factory=list)  # (user, namespace)
+    warnings: list = field(default_factory=list)  # nothing wrong yet, but soon
     repaired: bool = False
 
     @property
@@ -31,6 +33,9 @@ class Findings:
 
 def fsck(connection, repair=False, verify_content=False):
     findings = Findings()
+    headroom = capacity.measure(connection).warning
+    if headroom is not None:
+        findings.warnings.append(headroom)
     findings.orphans = [row.oid for row in connection.fetch("orphan_large_objects")]
     broken = connection.fetch("rows_without_content")
     findings.broken_rows = [(row.user_id, row.namespace, row.blob_id) for row in broken]

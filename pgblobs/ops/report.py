@@ -1,5 +1,6 @@
 """Usage reports from the reporting views (migrations/versions/0003)."""
 
+from pgblobs.ops import capacity
 from pgblobs.ops.output import human_size
 
 USAGE_COLUMNS = [
@@ -14,7 +15,9 @@ USAGE_COLUMNS = [
     "used_percent",
 ]
 DAILY_COLUMNS = ["day", "blobs_written", "bytes_written", "blobs_deleted", "bytes_deleted"]
+LARGE_OBJECT_COLUMNS = ["large_objects", "disk_bytes", "oids_left", "oids_used_percent"]
 SIZE_COLUMNS = {
+    "disk_bytes": human_size,
     "bytes": human_size,
     "quota_bytes": human_size,
     "bytes_written": human_size,
@@ -52,4 +55,17 @@ def daily(connection, days):
     return [
         {column: getattr(row, column) for column in DAILY_COLUMNS}
         for row in connection.fetch("report_daily", {"days": days})
+    ]
+
+
+def large_objects(connection):
+    """One row: the large objects, their bytes on disk, and the OIDs left."""
+    measured = capacity.measure(connection)
+    return [
+        {
+            "large_objects": measured.large_objects,
+            "disk_bytes": measured.disk_bytes,
+            "oids_left": measured.oids_left,
+            "oids_used_percent": round(100 * measured.used_fraction, 4),
+        }
     ]

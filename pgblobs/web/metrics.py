@@ -56,6 +56,23 @@ class SiteMetrics:
             )
             for pool in ("statements", "content"):
                 in_use.labels(pool).set_function(partial(_in_use, pool_usage, pool))
+        self._large_objects = {
+            name: Gauge(name, description, registry=self.registry)
+            for name, description in [
+                ("pgblobs_large_objects", "Large objects in the database (estimated)"),
+                ("pgblobs_large_object_disk_bytes", "Bytes of pg_largeobject on disk"),
+                ("pgblobs_large_object_oids_left", "OIDs left for new large objects"),
+            ]
+        }
+
+    def large_objects(self, measured):
+        """Show ``measured`` (an ops.capacity.Capacity) from now on."""
+        for name, value in [
+            ("pgblobs_large_objects", measured.large_objects),
+            ("pgblobs_large_object_disk_bytes", measured.disk_bytes),
+            ("pgblobs_large_object_oids_left", measured.oids_left),
+        ]:
+            self._large_objects[name].set(value)
 
     def resource(self):
         return _MetricsPage(self.registry)

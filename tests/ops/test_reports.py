@@ -3,7 +3,9 @@
 import csv
 import io
 import json
+import urllib.request
 
+from pgblobs.ops.capacity import OID_SPACE, Capacity
 from tests.helpers import content, deferred_test, pgblobs_cli, sql, write
 
 
@@ -87,3 +89,43 @@ def test_reporting_role_may_read_the_views_and_nothing_else(dsn):
             sql(reader, "SELECT count(*) FROM pgblobs.tokens")
     finally:
         sql(dsn, "DROP ROLE report_reader")
+
+
+@deferred_test
+async def test_large_objects_are_counted_with_the_oids_left(backend, dsn):
+    for i in range(3):
+        await write(backend, "alice", f"lo{i}", content(1000 + i))
+    done = pgblobs_cli("report", "large-objects", "--format", "json", "--dsn", dsn)
+    assert done.returncode == 0, done.stderr
+    [row] = json.loads(done.stdout)
+    assert row["large_objects"] == 3
+    assert row["oids_left"] == OID_SPACE - 3
+    assert row["disk_bytes"] > 3000
+    table = pgblobs_cli("report", "large-objects", "--dsn", dsn)
+    assert "oids_left" in table.stdout and "%" in table.stdout
+    check = pgblobs_cli("fsck", "--dsn", dsn)
+    assert check.returncode == 0 and "warning" not in check.stdout
+
+
+def test_the_oid_space_warning_starts_at_a_quarter():
+    assert Capacity(int(OID_SPACE * 0.2), 0).warning is None
+    crowded = Capacity(int(OID_SPACE * 0.3), 0).warning
+    assert "30% of the cluster's OID space" in crowded and "docs/scaling.md" in crowded
+
+
+def test_metrics_show_the_large_objects(migrated_dsn, dsn):
+    from tests.processes import ServeProcess
+
+    node = ServeProcess("--dsn", migrated_dsn)
+    try:
+        with urllib.request.urlopen(f"{node.url}/metrics", timeout=10) as response:
+            page = response.read().decode()
+    finally:
+        node.stop()
+    gauges = {
+        line.split()[0]: float(line.split()[1])
+        for line in page.splitlines()
+        if line.startswith("pgblobs_large_object")
+    }
+    assert gauges["pgblobs_large_object_oids_left"] == OID_SPACE - gauges["pgblobs_large_objects"]
+    assert gauges["pgblobs_large_object_disk_bytes"] > 0
