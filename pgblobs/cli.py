@@ -208,6 +208,22 @@ def _fsck(connection, args):
 
 
 @_with_connection
+def _export_fs(connection, args):
+    from pgblobs.ops import exportfs, output
+
+    report = exportfs.export_tree(connection, args.root, only_user=args.user)
+    for path, reason in report.failed:
+        print(f"failed {path}: {reason}", file=sys.stderr)
+    print(
+        f"exported {report.exported} blob(s) ({output.human_size(report.bytes)}) and "
+        f"{report.tombstones} tombstone(s); skipped {report.skipped} already there; "
+        f"failed {len(report.failed)}"
+    )
+    if report.failed:
+        raise SystemExit(1)
+
+
+@_with_connection
 def _import_fs(connection, args):
     from pgblobs.ops import importfs, output
 
@@ -495,6 +511,14 @@ def build_parser():
     import_fs.add_argument("--dry-run", action="store_true", help="report, change nothing")
     _database_options(import_fs)
     import_fs.set_defaults(run=_import_fs)
+
+    export_fs = commands.add_parser(
+        "export-fs", help="write the blobs out in the Soledad filesystem layout (resumable)"
+    )
+    export_fs.add_argument("root", help="the directory to write the store into")
+    export_fs.add_argument("--user", help="only this user")
+    _database_options(export_fs)
+    export_fs.set_defaults(run=_export_fs)
     return parser
 
 

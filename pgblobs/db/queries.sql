@@ -326,6 +326,17 @@ SELECT user_id, namespace, blob_id, 0, deleted_at, deleted_at
 FROM unnest(%(users)s::text[], %(namespaces)s::text[], %(blob_ids)s::text[],
             %(dates)s::timestamptz[]) AS i(user_id, namespace, blob_id, deleted_at);
 
+-- name: export_batch (read)
+-- Up to %(batch)s blob rows (live and tombstones) after the row %(after)s, in row order, of
+-- every user or only %(user)s, with their flags.
+SELECT b.id, b.user_id, b.namespace, b.blob_id, b.lo_oid, b.size, b.created_at, b.deleted_at,
+       ARRAY(SELECT f.flag FROM pgblobs.blob_flags AS f
+             WHERE f.blob_row = b.id ORDER BY f.flag) AS flags
+FROM pgblobs.blobs AS b
+WHERE b.id > %(after)s AND (%(user)s::text IS NULL OR b.user_id = %(user)s)
+ORDER BY b.id
+LIMIT %(batch)s;
+
 -- name: usage_drift (read)
 -- (user, namespace) whose counters in pgblobs.usage differ from their live blobs.
 WITH actual AS (

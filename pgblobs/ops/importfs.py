@@ -30,7 +30,7 @@ from pgblobs.errors import InvalidFlag, InvalidName
 from pgblobs.ops.output import progress
 from pgblobs.transfer import CHUNK, ContentDigest
 
-_FLAGS, _DELETED = ".flags", ".deleted"
+FLAGS, DELETED = ".flags", ".deleted"
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Entry:
     tombstone: bool
 
     def flags_path(self):
-        return self.path.with_name(self.blob_id + _FLAGS)
+        return self.path.with_name(self.blob_id + FLAGS)
 
 
 @dataclass
@@ -52,6 +52,11 @@ class ImportReport:
     bytes: int = 0
     skipped: list = field(default_factory=list)  # (path, reason)
     failed: list = field(default_factory=list)  # (path, reason)
+
+
+def blob_path(root, user, namespace, blob_id):
+    """Where the layout keeps a blob."""
+    return Path(root, user, namespace, blob_id[0], blob_id[:3], blob_id[:6], blob_id)
 
 
 def _mtime(path):
@@ -85,18 +90,18 @@ def scan(root, report, only_user=None):
 
 def _entry(directory, name, present, user, namespace, namespace_dir, report):
     path = directory / name
-    if name.endswith(_FLAGS):
+    if name.endswith(FLAGS):
         return None  # read with its blob
-    tombstone = name.endswith(_DELETED)
-    blob_id = name[: -len(_DELETED)] if tombstone else name
-    if not tombstone and blob_id + _DELETED in present:
+    tombstone = name.endswith(DELETED)
+    blob_id = name[: -len(DELETED)] if tombstone else name
+    if not tombstone and blob_id + DELETED in present:
         return None  # deleted: its marker stands for it
     try:
         key = names.BlobKey.of(user, blob_id, namespace)
     except InvalidName as error:
         report.failed.append((path, str(error)))
         return None
-    expected = namespace_dir / blob_id[0] / blob_id[:3] / blob_id[:6]
+    expected = blob_path(namespace_dir.parent.parent, user, namespace, blob_id).parent
     if directory != expected:
         report.failed.append((path, f"not where the layout puts it ({expected})"))
         return None
