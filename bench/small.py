@@ -180,11 +180,12 @@ def import_speed(results, dsn, workdir):
         directory = root / "importer" / "default" / blob_id[0] / blob_id[:3] / blob_id[:6]
         directory.mkdir(parents=True, exist_ok=True)
         (directory / blob_id).write_bytes(data)
-    connection = SyncConnection.connect_at_head(dsn)
+    connections = [SyncConnection.connect_at_head(dsn) for _ in range(2)]  # as --jobs 2
     started = time.perf_counter()
-    report = importfs.import_tree(connection, root)
+    report = importfs.import_tree(connections, root)
     seconds = time.perf_counter() - started
-    connection.close()
+    for connection in connections:
+        connection.close()
     assert report.imported == IMPORTED and not report.failed, report
     results.add("import-fs", "write", f"{IMPORTED:,} x 10 KB files", seconds, IMPORTED * SMALL)
     print(f"    {IMPORTED / seconds:,.0f} blobs/s", flush=True)

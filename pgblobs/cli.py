@@ -223,13 +223,19 @@ def _export_fs(connection, args):
         raise SystemExit(1)
 
 
-@_with_connection
-def _import_fs(connection, args):
+def _import_fs(args):
     from pgblobs.ops import importfs, output
 
     if not os.path.isdir(args.root):
         raise SystemExit(f"pgblobs: {args.root} is not a directory")
-    report = importfs.import_tree(connection, args.root, only_user=args.user, dry_run=args.dry_run)
+    connections = [SyncConnection.connect_at_head(_dsn(args)) for _ in range(args.jobs)]
+    try:
+        report = importfs.import_tree(
+            connections, args.root, only_user=args.user, dry_run=args.dry_run
+        )
+    finally:
+        for connection in connections:
+            connection.close()
     for path, reason in report.skipped:
         print(f"skipped {path}: {reason}")
     for path, reason in report.failed:
@@ -509,6 +515,12 @@ def build_parser():
     import_fs.add_argument("root", help="the store's root directory")
     import_fs.add_argument("--user", help="only this user")
     import_fs.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    import_fs.add_argument(
+        "--jobs",
+        type=_positive,
+        default=2,
+        help="batches imported at once, each on its own connection (default: %(default)s)",
+    )
     _database_options(import_fs)
     import_fs.set_defaults(run=_import_fs)
 

@@ -17,7 +17,10 @@ back and imported again one blob at a time, so only the culprit is reported.
 import datetime
 import json
 import os
+import queue
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +55,13 @@ class ImportReport:
     bytes: int = 0
     skipped: list = field(default_factory=list)  # (path, reason)
     failed: list = field(default_factory=list)  # (path, reason)
+
+    def merge(self, other):
+        self.imported += other.imported
+        self.tombstones += other.tombstones
+        self.bytes += other.bytes
+        self.skipped += other.skipped
+        self.failed += other.failed
 
 
 def blob_path(root, user, namespace, blob_id):
@@ -115,22 +125,50 @@ class _AlreadyThere(Exception):
 BATCH = 200  # blobs per transaction
 
 
-def import_tree(connection, root, only_user=None, dry_run=False):
+def import_tree(connections, root, only_user=None, dry_run=False):
+    """Import the tree at ``root``, a batch at a time on each of
+    ``connections`` (SyncConnections) at once."""
     report = ImportReport()
     entries = list(scan(root, report, only_user))
-    total = sum(e.path.stat().st_size for e in entries if not e.tombstone)
+    batches = [entries[first : first + BATCH] for first in range(0, len(entries), BATCH)]
+    idle = queue.SimpleQueue()
+    for connection in connections:
+        idle.put(connection)
+    merging = threading.Lock()
+    done = 0
     started = time.monotonic()
+    total = sum(e.path.stat().st_size for e in entries if not e.tombstone)
     with progress(total, "B", "importing", unit_scale=True) as bar:
-        for first in range(0, len(entries), BATCH):
-            batch = entries[first : first + BATCH]
+
+        def run(batch):
+            nonlocal done
+            connection = idle.get()
             try:
-                _import_batch(connection, batch, report, dry_run, bar)
-            except (OSError, ValueError, psycopg2.Error, _AlreadyThere):
-                for entry in batch:
-                    _import_alone(connection, entry, report, dry_run, bar)
-            done = first + len(batch)
-            bar.set_postfix_str(f"{done / max(time.monotonic() - started, 1e-6):.0f} blobs/s")
+                outcome = _import_or_isolate(connection, batch, dry_run)
+            finally:
+                idle.put(connection)
+            with merging:
+                report.merge(outcome)
+                done += len(batch)
+                bar.update(sum(e.path.stat().st_size for e in batch if not e.tombstone))
+                bar.set_postfix_str(f"{done / max(time.monotonic() - started, 1e-6):.0f} blobs/s")
+
+        with ThreadPoolExecutor(len(connections)) as pool:
+            list(pool.map(run, batches))
     return report
+
+
+def _import_or_isolate(connection, batch, dry_run):
+    """The batch in one transaction; if that fails, each entry in its own,
+    so only the culprit is reported."""
+    outcome = ImportReport()
+    try:
+        _import_batch(connection, batch, outcome, dry_run)
+    except (OSError, ValueError, psycopg2.Error, _AlreadyThere):
+        outcome = ImportReport()
+        for entry in batch:
+            _import_alone(connection, entry, outcome, dry_run)
+    return outcome
 
 
 def _arrays(entries, **columns):
@@ -144,7 +182,7 @@ def _arrays(entries, **columns):
     )
 
 
-def _import_batch(connection, batch, report, dry_run, bar):
+def _import_batch(connection, batch, report, dry_run):
     present = {row.position for row in connection.fetch("existing_blobs", _arrays(batch))}
     todo = [entry for position, entry in enumerate(batch, 1) if position not in present]
     tombstones = [entry for entry in todo if entry.tombstone]
@@ -168,7 +206,6 @@ def _import_batch(connection, batch, report, dry_run, bar):
     report.tombstones += len(tombstones)
     report.imported += len(blobs)
     report.bytes += sum(sizes.values())
-    bar.update(sum(e.path.stat().st_size for e in batch if not e.tombstone))
 
 
 def _store_small(connection, entries, flags):
@@ -195,10 +232,10 @@ def _store_small(connection, entries, flags):
         raise
 
 
-def _import_alone(connection, entry, report, dry_run, bar):
+def _import_alone(connection, entry, report, dry_run):
     """One entry in its own transaction, its failure reported as its own."""
     try:
-        _import_batch(connection, [entry], report, dry_run, bar)
+        _import_batch(connection, [entry], report, dry_run)
     except _AlreadyThere:
         report.skipped.append((entry.path, "written through the API meanwhile"))
     except (OSError, ValueError, psycopg2.Error) as error:
