@@ -131,7 +131,7 @@ def import_tree(connections, root, only_user=None, dry_run=False):
     report = ImportReport()
     entries = list(scan(root, report, only_user))
     batches = [entries[first : first + BATCH] for first in range(0, len(entries), BATCH)]
-    idle = queue.SimpleQueue()
+    idle: queue.SimpleQueue = queue.SimpleQueue()
     for connection in connections:
         idle.put(connection)
     merging = threading.Lock()
