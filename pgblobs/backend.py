@@ -388,12 +388,11 @@ class PostgresBlobsBackend:
         start, end = names.byte_range(range)
         stop = opened.size if end is None else min(end, opened.size)
         start = min(start, stop)
-        push = transfer.DownloadPush(self._reactor, consumer)
-        consumer.registerProducer(push, True)
-        try:
-            if opened.content is not None:
-                content = opened.content[start:stop]
-            elif opened.size <= INLINE_LIMIT:
+        if opened.content is not None or opened.size <= INLINE_LIMIT:
+            # Small: bytes in hand or one statement away, written in one go;
+            # no thread, no producer to pace.
+            content = opened.content
+            if content is None:
                 rows = await self.database.fetch(
                     "version_bytes", dict(row=opened.row, start=start, length=stop - start)
                 )
@@ -401,19 +400,22 @@ class PostgresBlobsBackend:
                     raise BlobNotFound(f"no such blob: {opened.blob_id}")
                 content = bytes(rows[0].content)
             else:
-                await self.database.in_thread(
-                    largeobjects.load,
-                    push,
-                    opened.row,
-                    start,
-                    stop,
-                    owner=opened.user,
-                    retry=lambda: push.delivered == 0,
-                )
-                return
-            # Small: no thread, no large-object calls.
+                content = content[start:stop]
             if content:
                 consumer.write(content)
+            return
+        push = transfer.DownloadPush(self._reactor, consumer)
+        consumer.registerProducer(push, True)
+        try:
+            await self.database.in_thread(
+                largeobjects.load,
+                push,
+                opened.row,
+                start,
+                stop,
+                owner=opened.user,
+                retry=lambda: push.delivered == 0,
+            )
         finally:
             consumer.unregisterProducer()
 
