@@ -37,11 +37,14 @@ test: setup lint
 run: setup
 	$(VENV)/bin/pgblobs serve --services-listen tcp:9001:interface=127.0.0.1
 
-# pgblobs against the large-object ceiling, plain files and nginx; writes bench/results.md.
+# pgblobs against the large-object ceiling, plain files, nginx and bare twisted.web (small
+# requests driven by wrk); writes bench/results.md.
 bench: setup
 	$(PIP) install --quiet -e '.[test,bench]'
 	@command -v nginx >/dev/null 2>&1 || ls /usr/sbin/nginx >/dev/null 2>&1 || \
 		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light)
+	@command -v wrk >/dev/null 2>&1 || \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk)
 	PATH="$$PATH:/usr/sbin" $(PY) -m bench.run
 
 # Two nodes, ~50 clients, a node killed and PostgreSQL restarted; not run by CI.
