@@ -1,0 +1,157 @@
+"""Failover (issue 12): a primary and a synchronous streaming standby made
+with pg_basebackup -R, two `pgblobs serve` nodes on libpq's multi-host DSN,
+a steady write load; the primary is SIGKILLed and the standby promoted with
+pg_ctl, as a failover manager would. The nodes find the new primary by
+themselves and nothing acknowledged is lost."""
+
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+
+from pgblobs.cluster import SERVICE_ACCOUNT, LocalCluster, find_program
+from pgblobs.db import schema
+from tests.helpers import sql
+from tests.processes import ServeProcess
+from tests.reliability.clients import Client, token_for
+
+pytestmark = pytest.mark.slow
+
+
+def as_postgres(*command):
+    done = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={SERVICE_ACCOUNT}",
+            f"--regid={SERVICE_ACCOUNT}",
+            "--init-groups",
+            "--",
+            *command,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+@pytest.fixture
+def replicated(open_tmp):
+    """(primary, standby): LocalClusters, the standby streaming synchronously."""
+    primary = LocalCluster(open_tmp / "primary")
+    primary.start()
+    standby = LocalCluster(open_tmp / "standby")
+    try:
+        schema.upgrade(primary.dsn)
+        standby.directory.mkdir(parents=True)
+        os.chown(standby.directory, *_postgres_ids())
+        as_postgres(
+            find_program("pg_basebackup"),
+            "-D",
+            str(standby.data),
+            "-h",
+            str(primary.socket_dir),
+            "-p",
+            str(primary.PORT),
+            "-U",
+            "postgres",
+            "-R",
+            "-X",
+            "stream",
+            "--checkpoint=fast",  # a spread checkpoint would take a minute and more
+        )
+        standby.start()
+        # Commits now wait until the standby has the WAL: an acknowledged
+        # blob survives losing the primary.
+        sql(
+            primary.dsn.replace("dbname=pgblobs", "dbname=postgres"),
+            "ALTER SYSTEM SET synchronous_standby_names = '*'",
+        )
+        sql(primary.dsn, "SELECT pg_reload_conf()")
+        deadline = time.monotonic() + 10
+        while sql(primary.dsn, "SELECT sync_state FROM pg_stat_replication") != [("sync",)]:
+            assert time.monotonic() < deadline, "the standby never became synchronous"
+            time.sleep(0.1)
+        yield primary, standby
+    finally:
+        standby.stop()
+        primary.stop()
+
+
+def _postgres_ids():
+    import pwd
+
+    account = pwd.getpwnam(SERVICE_ACCOUNT)
+    return account.pw_uid, account.pw_gid
+
+
+def multi_host(primary, standby):
+    return (
+        f"host={primary.socket_dir},{standby.socket_dir} port={primary.PORT},{standby.PORT} "
+        "user=postgres dbname=pgblobs target_session_attrs=read-write"
+    )
+
+
+def test_killing_the_primary_and_promoting_the_standby_loses_nothing(replicated):
+    primary, standby = replicated
+    dsn = multi_host(primary, standby)
+    token = token_for(dsn, "alice")
+    nodes = [ServeProcess("--dsn", dsn), ServeProcess("--dsn", dsn)]
+    acknowledged, answers = {}, []
+    stop = threading.Event()
+
+    def write_steadily(node_index):
+        client = Client(nodes[node_index].url, "alice", token, timeout=10)
+        number = 0
+        while not stop.is_set():
+            blob_id = f"n{node_index}-{number}"
+            data = os.urandom(2000 + number % 5000)
+            status, headers, _ = client.put(blob_id, data)
+            answers.append((time.monotonic(), status, headers))
+            if status == 200:
+                acknowledged[blob_id] = data
+            number += 1
+            time.sleep(0.005)
+
+    writers = [threading.Thread(target=write_steadily, args=(i,)) for i in (0, 1)]
+    try:
+        for writer in writers:
+            writer.start()
+        time.sleep(2)
+        before = len(acknowledged)
+        assert before > 20
+        primary._process.kill()  # SIGKILL the postmaster
+        primary._process.wait()
+        time.sleep(1)
+        as_postgres(find_program("pg_ctl"), "promote", "-w", "-D", str(standby.data))
+        promoted = time.monotonic()
+        while not any(t > promoted and status == 200 for t, status, _ in answers):
+            assert time.monotonic() - promoted < 10, "no write succeeded within 10 s"
+            time.sleep(0.05)
+        recovered = min(t for t, status, _ in answers if t > promoted and status == 200)
+        print(f"first write {recovered - promoted:.2f} s after the promotion")
+        time.sleep(1)
+    finally:
+        stop.set()
+        for writer in writers:
+            writer.join(30)
+    try:
+        for node in nodes:
+            assert node.process.poll() is None, "a node exited"
+        failures = [(status, headers) for _, status, headers in answers if status != 200]
+        # Whatever failed said so as a 503 with Retry-After (or the
+        # connection was cut while its request was in flight).
+        for status, headers in failures:
+            assert status in (0, 503), status
+            if status == 503:
+                assert "Retry-After" in headers
+        reader = Client(nodes[0].url, "alice", token)
+        for blob_id, data in acknowledged.items():
+            status, _, body = reader.get(blob_id)
+            assert (status, body) == (200, data), blob_id
+        print(f"{len(acknowledged)} acknowledged, {len(failures)} refused during the failover")
+    finally:
+        for node in nodes:
+            node.stop()
