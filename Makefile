@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup postgresql lint test run soak bench clean
+.PHONY: setup postgresql lint test run soak bench drill clean
 
 setup: $(STAMP) postgresql
 
@@ -46,6 +46,11 @@ bench: setup
 	@command -v wrk >/dev/null 2>&1 || \
 		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk)
 	PATH="$$PATH:/usr/sbin" $(PY) -m bench.run
+
+# The restore drill (README "Backups and restore"): base backup, archived WAL, point-in-time
+# restore into a new cluster, fsck --verify-content; part of `make test` too.
+drill: setup
+	$(PY) -m pytest -q -s tests/reliability/test_backup_drill.py
 
 # Two nodes, ~50 clients, a node killed and PostgreSQL restarted; not run by CI.
 soak: setup

@@ -46,7 +46,7 @@ def replicated(open_tmp):
     try:
         schema.upgrade(primary.dsn)
         standby.directory.mkdir(parents=True)
-        os.chown(standby.directory, *_postgres_ids())
+        os.chown(standby.directory, *postgres_ids())
         as_postgres(
             find_program("pg_basebackup"),
             "-D",
@@ -80,7 +80,7 @@ def replicated(open_tmp):
         primary.stop()
 
 
-def _postgres_ids():
+def postgres_ids():
     import pwd
 
     account = pwd.getpwnam(SERVICE_ACCOUNT)
