@@ -421,9 +421,11 @@ def write_results(results, info):
     ]
     for workload, operation, contender, seconds, size in results.rows:
         speed = f"{size / seconds / 1e6:.1f}" if size else ""
-        lines.append(
-            f"| {workload} | {operation} | {contender} | {seconds * 1000:.1f} ms | {speed} |"
+        # Under wrk a row is seconds per request: say requests per second.
+        median = (
+            f"{1 / seconds:,.0f} req/s" if workload == WRK_WORKLOAD else f"{seconds * 1000:.1f} ms"
         )
+        lines.append(f"| {workload} | {operation} | {contender} | {median} | {speed} |")
     findings = HERE / "findings.md"
     if findings.exists():
         lines += ["", findings.read_text().rstrip()]
