@@ -23,6 +23,7 @@ from pgblobs import names, settings, transfer
 from pgblobs.db import largeobjects
 from pgblobs.db.batching import Coalescer
 from pgblobs.db.connector import Database, Row
+from pgblobs.db.replicas import Replicas
 from pgblobs.errors import BlobExists, BlobNotFound, QuotaExceeded, TransferStopped
 from pgblobs.interfaces import IBlobsBackend, deferred
 from pgblobs.names import ByteRange
@@ -81,6 +82,8 @@ class OpenBlob:
     row: int
     content: bytes | None
     _backend: "PostgresBlobsBackend" = field(repr=False, compare=False)
+    # The database that found this version (a replica, or the primary).
+    _source: Database = field(repr=False, compare=False)
 
     def read(self, consumer: IConsumer, range: ByteRange | None = None) -> Deferred[None]:
         """Stream this version's bytes (``range`` as in ``read_blob``) into
@@ -102,10 +105,14 @@ class PostgresBlobsBackend:
         quota_bytes: int | None = settings.QUOTA_BYTES,
         reactor: Any = None,
         buffer_bytes: int = settings.BUFFER_BYTES,
+        replicas: list[Database] | None = None,
+        replica_max_lag: float = settings.REPLICA_MAX_LAG,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.database = database
+        # Which database answers a read: replicas may, writes never go there.
+        self.reading = Replicas(reactor, database, replicas or [], replica_max_lag)
         self._reactor = reactor
         self.quota_bytes = quota_bytes
         self._buffer_limit = buffer_bytes
@@ -124,6 +131,8 @@ class PostgresBlobsBackend:
         statement_timeout: float = settings.STATEMENT_TIMEOUT,
         user_share: int | None = None,
         buffer_bytes: int = settings.BUFFER_BYTES,
+        replica_dsns: Sequence[str] = (),
+        replica_max_lag: float = settings.REPLICA_MAX_LAG,
     ) -> Deferred["PostgresBlobsBackend"]:
         """A Deferred firing with a backend connected to ``dsn``.
 
@@ -134,28 +143,48 @@ class PostgresBlobsBackend:
         longer than ``statement_timeout`` seconds. One user runs at most
         ``user_share`` content transfers at once (default: half of
         ``pool_size``; see Database.in_thread). Small bodies are gathered in
-        memory up to ``buffer_bytes`` at once. Fails with SchemaNotReady
-        when the schema is missing or not at head.
+        memory up to ``buffer_bytes`` at once. Reads may be served by the
+        streaming replicas at ``replica_dsns`` while they are at most
+        ``replica_max_lag`` seconds behind (db/replicas.py). Fails with
+        SchemaNotReady when the schema is missing or not at head.
         """
 
         async def connecting() -> "PostgresBlobsBackend":
-            database = await Database.connect(
-                dsn,
-                pool_size,
-                reactor,
-                max_waiting=max_waiting,
-                statement_timeout_ms=int(statement_timeout * 1000),
-                user_share=user_share,
+            databases = [
+                await Database.connect(
+                    target,
+                    pool_size,
+                    reactor,
+                    max_waiting=max_waiting,
+                    statement_timeout_ms=int(statement_timeout * 1000),
+                    user_share=user_share,
+                )
+                for target in [dsn, *replica_dsns]
+            ]
+            return cls(
+                databases[0], quota_bytes, reactor, buffer_bytes, databases[1:], replica_max_lag
             )
-            return cls(database, quota_bytes, reactor, buffer_bytes)
 
         return defer.ensureDeferred(connecting())
 
     def close(self) -> Deferred[None]:
-        return self.database.close()
+        return defer.gatherResults([self.reading.close(), self.database.close()]).addCallback(
+            lambda _: None
+        )
 
     async def _one(self, name: str, params: dict[str, Any]) -> Row:
         rows = await self.database.fetch(name, params)
+        if not rows:
+            raise BlobNotFound("no such blob")
+        return rows[0]
+
+    async def _read_one(self, name: str, params: dict[str, Any]) -> Row:
+        """``_one`` for a read: a replica's answer, or the primary's when the
+        replica has no such row (it may not have replayed it yet)."""
+        reader = self.reading.reader()
+        rows = await reader.fetch(name, params)
+        if not rows and reader is not self.database:
+            rows = await self.database.fetch(name, params)
         if not rows:
             raise BlobNotFound("no such blob")
         return rows[0]
@@ -311,12 +340,29 @@ class PostgresBlobsBackend:
         in one statement with the other reads of the moment.
         """
         key = names.BlobKey.of(user, blob_id, namespace)
-        row = await self._reads.submit(key)
+        row, source = await self._reads.submit(key)
         content = None if row.content is None else bytes(row.content)
-        return OpenBlob(key.user, key.blob_id, row.size, row.tag, row.id, content, self)
+        return OpenBlob(key.user, key.blob_id, row.size, row.tag, row.id, content, self, source)
 
-    async def _open_together(self, keys: list[names.BlobKey]) -> list[Row | BaseException]:
-        rows = await self.database.fetch(
+    async def _open_together(
+        self, keys: list[names.BlobKey]
+    ) -> list[tuple[Row, Database] | BaseException]:
+        reader = self.reading.reader()
+        found = {
+            position: (row, reader) for position, row in (await self._look_up(reader, keys)).items()
+        }
+        missing = [position for position in range(1, len(keys) + 1) if position not in found]
+        if missing and reader is not self.database:
+            again = await self._look_up(self.database, [keys[p - 1] for p in missing])
+            for position, row in again.items():
+                found[missing[position - 1]] = (row, self.database)
+        return [
+            found.get(position, BlobNotFound("no such blob"))
+            for position in range(1, len(keys) + 1)
+        ]
+
+    async def _look_up(self, database: Database, keys: list[names.BlobKey]) -> dict[int, Row]:
+        rows = await database.fetch(
             "open_blob_batch",
             {
                 "users": [key.user for key in keys],
@@ -325,11 +371,7 @@ class PostgresBlobsBackend:
                 "inline_limit": INLINE_LIMIT,
             },
         )
-        found = {row.position: row for row in rows}
-        return [
-            found.get(position, BlobNotFound("no such blob"))
-            for position in range(1, len(keys) + 1)
-        ]
+        return {row.position: row for row in rows}
 
     @deferred
     async def open_blobs(
@@ -339,16 +381,22 @@ class PostgresBlobsBackend:
         time; fails with BlobNotFound naming the first id with no live blob."""
         params = {"user": names.user_name(user), "namespace": names.namespace_name(namespace)}
         ids = [names.blob_name(blob_id) for blob_id in blob_ids]
-        found = {}
+        found: dict[str, OpenBlob] = {}
         wanted = sorted(set(ids))
-        for first in range(0, len(wanted), LOOKUP_BATCH):
-            rows = await self.database.fetch(
-                "open_blobs", dict(params, blob_ids=wanted[first : first + LOOKUP_BATCH])
-            )
-            for row in rows:
-                found[row.blob_id] = OpenBlob(
-                    params["user"], row.blob_id, row.size, row.tag, row.id, None, self
+        reader = self.reading.reader()
+        # What a replica has not replayed yet, the primary has.
+        for database in [reader] if reader is self.database else [reader, self.database]:
+            for first in range(0, len(wanted), LOOKUP_BATCH):
+                rows = await database.fetch(
+                    "open_blobs", dict(params, blob_ids=wanted[first : first + LOOKUP_BATCH])
                 )
+                for row in rows:
+                    found[row.blob_id] = OpenBlob(
+                        params["user"], row.blob_id, row.size, row.tag, row.id, None, self, database
+                    )
+            wanted = [blob_id for blob_id in wanted if blob_id not in found]
+            if not wanted:
+                break
         for blob_id in ids:
             if blob_id not in found:
                 raise BlobNotFound(f"no such blob: {blob_id}")
@@ -360,11 +408,16 @@ class PostgresBlobsBackend:
         one statement: a stream of many small blobs costs a statement per
         batch, not one per blob. A version deleted meanwhile stays without
         content, so reading it is the usual BlobNotFound."""
-        rows = [blob.row for blob in opened if blob.content is None and blob.size <= INLINE_LIMIT]
-        if not rows:
-            return list(opened)
-        found = await self.database.fetch("versions_content", {"rows": rows})
-        contents = {row.id: bytes(row.content) for row in found}
+        contents: dict[int, bytes] = {}
+        for source in {blob._source for blob in opened}:
+            rows = [
+                blob.row
+                for blob in opened
+                if blob._source is source and blob.content is None and blob.size <= INLINE_LIMIT
+            ]
+            if rows:
+                found = await source.fetch("versions_content", {"rows": rows})
+                contents.update({row.id: bytes(row.content) for row in found})
         return [
             replace(blob, content=contents[blob.row]) if blob.row in contents else blob
             for blob in opened
@@ -393,7 +446,7 @@ class PostgresBlobsBackend:
             # no thread, no producer to pace.
             content = opened.content
             if content is None:
-                rows = await self.database.fetch(
+                rows = await opened._source.fetch(
                     "version_bytes", dict(row=opened.row, start=start, length=stop - start)
                 )
                 if not rows:
@@ -407,7 +460,7 @@ class PostgresBlobsBackend:
         push = transfer.DownloadPush(self._reactor, consumer)
         consumer.registerProducer(push, True)
         try:
-            await self.database.in_thread(
+            await opened._source.in_thread(
                 largeobjects.load,
                 push,
                 opened.row,
@@ -427,17 +480,17 @@ class PostgresBlobsBackend:
     @deferred
     async def get_blob_size(self, user: str, blob_id: str, namespace: str = "") -> int:
         key = names.BlobKey.of(user, blob_id, namespace)
-        return (await self._one("blob_info", key.params())).size
+        return (await self._read_one("blob_info", key.params())).size
 
     @deferred
     async def get_tag(self, user: str, blob_id: str, namespace: str = "") -> str:
         key = names.BlobKey.of(user, blob_id, namespace)
-        return (await self._one("blob_info", key.params())).tag
+        return (await self._read_one("blob_info", key.params())).tag
 
     @deferred
     async def get_flags(self, user: str, blob_id: str, namespace: str = "") -> list[str]:
         key = names.BlobKey.of(user, blob_id, namespace)
-        return list((await self._one("blob_info", key.params())).flags)
+        return list((await self._read_one("blob_info", key.params())).flags)
 
     @deferred
     async def set_flags(
@@ -450,7 +503,7 @@ class PostgresBlobsBackend:
     @deferred
     async def count(self, user: str, namespace: str = "") -> int:
         params = {"user": names.user_name(user), "namespace": names.namespace_name(namespace)}
-        rows = await self.database.fetch("count_live", params)
+        rows = await self.reading.reader().fetch("count_live", params)
         return rows[0].live_blobs
 
     @deferred
@@ -471,7 +524,7 @@ class PostgresBlobsBackend:
             name = "list_flagged"
         else:
             name = "list_tombstones" if deleted else "list_live"
-        ids: list[str] = (await self.database.fetch(name, params))[0].blob_ids
+        ids: list[str] = (await self.reading.reader().fetch(name, params))[0].blob_ids
         # Both orders come from one ascending index scan.
         if newest_first:
             ids.reverse()
@@ -480,5 +533,5 @@ class PostgresBlobsBackend:
     @deferred
     async def get_total_storage(self, user: str) -> int:
         params = {"user": names.user_name(user)}
-        rows = await self.database.fetch("total_storage_kib", params)
+        rows = await self.reading.reader().fetch("total_storage_kib", params)
         return int(rows[0].kib)

@@ -280,6 +280,8 @@ def _serve(args):
             statement_timeout=args.statement_timeout,
             user_share=args.max_transfers_per_user,
             buffer_bytes=args.max_buffered_bytes,
+            replica_dsns=args.replica_dsn or [],
+            replica_max_lag=args.replica_max_lag,
         ),
         limits=Limits(
             max_blob_bytes=args.max_blob_bytes,
@@ -371,6 +373,9 @@ _SERVE_LIMITS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("--workers", _worker_count, 1,
      "processes serving the listening sockets, each with its own pool (one Python "
      "process uses one core); 'auto': one per core (default: %(default)s)"),
+    ("--replica-max-lag", float, settings.REPLICA_MAX_LAG,
+     "seconds a replica may lag and still answer reads; a blob deleted on the primary may "
+     "be served by a replica for at most this plus a second (default: %(default)s)"),
     ("--drain-seconds", float, settings.DRAIN_SECONDS,
      "on SIGTERM, how long requests in flight may take (default: %(default)s)"),
 ]  # fmt: skip
@@ -399,6 +404,14 @@ def build_parser():
         help="a Twisted endpoint for the provider's own services, e.g. "
         "tcp:9001:interface=127.0.0.1: PUT /incoming/{user}/{id} delivers "
         "mail, with a service token (repeatable; none by default)",
+    )
+    serve.add_argument(
+        "--replica-dsn",
+        action="append",
+        metavar="DSN",
+        help="a streaming replica that may answer reads (GET, HEAD, listings, counts, flags, "
+        "stream downloads) while it is close behind; writes always go to the primary "
+        "(repeatable)",
     )
     for flag, kind, default, help_text in _SERVE_LIMITS:
         serve.add_argument(flag, type=kind, default=default, help=help_text)

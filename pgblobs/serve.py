@@ -43,6 +43,8 @@ class BackendOptions:
     statement_timeout: float = settings.STATEMENT_TIMEOUT
     user_share: int | None = None
     buffer_bytes: int = settings.BUFFER_BYTES
+    replica_dsns: list[str] = field(default_factory=list)
+    replica_max_lag: float = settings.REPLICA_MAX_LAG
 
 
 @dataclass
@@ -212,7 +214,7 @@ async def run(reactor, options, inherited=None):
 async def _serve_here(reactor, options, dsn, inherited):
     backend = await _connect(reactor, dsn, options)
     database = backend.database
-    tokens = KnownTokens(database)
+    tokens = KnownTokens(database, fallback=backend.reading.reader)
     await tokens.start()
     shared = {
         "health": database.ping,

@@ -24,3 +24,7 @@ def dsn_from_environment() -> str | None:
 def user_share(pool_size: int) -> int:
     """Content transfers one user may run at once: half the content connections."""
     return max(1, pool_size // 2)
+
+
+# Seconds a read replica may lag behind the primary and still answer reads.
+REPLICA_MAX_LAG = 2.0

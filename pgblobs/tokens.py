@@ -13,6 +13,7 @@ created on another node works at once.
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -20,6 +21,7 @@ from twisted.internet.defer import Deferred
 from pgblobs import names
 from pgblobs.db.connector import Database, Row
 from pgblobs.db.notifications import Listener
+from pgblobs.errors import DatabaseUnavailable
 
 CHANNEL = "pgblobs_tokens"
 
@@ -35,10 +37,17 @@ def _matches(offered: bytes, rows: list[Row]) -> bool:
 
 
 class KnownTokens:
-    """``user_token_is_valid`` and ``service_token_is_valid`` for one node."""
+    """``user_token_is_valid`` and ``service_token_is_valid`` for one node.
 
-    def __init__(self, database: Database) -> None:
+    Tokens are read from the primary (``database``), so a revocation counts
+    at once; only while the primary cannot be reached does ``fallback()``
+    (a replica, when there is one) answer, since nothing can be revoked
+    meanwhile.
+    """
+
+    def __init__(self, database: Database, fallback: Callable[[], Database] | None = None) -> None:
         self._database = database
+        self._fallback = fallback
         # (kind, name) -> digests seen valid; kinds as the triggers name them.
         self._valid: dict[tuple[str, str], set[bytes]] = {}
         # Bumped by every change heard, so an answer read before a change
@@ -80,7 +89,13 @@ class KnownTokens:
             return True
         changes = self._changes
         params: dict[str, Any] = {kind: name}
-        rows = await self._database.fetch(statement, params)
+        try:
+            rows = await self._database.fetch(statement, params)
+        except DatabaseUnavailable:
+            reader = None if self._fallback is None else self._fallback()
+            if reader is None or reader is self._database:
+                raise
+            rows = await reader.fetch(statement, params)
         valid = _matches(offered, rows)
         if valid and self._listener.listening and changes == self._changes:
             self._valid.setdefault((kind, name), set()).add(offered)

@@ -536,6 +536,10 @@ class Database:
 
         return done.addBoth(finished)
 
+    def has_live_connection(self) -> bool:
+        """Whether any statement connection is up (the server answers)."""
+        return bool(self._pool.has_live_connection())
+
     def ping(self) -> Deferred[list[Row]]:
         return self.fetch("ping", {})
 

@@ -155,6 +155,14 @@ SELECT ARRAY(
 SELECT (coalesce(sum(live_bytes), 0)::bigint + 1023) / 1024 AS kib FROM pgblobs.usage
 WHERE user_id = %(user)s;
 
+-- name: replica_state (read)
+-- Is this server a replica, streaming from its primary, caught up with what it received,
+-- and how old is the last transaction it replayed (seconds)?
+SELECT pg_is_in_recovery() AS in_recovery,
+       EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming') AS streaming,
+       pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() AS caught_up,
+       extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 AS replay_age;
+
 -- name: ping (read)
 -- Is the database answering?
 SELECT 1 AS answering;

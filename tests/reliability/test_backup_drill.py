@@ -14,7 +14,7 @@ from pgblobs.db import schema
 from tests.helpers import pgblobs_cli, sql
 from tests.processes import ServeProcess
 from tests.reliability.clients import Client, token_for
-from tests.reliability.test_failover import as_postgres, postgres_ids
+from tests.reliability.conftest import as_postgres, postgres_ids
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,77 @@
+"""Shared by the reliability tests: PostgreSQL servers in replication."""
+
+import os
+import pwd
+import subprocess
+import time
+
+import pytest
+
+from pgblobs.cluster import SERVICE_ACCOUNT, LocalCluster, find_program
+from pgblobs.db import schema
+from tests.helpers import sql
+
+
+def as_postgres(*command):
+    done = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={SERVICE_ACCOUNT}",
+            f"--regid={SERVICE_ACCOUNT}",
+            "--init-groups",
+            "--",
+            *command,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+@pytest.fixture
+def replicated(open_tmp):
+    """(primary, standby): LocalClusters, the standby streaming synchronously."""
+    primary = LocalCluster(open_tmp / "primary")
+    primary.start()
+    standby = LocalCluster(open_tmp / "standby")
+    try:
+        schema.upgrade(primary.dsn)
+        standby.directory.mkdir(parents=True)
+        os.chown(standby.directory, *postgres_ids())
+        as_postgres(
+            find_program("pg_basebackup"),
+            "-D",
+            str(standby.data),
+            "-h",
+            str(primary.socket_dir),
+            "-p",
+            str(primary.PORT),
+            "-U",
+            "postgres",
+            "-R",
+            "-X",
+            "stream",
+            "--checkpoint=fast",  # a spread checkpoint would take a minute and more
+        )
+        standby.start()
+        # Commits now wait until the standby has the WAL: an acknowledged
+        # blob survives losing the primary.
+        sql(
+            primary.dsn.replace("dbname=pgblobs", "dbname=postgres"),
+            "ALTER SYSTEM SET synchronous_standby_names = '*'",
+        )
+        sql(primary.dsn, "SELECT pg_reload_conf()")
+        deadline = time.monotonic() + 10
+        while sql(primary.dsn, "SELECT sync_state FROM pg_stat_replication") != [("sync",)]:
+            assert time.monotonic() < deadline, "the standby never became synchronous"
+            time.sleep(0.1)
+        yield primary, standby
+    finally:
+        standby.stop()
+        primary.stop()
+
+
+def postgres_ids():
+    account = pwd.getpwnam(SERVICE_ACCOUNT)
+    return account.pw_uid, account.pw_gid
