@@ -15,7 +15,7 @@ from twisted.internet import defer, task
 
 from bench import contenders, small
 from bench.measure import RUNS, PeakRss, machine, median_seconds
-from bench.small import WRK_WORKLOAD
+from bench.small import REPLICA_WORKLOAD, WRK_WORKLOAD
 from pgblobs import accounts
 from pgblobs.cluster import LocalCluster
 from pgblobs.db import schema
@@ -178,7 +178,7 @@ async def main(reactor):
         print("\ndiagnostics for the small-blob figures", flush=True)
         await diagnostics(results, backend.backend, cluster.dsn)
 
-        await small.run_all(results, backend.backend, cluster.dsn, token, nginx, workdir)
+        await small.run_all(results, backend.backend, cluster.dsn, token, nginx, workdir, cluster)
 
         print("\nmetadata: one user with 100,000 blobs among 1,000,000 rows", flush=True)
         await metadata(results, backend.backend, cluster.dsn)
@@ -422,9 +422,8 @@ def write_results(results, info):
     for workload, operation, contender, seconds, size in results.rows:
         speed = f"{size / seconds / 1e6:.1f}" if size else ""
         # Under wrk a row is seconds per request: say requests per second.
-        median = (
-            f"{1 / seconds:,.0f} req/s" if workload == WRK_WORKLOAD else f"{seconds * 1000:.1f} ms"
-        )
+        per_request = workload in (WRK_WORKLOAD, REPLICA_WORKLOAD)
+        median = f"{1 / seconds:,.0f} req/s" if per_request else f"{seconds * 1000:.1f} ms"
         lines.append(f"| {workload} | {operation} | {contender} | {median} | {speed} |")
     findings = HERE / "findings.md"
     if findings.exists():

@@ -23,10 +23,12 @@ STREAMED = 1000
 CROWD = 100_000
 IMPORTED = 5000
 WRK_WORKLOAD = "10 KB under wrk"
+REPLICA_WORKLOAD = "10 KB under wrk, read replicas"
 
 
-async def run_all(results, backend, dsn, token, nginx, workdir):
+async def run_all(results, backend, dsn, token, nginx, workdir, cluster):
     await http_under_wrk(results, backend, dsn, token, nginx)
+    get_with_a_replica(results, cluster, token, workdir)
     await stream_against_singles(results, dsn, token)
     await read_among_many(results, backend, dsn)
     import_speed(results, dsn, workdir)
@@ -70,6 +72,34 @@ async def http_under_wrk(results, backend, dsn, token, nginx):
     finally:
         for *_, stop in targets:
             stop()
+
+
+def get_with_a_replica(results, primary, token, workdir):
+    """10 KB GETs under wrk from one node, with 0 and 1 streaming replicas
+    (one worker each; the replica on the same two cores)."""
+    if not wrk.available():
+        return
+    from pgblobs.cluster import LocalCluster
+    from tests.reliability.conftest import start_standby
+
+    print("\n10 KB GET under wrk with 0 and 1 read replicas", flush=True)
+    standby = LocalCluster(Path(workdir) / "standby")
+    start_standby(primary, standby)
+    auth = "Token " + base64.b64encode(f"bench:{token}".encode()).decode()
+    try:
+        for replicas in (0, 1):
+            extra = ("--replica-dsn", standby.dsn) if replicas else ()
+            node = ServeProcess("--dsn", primary.dsn, "--quota-bytes", "unlimited", *extra)
+            try:
+                time.sleep(1.5)  # the replica has been checked
+                rate = wrk.requests_per_second(node.url, "/blobs/bench/", "GET", auth)
+            finally:
+                node.stop()
+            name = f"pgblobs HTTP, {replicas} replica{'' if replicas == 1 else 's'}"
+            results.add(REPLICA_WORKLOAD, "GET", name, 1 / rate, wrk.SIZE)
+            print(f"    {rate:,.0f} requests/s", flush=True)
+    finally:
+        standby.stop()
 
 
 def _seed_nginx(url):

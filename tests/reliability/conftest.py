@@ -37,24 +37,7 @@ def replicated(open_tmp):
     standby = LocalCluster(open_tmp / "standby")
     try:
         schema.upgrade(primary.dsn)
-        standby.directory.mkdir(parents=True)
-        os.chown(standby.directory, *postgres_ids())
-        as_postgres(
-            find_program("pg_basebackup"),
-            "-D",
-            str(standby.data),
-            "-h",
-            str(primary.socket_dir),
-            "-p",
-            str(primary.PORT),
-            "-U",
-            "postgres",
-            "-R",
-            "-X",
-            "stream",
-            "--checkpoint=fast",  # a spread checkpoint would take a minute and more
-        )
-        standby.start()
+        start_standby(primary, standby)
         # Commits now wait until the standby has the WAL: an acknowledged
         # blob survives losing the primary.
         sql(
@@ -70,6 +53,29 @@ def replicated(open_tmp):
     finally:
         standby.stop()
         primary.stop()
+
+
+def start_standby(primary, standby):
+    """Make ``standby`` (a LocalCluster not yet created) a streaming replica
+    of ``primary`` with pg_basebackup -R, and start it."""
+    standby.directory.mkdir(parents=True)
+    os.chown(standby.directory, *postgres_ids())
+    as_postgres(
+        find_program("pg_basebackup"),
+        "-D",
+        str(standby.data),
+        "-h",
+        str(primary.socket_dir),
+        "-p",
+        str(primary.PORT),
+        "-U",
+        "postgres",
+        "-R",
+        "-X",
+        "stream",
+        "--checkpoint=fast",  # a spread checkpoint would take a minute and more
+    )
+    standby.start()
 
 
 def postgres_ids():
