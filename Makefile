@@ -37,6 +37,9 @@ test: setup lint
 run: setup
 	$(VENV)/bin/pgblobs serve --services-listen tcp:9001:interface=127.0.0.1
 
+# pg_dump against pg_basebackup at these numbers of large objects (1,000,000 takes ~20 min).
+BACKUP_COUNTS ?= 100000 1000000
+
 # pgblobs against the large-object ceiling, plain files, nginx and bare twisted.web (small
 # requests driven by wrk); writes bench/results.md.
 bench: setup
@@ -46,6 +49,7 @@ bench: setup
 	@command -v wrk >/dev/null 2>&1 || \
 		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk)
 	PATH="$$PATH:/usr/sbin" $(PY) -m bench.run
+	$(PY) -m bench.backups $(BACKUP_COUNTS)
 
 # The restore drill (README "Backups and restore"): base backup, archived WAL, point-in-time
 # restore into a new cluster, fsck --verify-content; part of `make test` too.

@@ -1,9 +1,10 @@
 """Backups of many small large objects: pg_dump -Fc and pg_restore against a
 physical base backup (pg_basebackup) of the same cluster.
 
-Run: python -m bench.backups [COUNT ...] (default 100000); prints a table for
-README's "Backups and restore". Contents are random (encrypted blobs do not
-compress), 10 KB each.
+Run by `make bench` (BACKUP_COUNTS), or: python -m bench.backups [COUNT ...]
+(default 100000). Writes bench/backups.md, the table README's "Backups and
+restore" quotes. Contents are random (encrypted blobs do not compress),
+10 KB each.
 """
 
 import os
@@ -95,13 +96,22 @@ def main(counts):
             shutil.rmtree(workdir, ignore_errors=True)
         rows.append((count, figures))
         print(count, figures, flush=True)
-    print("\n| large objects (10 KB) | pg_dump -Fc | pg_restore | pg_basebackup |")
-    print("|---:|---:|---:|---:|")
+    lines = [
+        "# Backups of small large objects",
+        "",
+        f"`python -m bench.backups`, {time.strftime('%Y-%m-%d', time.gmtime())}: 10 KB of "
+        "random bytes each, PostgreSQL's normal settings.",
+        "",
+        "| large objects (10 KB) | pg_dump -Fc | pg_restore | pg_basebackup | dump size |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     for count, f in rows:
-        print(
+        lines.append(
             f"| {count:,} | {f['pg_dump -Fc']:.1f} s | {f['pg_restore']:.1f} s | "
-            f"{f['pg_basebackup']:.1f} s |"
+            f"{f['pg_basebackup']:.1f} s | {f['dump size GB']:.1f} GB |"
         )
+    (Path(__file__).resolve().parent / "backups.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
