@@ -55,26 +55,32 @@ def replicated(open_tmp):
         primary.stop()
 
 
-def start_standby(primary, standby):
-    """Make ``standby`` (a LocalCluster not yet created) a streaming replica
-    of ``primary`` with pg_basebackup -R, and start it."""
-    standby.directory.mkdir(parents=True)
-    os.chown(standby.directory, *postgres_ids())
+def base_backup(primary, target, *options):
+    """pg_basebackup of ``primary`` into the data directory of ``target`` (a
+    LocalCluster not yet created), with its WAL."""
+    target.directory.mkdir(parents=True)
+    os.chown(target.directory, *postgres_ids())
     as_postgres(
         find_program("pg_basebackup"),
         "-D",
-        str(standby.data),
+        str(target.data),
         "-h",
         str(primary.socket_dir),
         "-p",
         str(primary.PORT),
         "-U",
         "postgres",
-        "-R",
         "-X",
         "stream",
         "--checkpoint=fast",  # a spread checkpoint would take a minute and more
+        *options,
     )
+
+
+def start_standby(primary, standby):
+    """Make ``standby`` (a LocalCluster not yet created) a streaming replica
+    of ``primary`` with pg_basebackup -R, and start it."""
+    base_backup(primary, standby, "-R")
     standby.start()
 
 

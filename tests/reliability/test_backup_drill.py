@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from pgblobs.cluster import LocalCluster, find_program
+from pgblobs.cluster import LocalCluster
 from pgblobs.db import schema
 from tests.helpers import pgblobs_cli, sql
 from tests.processes import ServeProcess
 from tests.reliability.clients import Client, token_for
-from tests.reliability.conftest import as_postgres, postgres_ids
+from tests.reliability.conftest import base_backup, postgres_ids
 
 pytestmark = pytest.mark.slow
 
@@ -53,22 +53,7 @@ def test_point_in_time_recovery_from_a_base_backup_and_archived_wal(open_tmp):
             kept = write_blobs(client, "before-backup-", 20)
 
             started = time.perf_counter()
-            restored.directory.mkdir(parents=True)
-            os.chown(restored.directory, *postgres_ids())
-            as_postgres(
-                find_program("pg_basebackup"),
-                "-D",
-                str(restored.data),
-                "-h",
-                str(primary.socket_dir),
-                "-p",
-                str(primary.PORT),
-                "-U",
-                "postgres",
-                "-X",
-                "stream",
-                "--checkpoint=fast",
-            )
+            base_backup(primary, restored)
             backup_seconds = time.perf_counter() - started
 
             kept.update(write_blobs(client, "after-backup-", 20))

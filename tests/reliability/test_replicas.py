@@ -17,12 +17,17 @@ pytestmark = pytest.mark.slow
 MAX_LAG = 2.0  # --replica-max-lag, the default
 
 
-def test_reads_go_to_the_replica_and_never_miss_an_acknowledged_blob(replicated):
-    primary, standby = replicated
+def node_with_replica(primary, standby):
+    """A node reading from ``standby``, and alice's client of it."""
     token = token_for(primary.dsn, "alice")
     node = ServeProcess("--dsn", primary.dsn, "--replica-dsn", standby.dsn)
+    return node, Client(node.url, "alice", token)
+
+
+def test_reads_go_to_the_replica_and_never_miss_an_acknowledged_blob(replicated):
+    primary, standby = replicated
+    node, client = node_with_replica(primary, standby)
     try:
-        client = Client(node.url, "alice", token)
         time.sleep(1.5)  # the replica has been checked and found close behind
         written = {}
         for number in range(100):
@@ -53,10 +58,8 @@ def test_reads_go_to_the_replica_and_never_miss_an_acknowledged_blob(replicated)
 
 def test_with_the_primary_down_reads_go_on_and_writes_answer_503(replicated):
     primary, standby = replicated
-    token = token_for(primary.dsn, "alice")
-    node = ServeProcess("--dsn", primary.dsn, "--replica-dsn", standby.dsn)
+    node, client = node_with_replica(primary, standby)
     try:
-        client = Client(node.url, "alice", token)
         written = {f"d{n}": os.urandom(3000 + n) for n in range(20)}
         for blob_id, data in written.items():
             assert client.put(blob_id, data)[0] == 200
