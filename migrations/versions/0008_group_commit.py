@@ -75,6 +75,37 @@ def upgrade():
             FOR EACH STATEMENT EXECUTE FUNCTION pgblobs.track_usage()
         """)
 
+    # Rows, contents and flags of whole blobs, for a group commit and for
+    # import-fs alike. An array shorter than the others reads as NULLs
+    # (unnest pads it): no dates means now, no keep flags means every item.
+    op.execute("""
+        CREATE FUNCTION pgblobs.insert_blobs(
+            p_users text[], p_namespaces text[], p_blob_ids text[], p_contents bytea[],
+            p_tags text[], p_sha256s bytea[], p_flags text[], p_dates timestamptz[],
+            p_keep boolean[])
+        RETURNS void LANGUAGE sql VOLATILE AS $$
+            WITH item AS (
+                SELECT * FROM unnest(p_users, p_namespaces, p_blob_ids, p_contents, p_tags,
+                                     p_sha256s, p_flags, p_dates, p_keep)
+                       AS i(user_id, namespace, blob_id, content, tag, sha256, flags,
+                            created_at, keep)
+                WHERE keep IS NOT false AND blob_id IS NOT NULL
+            ), stored AS (
+                INSERT INTO pgblobs.blobs (user_id, namespace, blob_id, lo_oid, size, tag,
+                                           sha256, created_at)
+                SELECT user_id, namespace, blob_id, lo_from_bytea(0, content),
+                       octet_length(content), tag, sha256, coalesce(created_at, now())
+                FROM item
+                RETURNING id, user_id, namespace, blob_id, created_at
+            )
+            INSERT INTO pgblobs.blob_flags (blob_row, user_id, namespace, blob_id, created_at,
+                                            flag)
+            SELECT s.id, s.user_id, s.namespace, s.blob_id, s.created_at, f.flag
+            FROM stored AS s
+            JOIN item USING (user_id, namespace, blob_id),
+                 unnest(string_to_array(nullif(item.flags, ''), ',')) AS f(flag)
+        $$
+    """)
     op.execute("""
         CREATE FUNCTION pgblobs.store_small_blobs(
             p_users text[], p_namespaces text[], p_blob_ids text[], p_contents bytea[],
@@ -124,23 +155,11 @@ def upgrade():
                   AS k(user_id, namespace, blob_id, status)
             WHERE k.status = 'stored' AND b.blob_id = k.blob_id AND b.namespace = k.namespace
               AND b.user_id = k.user_id AND b.deleted_at IS NOT NULL;
-            WITH item AS (
-                SELECT * FROM unnest(p_users, p_namespaces, p_blob_ids, p_contents, p_tags,
-                                     p_sha256s, p_flags, v_status)
-                       AS k(user_id, namespace, blob_id, content, tag, sha256, flags, status)
-                WHERE status = 'stored'
-            ), stored AS (
-                INSERT INTO pgblobs.blobs (user_id, namespace, blob_id, lo_oid, size, tag, sha256)
-                SELECT user_id, namespace, blob_id, lo_from_bytea(0, content),
-                       octet_length(content), tag, sha256
-                FROM item
-                RETURNING id, user_id, namespace, blob_id, created_at
-            )
-            INSERT INTO pgblobs.blob_flags (blob_row, user_id, namespace, blob_id, created_at, flag)
-            SELECT s.id, s.user_id, s.namespace, s.blob_id, s.created_at, f.flag
-            FROM stored AS s
-            JOIN item USING (user_id, namespace, blob_id),
-                 unnest(string_to_array(nullif(item.flags, ''), ',')) AS f(flag);
+            PERFORM pgblobs.insert_blobs(
+                p_users, p_namespaces, p_blob_ids, p_contents, p_tags, p_sha256s, p_flags,
+                '{}',
+                (SELECT array_agg(status = 'stored' ORDER BY n)
+                 FROM unnest(v_status) WITH ORDINALITY AS u(status, n)));
             RETURN v_status;
         END
         $$
@@ -175,6 +194,10 @@ def downgrade():
     op.execute(
         "DROP FUNCTION pgblobs.store_small_blobs(text[], text[], text[], bytea[], "
         "text[], bytea[], text[], bigint)"
+    )
+    op.execute(
+        "DROP FUNCTION pgblobs.insert_blobs(text[], text[], text[], bytea[], text[], "
+        "bytea[], text[], timestamptz[], boolean[])"
     )
     for event in ["insert", "delete", "update"]:
         op.execute(f"DROP TRIGGER blobs_track_usage_{event} ON pgblobs.blobs")

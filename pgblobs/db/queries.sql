@@ -297,23 +297,9 @@ WHERE EXISTS (SELECT 1 FROM pgblobs.blobs AS b
 -- name: import_small_blobs
 -- Small blobs from another store, as they were (their own dates, flags joined by commas),
 -- content inline; no quota applies.
-WITH item AS (
-    SELECT * FROM unnest(%(users)s::text[], %(namespaces)s::text[], %(blob_ids)s::text[],
-                         %(contents)s::bytea[], %(tags)s::text[], %(sha256s)s::bytea[],
-                         %(dates)s::timestamptz[], %(flags)s::text[])
-           AS i(user_id, namespace, blob_id, content, tag, sha256, created_at, flags)
-), stored AS (
-    INSERT INTO pgblobs.blobs (user_id, namespace, blob_id, lo_oid, size, tag, sha256, created_at)
-    SELECT user_id, namespace, blob_id, lo_from_bytea(0, content), octet_length(content), tag,
-           sha256, created_at
-    FROM item
-    RETURNING id, user_id, namespace, blob_id, created_at
-)
-INSERT INTO pgblobs.blob_flags (blob_row, user_id, namespace, blob_id, created_at, flag)
-SELECT s.id, s.user_id, s.namespace, s.blob_id, s.created_at, f.flag
-FROM stored AS s
-JOIN item USING (user_id, namespace, blob_id),
-     unnest(string_to_array(nullif(item.flags, ''), ',')) AS f(flag);
+SELECT pgblobs.insert_blobs(%(users)s::text[], %(namespaces)s::text[], %(blob_ids)s::text[],
+                            %(contents)s::bytea[], %(tags)s::text[], %(sha256s)s::bytea[],
+                            %(flags)s::text[], %(dates)s::timestamptz[], '{}'::boolean[]);
 
 -- name: import_blob
 -- A large blob from another store, its content already in the large object %(oid)s.
