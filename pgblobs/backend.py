@@ -7,9 +7,9 @@ in the process: every answer comes from the database, which several server
 nodes may share.
 """
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg2
 from twisted.internet import defer
@@ -29,6 +29,7 @@ from pgblobs.interfaces import IBlobsBackend, deferred
 from pgblobs.names import ByteRange
 
 LOOKUP_BATCH = 100  # ids per statement when many blobs are opened at once
+_Wanted = TypeVar("_Wanted", bound=Hashable)
 # At or below this size a blob travels inline, in one statement: the escaped
 # bytes it costs are cheaper than the round trips of the large-object calls.
 INLINE_LIMIT = 256 * 1024
@@ -178,16 +179,34 @@ class PostgresBlobsBackend:
             raise BlobNotFound("no such blob")
         return rows[0]
 
-    async def _read_one(self, name: str, params: dict[str, Any]) -> Row:
-        """``_one`` for a read: a replica's answer, or the primary's when the
-        replica has no such row (it may not have replayed it yet)."""
+    async def _read_through(
+        self,
+        look_up: Callable[[Database, list[_Wanted]], Awaitable[dict[_Wanted, Row]]],
+        wanted: list[_Wanted],
+    ) -> dict[_Wanted, tuple[Row, Database]]:
+        """What ``look_up(database, wanted)`` finds, with the database that
+        found it: a replica's answers, and the primary's for whatever the
+        replica lacks (it may not have replayed it yet), so an acknowledged
+        blob is never missing because a replica lags."""
         reader = self.reading.reader()
-        rows = await reader.fetch(name, params)
-        if not rows and reader is not self.database:
-            rows = await self.database.fetch(name, params)
-        if not rows:
+        found = {item: (row, reader) for item, row in (await look_up(reader, wanted)).items()}
+        missing = [item for item in wanted if item not in found]
+        if missing and reader is not self.database:
+            again = await look_up(self.database, missing)
+            found.update({item: (row, self.database) for item, row in again.items()})
+        return found
+
+    async def _read_one(self, name: str, params: dict[str, Any]) -> Row:
+        """``_one`` for a read, through ``_read_through``."""
+
+        async def look_up(database: Database, _: list[None]) -> dict[None, Row]:
+            rows = await database.fetch(name, params)
+            return {None: rows[0]} if rows else {}
+
+        found = await self._read_through(look_up, [None])
+        if not found:
             raise BlobNotFound("no such blob")
-        return rows[0]
+        return found[None][0]
 
     @deferred
     async def write_blob(
@@ -347,21 +366,12 @@ class PostgresBlobsBackend:
     async def _open_together(
         self, keys: list[names.BlobKey]
     ) -> list[tuple[Row, Database] | BaseException]:
-        reader = self.reading.reader()
-        found = {
-            position: (row, reader) for position, row in (await self._look_up(reader, keys)).items()
-        }
-        missing = [position for position in range(1, len(keys) + 1) if position not in found]
-        if missing and reader is not self.database:
-            again = await self._look_up(self.database, [keys[p - 1] for p in missing])
-            for position, row in again.items():
-                found[missing[position - 1]] = (row, self.database)
-        return [
-            found.get(position, BlobNotFound("no such blob"))
-            for position in range(1, len(keys) + 1)
-        ]
+        found = await self._read_through(self._look_up, keys)
+        return [found.get(key, BlobNotFound("no such blob")) for key in keys]
 
-    async def _look_up(self, database: Database, keys: list[names.BlobKey]) -> dict[int, Row]:
+    async def _look_up(
+        self, database: Database, keys: list[names.BlobKey]
+    ) -> dict[names.BlobKey, Row]:
         rows = await database.fetch(
             "open_blob_batch",
             {
@@ -371,7 +381,7 @@ class PostgresBlobsBackend:
                 "inline_limit": INLINE_LIMIT,
             },
         )
-        return {row.position: row for row in rows}
+        return {keys[row.position - 1]: row for row in rows}
 
     @deferred
     async def open_blobs(
@@ -381,22 +391,23 @@ class PostgresBlobsBackend:
         time; fails with BlobNotFound naming the first id with no live blob."""
         params = {"user": names.user_name(user), "namespace": names.namespace_name(namespace)}
         ids = [names.blob_name(blob_id) for blob_id in blob_ids]
-        found: dict[str, OpenBlob] = {}
-        wanted = sorted(set(ids))
-        reader = self.reading.reader()
-        # What a replica has not replayed yet, the primary has.
-        for database in [reader] if reader is self.database else [reader, self.database]:
+
+        async def look_up(database: Database, wanted: list[str]) -> dict[str, Row]:
+            rows: dict[str, Row] = {}
             for first in range(0, len(wanted), LOOKUP_BATCH):
-                rows = await database.fetch(
-                    "open_blobs", dict(params, blob_ids=wanted[first : first + LOOKUP_BATCH])
-                )
-                for row in rows:
-                    found[row.blob_id] = OpenBlob(
-                        params["user"], row.blob_id, row.size, row.tag, row.id, None, self, database
-                    )
-            wanted = [blob_id for blob_id in wanted if blob_id not in found]
-            if not wanted:
-                break
+                batch = wanted[first : first + LOOKUP_BATCH]
+                for row in await database.fetch("open_blobs", dict(params, blob_ids=batch)):
+                    rows[row.blob_id] = row
+            return rows
+
+        found = {
+            blob_id: OpenBlob(
+                params["user"], blob_id, row.size, row.tag, row.id, None, self, source
+            )
+            for blob_id, (row, source) in (
+                await self._read_through(look_up, sorted(set(ids)))
+            ).items()
+        }
         for blob_id in ids:
             if blob_id not in found:
                 raise BlobNotFound(f"no such blob: {blob_id}")

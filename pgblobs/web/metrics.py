@@ -22,6 +22,14 @@ from pgblobs.web.responses import send
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH"})
 
 
+# (metric, help, the ops.capacity.Capacity attribute it shows)
+_LARGE_OBJECT_GAUGES = [
+    ("pgblobs_large_objects", "Large objects in the database (estimated)", "large_objects"),
+    ("pgblobs_large_object_disk_bytes", "Bytes of pg_largeobject on disk", "disk_bytes"),
+    ("pgblobs_large_object_oids_left", "OIDs left for new large objects", "oids_left"),
+]
+
+
 def _in_use(pool_usage: Callable[[], dict[str, int]], pool: str) -> float:
     return pool_usage()[pool]
 
@@ -56,23 +64,15 @@ class SiteMetrics:
             )
             for pool in ("statements", "content"):
                 in_use.labels(pool).set_function(partial(_in_use, pool_usage, pool))
-        self._large_objects = {
-            name: Gauge(name, description, registry=self.registry)
-            for name, description in [
-                ("pgblobs_large_objects", "Large objects in the database (estimated)"),
-                ("pgblobs_large_object_disk_bytes", "Bytes of pg_largeobject on disk"),
-                ("pgblobs_large_object_oids_left", "OIDs left for new large objects"),
-            ]
-        }
+        self._large_objects = [
+            (Gauge(name, description, registry=self.registry), figure)
+            for name, description, figure in _LARGE_OBJECT_GAUGES
+        ]
 
     def large_objects(self, measured):
         """Show ``measured`` (an ops.capacity.Capacity) from now on."""
-        for name, value in [
-            ("pgblobs_large_objects", measured.large_objects),
-            ("pgblobs_large_object_disk_bytes", measured.disk_bytes),
-            ("pgblobs_large_object_oids_left", measured.oids_left),
-        ]:
-            self._large_objects[name].set(value)
+        for gauge, figure in self._large_objects:
+            gauge.set(getattr(measured, figure))
 
     def resource(self):
         return _MetricsPage(self.registry)
