@@ -351,3 +351,8 @@ SELECT %(user)s, %(namespace)s, count(*), coalesce(sum(size), 0) FROM pgblobs.bl
 WHERE user_id = %(user)s AND namespace = %(namespace)s AND deleted_at IS NULL
 ON CONFLICT (user_id, namespace) DO UPDATE
 SET live_blobs = EXCLUDED.live_blobs, live_bytes = EXCLUDED.live_bytes;
+
+-- name: lock_users
+-- Take the per-user lock of each of %(users)s (name order, until the transaction ends), as
+-- every writer of blob rows does before it inserts them.
+SELECT pgblobs.lock_users(%(users)s::text[]);
