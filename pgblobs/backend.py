@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import psycopg2
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer
 from twisted.python.failure import Failure
@@ -24,7 +24,13 @@ from pgblobs.db import largeobjects
 from pgblobs.db.batching import Coalescer
 from pgblobs.db.connector import Database, Row
 from pgblobs.db.replicas import Replicas
-from pgblobs.errors import BlobExists, BlobNotFound, QuotaExceeded, TransferStopped
+from pgblobs.errors import (
+    BlobExists,
+    BlobNotFound,
+    DatabaseUnavailable,
+    QuotaExceeded,
+    TransferStopped,
+)
 from pgblobs.interfaces import IBlobsBackend, deferred
 from pgblobs.names import ByteRange
 
@@ -36,6 +42,12 @@ INLINE_LIMIT = 256 * 1024
 # Group-commit batches of small writes in flight at once; more writes wait
 # and fill the next batch (see db/batching.py).
 WRITES_IN_FLIGHT = 2
+# A small write whose user's lock another writer holds waits outside the
+# batches and tries again: first after this many seconds, doubling up to
+# the second figure, for at most the third in all (then 503).
+BUSY_RETRY_FIRST = 0.005
+BUSY_RETRY_MOST = 0.2
+BUSY_PATIENCE = settings.STATEMENT_TIMEOUT
 
 
 def _give_up(pipes: list[transfer.UploadPipe]) -> None:
@@ -59,13 +71,24 @@ class _SmallWrite:
     flags: list[str]
 
 
+class _UserBusy(Exception):
+    """Another writer holds the user's lock: this small write goes again later."""
+
+
 def _write_outcome(status: str) -> BaseException | None:
-    """What pgblobs.store_small_blobs says of one item, as write_blob's outcome."""
+    """What pgblobs.store_small_blobs_v2 says of one item, as its outcome."""
     if status == "exists":
         return BlobExists("a live blob already has this id")
     if status == "quota":
         return QuotaExceeded("the blob does not fit in the user's quota")
+    if status == "blobs":
+        return QuotaExceeded(_TOO_MANY_BLOBS)
+    if status == "busy":
+        return _UserBusy()
     return None
+
+
+_TOO_MANY_BLOBS = "the user has as many blobs as the quota allows"
 
 
 @dataclass(frozen=True)
@@ -97,7 +120,8 @@ class PostgresBlobsBackend:
     """Blobs in PostgreSQL large objects, their metadata in ``pgblobs.blobs``.
 
     ``quota_bytes`` is the default quota of every user (None: unlimited);
-    a row in ``pgblobs.quotas`` overrides it for one user.
+    a row in ``pgblobs.quotas`` overrides it for one user. ``quota_blobs``
+    bounds every user's number of live blobs (None: no limit).
     """
 
     def __init__(
@@ -108,6 +132,7 @@ class PostgresBlobsBackend:
         buffer_bytes: int = settings.BUFFER_BYTES,
         replicas: list[Database] | None = None,
         replica_max_lag: float = settings.REPLICA_MAX_LAG,
+        quota_blobs: int | None = settings.QUOTA_BLOBS,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -116,6 +141,7 @@ class PostgresBlobsBackend:
         self.reading = Replicas(reactor, database, replicas or [], replica_max_lag)
         self._reactor = reactor
         self.quota_bytes = quota_bytes
+        self.quota_blobs = quota_blobs
         self._buffer_limit = buffer_bytes
         self._buffered = 0  # bytes of small bodies being gathered now
         self._reads = Coalescer(reactor, self._open_together)
@@ -134,6 +160,7 @@ class PostgresBlobsBackend:
         buffer_bytes: int = settings.BUFFER_BYTES,
         replica_dsns: Sequence[str] = (),
         replica_max_lag: float = settings.REPLICA_MAX_LAG,
+        quota_blobs: int | None = settings.QUOTA_BLOBS,
     ) -> Deferred["PostgresBlobsBackend"]:
         """A Deferred firing with a backend connected to ``dsn``.
 
@@ -144,7 +171,8 @@ class PostgresBlobsBackend:
         longer than ``statement_timeout`` seconds. One user runs at most
         ``user_share`` content transfers at once (default: half of
         ``pool_size``; see Database.in_thread). Small bodies are gathered in
-        memory up to ``buffer_bytes`` at once. Reads may be served by the
+        memory up to ``buffer_bytes`` at once, counted until their batch has
+        committed. Every user may keep ``quota_blobs`` live blobs. Reads may be served by the
         streaming replicas at ``replica_dsns`` while they are at most
         ``replica_max_lag`` seconds behind (db/replicas.py). Fails with
         SchemaNotReady when the schema is missing or not at head.
@@ -163,7 +191,13 @@ class PostgresBlobsBackend:
                 for target in [dsn, *replica_dsns]
             ]
             return cls(
-                databases[0], quota_bytes, reactor, buffer_bytes, databases[1:], replica_max_lag
+                databases[0],
+                quota_bytes,
+                reactor,
+                buffer_bytes,
+                databases[1:],
+                replica_max_lag,
+                quota_blobs,
             )
 
         return defer.ensureDeferred(connecting())
@@ -172,6 +206,16 @@ class PostgresBlobsBackend:
         return defer.gatherResults([self.reading.close(), self.database.close()]).addCallback(
             lambda _: None
         )
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of small bodies held in memory now: being gathered, or
+        waiting for their batch to commit."""
+        return self._buffered
+
+    def _quota(self) -> dict[str, int | None]:
+        """The default limits, as the write statements take them."""
+        return {"default_quota": self.quota_bytes, "default_quota_blobs": self.quota_blobs}
 
     async def _one(self, name: str, params: dict[str, Any]) -> Row:
         rows = await self.database.fetch(name, params)
@@ -232,21 +276,22 @@ class PostgresBlobsBackend:
         if small and length is not None and self._buffered + length <= self._buffer_limit:
             # Small and known: gathered on the reactor, then committed with
             # the other small writes of the moment (one statement, one WAL
-            # flush). Bodies gathered at once are bounded in bytes: past
-            # that, small ones take the streamed path below, which holds
-            # nothing while it waits for a connection.
+            # flush). Bodies held at once, gathering or waiting for their
+            # batch, are bounded in bytes: past that, small ones take the
+            # streamed path below, which holds nothing while it waits for a
+            # connection.
             self._buffered += length
             try:
                 content, digest = await transfer.gather_small(producer)
+                await self._commit_small(_SmallWrite(key, content, digest, flags))
             finally:
                 self._buffered -= length
-            await self._small_writes.submit(_SmallWrite(key, content, digest, flags))
             return
         room = await self._precheck(key, length)
         pipe = transfer.UploadPipe(self._reactor, producer)
         try:
             await self.database.in_thread(
-                largeobjects.store, pipe, key, self.quota_bytes, room, flags, owner=key.user
+                largeobjects.store, pipe, key, self._quota(), room, flags, owner=key.user
             )
         except BaseException:
             _give_up([pipe])
@@ -257,18 +302,54 @@ class PostgresBlobsBackend:
         quota before reading its body; the bytes the user may still store
         (None: no limit)."""
         precheck = (
-            await self.database.fetch(
-                "write_precheck", dict(key.params(), default_quota=self.quota_bytes)
-            )
+            await self.database.fetch("write_precheck", dict(key.params(), **self._quota()))
         )[0]
         if precheck.taken:
             raise BlobExists("a live blob already has this id")
+        if precheck.room_blobs is not None and precheck.room_blobs < 1:
+            raise QuotaExceeded(_TOO_MANY_BLOBS)
         room: int | None = precheck.room
         if length is not None and room is not None and length > room:
             raise QuotaExceeded("the blob does not fit in the user's quota")
         return room
 
+    async def _commit_small(self, write: _SmallWrite) -> None:
+        """``write`` through the group commit. While another writer holds its
+        user's lock, it waits here, outside the batches, so other users'
+        writes never queue behind that lock."""
+        delay, waited = BUSY_RETRY_FIRST, 0.0
+        while True:
+            try:
+                return await self._small_writes.submit(write)
+            except _UserBusy:
+                if waited >= BUSY_PATIENCE:
+                    raise DatabaseUnavailable(
+                        "the user's other writes hold up this one; try again shortly"
+                    ) from None
+            await task.deferLater(self._reactor, delay, lambda: None)
+            waited += delay
+            delay = min(2 * delay, BUSY_RETRY_MOST)
+
     async def _store_small(self, writes: list[_SmallWrite]) -> list[BaseException | None]:
+        """One outcome per write, whatever happens to the others: a batch
+        refused as a whole (a name another kind of writer took meanwhile, say)
+        is sent again one write at a time, so only the culprit fails."""
+        try:
+            return await self._store_batch(writes)
+        except DatabaseUnavailable:
+            raise  # not stored, any of them: each caller hears it
+        except Exception:
+            if len(writes) == 1:
+                raise
+        outcomes: list[BaseException | None] = []
+        for write in writes:
+            try:
+                outcomes += await self._store_batch([write])
+            except Exception as error:
+                outcomes.append(error)
+        return outcomes
+
+    async def _store_batch(self, writes: list[_SmallWrite]) -> list[BaseException | None]:
         rows = await self.database.fetch(
             "put_small_blobs",
             {
@@ -279,7 +360,7 @@ class PostgresBlobsBackend:
                 "tags": [write.digest.tag for write in writes],
                 "sha256s": [psycopg2.Binary(write.digest.sha256) for write in writes],
                 "flags": [",".join(write.flags) for write in writes],
-                "default_quota": self.quota_bytes,
+                **self._quota(),
             },
         )
         return [_write_outcome(status) for status in rows[0].statuses]
@@ -312,16 +393,14 @@ class PostgresBlobsBackend:
         precheck = (
             await self.database.fetch(
                 "write_many_precheck",
-                dict(
-                    keys[0].params(),
-                    blob_ids=[key.blob_id for key in keys],
-                    default_quota=self.quota_bytes,
-                ),
+                dict(keys[0].params(), blob_ids=[key.blob_id for key in keys], **self._quota()),
             )
         )[0]
         room = precheck.room
         if precheck.taken:
             raise BlobExists(f"a live blob already has the id {precheck.taken}")
+        if precheck.room_blobs is not None and precheck.room_blobs < len(keys):
+            raise QuotaExceeded("the blobs are more than the user's quota of blobs allows")
         if room is not None and sum(size for _, size, _ in blobs) > room:
             raise QuotaExceeded("the blobs do not fit in the user's quota")
         pipes = []
@@ -340,7 +419,7 @@ class PostgresBlobsBackend:
                 next_pipe,
                 confirm,
                 keys,
-                self.quota_bytes,
+                self._quota(),
                 room,
                 owner=keys[0].user,
             )

@@ -8,6 +8,7 @@ import os
 
 DSN_VARIABLE = "PGBLOBS_DSN"
 QUOTA_BYTES = 200 * 1024 * 1024  # each user's, unless overridden
+QUOTA_BLOBS = 1_000_000  # live blobs each user may keep (each costs a large object, an OID)
 POOL_SIZE = 8  # connections per pool: statements, and as many for content
 WAITING_PER_CONNECTION = 32  # content transfers that may wait, per pooled connection
 STATEMENT_TIMEOUT = 30.0  # seconds

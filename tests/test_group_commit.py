@@ -4,6 +4,7 @@ acknowledged only after the shared COMMIT, and the guarantees between nodes
 (one winner per id, quota never passed) hold under batching."""
 
 import psycopg2
+import pytest
 from twisted.internet import defer
 
 from pgblobs import BlobExists, BlobNotFound, PostgresBlobsBackend, QuotaExceeded
@@ -129,3 +130,143 @@ async def test_two_nodes_batching_keep_one_winner_per_id_and_the_quota(dsn):
     finally:
         for node in nodes:
             await node.close()
+
+
+def _holding(dsn, statement, params=None):
+    """A connection inside a transaction that has run ``statement`` and
+    keeps whatever it took (locks, uncommitted rows) until committed."""
+    holder = psycopg2.connect(dsn)
+    with holder.cursor() as cursor:
+        cursor.execute(statement, params)
+    return holder
+
+
+async def _until(condition, what, timeout=20.0):
+    """Poll ``condition()`` on the reactor until it holds; fail after ``timeout``."""
+    waited = 0.0
+    while not condition():
+        assert waited < timeout, f"still not {what} after {timeout} s"
+        await sleep(0.02)
+        waited += 0.02
+
+
+USER_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('pgblobs.user:' || %(user)s, 0))"
+
+
+@deferred_test
+async def test_an_uncommitted_import_of_a_name_decides_only_that_name(backend, dsn):
+    # import-fs's statement for small blobs, in a transaction left open: alice's X
+    # is being imported, not yet committed.
+    importing = _holding(
+        dsn,
+        "SELECT pgblobs.insert_blobs(ARRAY['alice'], ARRAY['default'], ARRAY['X'], "
+        "ARRAY['\\x696d706f72746564'::bytea], ARRAY['tag'], ARRAY['\\x00'::bytea], "
+        "ARRAY[''], '{}'::timestamptz[], '{}'::boolean[])",
+    )
+    try:
+        writes = [
+            defer.ensureDeferred(write(backend, user, blob_id, data))
+            for user, blob_id, data in [
+                ("alice", "X", b"mine"),
+                ("bob", "Y0", b"bob zero"),
+                ("bob", "Y1", b"bob one"),
+            ]
+        ]
+        # bob's blobs do not wait for the import of alice's name...
+        await _until(lambda: writes[1].called and writes[2].called, "stored bob's blobs")
+        assert not writes[0].called
+        assert await read(backend, "bob", "Y0") == b"bob zero"
+        assert await read(backend, "bob", "Y1") == b"bob one"
+    finally:
+        importing.commit()
+        importing.close()
+    # ... and alice's X is a true 409: the imported blob is the one there.
+    with pytest.raises(BlobExists):
+        await writes[0]
+    assert await read(backend, "alice", "X") == b"imported"
+
+
+@deferred_test
+async def test_a_user_whose_lock_is_held_never_delays_other_users(backend, dsn):
+    # Another writer (a stream upload committing 30,000 rows, say) holds alice's lock.
+    holder = _holding(dsn, USER_LOCK, {"user": "alice"})
+    try:
+        alice = [defer.ensureDeferred(write(backend, "alice", f"a{i}", b"a")) for i in range(2)]
+        others = [
+            defer.ensureDeferred(write(backend, f"user{i % 40}", f"b{i}", content(100, seed=i)))
+            for i in range(80)
+        ]
+        await _until(lambda: all(w.called for w in others), "stored the other users' blobs")
+        assert not any(w.called for w in alice)
+        assert sql(dsn, "SELECT count(*) FROM pgblobs.blobs WHERE user_id <> 'alice'")[0][0] == 80
+    finally:
+        holder.commit()
+        holder.close()
+    for w in [*alice, *others]:
+        assert await w is None
+    assert sorted(await backend.list_blobs("alice")) == ["a0", "a1"]
+
+
+@deferred_test
+async def test_an_id_twice_in_a_batch_is_judged_by_what_the_first_did(backend, dsn):
+    sql(dsn, "INSERT INTO pgblobs.quotas VALUES ('alice', 1000)")
+    outcomes = await gather(
+        write(backend, "alice", "dup", content(2000)),
+        write(backend, "alice", "dup", b"1"),
+    )
+    # The first does not fit, so it stores nothing, and the second has the id to itself.
+    assert isinstance(outcomes[0], QuotaExceeded)
+    assert outcomes[1] is None
+    assert await read(backend, "alice", "dup") == b"1"
+
+
+@deferred_test
+async def test_bodies_count_against_the_buffer_until_their_batch_commits(dsn):
+    budget = 50_000
+    node = await PostgresBlobsBackend.connect(dsn, pool_size=4, buffer_bytes=budget)
+    holder = _holding(dsn, USER_LOCK, {"user": "alice"})
+    try:
+        waiting = [
+            defer.ensureDeferred(write(node, "alice", f"w{i}", content(10_000, seed=i)))
+            for i in range(4)
+        ]
+        await _until(lambda: node.buffered_bytes == 40_000, "holding the four bodies")
+        # Past the budget a small body takes the streamed path, holding nothing.
+        more = [
+            defer.ensureDeferred(write(node, "alice", f"m{i}", content(20_000, seed=i)))
+            for i in range(3)
+        ]
+        for _ in range(10):
+            await sleep(0.02)
+            assert node.buffered_bytes <= budget
+        assert not any(w.called for w in waiting + more)
+    finally:
+        holder.commit()
+        holder.close()
+    for w in waiting + more:
+        assert await w is None
+    assert node.buffered_bytes == 0
+    assert len(await node.list_blobs("alice")) == 7
+    await node.close()
+
+
+@deferred_test
+async def test_a_user_keeps_at_most_quota_blobs_live_blobs(dsn):
+    from tests.helpers import producer
+
+    node = await PostgresBlobsBackend.connect(dsn, pool_size=4, quota_blobs=3)
+    try:
+        outcomes = await gather(*[write(node, "alice", f"s{i}", b"") for i in range(4)])
+        assert outcomes[:3] == [None, None, None]
+        assert isinstance(outcomes[3], QuotaExceeded)
+        # Streamed writes (unknown length) and stream uploads count too.
+        with pytest.raises(QuotaExceeded):
+            await write(node, "alice", "big", b"x", known_length=False)
+        with pytest.raises(QuotaExceeded):
+            await node.write_blobs("alice", [("u0", 0, lambda: producer(b""))])
+        await node.delete_blob("alice", "s0")
+        await write(node, "alice", "big", b"x", known_length=False)
+        assert sorted(await node.list_blobs("alice")) == ["big", "s1", "s2"]
+        assert await write(node, "bob", "b", b"") is None  # every user has a count of their own
+    finally:
+        await node.close()

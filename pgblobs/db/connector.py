@@ -39,7 +39,7 @@ from pgblobs.errors import BlobExists, DatabaseUnavailable, QuotaExceeded
 Row = Any
 _T = TypeVar("_T")
 
-_QUOTA_EXCEEDED = "PB507"  # raised by pgblobs.put_blob (migrations/versions/0001)
+_QUOTA_EXCEEDED = "PB507"  # raised by the write functions (migrations/versions/0001, 0009)
 _SERVER_GOING_AWAY = {"57P01", "57P02", "57P03"}  # admin/crash shutdown, cannot connect now
 _BUSY = {errorcodes.QUERY_CANCELED, errorcodes.TOO_MANY_CONNECTIONS}
 # While a pool reconnects after an outage, a statement that met a connection

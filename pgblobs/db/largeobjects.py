@@ -19,8 +19,8 @@ from pgblobs.transfer import CHUNK, ContentDigest, DownloadPush, UploadPipe
 
 class _Allowance:
     """Reads pipes while the bytes stay within ``room`` (None: no limit), so
-    an upload is stopped early; ``pgblobs.put_blob`` makes the final,
-    race-free check."""
+    an upload is stopped early; ``pgblobs.store_blobs_v2`` makes the
+    final, race-free check."""
 
     def __init__(self, room: int | None) -> None:
         self._room = room
@@ -43,24 +43,27 @@ def _write(connection: SyncConnection, pipe: UploadPipe, allowance: _Allowance) 
     return large_object.oid
 
 
-def _commit_row(
+def _commit_rows(
     connection: SyncConnection,
-    key: BlobKey,
-    default_quota: int | None,
-    oid: int,
-    digest: ContentDigest,
+    written: Sequence[tuple[BlobKey, int, ContentDigest]],
+    quota: dict[str, int | None],
     flags: Sequence[str] = (),
 ) -> None:
+    """The rows of one user's blobs ``written`` (key, oid, digest), each with
+    ``flags``, in one statement; ``quota`` holds the default limits."""
+    keys = [key for key, _, _ in written]
     connection.fetch(
-        "put_blob",
+        "put_blobs",
         dict(
-            key.params(),
-            default_quota=default_quota,
-            oid=oid,
-            size=digest.size,
-            tag=digest.tag,
-            sha256=digest.sha256,
-            flags=list(flags),
+            quota,
+            user=keys[0].user,
+            namespace=keys[0].namespace,
+            blob_ids=[key.blob_id for key in keys],
+            oids=[oid for _, oid, _ in written],
+            sizes=[digest.size for _, _, digest in written],
+            tags=[digest.tag for _, _, digest in written],
+            sha256s=[digest.sha256 for _, _, digest in written],
+            flags=[",".join(flags)] * len(written),
         ),
     )
 
@@ -69,7 +72,7 @@ def store(
     connection: SyncConnection,
     pipe: UploadPipe,
     key: BlobKey,
-    default_quota: int | None,
+    quota: dict[str, int | None],
     room: int | None,
     flags: Sequence[str],
 ) -> None:
@@ -78,7 +81,7 @@ def store(
     pipe.begin()
     with connection.transaction():
         oid = _write(connection, pipe, _Allowance(room))
-        _commit_row(connection, key, default_quota, oid, pipe.digest, flags)
+        _commit_rows(connection, [(key, oid, pipe.digest)], quota, flags)
 
 
 def store_all(
@@ -87,15 +90,16 @@ def store_all(
     next_pipe: Callable[[int], UploadPipe],
     confirm: Callable[[], Deferred[Any]],
     keys: list[BlobKey],
-    default_quota: int | None,
+    quota: dict[str, int | None],
     room: int | None,
 ) -> None:
-    """Worker: the blobs ``keys``, their bytes from ``next_pipe(index)`` (run
-    on the reactor), in one transaction committed only if ``confirm()``
-    (run on the reactor too) succeeds once every byte is in.
+    """Worker: the blobs ``keys`` (of one user and namespace), their bytes
+    from ``next_pipe(index)`` (run on the reactor), in one transaction
+    committed only if ``confirm()`` (run on the reactor too) succeeds once
+    every byte is in.
 
-    Content is written first and the rows last, so ``put_blob``'s per-user
-    lock is held only for the few statements before the commit.
+    Content is written first and the rows last, in one statement, so the
+    per-user lock is held only for that statement and the commit.
     """
     allowance = _Allowance(room)
     with connection.transaction():
@@ -105,8 +109,7 @@ def store_all(
             pipe.begin()
             written.append((key, _write(connection, pipe, allowance), pipe.digest))
         threads.blockingCallFromThread(reactor, confirm)
-        for key, oid, digest in written:
-            _commit_row(connection, key, default_quota, oid, digest)
+        _commit_rows(connection, written, quota)
 
 
 def load(connection: SyncConnection, push: DownloadPush, row: int, start: int, stop: int) -> None:

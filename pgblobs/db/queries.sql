@@ -8,39 +8,42 @@
 SELECT version_num FROM pgblobs.alembic_version;
 
 -- name: write_precheck (read)
--- Before reading a body: is the id taken, and how many bytes may the user still store (NULL: no limit).
+-- Before reading a body: is the id taken, and how many bytes and blobs may the user still
+-- store (NULL: no limit).
 SELECT EXISTS (
            SELECT 1 FROM pgblobs.blobs
            WHERE user_id = %(user)s AND namespace = %(namespace)s
              AND blob_id = %(blob_id)s AND deleted_at IS NULL
        ) AS taken,
-       pgblobs.effective_quota(%(user)s, %(default_quota)s) - (
-           SELECT coalesce(sum(live_bytes), 0) FROM pgblobs.usage WHERE user_id = %(user)s
-       ) AS room;
+       room.bytes AS room, room.blobs AS room_blobs
+FROM pgblobs.room(%(user)s, %(default_quota)s, %(default_quota_blobs)s) AS room;
 
 -- name: write_many_precheck (read)
 -- Before reading several bodies: the first of %(blob_ids)s a live blob already has
--- (NULL: none), and how many bytes the user may still store (NULL: no limit).
+-- (NULL: none), and how many bytes and blobs the user may still store (NULL: no limit).
 SELECT (SELECT min(blob_id) FROM pgblobs.blobs
         WHERE user_id = %(user)s AND namespace = %(namespace)s
           AND blob_id = ANY (%(blob_ids)s::text[]) AND deleted_at IS NULL) AS taken,
-       pgblobs.effective_quota(%(user)s, %(default_quota)s) - (
-           SELECT coalesce(sum(live_bytes), 0) FROM pgblobs.usage WHERE user_id = %(user)s
-       ) AS room;
+       room.bytes AS room, room.blobs AS room_blobs
+FROM pgblobs.room(%(user)s, %(default_quota)s, %(default_quota_blobs)s) AS room;
 
 -- name: put_small_blobs
 -- A batch of whole small blobs, of any users, in one statement and one commit; one
--- status per item: 'stored', 'exists' (a live blob has the id) or 'quota'. %(flags)s
--- holds each item's flags joined by commas.
-SELECT pgblobs.store_small_blobs(%(users)s::text[], %(namespaces)s::text[],
-                                 %(blob_ids)s::text[], %(contents)s::bytea[], %(tags)s::text[],
-                                 %(sha256s)s::bytea[], %(flags)s::text[], %(default_quota)s)
+-- status per item: 'stored', 'exists' (a live blob has the id), 'quota' (bytes), 'blobs'
+-- (the user's blob count) or 'busy' (another writer holds the user's lock: send it again).
+-- %(flags)s holds each item's flags joined by commas.
+SELECT pgblobs.store_small_blobs_v2(%(users)s::text[], %(namespaces)s::text[],
+                                    %(blob_ids)s::text[], %(contents)s::bytea[],
+                                    %(tags)s::text[], %(sha256s)s::bytea[], %(flags)s::text[],
+                                    %(default_quota)s, %(default_quota_blobs)s)
        AS statuses;
 
--- name: put_blob
--- The row and flags of a streamed blob whose large object was written in this transaction.
-SELECT pgblobs.store_blob(%(user)s, %(namespace)s, %(blob_id)s, %(oid)s,
-                          %(size)s, %(tag)s, %(sha256)s, %(default_quota)s, %(flags)s::text[]);
+-- name: put_blobs
+-- The rows (and flags, joined by commas) of one user's streamed blobs whose large objects
+-- were written in this transaction: all of them, or an error (over quota, an id taken).
+SELECT pgblobs.store_blobs_v2(%(user)s, %(namespace)s, %(blob_ids)s::text[], %(oids)s::oid[],
+                              %(sizes)s::bigint[], %(tags)s::text[], %(sha256s)s::bytea[],
+                              %(flags)s::text[], %(default_quota)s, %(default_quota_blobs)s);
 
 -- name: open_blob_batch (read)
 -- Live blobs looked up together (reads that arrived at once, of any users): each
