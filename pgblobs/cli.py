@@ -106,19 +106,27 @@ def _token_commands(create, revoke, holder):
     return create_command, revoke_command
 
 
-def _byte_limit(text):
-    """A number of bytes, or 'unlimited' (None)."""
+def _limit(text, unit):
+    """A number of ``unit``, or 'unlimited' (None)."""
     if text.lower() in ("none", "unlimited"):
         return None
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number of bytes or 'unlimited'"
+            f"{text!r} is not a number of {unit} or 'unlimited'"
         ) from None
     if value < 0:
         raise argparse.ArgumentTypeError("a quota cannot be negative")
     return value
+
+
+def _byte_limit(text):
+    return _limit(text, "bytes")
+
+
+def _blob_limit(text):
+    return _limit(text, "blobs")
 
 
 def _quota_setting(text):
@@ -275,6 +283,7 @@ def _serve(args):
         data_dir=args.data_dir,
         backend=serve.BackendOptions(
             quota_bytes=args.quota_bytes,
+            quota_blobs=args.quota_blobs,
             pool_size=args.pool_size,
             max_waiting=args.max_waiting,
             statement_timeout=args.statement_timeout,
@@ -343,6 +352,9 @@ def _user_command(commands, name, help_text, run):
 _SERVE_LIMITS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("--quota-bytes", _byte_limit, settings.QUOTA_BYTES,
      "default quota per user in bytes, or 'unlimited' (default: %(default)s)"),
+    ("--quota-blobs", _blob_limit, settings.QUOTA_BLOBS,
+     "live blobs each user may keep, or 'unlimited'; past it writes get 507 (default: "
+     "%(default)s)"),
     ("--pool-size", int, settings.POOL_SIZE,
      "database connections per pool (default: %(default)s)"),
     ("--max-waiting", _non_negative, None,
@@ -363,7 +375,7 @@ _SERVE_LIMITS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("--max-json-bytes", _non_negative, Limits.max_json_bytes,
      "largest flag list or stream listing (default: %(default)s)"),
     ("--max-stream-ids", _positive, Limits.max_stream_ids,
-     "blob ids one stream download may ask for (default: %(default)s)"),
+     "blobs one stream download or upload may carry; more is a 413 (default: %(default)s)"),
     ("--idle-timeout", float, Limits.idle_timeout,
      "seconds a connection may keep the server waiting: silent between requests, or not "
      "sending a body or not reading an answer (default: %(default)s)"),

@@ -38,6 +38,7 @@ class BackendOptions:
     """The keyword arguments of PostgresBlobsBackend.connect."""
 
     quota_bytes: int | None = settings.QUOTA_BYTES
+    quota_blobs: int | None = settings.QUOTA_BLOBS
     pool_size: int = settings.POOL_SIZE
     max_waiting: int | None = None
     statement_timeout: float = settings.STATEMENT_TIMEOUT

@@ -93,6 +93,10 @@ class UserStream(Handler):
         limits = self._context.limits
         blobs = BlobSequence(request.body, limits.max_json_bytes)
         listing = await blobs.listing()
+        # The rows of one upload commit in one transaction under the user's
+        # lock: bounded, so the user's other writes never wait long for it.
+        if len(listing) > limits.max_stream_ids:
+            raise TooManyIds(f"at most {limits.max_stream_ids} blobs per stream request")
         for blob_id, size in listing:
             if size > limits.max_blob_bytes:
                 raise BodyTooLarge(

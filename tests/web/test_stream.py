@@ -128,6 +128,18 @@ async def test_an_upload_stream_over_quota_stores_nothing(server, dsn):
 
 
 @deferred_test
+async def test_an_upload_of_more_blobs_than_max_stream_ids_is_413(server, dsn):
+    listing = [[f"s{i}", 0] for i in range(1001)]  # the server allows 1000 per request
+    code, reason = await upload(server, listing, b"")
+    assert code == 413, reason
+    assert b"at most 1000 blobs" in reason
+    assert sql(dsn, "SELECT count(*) FROM pgblobs.blobs")[0][0] == 0
+    code, _ = await upload(server, listing[:1000], b"")
+    assert code == 200
+    assert sql(dsn, "SELECT count(*) FROM pgblobs.blobs")[0][0] == 1000
+
+
+@deferred_test
 async def test_stream_needs_the_users_token(server):
     assert await stream_status(server, "alice?direction=download", b"[]", auth=False) == 401
     assert await stream_status(server, "bob?direction=download", b"[]") == 403
