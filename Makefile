@@ -41,7 +41,8 @@ run: setup
 BACKUP_COUNTS ?= 100000 1000000
 
 # pgblobs against the large-object ceiling, plain files, nginx and bare twisted.web (small
-# requests driven by wrk); writes bench/results.md.
+# requests driven by wrk); writes bench/results.md; sustained writes from an empty database
+# (bench/sustained.md).
 bench: setup
 	$(PIP) install --quiet -e '.[test,bench]'
 	@command -v nginx >/dev/null 2>&1 || ls /usr/sbin/nginx >/dev/null 2>&1 || \
@@ -49,6 +50,7 @@ bench: setup
 	@command -v wrk >/dev/null 2>&1 || \
 		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk)
 	PATH="$$PATH:/usr/sbin" $(PY) -m bench.run
+	$(PY) -m bench.sustained
 	$(PY) -m bench.backups $(BACKUP_COUNTS)
 
 # The restore drill (README "Backups and restore"): base backup, archived WAL, point-in-time

@@ -53,10 +53,16 @@ class _OpenBlob:
 
 @implementer(IBlobsBackend)
 class MemoryBlobsBackend:
-    """Blobs in memory. ``quota_bytes`` is every user's quota (None: unlimited)."""
+    """Blobs in memory. ``quota_bytes`` is every user's quota (None: unlimited),
+    ``quota_blobs`` the live blobs each may keep (None: no limit)."""
 
-    def __init__(self, quota_bytes: int | None = settings.QUOTA_BYTES) -> None:
+    def __init__(
+        self,
+        quota_bytes: int | None = settings.QUOTA_BYTES,
+        quota_blobs: int | None = settings.QUOTA_BLOBS,
+    ) -> None:
         self.quota_bytes = quota_bytes
+        self.quota_blobs = quota_blobs
         # BlobKey -> the live blob or the tombstone of that name
         self._blobs: dict[names.BlobKey, _Stored] = {}
 
@@ -79,10 +85,18 @@ class MemoryBlobsBackend:
             if key.user == user and not stored.deleted
         )
 
+    def _check_count(self, user: str, more: int) -> None:
+        if self.quota_blobs is None:
+            return
+        live = sum(1 for key in self._blobs if key.user == user and self._taken(key))
+        if live + more > self.quota_blobs:
+            raise QuotaExceeded("the user has as many blobs as the quota allows")
+
     def _store(self, key: names.BlobKey, content: bytes, flags: Iterable[str] = ()) -> None:
         """A new live blob; replaces a tombstone of the same name, as put_blob does."""
         if self.quota_bytes is not None and self._used(key.user) + len(content) > self.quota_bytes:
             raise QuotaExceeded("the blob does not fit in the user's quota")
+        self._check_count(key.user, 1)
         digest = transfer.ContentDigest()
         digest.update(content)
         self._blobs[key] = _Stored(content, digest.tag, next(_ORDER), set(flags))
@@ -128,6 +142,7 @@ class MemoryBlobsBackend:
         total = sum(len(content) for content in contents)
         if self.quota_bytes is not None and self._used(user) + total > self.quota_bytes:
             raise QuotaExceeded("the blobs do not fit in the user's quota")
+        self._check_count(user, len(keys))
         for key, content in zip(keys, contents, strict=True):
             self._store(key, content)
 

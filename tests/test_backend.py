@@ -21,7 +21,7 @@ from pgblobs import (
     QuotaExceeded,
     SchemaNotReady,
 )
-from tests.helpers import content, deferred_test, read, sql, write
+from tests.helpers import content, deferred_test, gather, producer, read, sql, write
 
 
 def tag_of(data):
@@ -373,3 +373,20 @@ async def test_open_blobs_keeps_order_and_names_the_missing_one(blobs):
     assert [blob.size for blob in opened] == [10 + int(name[1:]) for name in wanted]
     with pytest.raises(BlobNotFound, match="nope"):
         await blobs.open_blobs("alice", ["b1", "nope", "b2"])
+
+
+@deferred_test
+async def test_a_user_keeps_at_most_quota_blobs_live_blobs(blobs):
+    blobs.quota_blobs = 3
+    outcomes = await gather(*[write(blobs, "alice", f"s{i}", b"") for i in range(4)])
+    assert outcomes[:3] == [None, None, None]
+    assert isinstance(outcomes[3], QuotaExceeded)
+    # Streamed writes (unknown length) and stream uploads count too.
+    with pytest.raises(QuotaExceeded):
+        await write(blobs, "alice", "big", b"x", known_length=False)
+    with pytest.raises(QuotaExceeded):
+        await blobs.write_blobs("alice", [("u0", 0, lambda: producer(b""))])
+    await blobs.delete_blob("alice", "s0")
+    await write(blobs, "alice", "big", b"x", known_length=False)
+    assert sorted(await blobs.list_blobs("alice")) == ["big", "s1", "s2"]
+    assert await write(blobs, "bob", "b", b"") is None  # every user has a count of their own

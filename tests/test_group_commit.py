@@ -248,25 +248,3 @@ async def test_bodies_count_against_the_buffer_until_their_batch_commits(dsn):
     assert node.buffered_bytes == 0
     assert len(await node.list_blobs("alice")) == 7
     await node.close()
-
-
-@deferred_test
-async def test_a_user_keeps_at_most_quota_blobs_live_blobs(dsn):
-    from tests.helpers import producer
-
-    node = await PostgresBlobsBackend.connect(dsn, pool_size=4, quota_blobs=3)
-    try:
-        outcomes = await gather(*[write(node, "alice", f"s{i}", b"") for i in range(4)])
-        assert outcomes[:3] == [None, None, None]
-        assert isinstance(outcomes[3], QuotaExceeded)
-        # Streamed writes (unknown length) and stream uploads count too.
-        with pytest.raises(QuotaExceeded):
-            await write(node, "alice", "big", b"x", known_length=False)
-        with pytest.raises(QuotaExceeded):
-            await node.write_blobs("alice", [("u0", 0, lambda: producer(b""))])
-        await node.delete_blob("alice", "s0")
-        await write(node, "alice", "big", b"x", known_length=False)
-        assert sorted(await node.list_blobs("alice")) == ["big", "s1", "s2"]
-        assert await write(node, "bob", "b", b"") is None  # every user has a count of their own
-    finally:
-        await node.close()

@@ -225,9 +225,12 @@ def test_write_statements_use_their_indexes_without_statistics(scratch_dsn):
         "CASE WHEN i %% 2 = 1 THEN now() END FROM generate_series(1, 100000) AS i",
         {"oid": oid},
     )
-    assert sql(scratch_dsn, "SELECT reltuples FROM pg_class WHERE oid = 'pgblobs.blobs'::regclass")[
-        0
-    ][0] <= 0  # never analysed
+    assert (
+        sql(scratch_dsn, "SELECT reltuples FROM pg_class WHERE oid = 'pgblobs.blobs'::regclass")[0][
+            0
+        ]
+        <= 0
+    )  # never analysed
     node.autocommit = False
     with node.cursor() as cursor:
         # New names, tombstones revived (odd ids), and one name a live blob has (b2).
