@@ -42,7 +42,7 @@ BACKUP_COUNTS ?= 100000 1000000
 
 # pgblobs against the large-object ceiling, plain files, nginx and bare twisted.web (small
 # requests driven by wrk); writes bench/results.md; sustained writes from an empty database
-# (bench/sustained.md).
+# (bench/sustained.md); one user's big stream upload against other users' small writes.
 bench: setup
 	$(PIP) install --quiet -e '.[test,bench]'
 	@command -v nginx >/dev/null 2>&1 || ls /usr/sbin/nginx >/dev/null 2>&1 || \
@@ -51,6 +51,7 @@ bench: setup
 		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk)
 	PATH="$$PATH:/usr/sbin" $(PY) -m bench.run
 	$(PY) -m bench.sustained
+	$(PY) -m bench.stall
 	$(PY) -m bench.backups $(BACKUP_COUNTS)
 
 # The restore drill (README "Backups and restore"): base backup, archived WAL, point-in-time

@@ -8,10 +8,11 @@ batch at the end of that turn, or at once when the batch is full. A lone
 request leaves at the end of its own turn.
 
 Reads do not wait for each other: several batches may be in flight on the
-pool's connections. Writes may be limited to a few batches in flight: the
-batches of one user queue on that user's lock anyway, so while they wait,
-the next batch grows instead (group commit: a full batch per commit, where
-batches sent at once would each commit a handful).
+pool's connections. Writes may be limited to a few batches in flight: while
+they commit, the next batch grows instead (group commit: a full batch per
+commit, where batches sent at once would each commit a handful). A write
+batch never waits for a user's lock (pgblobs.store_small_blobs_v2 leaves
+such a user's items for later), so its time in flight is its own commit.
 """
 
 from collections.abc import Awaitable, Callable, Sequence

@@ -1,0 +1,185 @@
+"""One user's big stream upload against everyone else's small writes (issue
+17, item 3).
+
+On a new cluster, one `pgblobs serve` (``--max-stream-ids`` raised to let it
+through): a stream upload of ``BLOBS`` empty blobs for one user, two 1-byte
+PUTs of that user, and, while they run, ``OTHERS`` 1-byte PUTs of 40 other
+users. Prints the other users' PUT latency (p50 and max) alone and meanwhile:
+they must not wait for the upload's rows.
+
+    python -m bench.stall [BLOBS]
+"""
+
+import base64
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psycopg2
+import treq
+from twisted.internet import defer, task
+
+from pgblobs import accounts
+from pgblobs.cluster import LocalCluster
+from pgblobs.db import schema
+from pgblobs.db.connector import SyncConnection
+from tests.processes import ServeProcess
+
+BLOBS = 30_000
+OTHERS = 320
+OTHER_USERS = 40
+
+
+def _auth(user, token):
+    return {b"Authorization": [b"Token " + base64.b64encode(f"{user}:{token}".encode())]}
+
+
+async def _timed(request):
+    """Seconds until the answer is in; a failed request counts as never answered."""
+    started = time.monotonic()
+    try:
+        response = await request
+        await response.content()
+    except Exception:
+        return float("inf")
+    return time.monotonic() - started if response.code == 200 else float("inf")
+
+
+async def _others(url, tokens, prefix):
+    """Seconds each of the other users' 1-byte PUTs took, sent all at once."""
+    return await defer.gatherResults(
+        [
+            defer.ensureDeferred(
+                _timed(
+                    treq.put(
+                        f"{url}/blobs/u{i % OTHER_USERS}/{prefix}{i}",
+                        data=b"x",
+                        headers=tokens[f"u{i % OTHER_USERS}"],
+                    )
+                )
+            )
+            for i in range(OTHERS)
+        ]
+    )
+
+
+def _summary(seconds):
+    failed = sum(1 for s in seconds if s == float("inf"))
+    answered = [s for s in seconds if s != float("inf")] or [float("inf")]
+    return f"p50 {statistics.median(seconds):.3f} s, max {max(answered):.3f} s" + (
+        f", {failed} failed" if failed else ""
+    )
+
+
+# Whether the lock of the user "heavy" is held: an advisory lock's 64-bit key
+# shows in pg_locks as two 32-bit halves.
+_HEAVY_LOCK_HELD = """
+    WITH k AS (SELECT hashtextextended('pgblobs.user:heavy', 0) AS key)
+    SELECT count(*) FROM pg_locks, k
+    WHERE locktype = 'advisory' AND granted
+      AND classid::bigint = (key >> 32) & 4294967295 AND objid::bigint = key & 4294967295
+"""
+
+
+class _LockWatch:
+    """Watches, from a thread, whether a writer holds the lock of "heavy";
+    ``held`` fires when it is first seen."""
+
+    def __init__(self, reactor, dsn):
+        self.held = defer.Deferred()
+        self.seconds = 0.0  # seen held, in all
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, args=(reactor, dsn), daemon=True)
+        self._thread.start()
+
+    def _watch(self, reactor, dsn):
+        connection = psycopg2.connect(dsn)
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            first = None
+            while not self._stop.is_set():
+                cursor.execute(_HEAVY_LOCK_HELD)
+                now = time.monotonic()
+                if cursor.fetchone()[0]:
+                    if first is None:
+                        first = now
+                        reactor.callFromThread(self.held.callback, None)
+                    self.seconds = now - first
+                time.sleep(0.005)
+        connection.close()
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+
+
+async def _run(reactor, url, dsn, tokens, blobs):
+    alone = await _others(url, tokens, "alone")
+    listing = json.dumps([[f"s{i}", 0] for i in range(blobs)]).encode() + b"\n"
+    watch = _LockWatch(reactor, dsn)
+    upload = defer.ensureDeferred(
+        _timed(
+            treq.post(f"{url}/stream/heavy?direction=upload", data=listing, headers=tokens["heavy"])
+        )
+    )
+    # The moment the upload's rows start to commit (under its user's lock),
+    # or its end if the lock is held too briefly to be seen.
+    await defer.DeferredList([watch.held, upload], fireOnOneCallback=True)
+    own = [
+        defer.ensureDeferred(
+            _timed(treq.put(f"{url}/blobs/heavy/p{i}", data=b"x", headers=tokens["heavy"]))
+        )
+        for i in range(2)
+    ]
+    meanwhile = await _others(url, tokens, "meanwhile")
+    upload_seconds = await upload
+    own_seconds = await defer.gatherResults(own)
+    watch.stop()
+    print(f"{OTHERS} 1-byte PUTs of {OTHER_USERS} users, alone: {_summary(alone)}")
+    print(
+        f"the same once one user's stream upload of {blobs:,} empty blobs commits its rows: "
+        f"{_summary(meanwhile)}"
+    )
+    print(
+        f"the stream upload: {upload_seconds:.1f} s, its user's lock seen held for "
+        f"{watch.seconds:.2f} s; that user's own 1-byte PUTs: {max(own_seconds):.2f} s"
+    )
+
+
+def main(blobs):
+    workdir = Path(tempfile.mkdtemp(prefix="pgblobs-stall-"))
+    os.chmod(workdir, 0o755)
+    cluster = LocalCluster(workdir / "pg")
+    cluster.start()
+    node = None
+    try:
+        schema.upgrade(cluster.dsn)
+        connection = SyncConnection.connect(cluster.dsn)
+        tokens = {
+            user: _auth(user, accounts.create_token(connection, user))
+            for user in ["heavy", *(f"u{i}" for i in range(OTHER_USERS))]
+        }
+        connection.close()
+        node = ServeProcess(
+            "--dsn", cluster.dsn, "--max-stream-ids", str(blobs), "--max-json-bytes", "16777216"
+        )
+        task.react(
+            lambda reactor: defer.ensureDeferred(
+                _run(reactor, node.url, cluster.dsn, tokens, blobs)
+            )
+        )
+    finally:
+        if node is not None:
+            node.stop()
+        cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else BLOBS)
