@@ -2,6 +2,8 @@
 check of a known token costs no statement, a revocation is heard at once,
 and a node that cannot hear remembers nothing."""
 
+import os
+import signal
 import time
 
 import pytest_twisted
@@ -95,3 +97,79 @@ async def test_a_new_token_works_at_once_and_a_lost_listener_forgets_everything(
         await until(accepted)
     finally:
         connection.close()
+
+
+def listener_backends(dsn):
+    """The PostgreSQL backends of the connections that LISTEN for token changes."""
+    rows = sql(
+        dsn,
+        "SELECT pid FROM pg_stat_activity "
+        "WHERE query = 'LISTEN pgblobs_tokens' AND pid <> pg_backend_pid()",
+    )
+    return [pid for (pid,) in rows]
+
+
+def remembered(known, sent, user, token):
+    """A condition for ``until``: ``token`` is valid and checking it costs no
+    statement (``sent``: statements_sent of the tokens' database)."""
+
+    async def condition():
+        assert await known.user_token_is_valid(user, token)
+        before = len(sent)
+        assert await known.user_token_is_valid(user, token)
+        return len(sent) == before
+
+    return condition
+
+
+@deferred_test
+async def test_a_stuck_listener_is_noticed_and_a_revocation_still_counts(backend, known, dsn):
+    connection = SyncConnection.connect(dsn)
+    sent = statements_sent(backend)
+    try:
+        token = accounts.create_token(connection, "alice")
+        await until(remembered(known, sent, "alice", token))
+        (listening,) = listener_backends(dsn)
+        # The listening connection's server stops answering, yet its socket
+        # stays open: nothing tells the node, but its own liveness check.
+        os.kill(listening, signal.SIGSTOP)
+        try:
+            accounts.revoke_tokens(connection, "alice")
+
+            async def refused():
+                return not await known.user_token_is_valid("alice", token)
+
+            await until(refused, seconds=20)
+            # Listening again (on a new connection), it remembers again.
+            await until(
+                remembered(known, sent, "alice", accounts.create_token(connection, "alice")),
+                seconds=20,
+            )
+        finally:
+            os.kill(listening, signal.SIGCONT)
+    finally:
+        connection.close()
+
+
+@deferred_test
+async def test_a_remembered_token_is_confirmed_again_after_token_cache_seconds(backend, dsn):
+    tokens = KnownTokens(backend.database, cache_seconds=0.5)
+    await tokens.start()
+    connection = SyncConnection.connect(dsn)
+    sent = statements_sent(backend)
+    try:
+        token = accounts.create_token(connection, "alice")
+        await until(remembered(tokens, sent, "alice", token))
+        asked = len(sent)
+
+        async def asked_again():
+            assert await tokens.user_token_is_valid("alice", token)
+            return len(sent) > asked
+
+        await until(asked_again)
+        assert sent[asked:] == ["token_digests"]
+        assert await tokens.user_token_is_valid("alice", token)
+        assert sent[asked:] == ["token_digests"]  # and remembered again
+    finally:
+        connection.close()
+        tokens.stop()
