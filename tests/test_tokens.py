@@ -11,7 +11,7 @@ import pytest_twisted
 from pgblobs import accounts
 from pgblobs.db.connector import SyncConnection
 from pgblobs.tokens import KnownTokens
-from tests.helpers import deferred_test, sleep, sql, statements_sent
+from tests.helpers import create_token, deferred_test, sleep, sql, statements_sent
 
 
 async def until(condition, seconds=5.0):
@@ -99,14 +99,15 @@ async def test_a_new_token_works_at_once_and_a_lost_listener_forgets_everything(
         connection.close()
 
 
-def listener_backends(dsn):
-    """The PostgreSQL backends of the connections that LISTEN for token changes."""
-    rows = sql(
-        dsn,
-        "SELECT pid FROM pg_stat_activity "
-        "WHERE query = 'LISTEN pgblobs_tokens' AND pid <> pg_backend_pid()",
-    )
-    return [pid for (pid,) in rows]
+def listener_backend(dsn, seconds=10.0):
+    """The one PostgreSQL backend that LISTENs for token changes."""
+    deadline = time.monotonic() + seconds
+    while True:
+        rows = sql(dsn, "SELECT pid FROM pg_stat_activity WHERE query = 'LISTEN pgblobs_tokens'")
+        if len(rows) == 1:
+            return rows[0][0]
+        assert time.monotonic() < deadline, f"listening backends: {rows}"
+        time.sleep(0.05)
 
 
 def remembered(known, sent, user, token):
@@ -123,13 +124,16 @@ def remembered(known, sent, user, token):
 
 
 @deferred_test
-async def test_a_stuck_listener_is_noticed_and_a_revocation_still_counts(backend, known, dsn):
+async def test_a_stuck_listener_is_noticed_and_a_revocation_still_counts(backend, dsn):
+    # Made before anyone listens, so no notification of its own races the test.
+    token = create_token(dsn, "alice")
+    known = KnownTokens(backend.database)
+    await known.start()
     connection = SyncConnection.connect(dsn)
     sent = statements_sent(backend)
     try:
-        token = accounts.create_token(connection, "alice")
         await until(remembered(known, sent, "alice", token))
-        (listening,) = listener_backends(dsn)
+        listening = listener_backend(dsn)
         # The listening connection's server stops answering, yet its socket
         # stays open: nothing tells the node, but its own liveness check.
         os.kill(listening, signal.SIGSTOP)
@@ -141,35 +145,32 @@ async def test_a_stuck_listener_is_noticed_and_a_revocation_still_counts(backend
 
             await until(refused, seconds=20)
             # Listening again (on a new connection), it remembers again.
-            await until(
-                remembered(known, sent, "alice", accounts.create_token(connection, "alice")),
-                seconds=20,
-            )
+            renewed = accounts.create_token(connection, "alice")
+            await until(remembered(known, sent, "alice", renewed), seconds=20)
         finally:
             os.kill(listening, signal.SIGCONT)
     finally:
         connection.close()
+        known.stop()
 
 
 @deferred_test
 async def test_a_remembered_token_is_confirmed_again_after_token_cache_seconds(backend, dsn):
-    tokens = KnownTokens(backend.database, cache_seconds=0.5)
-    await tokens.start()
-    connection = SyncConnection.connect(dsn)
+    token = create_token(dsn, "alice")  # before anyone listens, as above
+    known = KnownTokens(backend.database, cache_seconds=0.5)
+    await known.start()
     sent = statements_sent(backend)
     try:
-        token = accounts.create_token(connection, "alice")
-        await until(remembered(tokens, sent, "alice", token))
+        await until(remembered(known, sent, "alice", token))
         asked = len(sent)
 
         async def asked_again():
-            assert await tokens.user_token_is_valid("alice", token)
+            assert await known.user_token_is_valid("alice", token)
             return len(sent) > asked
 
         await until(asked_again)
         assert sent[asked:] == ["token_digests"]
-        assert await tokens.user_token_is_valid("alice", token)
+        assert await known.user_token_is_valid("alice", token)
         assert sent[asked:] == ["token_digests"]  # and remembered again
     finally:
-        connection.close()
-        tokens.stop()
+        known.stop()

@@ -91,7 +91,7 @@ class _Health(Handler):
     @rendered
     async def render_GET(self, request):
         request.route = self.route
-        answer = defer.Deferred()
+        answer: defer.Deferred[object] = defer.Deferred()
         # The check is left to finish (or fail) on its own: cancelling a
         # statement would make txpostgres ask the server, which may be silent.
         self._check().chainDeferred(answer)
