@@ -361,9 +361,9 @@ _SERVE_LIMITS: list[tuple[str, Callable[[str], Any], Any, str]] = [
      f"{settings.STATEMENT_DEADLINE_MARGIN:g} s later (a silent link) fails with 503 and its "
      "connection is replaced (default: %(default)s)"),
     ("--token-cache-seconds", _non_negative_seconds, settings.TOKEN_CACHE_SECONDS,
-     "seconds a node may remember a valid token after the database last confirmed it; "
-     "revocations are heard at once through LISTEN, this bounds what a change it could not "
-     "hear can cost; 0: ask every time (default: %(default)s)"),
+     "seconds a node may remember a valid token after the database last confirmed it "
+     "(revocations are heard at once through LISTEN, and a silent listener is noticed within "
+     "seconds; this bounds the rest); 0: ask every time (default: %(default)s)"),
     ("--max-transfers-per-user", _positive, None,
      "large reads and writes one user may run at once; more wait their turn, so one "
      "user's stalled transfers never hold every content connection (default: half of "
