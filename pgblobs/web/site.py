@@ -94,7 +94,7 @@ class _Health(Handler):
         answer: defer.Deferred[object] = defer.Deferred()
         # The check is left to finish (or fail) on its own: cancelling a
         # statement would make txpostgres ask the server, which may be silent.
-        self._check().chainDeferred(answer)
+        defer.maybeDeferred(self._check).chainDeferred(answer)
         timer = self._clock.callLater(self._deadline, answer.cancel)
         try:
             await answer
