@@ -359,7 +359,7 @@ _SERVE_LIMITS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("--statement-timeout", float, settings.STATEMENT_TIMEOUT,
      "seconds any one SQL statement may run; one the database has not answered "
      f"{settings.STATEMENT_DEADLINE_MARGIN:g} s later (a silent link) fails with 503 and its "
-     "connection is replaced (default: %(default)s)"),
+     "connection is replaced; 0: no limit (default: %(default)s)"),
     ("--token-cache-seconds", _non_negative_seconds, settings.TOKEN_CACHE_SECONDS,
      "seconds a node may remember a valid token after the database last confirmed it "
      "(revocations are heard at once through LISTEN, and a silent listener is noticed within "

@@ -211,9 +211,10 @@ class Reconnector(reconnection.DeadConnectionDetector):
 class _ReconnectingPool(txpostgres.ConnectionPool):
     """A txpostgres pool whose connections come back after the server does,
     and which hands out a live connection whenever it has one. Whatever it
-    sends fails with NoAnswer past ``deadline`` seconds without an answer."""
+    sends fails with NoAnswer past ``deadline`` seconds without an answer
+    (None: waits as long as the server takes)."""
 
-    def __init__(self, reactor: Any, deadline: float, *connargs: Any, **connkw: Any) -> None:
+    def __init__(self, reactor: Any, deadline: float | None, *connargs: Any, **connkw: Any) -> None:
         self.reactor = reactor
         self.deadline = deadline
         super().__init__(None, *connargs, **connkw)
@@ -251,6 +252,8 @@ class _ReconnectingPool(txpostgres.ConnectionPool):
     def _within_deadline(
         self, connection: txpostgres.Connection, pending: Deferred[_T]
     ) -> Deferred[_T]:
+        if self.deadline is None:
+            return pending
         return within_deadline(self.reactor, self.deadline, connection, pending)
 
     def ping(self, connection: txpostgres.Connection) -> None:
@@ -496,7 +499,12 @@ class Database:
         if reactor is None:
             from twisted.internet import reactor
         dsn = with_keepalives(with_statement_timeout(dsn, statement_timeout_ms))
-        deadline = statement_timeout_ms / 1000 + settings.STATEMENT_DEADLINE_MARGIN
+        # statement_timeout 0 lets a statement run for ever: so may the wait for it.
+        deadline = (
+            statement_timeout_ms / 1000 + settings.STATEMENT_DEADLINE_MARGIN
+            if statement_timeout_ms > 0
+            else None
+        )
         pool = _ReconnectingPool(
             reactor, deadline, dsn, min=pool_size, cursor_factory=NamedTupleCursor
         )
