@@ -300,6 +300,7 @@ def _serve(args):
             header_timeout=args.header_timeout,
         ),
         drain_seconds=args.drain_seconds,
+        token_cache_seconds=args.token_cache_seconds,
         workers=args.workers,
         log_format=args.log_format,
         access_log=args.access_log,
@@ -312,6 +313,13 @@ def _serve(args):
 
 def _non_negative(text):
     value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _non_negative_seconds(text):
+    value = float(text)
     if value < 0:
         raise argparse.ArgumentTypeError("must not be negative")
     return value
@@ -361,7 +369,13 @@ _SERVE_LIMITS: list[tuple[str, Callable[[str], Any], Any, str]] = [
      "transfers that may wait for a busy content pool before 503s (default: "
      f"{settings.WAITING_PER_CONNECTION} x pool; statements may wait 10 times as many)"),
     ("--statement-timeout", float, settings.STATEMENT_TIMEOUT,
-     "seconds any one SQL statement may run (default: %(default)s)"),
+     "seconds any one SQL statement may run; one the database has not answered "
+     f"{settings.STATEMENT_DEADLINE_MARGIN:g} s later (a silent link) fails with 503 and its "
+     "connection is replaced; 0: no limit (default: %(default)s)"),
+    ("--token-cache-seconds", _non_negative_seconds, settings.TOKEN_CACHE_SECONDS,
+     "seconds a node may remember a valid token after the database last confirmed it "
+     "(revocations are heard at once through LISTEN, and a silent listener is noticed within "
+     "seconds; this bounds the rest); 0: ask every time (default: %(default)s)"),
     ("--max-transfers-per-user", _positive, None,
      "large reads and writes one user may run at once; more wait their turn, so one "
      "user's stalled transfers never hold every content connection (default: half of "

@@ -57,6 +57,7 @@ class ServeOptions:
     backend: BackendOptions = field(default_factory=BackendOptions)
     limits: Limits = field(default_factory=Limits)
     drain_seconds: float = settings.DRAIN_SECONDS
+    token_cache_seconds: float = settings.TOKEN_CACHE_SECONDS
     workers: int = 1  # processes serving the sockets (see workers.py)
     log_format: str = "text"
     access_log: bool = False
@@ -215,7 +216,9 @@ async def run(reactor, options, inherited=None):
 async def _serve_here(reactor, options, dsn, inherited):
     backend = await _connect(reactor, dsn, options)
     database = backend.database
-    tokens = KnownTokens(database, fallback=backend.reading.reader)
+    tokens = KnownTokens(
+        database, fallback=backend.reading.reader, cache_seconds=options.token_cache_seconds
+    )
     await tokens.start()
     shared = {
         "health": database.ping,

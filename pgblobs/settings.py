@@ -12,6 +12,19 @@ QUOTA_BLOBS = 1_000_000  # live blobs each user may keep (each costs a large obj
 POOL_SIZE = 8  # connections per pool: statements, and as many for content
 WAITING_PER_CONNECTION = 32  # content transfers that may wait, per pooled connection
 STATEMENT_TIMEOUT = 30.0  # seconds
+# A statement the server has not answered this long after its own timeout
+# would have stopped it is taken for lost on a silent link (DatabaseUnavailable).
+STATEMENT_DEADLINE_MARGIN = 2.0  # seconds
+HEALTH_DEADLINE = 2.5  # seconds /health waits for the database before it says 503
+# TCP keepalives and tcp_user_timeout on every connection to PostgreSQL, so
+# a link that stops carrying packets fails its connection within seconds
+# (the kernel's defaults: two hours). Seconds, as libpq takes them.
+KEEPALIVES_IDLE = 5
+KEEPALIVES_INTERVAL = 2
+KEEPALIVES_COUNT = 3
+TCP_USER_TIMEOUT = 10  # seconds sent data may go unacknowledged
+# Seconds a node remembers a valid token after the database last confirmed it.
+TOKEN_CACHE_SECONDS = 30.0
 BUFFER_BYTES = 64 * 1024 * 1024  # small upload bodies gathered in memory at once
 DATA_DIR = ".pgblobs"  # the embedded PostgreSQL and its development tokens
 DRAIN_SECONDS = 30.0  # on SIGTERM, how long requests in flight may take

@@ -6,9 +6,11 @@ GET. Revision 0008's triggers notify the channel ``pgblobs_tokens`` of every
 change to a user's or a service's tokens, at the commit that makes it, and
 every node listens: a revoked token is refused everywhere within the
 notification's delivery (milliseconds). While a node's listening connection
-is down it remembers nothing and asks the database every time, so a change
-it could not hear is never missed. Refusals are never remembered: a token
-created on another node works at once.
+is down, or found stuck by its liveness check (db/notifications.py), it
+remembers nothing and asks the database every time, so a change it could not
+hear is never missed. Whatever happens, a token is remembered at most
+``cache_seconds`` after the database last confirmed it. Refusals are never
+remembered: a token created on another node works at once.
 """
 
 import hashlib
@@ -18,7 +20,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from pgblobs import names
+from pgblobs import names, settings
 from pgblobs.db.connector import Database, Row
 from pgblobs.db.notifications import Listener
 from pgblobs.errors import DatabaseUnavailable
@@ -45,11 +47,19 @@ class KnownTokens:
     meanwhile.
     """
 
-    def __init__(self, database: Database, fallback: Callable[[], Database] | None = None) -> None:
+    def __init__(
+        self,
+        database: Database,
+        fallback: Callable[[], Database] | None = None,
+        cache_seconds: float = settings.TOKEN_CACHE_SECONDS,
+    ) -> None:
         self._database = database
         self._fallback = fallback
-        # (kind, name) -> digests seen valid; kinds as the triggers name them.
-        self._valid: dict[tuple[str, str], set[bytes]] = {}
+        self._clock = database.reactor
+        self._cache_seconds = cache_seconds
+        # (kind, name) -> {digest seen valid: when the database said so};
+        # kinds as the triggers name them.
+        self._valid: dict[tuple[str, str], dict[bytes, float]] = {}
         # Bumped by every change heard, so an answer read before a change
         # is not remembered after it.
         self._changes = 0
@@ -83,11 +93,16 @@ class KnownTokens:
 
     async def _check(self, kind: str, name: str, token: str, statement: str) -> bool:
         offered = digest(token)
-        # Set membership of a SHA-256 digest tells a timing observer nothing
-        # about the stored tokens.
-        if self._listener.listening and offered in self._valid.get((kind, name), ()):
+        # Looking up a SHA-256 digest tells a timing observer nothing about
+        # the stored tokens.
+        confirmed = self._valid.get((kind, name), {}).get(offered)
+        if (
+            confirmed is not None
+            and self._listener.listening
+            and self._clock.seconds() - confirmed < self._cache_seconds
+        ):
             return True
-        changes = self._changes
+        changes, asked = self._changes, self._clock.seconds()
         params: dict[str, Any] = {kind: name}
         try:
             rows = await self._database.fetch(statement, params)
@@ -97,6 +112,8 @@ class KnownTokens:
                 raise
             rows = await reader.fetch(statement, params)
         valid = _matches(offered, rows)
-        if valid and self._listener.listening and changes == self._changes:
-            self._valid.setdefault((kind, name), set()).add(offered)
+        if not valid:
+            self._valid.get((kind, name), {}).pop(offered, None)
+        elif self._listener.listening and changes == self._changes:
+            self._valid.setdefault((kind, name), {})[offered] = asked
         return valid

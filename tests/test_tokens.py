@@ -2,6 +2,8 @@
 check of a known token costs no statement, a revocation is heard at once,
 and a node that cannot hear remembers nothing."""
 
+import os
+import signal
 import time
 
 import pytest_twisted
@@ -9,7 +11,7 @@ import pytest_twisted
 from pgblobs import accounts
 from pgblobs.db.connector import SyncConnection
 from pgblobs.tokens import KnownTokens
-from tests.helpers import deferred_test, sleep, sql, statements_sent
+from tests.helpers import create_token, deferred_test, sleep, sql, statements_sent
 
 
 async def until(condition, seconds=5.0):
@@ -95,3 +97,80 @@ async def test_a_new_token_works_at_once_and_a_lost_listener_forgets_everything(
         await until(accepted)
     finally:
         connection.close()
+
+
+def listener_backend(dsn, seconds=10.0):
+    """The one PostgreSQL backend that LISTENs for token changes."""
+    deadline = time.monotonic() + seconds
+    while True:
+        rows = sql(dsn, "SELECT pid FROM pg_stat_activity WHERE query = 'LISTEN pgblobs_tokens'")
+        if len(rows) == 1:
+            return rows[0][0]
+        assert time.monotonic() < deadline, f"listening backends: {rows}"
+        time.sleep(0.05)
+
+
+def remembered(known, sent, user, token):
+    """A condition for ``until``: ``token`` is valid and checking it costs no
+    statement (``sent``: statements_sent of the tokens' database)."""
+
+    async def condition():
+        assert await known.user_token_is_valid(user, token)
+        before = len(sent)
+        assert await known.user_token_is_valid(user, token)
+        return len(sent) == before
+
+    return condition
+
+
+@deferred_test
+async def test_a_stuck_listener_is_noticed_and_a_revocation_still_counts(backend, dsn):
+    # Made before anyone listens, so no notification of its own races the test.
+    token = create_token(dsn, "alice")
+    known = KnownTokens(backend.database)
+    await known.start()
+    connection = SyncConnection.connect(dsn)
+    sent = statements_sent(backend)
+    try:
+        await until(remembered(known, sent, "alice", token))
+        listening = listener_backend(dsn)
+        # The listening connection's server stops answering, yet its socket
+        # stays open: nothing tells the node, but its own liveness check.
+        os.kill(listening, signal.SIGSTOP)
+        try:
+            accounts.revoke_tokens(connection, "alice")
+
+            async def refused():
+                return not await known.user_token_is_valid("alice", token)
+
+            await until(refused, seconds=20)
+            # Listening again (on a new connection), it remembers again.
+            renewed = accounts.create_token(connection, "alice")
+            await until(remembered(known, sent, "alice", renewed), seconds=20)
+        finally:
+            os.kill(listening, signal.SIGCONT)
+    finally:
+        connection.close()
+        known.stop()
+
+
+@deferred_test
+async def test_a_remembered_token_is_confirmed_again_after_token_cache_seconds(backend, dsn):
+    token = create_token(dsn, "alice")  # before anyone listens, as above
+    known = KnownTokens(backend.database, cache_seconds=0.5)
+    await known.start()
+    sent = statements_sent(backend)
+    try:
+        await until(remembered(known, sent, "alice", token))
+        asked = len(sent)
+
+        async def asked_again():
+            assert await known.user_token_is_valid("alice", token)
+            return len(sent) > asked
+
+        await until(asked_again)
+        assert sent[asked:] == ["token_digests"]
+        assert await known.user_token_is_valid("alice", token)
+        assert sent[asked:] == ["token_digests"]  # and remembered again
+    finally:
+        known.stop()

@@ -12,10 +12,19 @@ reconnected in the background (txpostgres' own pool never replaces one), a
 synchronous one is dropped and opened afresh on next use. Meanwhile callers
 get DatabaseUnavailable at once, as they do when more work waits for a
 connection than ``max_waiting`` allows.
+
+A link can also fall silent: the server stuck, or packets lost without a
+word. Every connection has TCP keepalives and ``tcp_user_timeout``, and
+every asynchronous statement a deadline (the statement timeout plus a
+margin): one the server has not answered by then fails as unavailable, and
+its connection is cut and reconnected, never reused while the statement may
+still be pending.
 """
 
 import contextlib
+import os
 import queue
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -46,6 +55,9 @@ _BUSY = {errorcodes.QUERY_CANCELED, errorcodes.TOO_MANY_CONNECTIONS}
 # still down waits this long in all for one that is back, in these steps.
 _RECOVERY_WAIT = 2.0
 _RECOVERY_STEP = 0.02
+# Seconds a reconnection attempt may take before it is cut and tried again:
+# libpq ignores connect_timeout on asynchronous connections.
+_CONNECT_DEADLINE = 10.0
 
 
 def connection_lost(error: BaseException) -> bool:
@@ -88,6 +100,63 @@ def with_statement_timeout(dsn: str, milliseconds: int) -> str:
     return make_dsn(dsn, options=f"{options} -c statement_timeout={milliseconds}".strip())
 
 
+def with_keepalives(dsn: str) -> str:
+    """``dsn`` whose connections notice a link that stopped carrying packets
+    within seconds (libpq ignores these on Unix-domain sockets)."""
+    return make_dsn(
+        dsn,
+        keepalives=1,
+        keepalives_idle=settings.KEEPALIVES_IDLE,
+        keepalives_interval=settings.KEEPALIVES_INTERVAL,
+        keepalives_count=settings.KEEPALIVES_COUNT,
+        tcp_user_timeout=settings.TCP_USER_TIMEOUT * 1000,
+    )
+
+
+class NoAnswer(Exception):
+    """The server did not answer within a deadline; the connection was cut."""
+
+
+def cut(connection: txpostgres.Connection) -> None:
+    """Hang up ``connection`` as a server that went away would: whatever is
+    pending on it fails through txpostgres' own path for a lost connection,
+    and its detector reconnects."""
+    raw = connection.pollable()
+    if raw is None or raw.closed:
+        return
+    try:
+        # Shutting the socket down (not closing it) lets the reactor see it
+        # end, so the cursor waiting on it is told and unregistered.
+        with socket.socket(fileno=os.dup(raw.fileno())) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        connection.close()  # not connected yet: nothing but the connect waits
+
+
+def within_deadline(
+    reactor: Any, seconds: float, connection: txpostgres.Connection, pending: Deferred[_T]
+) -> Deferred[_T]:
+    """``pending`` (an operation on ``connection``), or, when it has not
+    answered within ``seconds``, NoAnswer once ``connection`` is cut."""
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        cut(connection)
+
+    timer = reactor.callLater(seconds, expire)
+
+    def settled(result: Any) -> Any:
+        if timer.active():
+            timer.cancel()
+        if expired and isinstance(result, Failure):
+            raise NoAnswer(f"no answer from the database within {seconds:g}s") from result.value
+        return result
+
+    return pending.addBoth(settled)
+
+
 class Reconnector(reconnection.DeadConnectionDetector):
     """Reconnects one dead connection, backing off between attempts, and
     tells ``lost`` (if given) when it died and ``recovered`` when it is back;
@@ -124,7 +193,9 @@ class Reconnector(reconnection.DeadConnectionDetector):
                     pass  # hurried
                 self._nap = None
             try:
-                await self.reconnect()
+                await within_deadline(
+                    self.reactor, _CONNECT_DEADLINE, self.reconnectable, self.reconnect()
+                )
             except Exception:
                 delay = min(max(2 * delay, 0.1), 2.0)
                 continue
@@ -139,7 +210,14 @@ class Reconnector(reconnection.DeadConnectionDetector):
 
 class _ReconnectingPool(txpostgres.ConnectionPool):
     """A txpostgres pool whose connections come back after the server does,
-    and which hands out a live connection whenever it has one."""
+    and which hands out a live connection whenever it has one. Whatever it
+    sends fails with NoAnswer past ``deadline`` seconds without an answer
+    (None: waits as long as the server takes)."""
+
+    def __init__(self, reactor: Any, deadline: float | None, *connargs: Any, **connkw: Any) -> None:
+        self.reactor = reactor
+        self.deadline = deadline
+        super().__init__(None, *connargs, **connkw)
 
     def connectionFactory(self, reactor: Any, cooperator: Any) -> txpostgres.Connection:
         return txpostgres.Connection(
@@ -156,7 +234,7 @@ class _ReconnectingPool(txpostgres.ConnectionPool):
             if connection.detector.connectionIsDead:
                 connection.detector.hurry()
             elif connection in self.connections:
-                connection.runQuery(queries.SQL["ping"]).addErrback(lambda _: None)
+                self.ping(connection)
 
     def start(self) -> Deferred[Any]:
         self._everyone = list(self.connections)
@@ -171,13 +249,29 @@ class _ReconnectingPool(txpostgres.ConnectionPool):
         self.connections.remove(connection)
         return connection
 
+    def _within_deadline(
+        self, connection: txpostgres.Connection, pending: Deferred[_T]
+    ) -> Deferred[_T]:
+        if self.deadline is None:
+            return pending
+        return within_deadline(self.reactor, self.deadline, connection, pending)
+
+    def ping(self, connection: txpostgres.Connection) -> None:
+        """Touch ``connection``, so a dead one starts reconnecting; failures
+        are its detector's business."""
+        self._within_deadline(connection, connection.runQuery(queries.SQL["ping"])).addErrback(
+            lambda _: None
+        )
+
     def _runQuery(self, *args: Any, **kwargs: Any) -> Deferred[list[Row]]:
         connection = self._take()
-        return connection.runQuery(*args, **kwargs).addBoth(self._putBackAndPassthrough, connection)
+        return self._within_deadline(connection, connection.runQuery(*args, **kwargs)).addBoth(
+            self._putBackAndPassthrough, connection
+        )
 
     def _runOperation(self, *args: Any, **kwargs: Any) -> Deferred[None]:
         connection = self._take()
-        return connection.runOperation(*args, **kwargs).addBoth(
+        return self._within_deadline(connection, connection.runOperation(*args, **kwargs)).addBoth(
             self._putBackAndPassthrough, connection
         )
 
@@ -203,7 +297,7 @@ class SyncConnection:
 
     @classmethod
     def connect(cls, dsn: str) -> "SyncConnection":
-        return cls(psycopg2.connect(dsn, cursor_factory=NamedTupleCursor))
+        return cls(psycopg2.connect(with_keepalives(dsn), cursor_factory=NamedTupleCursor))
 
     @classmethod
     def connect_at_head(cls, dsn: str) -> "SyncConnection":
@@ -375,7 +469,7 @@ class Database:
         user_share: int,
     ) -> None:
         self.reactor = reactor
-        self.dsn = dsn  # with the statement timeout, for connections of its own
+        self.dsn = dsn  # with the statement timeout and keepalives, for connections of its own
         self._pool = pool
         self._threadpool = threadpool
         self._sync = _SyncConnections(
@@ -404,8 +498,16 @@ class Database:
     ) -> "Database":
         if reactor is None:
             from twisted.internet import reactor
-        dsn = with_statement_timeout(dsn, statement_timeout_ms)
-        pool = _ReconnectingPool(None, dsn, min=pool_size, cursor_factory=NamedTupleCursor)
+        dsn = with_keepalives(with_statement_timeout(dsn, statement_timeout_ms))
+        # statement_timeout 0 lets a statement run for ever: so may the wait for it.
+        deadline = (
+            statement_timeout_ms / 1000 + settings.STATEMENT_DEADLINE_MARGIN
+            if statement_timeout_ms > 0
+            else None
+        )
+        pool = _ReconnectingPool(
+            reactor, deadline, dsn, min=pool_size, cursor_factory=NamedTupleCursor
+        )
         try:
             await pool.start()
         except defer.FirstError as error:
@@ -443,6 +545,11 @@ class Database:
             while True:
                 try:
                     return await run(queries.SQL[name], params)
+                except NoAnswer as error:
+                    # Sent, maybe even done, but never answered: never sent
+                    # again, since waiting a second deadline helps nobody.
+                    self._lost()
+                    raise DatabaseUnavailable(f"{error}; try again shortly") from error
                 except reconnection.ConnectionDead as error:
                     # Refused before anything was sent, so any statement may
                     # go again: while another connection is back, wait for it
@@ -483,7 +590,7 @@ class Database:
     def _ping_idle_statements(self) -> None:
         for connection in list(self._pool.connections):
             if not connection.detector.connectionIsDead:
-                connection.runQuery(queries.SQL["ping"]).addErrback(lambda _: None)
+                self._pool.ping(connection)
 
     def fetch(self, name: str, params: dict[str, Any]) -> Deferred[list[Row]]:
         """Rows of a named statement, run on the txpostgres pool."""

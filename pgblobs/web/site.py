@@ -17,9 +17,10 @@ The services site, for the provider's own services on a local listener:
 
 from dataclasses import dataclass
 
+from twisted.internet import defer
 from twisted.web import server
 
-from pgblobs import __version__
+from pgblobs import __version__, settings
 from pgblobs.web.auth import Authenticator
 from pgblobs.web.blobs import UserBlobs
 from pgblobs.web.channel import BlobsChannel
@@ -72,21 +73,44 @@ class _About(Handler):
 
 
 class _Health(Handler):
+    """200 when ``check()`` succeeds within ``deadline`` seconds, else 503:
+    a load balancer hears of a silent database in seconds, whatever the
+    statement timeout."""
+
     isLeaf = True
     route = "health"
 
-    def __init__(self, check):
+    def __init__(self, check, deadline=settings.HEALTH_DEADLINE, clock=None):
         super().__init__()
+        if clock is None:
+            from twisted.internet import reactor as clock
         self._check = check
+        self._deadline = deadline
+        self._clock = clock
 
     @rendered
     async def render_GET(self, request):
         request.route = self.route
+        answer: defer.Deferred[object] = defer.Deferred()
+        # The check is left to finish (or fail) on its own: cancelling a
+        # statement would make txpostgres ask the server, which may be silent.
+        defer.maybeDeferred(self._check).chainDeferred(answer)
+        timer = self._clock.callLater(self._deadline, answer.cancel)
         try:
-            await self._check()
+            await answer
+        except defer.CancelledError:
+            send(
+                request,
+                503,
+                f"database unavailable: no answer within {self._deadline:g}s\n".encode(),
+            )
+            return
         except Exception as error:
             send(request, 503, f"database unavailable: {type(error).__name__}\n".encode())
             return
+        finally:
+            if timer.active():
+                timer.cancel()
         send(request, 200, b"ok\n")
 
 
