@@ -42,7 +42,8 @@ _BATCH = 500  # rows per statement
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-PART = ".part"
+_PART = ".part"
+_EMPTY = hashlib.sha256().digest()  # a marker's content
 
 
 @dataclass
@@ -62,7 +63,9 @@ class UnsafePath(OSError):
 def export_tree(connection, root, only_user=None):
     report = ExportReport()
     totals = connection.fetch_one("live_totals")
+    root = Path(root)
     os.makedirs(root, exist_ok=True)
+    # DIR itself is the operator's to choose, link or not; nothing below it is followed.
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         with progress(int(totals.bytes), "B", "exporting", unit_scale=True) as bar:
@@ -72,11 +75,11 @@ def export_tree(connection, root, only_user=None):
             ):
                 for row in rows:
                     relative = blob_path("", row.user_id, row.namespace, row.blob_id)
-                    path = Path(root, relative)
                     try:
-                        _export_one(connection, row, root_fd, Path(root), relative, report)
+                        _export_one(connection, row, root_fd, root, relative, report)
                     except (OSError, psycopg2.Error) as error:
-                        report.failed.append((path, str(error).strip().splitlines()[0]))
+                        reason = str(error).strip().splitlines()[0]
+                        report.failed.append((root / relative, reason))
                     if row.deleted_at is None:
                         bar.update(row.size)
                 after = rows[-1].id
@@ -123,7 +126,7 @@ def _export_live(connection, row, directory: "_Directory", report: ExportReport)
 
 def _export_tombstone(row, directory: "_Directory", report: ExportReport) -> None:
     marker, date = row.blob_id + DELETED, _ns(row.deleted_at)
-    if directory.holds(marker, 0, hashlib.sha256().digest(), date):
+    if directory.holds(marker, 0, _EMPTY, date):
         report.skipped += 1
     else:
         directory.write(marker, [], date)
@@ -187,7 +190,7 @@ class _Directory:
     def write(self, name: str, chunks: Iterable[bytes], date_ns: int | None = None) -> None:
         """``name`` made a file of ``chunks``: written to a new ``.part``,
         fsynced, renamed over ``name``, the directory fsynced."""
-        part = name + PART
+        part = name + _PART
         self.remove([part])  # left by an interrupted run, or a link planted there
         fd = os.open(part, _NEW_FILE, 0o666, dir_fd=self.fd)
         try:

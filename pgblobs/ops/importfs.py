@@ -15,10 +15,10 @@ back and imported again one blob at a time, so only the culprit is reported.
 
 Only regular files and real directories are read: a symbolic link is never
 followed (found with lstat while scanning, refused by O_NOFOLLOW when
-opened), FIFOs, devices and sockets are never opened for reading, and a file
-is read up to its size when opened and no further. Each of those fails with
-its reason: a blob left out must not pass for a clean run, since the old
-store is retired after one.
+opened), FIFOs, devices and sockets are never read, and a file is read up to
+its size when opened and no further (one that changed meanwhile, grown or
+shrunk, is a torn copy). Each of those fails with its reason: a blob left
+out must not pass for a clean run, since the old store is retired after one.
 
 Inside a batch's transaction the contents are written first (large ones
 into large objects), and only then the per-user lock of the batch's users is
@@ -164,7 +164,7 @@ class RegularFile:
             )
 
 
-def _subdirectories(directory: Path, report: "ImportReport", only: str | None = None):
+def _subdirectories(directory: Path, report: "ImportReport", only: str | None = None) -> list[Path]:
     """The real directories in ``directory`` (only the one named ``only``, if
     given), by name; links are reported, never followed."""
     found = []
