@@ -325,8 +325,9 @@ FROM unnest(%(users)s::text[], %(namespaces)s::text[], %(blob_ids)s::text[],
 
 -- name: export_batch (read)
 -- Up to %(batch)s blob rows (live and tombstones) after the row %(after)s, in row order, of
--- every user or only %(user)s, with their flags.
-SELECT b.id, b.user_id, b.namespace, b.blob_id, b.lo_oid, b.size, b.created_at, b.deleted_at,
+-- every user or only %(user)s, with their flags and the sha256 that tells a current export.
+SELECT b.id, b.user_id, b.namespace, b.blob_id, b.lo_oid, b.size, b.sha256, b.created_at,
+       b.deleted_at,
        ARRAY(SELECT f.flag FROM pgblobs.blob_flags AS f
              WHERE f.blob_row = b.id ORDER BY f.flag) AS flags
 FROM pgblobs.blobs AS b
