@@ -3,9 +3,9 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup postgresql lint test run soak bench drill clean
+.PHONY: setup postgresql strace lint test run soak bench drill clean
 
-setup: $(STAMP) postgresql
+setup: $(STAMP) postgresql strace
 
 # Reinstall whenever the dependency list changes.
 $(STAMP): pyproject.toml
@@ -21,6 +21,11 @@ postgresql:
 	else \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
 	fi
+
+# The export-fs test reads the system calls an export makes (fsync before rename).
+strace:
+	@command -v strace >/dev/null 2>&1 || \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q strace)
 
 # ruff (lint and format) and mypy, as configured in pyproject.toml; part of `make test`.
 LINTED := pgblobs tests bench migrations/env.py
