@@ -9,6 +9,7 @@ nodes may share.
 
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, TypeVar
 
 import psycopg2
@@ -106,14 +107,14 @@ class PostgresBlobsBackend:
         quota_bytes: int | None = settings.QUOTA_BYTES,
         reactor: Any = None,
         buffer_bytes: int = settings.BUFFER_BYTES,
-        replicas: list[Database] | None = None,
         replica_max_lag: float = settings.REPLICA_MAX_LAG,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.database = database
-        # Which database answers a read: replicas may, writes never go there.
-        self.reading = Replicas(reactor, database, replicas or [], replica_max_lag)
+        # Which database answers a read: replicas may (see ``reading.join``),
+        # writes never go there.
+        self.reading = Replicas(reactor, database, replica_max_lag)
         self._reactor = reactor
         self.quota_bytes = quota_bytes
         self._buffer_limit = buffer_bytes
@@ -146,25 +147,33 @@ class PostgresBlobsBackend:
         ``pool_size``; see Database.in_thread). Small bodies are gathered in
         memory up to ``buffer_bytes`` at once. Reads may be served by the
         streaming replicas at ``replica_dsns`` while they are at most
-        ``replica_max_lag`` seconds behind (db/replicas.py). Fails with
-        SchemaNotReady when the schema is missing or not at head.
+        ``replica_max_lag`` seconds behind (db/replicas.py); they are
+        connected in the background, so a replica that is down delays
+        nothing. Fails with SchemaNotReady when the schema is missing or not
+        at head.
         """
 
-        async def connecting() -> "PostgresBlobsBackend":
-            databases = [
-                await Database.connect(
-                    target,
-                    pool_size,
-                    reactor,
-                    max_waiting=max_waiting,
-                    statement_timeout_ms=int(statement_timeout * 1000),
-                    user_share=user_share,
-                )
-                for target in [dsn, *replica_dsns]
-            ]
-            return cls(
-                databases[0], quota_bytes, reactor, buffer_bytes, databases[1:], replica_max_lag
+        def connect_to(target: str) -> Awaitable[Database]:
+            return Database.connect(
+                target,
+                pool_size,
+                reactor,
+                max_waiting=max_waiting,
+                statement_timeout_ms=int(statement_timeout * 1000),
+                user_share=user_share,
             )
+
+        async def connecting() -> "PostgresBlobsBackend":
+            backend = cls(
+                await connect_to(dsn),
+                quota_bytes,
+                reactor,
+                buffer_bytes,
+                replica_max_lag=replica_max_lag,
+            )
+            for target in replica_dsns:
+                backend.reading.join(target, partial(connect_to, target))
+            return backend
 
         return defer.ensureDeferred(connecting())
 
