@@ -25,7 +25,13 @@ from pgblobs.db import largeobjects
 from pgblobs.db.batching import Coalescer
 from pgblobs.db.connector import Database, Row
 from pgblobs.db.replicas import Replicas
-from pgblobs.errors import BlobExists, BlobNotFound, QuotaExceeded, TransferStopped
+from pgblobs.errors import (
+    BlobExists,
+    BlobNotFound,
+    DatabaseUnavailable,
+    QuotaExceeded,
+    TransferStopped,
+)
 from pgblobs.interfaces import IBlobsBackend, deferred
 from pgblobs.names import ByteRange
 
@@ -192,18 +198,30 @@ class PostgresBlobsBackend:
         self,
         look_up: Callable[[Database, list[_Wanted]], Awaitable[dict[_Wanted, Row]]],
         wanted: list[_Wanted],
-    ) -> dict[_Wanted, tuple[Row, Database]]:
+    ) -> tuple[dict[_Wanted, tuple[Row, Database]], DatabaseUnavailable | None]:
         """What ``look_up(database, wanted)`` finds, with the database that
         found it: a replica's answers, and the primary's for whatever the
         replica lacks (it may not have replayed it yet), so an acknowledged
-        blob is never missing because a replica lags."""
+        blob is never missing because a replica lags. And why the primary
+        could not be asked, if it could not: that concerns only what was not
+        found (whether it exists is unknown); what the replica found stands."""
         reader = self.reading.reader()
-        found = {item: (row, reader) for item, row in (await look_up(reader, wanted)).items()}
+        found: dict[_Wanted, tuple[Row, Database]] = {}
+        if reader is not self.database:
+            try:
+                found = {
+                    item: (row, reader) for item, row in (await look_up(reader, wanted)).items()
+                }
+            except DatabaseUnavailable:
+                pass  # gone since its last check: the primary answers for all
         missing = [item for item in wanted if item not in found]
-        if missing and reader is not self.database:
-            again = await look_up(self.database, missing)
+        if missing:
+            try:
+                again = await look_up(self.database, missing)
+            except DatabaseUnavailable as error:
+                return found, error
             found.update({item: (row, self.database) for item, row in again.items()})
-        return found
+        return found, None
 
     async def _read_one(self, name: str, params: dict[str, Any]) -> Row:
         """``_one`` for a read, through ``_read_through``."""
@@ -212,9 +230,9 @@ class PostgresBlobsBackend:
             rows = await database.fetch(name, params)
             return {None: rows[0]} if rows else {}
 
-        found = await self._read_through(look_up, [None])
+        found, unavailable = await self._read_through(look_up, [None])
         if not found:
-            raise BlobNotFound("no such blob")
+            raise unavailable or BlobNotFound("no such blob")
         return found[None][0]
 
     @deferred
@@ -375,8 +393,8 @@ class PostgresBlobsBackend:
     async def _open_together(
         self, keys: list[names.BlobKey]
     ) -> list[tuple[Row, Database] | BaseException]:
-        found = await self._read_through(self._look_up, keys)
-        return [found.get(key, BlobNotFound("no such blob")) for key in keys]
+        found, unavailable = await self._read_through(self._look_up, keys)
+        return [found.get(key, unavailable or BlobNotFound("no such blob")) for key in keys]
 
     async def _look_up(
         self, database: Database, keys: list[names.BlobKey]
@@ -409,17 +427,16 @@ class PostgresBlobsBackend:
                     rows[row.blob_id] = row
             return rows
 
+        rows, unavailable = await self._read_through(look_up, sorted(set(ids)))
         found = {
             blob_id: OpenBlob(
                 params["user"], blob_id, row.size, row.tag, row.id, None, self, source
             )
-            for blob_id, (row, source) in (
-                await self._read_through(look_up, sorted(set(ids)))
-            ).items()
+            for blob_id, (row, source) in rows.items()
         }
         for blob_id in ids:
             if blob_id not in found:
-                raise BlobNotFound(f"no such blob: {blob_id}")
+                raise unavailable or BlobNotFound(f"no such blob: {blob_id}")
         return [found[blob_id] for blob_id in ids]
 
     @deferred

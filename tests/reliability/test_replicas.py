@@ -15,8 +15,12 @@ import signal
 import time
 
 import pytest
+import pytest_twisted
+from twisted.internet import defer
 
-from tests.helpers import pgblobs_cli, sql
+from pgblobs import PostgresBlobsBackend
+from pgblobs.errors import DatabaseUnavailable
+from tests.helpers import pgblobs_cli, sleep, sql, write
 from tests.processes import ServeProcess
 from tests.reliability.clients import Client, token_for
 
@@ -206,6 +210,52 @@ def test_with_the_primary_down_reads_go_on_within_the_bound_and_writes_answer_50
         assert node.process.poll() is None
     finally:
         node.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_the_primary_down_a_failed_fallback_fails_only_its_own_read(streaming):
+    """Reads of one reactor turn go as one batch; the one the replica lacks
+    cannot be asked of the primary, and only that one fails."""
+    primary, standby = streaming
+    backend = await PostgresBlobsBackend.connect(
+        primary.dsn, replica_dsns=[standby.dsn], replica_max_lag=MAX_LAG
+    )
+    try:
+        present = {name: os.urandom(100 + number) for number, name in enumerate("abcd")}
+        for blob_id, data in present.items():
+            await write(backend, "alice", blob_id, data)
+        wait_replayed(standby, "d")
+        deadline = time.monotonic() + 30
+        while backend.reading.reader() is backend.database:
+            assert time.monotonic() < deadline, "the replica never answered reads"
+            await sleep(0.05)
+        primary.stop()
+        down = time.monotonic()
+        wanted = ["a", "b", "missing", "c", "d"]
+        outcomes = await defer.DeferredList(
+            [backend.open_blob("alice", blob_id) for blob_id in wanted], consumeErrors=True
+        )
+        for blob_id, (succeeded, outcome) in zip(wanted, outcomes, strict=True):
+            if blob_id == "missing":
+                assert not succeeded and outcome.check(DatabaseUnavailable), outcome
+            else:
+                assert succeeded, f"{blob_id}: {outcome}"
+                assert outcome.content == present[blob_id]
+        # And past the bound the replica answers nothing more.
+        late = []
+        while time.monotonic() < down + MAX_LAG + 1:
+            sent = time.monotonic()
+            try:
+                await backend.open_blob("alice", "a")
+                answered = True
+            except DatabaseUnavailable:
+                answered = False
+            if sent >= down + MAX_LAG:
+                late.append(answered)
+            await sleep(0.05)
+        assert late and not any(late), "a replica answered past the bound"
+    finally:
+        await backend.close()
 
 
 def test_a_node_starts_without_its_replica_and_the_replica_joins_when_it_answers(streaming):
