@@ -156,13 +156,18 @@ SELECT (coalesce(sum(live_bytes), 0)::bigint + 1023) / 1024 AS kib FROM pgblobs.
 WHERE user_id = %(user)s;
 
 -- name: beat
--- The primary's heartbeat: the next value of its counter, which a replica has once it has
--- replayed every commit before this one (db/replicas.py).
-UPDATE pgblobs.heartbeat SET beat = beat + 1, beaten_at = now() RETURNING beat;
+-- The primary's heartbeat: the next value of its counter (from 1, making the one row if it is
+-- missing), which a replica has once it has replayed every commit before this one
+-- (db/replicas.py).
+INSERT INTO pgblobs.heartbeat AS h (beat, beaten_at) VALUES (1, now())
+ON CONFLICT (one) DO UPDATE SET beat = h.beat + 1, beaten_at = now()
+RETURNING beat;
 
 -- name: replica_state (read)
--- Is this server a replica (in recovery), and which heartbeat of the primary has it replayed?
-SELECT pg_is_in_recovery() AS in_recovery, (SELECT beat FROM pgblobs.heartbeat) AS beat;
+-- Is this server a replica (in recovery), and which heartbeat of the primary has it replayed
+-- (0: none)?
+SELECT pg_is_in_recovery() AS in_recovery,
+       coalesce((SELECT beat FROM pgblobs.heartbeat), 0) AS beat;
 
 -- name: ping (read)
 -- Is the database answering?

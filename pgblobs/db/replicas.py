@@ -77,7 +77,7 @@ class Heartbeat:
 
     def fresh_until(self, replayed: int) -> float:
         """Until when (time.monotonic()) a replica that has replayed the beat
-        ``replayed`` may answer reads; -inf when it has none of ours."""
+        ``replayed`` (0: none) may answer reads; -inf when it has none of ours."""
         for sent_at, value in reversed(self._sent):
             if value <= replayed:
                 return sent_at + self._max_lag
@@ -219,7 +219,7 @@ class Replicas:
             self._out(replica, f"it is more than {self._max_lag:g} s behind the primary")
 
     def _out(self, replica: _Replica, reason: str) -> None:
-        if replica.answering:
+        if replica.answering and not self._closed:
             replica.answering = False
             _log.warn(
                 "read replica {name} lost: {reason}; reads go elsewhere until it answers "
