@@ -101,7 +101,8 @@ class _Replica:
         self.connect = connect
         self.database: Database | None = None  # until it could be connected
         self.fresh_until = -math.inf  # time.monotonic() until which it may answer reads
-        self.answering = False  # as of its last check (the log tells each change)
+        # As of its last check, None before the first (the log tells each change).
+        self.answering: bool | None = None
         self.checking = False
         self.nap: Deferred[None] | None = None  # between attempts to connect
 
@@ -208,7 +209,10 @@ class Replicas:
             replica.checking = False
         if not row.in_recovery:
             replica.fresh_until = -math.inf
-            self._out(replica, "it is not in recovery, so not a replica of the primary")
+            not_a_replica = "it is not in recovery, so not a replica of the primary"
+            if replica.answering is None:  # misconfigured, most likely: say so at once
+                _log.warn("read replica {name}: {reason}", name=replica.name, reason=not_a_replica)
+            self._out(replica, not_a_replica)
             return
         replica.fresh_until = self._heartbeat.fresh_until(row.beat)
         if replica.fresh_until > time.monotonic():
@@ -219,8 +223,8 @@ class Replicas:
             self._out(replica, f"it is more than {self._max_lag:g} s behind the primary")
 
     def _out(self, replica: _Replica, reason: str) -> None:
-        if replica.answering and not self._closed:
-            replica.answering = False
+        was_answering, replica.answering = replica.answering, False
+        if was_answering and not self._closed:
             _log.warn(
                 "read replica {name} lost: {reason}; reads go elsewhere until it answers "
                 "and is close behind",

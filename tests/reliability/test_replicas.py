@@ -162,6 +162,47 @@ def test_a_replica_that_says_streaming_but_receives_nothing_leaves_reads_at_max_
         node.stop()
 
 
+def test_a_replica_that_hangs_leaves_reads_at_max_lag(streaming):
+    """Every session of the node on the replica stopped: its checks hang, and
+    its freshness expires without them."""
+    primary, standby = streaming
+    node, _ = node_with_replica(primary, standby)
+    client = Client(node.url, "alice", token_for(primary.dsn, "alice"), timeout=2)
+    try:
+        assert client.put("held", b"h" * 100)[0] == 200
+        wait_replayed(standby, "held")
+        wait_for_log(node, JOINED)
+        sessions = sql(
+            standby.dsn,
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' "
+            "AND datname = 'pgblobs' AND pid <> pg_backend_pid()",
+        )
+        with contextlib.ExitStack() as stack:
+            for (pid,) in sessions:
+                stack.enter_context(stopped(pid))
+            assert client.request("DELETE", "/blobs/alice/held")[0] == 200
+            deleted = time.monotonic()
+            # A read the replica took hangs (status 0: the client gave up);
+            # from the bound on, the primary answers.
+            answers = answers_until(lambda: client.get("held")[0], deleted + MAX_LAG + 1)
+            wait_for_log(node, "does not answer its check")
+        assert set(sent_after(answers, deleted + MAX_LAG)) == {404}
+    finally:
+        node.stop()
+
+
+def test_a_replica_dsn_that_is_no_replica_is_said_at_once_and_never_read(dsn):
+    node = ServeProcess("--dsn", dsn, "--replica-dsn", dsn)
+    client = Client(node.url, "alice", token_for(dsn, "alice"))
+    try:
+        wait_for_log(node, "not a replica")
+        assert client.put("plain", b"p")[0] == 200
+        assert client.get("plain")[:3:2] == (200, b"p")
+        assert not replica_log(node, JOINED)
+    finally:
+        node.stop()
+
+
 def test_with_the_primary_down_a_stale_replica_accepts_no_revoked_token(streaming):
     primary, standby = streaming
     lag = 2.0  # the default
