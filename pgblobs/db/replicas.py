@@ -41,7 +41,7 @@ from pgblobs.db.connector import Database
 
 CHECK_EVERY = 1.0  # at most, between heartbeats and between checks of a replica
 _SHORTEST_EVERY = 0.05
-# Between attempts to connect a replica that is not reachable: doubling, up to the second.
+# The first and the longest wait between attempts to connect a replica not reachable.
 _CONNECT_RETRY = (0.5, 5.0)
 _log = Logger()
 
