@@ -9,6 +9,7 @@ nodes may share.
 
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, TypeVar
 
 import psycopg2
@@ -130,15 +131,15 @@ class PostgresBlobsBackend:
         quota_bytes: int | None = settings.QUOTA_BYTES,
         reactor: Any = None,
         buffer_bytes: int = settings.BUFFER_BYTES,
-        replicas: list[Database] | None = None,
         replica_max_lag: float = settings.REPLICA_MAX_LAG,
         quota_blobs: int | None = settings.QUOTA_BLOBS,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.database = database
-        # Which database answers a read: replicas may, writes never go there.
-        self.reading = Replicas(reactor, database, replicas or [], replica_max_lag)
+        # Which database answers a read: replicas may (see ``reading.join``),
+        # writes never go there.
+        self.reading = Replicas(reactor, database, replica_max_lag)
         self._reactor = reactor
         self.quota_bytes = quota_bytes
         self.quota_blobs = quota_blobs
@@ -172,33 +173,36 @@ class PostgresBlobsBackend:
         ``user_share`` content transfers at once (default: half of
         ``pool_size``; see Database.in_thread). Small bodies are gathered in
         memory up to ``buffer_bytes`` at once, counted until their batch has
-        committed. Every user may keep ``quota_blobs`` live blobs. Reads may be served by the
-        streaming replicas at ``replica_dsns`` while they are at most
-        ``replica_max_lag`` seconds behind (db/replicas.py). Fails with
-        SchemaNotReady when the schema is missing or not at head.
+        committed. Every user may keep ``quota_blobs`` live blobs. Reads may
+        be served by the streaming replicas at ``replica_dsns`` while they are at most
+        ``replica_max_lag`` seconds behind (db/replicas.py); they are
+        connected in the background, so a replica that is down delays
+        nothing. Fails with SchemaNotReady when the schema is missing or not
+        at head.
         """
 
+        def connect_to(target: str) -> Awaitable[Database]:
+            return Database.connect(
+                target,
+                pool_size,
+                reactor,
+                max_waiting=max_waiting,
+                statement_timeout_ms=int(statement_timeout * 1000),
+                user_share=user_share,
+            )
+
         async def connecting() -> "PostgresBlobsBackend":
-            databases = [
-                await Database.connect(
-                    target,
-                    pool_size,
-                    reactor,
-                    max_waiting=max_waiting,
-                    statement_timeout_ms=int(statement_timeout * 1000),
-                    user_share=user_share,
-                )
-                for target in [dsn, *replica_dsns]
-            ]
-            return cls(
-                databases[0],
+            backend = cls(
+                await connect_to(dsn),
                 quota_bytes,
                 reactor,
                 buffer_bytes,
-                databases[1:],
-                replica_max_lag,
-                quota_blobs,
+                replica_max_lag=replica_max_lag,
+                quota_blobs=quota_blobs,
             )
+            for target in replica_dsns:
+                backend.reading.join(target, partial(connect_to, target))
+            return backend
 
         return defer.ensureDeferred(connecting())
 
@@ -227,18 +231,30 @@ class PostgresBlobsBackend:
         self,
         look_up: Callable[[Database, list[_Wanted]], Awaitable[dict[_Wanted, Row]]],
         wanted: list[_Wanted],
-    ) -> dict[_Wanted, tuple[Row, Database]]:
+    ) -> tuple[dict[_Wanted, tuple[Row, Database]], DatabaseUnavailable | None]:
         """What ``look_up(database, wanted)`` finds, with the database that
         found it: a replica's answers, and the primary's for whatever the
         replica lacks (it may not have replayed it yet), so an acknowledged
-        blob is never missing because a replica lags."""
+        blob is never missing because a replica lags. And why the primary
+        could not be asked, if it could not: that concerns only what was not
+        found (whether it exists is unknown); what the replica found stands."""
         reader = self.reading.reader()
-        found = {item: (row, reader) for item, row in (await look_up(reader, wanted)).items()}
+        found: dict[_Wanted, tuple[Row, Database]] = {}
+        if reader is not self.database:
+            try:
+                found = {
+                    item: (row, reader) for item, row in (await look_up(reader, wanted)).items()
+                }
+            except DatabaseUnavailable:
+                pass  # gone since its last check: the primary answers for all
         missing = [item for item in wanted if item not in found]
-        if missing and reader is not self.database:
-            again = await look_up(self.database, missing)
+        if missing:
+            try:
+                again = await look_up(self.database, missing)
+            except DatabaseUnavailable as error:
+                return found, error
             found.update({item: (row, self.database) for item, row in again.items()})
-        return found
+        return found, None
 
     async def _read_one(self, name: str, params: dict[str, Any]) -> Row:
         """``_one`` for a read, through ``_read_through``."""
@@ -247,9 +263,9 @@ class PostgresBlobsBackend:
             rows = await database.fetch(name, params)
             return {None: rows[0]} if rows else {}
 
-        found = await self._read_through(look_up, [None])
+        found, unavailable = await self._read_through(look_up, [None])
         if not found:
-            raise BlobNotFound("no such blob")
+            raise unavailable or BlobNotFound("no such blob")
         return found[None][0]
 
     @deferred
@@ -445,8 +461,8 @@ class PostgresBlobsBackend:
     async def _open_together(
         self, keys: list[names.BlobKey]
     ) -> list[tuple[Row, Database] | BaseException]:
-        found = await self._read_through(self._look_up, keys)
-        return [found.get(key, BlobNotFound("no such blob")) for key in keys]
+        found, unavailable = await self._read_through(self._look_up, keys)
+        return [found.get(key, unavailable or BlobNotFound("no such blob")) for key in keys]
 
     async def _look_up(
         self, database: Database, keys: list[names.BlobKey]
@@ -479,17 +495,16 @@ class PostgresBlobsBackend:
                     rows[row.blob_id] = row
             return rows
 
+        rows, unavailable = await self._read_through(look_up, sorted(set(ids)))
         found = {
             blob_id: OpenBlob(
                 params["user"], blob_id, row.size, row.tag, row.id, None, self, source
             )
-            for blob_id, (row, source) in (
-                await self._read_through(look_up, sorted(set(ids)))
-            ).items()
+            for blob_id, (row, source) in rows.items()
         }
         for blob_id in ids:
             if blob_id not in found:
-                raise BlobNotFound(f"no such blob: {blob_id}")
+                raise unavailable or BlobNotFound(f"no such blob: {blob_id}")
         return [found[blob_id] for blob_id in ids]
 
     @deferred

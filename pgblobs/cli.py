@@ -400,8 +400,10 @@ _SERVE_LIMITS: list[tuple[str, Callable[[str], Any], Any, str]] = [
      "processes serving the listening sockets, each with its own pool (one Python "
      "process uses one core); 'auto': one per core (default: %(default)s)"),
     ("--replica-max-lag", float, settings.REPLICA_MAX_LAG,
-     "seconds a replica may lag and still answer reads; a blob deleted on the primary may "
-     "be served by a replica for at most this plus a second (default: %(default)s)"),
+     "seconds a replica may lag and still answer reads, measured by a heartbeat the node "
+     "writes on the primary; a change on the primary (a delete, a revoked token) is seen by "
+     "every read that starts this long after it, even with the primary down "
+     "(default: %(default)s)"),
     ("--drain-seconds", float, settings.DRAIN_SECONDS,
      "on SIGTERM, how long requests in flight may take (default: %(default)s)"),
 ]  # fmt: skip

@@ -158,13 +158,19 @@ SELECT ARRAY(
 SELECT (coalesce(sum(live_bytes), 0)::bigint + 1023) / 1024 AS kib FROM pgblobs.usage
 WHERE user_id = %(user)s;
 
+-- name: beat
+-- The primary's heartbeat: the next value of its counter (from 1, making the one row if it is
+-- missing), which a replica has once it has replayed every commit before this one
+-- (db/replicas.py).
+INSERT INTO pgblobs.heartbeat AS h (beat, beaten_at) VALUES (1, now())
+ON CONFLICT (one) DO UPDATE SET beat = h.beat + 1, beaten_at = now()
+RETURNING beat;
+
 -- name: replica_state (read)
--- Is this server a replica, streaming from its primary, caught up with what it received,
--- and how old is the last transaction it replayed (seconds)?
+-- Is this server a replica (in recovery), and which heartbeat of the primary has it replayed
+-- (0: none)?
 SELECT pg_is_in_recovery() AS in_recovery,
-       EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming') AS streaming,
-       pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() AS caught_up,
-       extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 AS replay_age;
+       coalesce((SELECT beat FROM pgblobs.heartbeat), 0) AS beat;
 
 -- name: ping (read)
 -- Is the database answering?

@@ -1,5 +1,6 @@
 """Shared by the reliability tests: PostgreSQL servers in replication."""
 
+import contextlib
 import os
 import pwd
 import subprocess
@@ -29,15 +30,30 @@ def as_postgres(*command):
     return done
 
 
-@pytest.fixture
-def replicated(open_tmp):
-    """(primary, standby): LocalClusters, the standby streaming synchronously."""
-    primary = LocalCluster(open_tmp / "primary")
+@contextlib.contextmanager
+def _primary_and_standby(directory):
+    """(primary, standby): LocalClusters in ``directory``, the standby streaming
+    (asynchronously) from the migrated primary; both stopped on leaving."""
+    primary = LocalCluster(directory / "primary")
     primary.start()
-    standby = LocalCluster(open_tmp / "standby")
+    standby = LocalCluster(directory / "standby")
     try:
         schema.upgrade(primary.dsn)
         start_standby(primary, standby)
+        deadline = time.monotonic() + 10
+        while sql(primary.dsn, "SELECT state FROM pg_stat_replication") != [("streaming",)]:
+            assert time.monotonic() < deadline, "the standby never started streaming"
+            time.sleep(0.1)
+        yield primary, standby
+    finally:
+        standby.stop()
+        primary.stop()
+
+
+@pytest.fixture
+def replicated(open_tmp):
+    """(primary, standby): LocalClusters, the standby streaming synchronously."""
+    with _primary_and_standby(open_tmp) as (primary, standby):
         # Commits now wait until the standby has the WAL: an acknowledged
         # blob survives losing the primary.
         sql(
@@ -50,9 +66,14 @@ def replicated(open_tmp):
             assert time.monotonic() < deadline, "the standby never became synchronous"
             time.sleep(0.1)
         yield primary, standby
-    finally:
-        standby.stop()
-        primary.stop()
+
+
+@pytest.fixture
+def streaming(open_tmp):
+    """(primary, standby): LocalClusters, the standby streaming asynchronously,
+    so the primary commits while the standby (or the link to it) is stalled."""
+    with _primary_and_standby(open_tmp) as pair:
+        yield pair
 
 
 def base_backup(primary, target, *options):
