@@ -526,15 +526,10 @@ class PostgresBlobsBackend:
         deleted: bool = False,
         filter_flag: str | None = None,
     ) -> list[str]:
-        params = {"user": names.user_name(user), "namespace": names.namespace_name(namespace)}
+        name, params = _listing(user, namespace, deleted, filter_flag)
         newest_first = names.descending(order_by)
-        if filter_flag is not None:
-            params["flag"] = names.flag(filter_flag)
-            if deleted:
-                return []  # deleting a blob drops its flags
-            name = "list_flagged"
-        else:
-            name = "list_tombstones" if deleted else "list_live"
+        if name is None:
+            return []
         ids: list[str] = (await self.reading.reader().fetch(name, params))[0].blob_ids
         # Both orders come from one ascending index scan.
         if newest_first:
@@ -546,3 +541,60 @@ class PostgresBlobsBackend:
         params = {"user": names.user_name(user)}
         rows = await self.reading.reader().fetch("total_storage_kib", params)
         return int(rows[0].kib)
+
+    @deferred
+    async def list_blob_pages(
+        self,
+        user: str,
+        each_page: Callable[[list[str]], Deferred[None] | None],
+        namespace: str = "",
+        order_by: str | None = None,
+        deleted: bool = False,
+        filter_flag: str | None = None,
+        page_size: int = settings.LISTING_PAGE,
+    ) -> None:
+        """See IBlobsBackend.list_blob_pages: a statement per page, each an
+        index range scan that goes on from the key of the last row listed,
+        so a page costs the same however deep into the listing it is."""
+        listing, params = _listing(user, namespace, deleted, filter_flag)
+        newest_first = names.descending(order_by)
+        if listing is None:
+            return
+        name = _PAGE_STATEMENTS[listing][newest_first]
+        # Before the first row in the listing's order.
+        after: tuple[Any, int] = ("infinity", _LAST_ROW) if newest_first else ("-infinity", 0)
+        reader = self.reading.reader()  # one database for every page
+        while True:
+            page = (
+                await reader.fetch(
+                    name, dict(params, after_date=after[0], after_row=after[1], page_size=page_size)
+                )
+            )[0]
+            if page.blob_ids:
+                await defer.maybeDeferred(each_page, page.blob_ids)
+            if len(page.blob_ids) < page_size:
+                return
+            after = (page.last_date, page.last_row)
+
+
+# A listing's statement -> its page statements, (oldest first, newest first).
+_PAGE_STATEMENTS = {
+    "list_live": ("list_live_page", "list_live_page_desc"),
+    "list_tombstones": ("list_tombstones_page", "list_tombstones_page_desc"),
+    "list_flagged": ("list_flagged_page", "list_flagged_page_desc"),
+}
+_LAST_ROW = 2**63 - 1  # past any row id (bigint)
+
+
+def _listing(
+    user: str, namespace: str, deleted: bool, filter_flag: str | None
+) -> tuple[str | None, dict[str, str]]:
+    """The statement of a whole listing (None: no rows, by definition) and
+    the parameters that select its rows."""
+    params = {"user": names.user_name(user), "namespace": names.namespace_name(namespace)}
+    if filter_flag is None:
+        return ("list_tombstones" if deleted else "list_live"), params
+    params["flag"] = names.flag(filter_flag)
+    if deleted:
+        return None, params  # deleting a blob drops its flags
+    return "list_flagged", params
