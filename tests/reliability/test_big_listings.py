@@ -12,7 +12,7 @@ from tests.reliability.clients import Client, token_for
 
 pytestmark = pytest.mark.slow
 
-LISTED = 300_000
+LISTED = 500_000
 LISTINGS = 8
 
 SEED = """
@@ -54,19 +54,27 @@ def test_another_users_get_is_not_held_up_by_big_listings(dsn):
         listings = [threading.Thread(target=list_again_and_again) for _ in range(LISTINGS)]
         for listing in listings:
             listing.start()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while len(listed) < LISTINGS:  # the listings run, one after another, on every thread
             assert time.monotonic() < deadline, "the listings never got going"
             time.sleep(0.05)
-        gets = [timed(lambda: bob.get("small")) for _ in range(5)]
+        gets = []
+        while len(listed) < 3 * LISTINGS:  # bob asks all along, one GET after another
+            assert time.monotonic() < deadline, "the listings took too long"
+            gets.append(timed(lambda: bob.get("small")))
         assert all(answer[::2] == (200, b"1") for _, answer in gets)
-        among = statistics.median(seconds for seconds, _ in gets)
+        worst = max(seconds for seconds, _ in gets)
+        typical = statistics.median(seconds for seconds, _ in gets)
         done.set()
         for listing in listings:
             listing.join(120)
         assert set(listed) == {200}
-        print(f"one listing alone {one_listing:.3f} s; bob's GET among {LISTINGS}: {among:.3f} s")
-        assert among < one_listing
+        print(
+            f"one listing alone {one_listing:.3f} s; bob's {len(gets)} GETs among {LISTINGS}: "
+            f"p50 {typical:.3f} s, max {worst:.3f} s"
+        )
+        # Not one of them waited as long as it takes to list alone.
+        assert worst < one_listing
     finally:
         done.set()
         node.stop()
