@@ -7,6 +7,7 @@ in the process: every answer comes from the database, which several server
 nodes may share.
 """
 
+import functools
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -36,6 +37,8 @@ INLINE_LIMIT = 256 * 1024
 # Group-commit batches of small writes in flight at once; more writes wait
 # and fill the next batch (see db/batching.py).
 WRITES_IN_FLIGHT = 2
+# Page statements of listings running at once, all listings together.
+PAGES_IN_FLIGHT = 2
 
 
 def _give_up(pipes: list[transfer.UploadPipe]) -> None:
@@ -555,26 +558,45 @@ class PostgresBlobsBackend:
     ) -> None:
         """See IBlobsBackend.list_blob_pages: a statement per page, each an
         index range scan that goes on from the key of the last row listed,
-        so a page costs the same however deep into the listing it is."""
+        so a page costs the same however deep into the listing it is. The
+        next page is read while the consumer takes the last one."""
         listing, params = _listing(user, namespace, deleted, filter_flag)
         newest_first = names.descending(order_by)
         if listing is None:
             return
         name = _PAGE_STATEMENTS[listing][newest_first]
-        # Before the first row in the listing's order.
-        after: tuple[Any, int] = ("infinity", _LAST_ROW) if newest_first else ("-infinity", 0)
         reader = self.reading.reader()  # one database for every page
-        while True:
-            page = (
-                await reader.fetch(
+
+        async def read_page(after: tuple[Any, int]) -> Row:
+            # Listings take turns for a few connections: however many run,
+            # the rest of the pool stays free for everyone else's statements.
+            async with self._page_turns:
+                rows = await reader.fetch(
                     name, dict(params, after_date=after[0], after_row=after[1], page_size=page_size)
                 )
-            )[0]
-            if page.blob_ids:
-                await defer.maybeDeferred(each_page, page.blob_ids)
-            if len(page.blob_ids) < page_size:
+            return rows[0]
+
+        # Before the first row in the listing's order.
+        first = ("infinity", _LAST_ROW) if newest_first else ("-infinity", 0)
+        next_page = defer.ensureDeferred(read_page(first))
+        while True:
+            page = await next_page
+            more = len(page.blob_ids) == page_size
+            if more:
+                next_page = defer.ensureDeferred(read_page((page.last_date, page.last_row)))
+            try:
+                if page.blob_ids:
+                    await defer.maybeDeferred(each_page, page.blob_ids)
+            except BaseException:
+                if more:
+                    next_page.addErrback(lambda _: None)  # no longer wanted, whatever it does
+                raise
+            if not more:
                 return
-            after = (page.last_date, page.last_row)
+
+    @functools.cached_property
+    def _page_turns(self) -> defer.DeferredSemaphore:
+        return defer.DeferredSemaphore(PAGES_IN_FLIGHT)
 
 
 # A listing's statement -> its page statements, (oldest first, newest first).

@@ -112,7 +112,7 @@ async def test_blobs_sharing_a_date_are_paged_by_row(backend, dsn):
 
 @deferred_test
 async def test_the_next_page_waits_for_the_consumer(backend):
-    for i in range(3 * PAGE):
+    for i in range(4 * PAGE):
         await write(backend, "alice", f"w{i}", b"x")
     statements = statements_sent(backend)
 
@@ -128,17 +128,21 @@ async def test_the_next_page_waits_for_the_consumer(backend):
         return waiting[-1]
 
     listing = backend.list_blob_pages("alice", each_page, page_size=PAGE)
-    while not taken:  # a round trip at a time, until the first page is in
+    while len(pages_asked()) < 2:  # a round trip at a time: the first page, and the next
         await backend.database.ping()
-    assert len(taken) == 1 and pages_asked() == ["list_live_page"]  # held back
+    for _ in range(3):
+        await backend.database.ping()
+    # One page ahead at most: the second is read, not given, while the first is held.
+    assert len(taken) == 1 and pages_asked() == ["list_live_page"] * 2
     waiting[0].callback(None)
     while len(taken) < 2:
         await backend.database.ping()
-    assert len(pages_asked()) == 2
+    assert len(pages_asked()) == 3
     waiting[1].errback(RuntimeError("the client went away"))
     with pytest.raises(RuntimeError, match="went away"):
         await listing
-    assert len(taken) == 2 and len(pages_asked()) == 2  # a failed consumer ends the listing
+    # A failed consumer ends the listing: no page after the one read ahead.
+    assert len(taken) == 2 and len(pages_asked()) == 3
 
 
 @deferred_test
