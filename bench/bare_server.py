@@ -5,12 +5,13 @@ GET answers 10 KB from memory, PUT reads the body into memory and answers
 this is its own cost. Run: python -m bench.bare_server PORT
 """
 
+import os
 import sys
 
 from twisted.internet import reactor
 from twisted.web import resource, server
 
-BODY = b"x" * 10_000
+BODY = os.urandom(10_000)  # random, as every benchmark body (encrypted blobs)
 
 
 class Anything(resource.Resource):

@@ -7,6 +7,7 @@ in the process: every answer comes from the database, which several server
 nodes may share.
 """
 
+import functools
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -49,6 +50,8 @@ WRITES_IN_FLIGHT = 2
 BUSY_RETRY_FIRST = 0.005
 BUSY_RETRY_MOST = 0.2
 BUSY_PATIENCE = settings.STATEMENT_TIMEOUT
+# Page statements of listings running at once, all listings together.
+PAGES_IN_FLIGHT = 2
 
 
 def _give_up(pipes: list[transfer.UploadPipe]) -> None:
@@ -620,15 +623,10 @@ class PostgresBlobsBackend:
         deleted: bool = False,
         filter_flag: str | None = None,
     ) -> list[str]:
-        params = {"user": names.user_name(user), "namespace": names.namespace_name(namespace)}
+        name, params = _listing(user, namespace, deleted, filter_flag)
         newest_first = names.descending(order_by)
-        if filter_flag is not None:
-            params["flag"] = names.flag(filter_flag)
-            if deleted:
-                return []  # deleting a blob drops its flags
-            name = "list_flagged"
-        else:
-            name = "list_tombstones" if deleted else "list_live"
+        if name is None:
+            return []
         ids: list[str] = (await self.reading.reader().fetch(name, params))[0].blob_ids
         # Both orders come from one ascending index scan.
         if newest_first:
@@ -640,3 +638,79 @@ class PostgresBlobsBackend:
         params = {"user": names.user_name(user)}
         rows = await self.reading.reader().fetch("total_storage_kib", params)
         return int(rows[0].kib)
+
+    @deferred
+    async def list_blob_pages(
+        self,
+        user: str,
+        each_page: Callable[[list[str]], Deferred[None] | None],
+        namespace: str = "",
+        order_by: str | None = None,
+        deleted: bool = False,
+        filter_flag: str | None = None,
+        page_size: int = settings.LISTING_PAGE,
+    ) -> None:
+        """See IBlobsBackend.list_blob_pages: a statement per page, each an
+        index range scan that goes on from the key of the last row listed,
+        so a page costs the same however deep into the listing it is. The
+        next page is read while the consumer takes the last one."""
+        listing, params = _listing(user, namespace, deleted, filter_flag)
+        newest_first = names.descending(order_by)
+        if listing is None:
+            return
+        name = _PAGE_STATEMENTS[listing][newest_first]
+        reader = self.reading.reader()  # one database for every page
+
+        async def read_page(after: tuple[Any, int]) -> Row:
+            # Listings take turns for a few connections: however many run,
+            # the rest of the pool stays free for everyone else's statements.
+            async with self._page_turns:
+                rows = await reader.fetch(
+                    name, dict(params, after_date=after[0], after_row=after[1], page_size=page_size)
+                )
+            return rows[0]
+
+        # Before the first row in the listing's order.
+        first = ("infinity", _LAST_ROW) if newest_first else ("-infinity", 0)
+        next_page = defer.ensureDeferred(read_page(first))
+        while True:
+            page = await next_page
+            more = len(page.blob_ids) == page_size
+            if more:
+                next_page = defer.ensureDeferred(read_page((page.last_date, page.last_row)))
+            try:
+                if page.blob_ids:
+                    await defer.maybeDeferred(each_page, page.blob_ids)
+            except BaseException:
+                if more:
+                    next_page.addErrback(lambda _: None)  # no longer wanted, whatever it does
+                raise
+            if not more:
+                return
+
+    @functools.cached_property
+    def _page_turns(self) -> defer.DeferredSemaphore:
+        return defer.DeferredSemaphore(PAGES_IN_FLIGHT)
+
+
+# A listing's statement -> its page statements, (oldest first, newest first).
+_PAGE_STATEMENTS = {
+    "list_live": ("list_live_page", "list_live_page_desc"),
+    "list_tombstones": ("list_tombstones_page", "list_tombstones_page_desc"),
+    "list_flagged": ("list_flagged_page", "list_flagged_page_desc"),
+}
+_LAST_ROW = 2**63 - 1  # past any row id (bigint)
+
+
+def _listing(
+    user: str, namespace: str, deleted: bool, filter_flag: str | None
+) -> tuple[str | None, dict[str, str]]:
+    """The statement of a whole listing (None: no rows, by definition) and
+    the parameters that select its rows."""
+    params = {"user": names.user_name(user), "namespace": names.namespace_name(namespace)}
+    if filter_flag is None:
+        return ("list_tombstones" if deleted else "list_live"), params
+    params["flag"] = names.flag(filter_flag)
+    if deleted:
+        return None, params  # deleting a blob drops its flags
+    return "list_flagged", params

@@ -298,6 +298,8 @@ def _serve(args):
             max_stream_ids=args.max_stream_ids,
             idle_timeout=args.idle_timeout,
             header_timeout=args.header_timeout,
+            min_upload_rate=args.min_upload_rate,
+            upload_rate_window=args.upload_rate_window,
         ),
         drain_seconds=args.drain_seconds,
         token_cache_seconds=args.token_cache_seconds,
@@ -329,6 +331,13 @@ def _positive(text):
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_float(text):
+    value = float(text)
+    if not value > 0:  # NaN too
+        raise argparse.ArgumentTypeError("must be more than 0")
     return value
 
 
@@ -396,6 +405,13 @@ _SERVE_LIMITS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("--header-timeout", float, Limits.header_timeout,
      "seconds from accepting a connection (or ending a response) to the last header of "
      "its request (default: %(default)s)"),
+    ("--min-upload-rate", _non_negative, Limits.min_upload_rate,
+     "bytes per second a request body must keep up, over each --upload-rate-window, while "
+     "the server reads it; a slower one is cut with 408, so clients that trickle cannot "
+     "hold database connections; 0: no floor (default: %(default)s)"),
+    ("--upload-rate-window", _positive_float, Limits.upload_rate_window,
+     "seconds over which --min-upload-rate is measured; time the server itself keeps a "
+     "body waiting does not count (default: %(default)s)"),
     ("--workers", _worker_count, 1,
      "processes serving the listening sockets, each with its own pool (one Python "
      "process uses one core); 'auto': one per core (default: %(default)s)"),

@@ -17,6 +17,8 @@ from twisted.internet.interfaces import IConsumer
 from twisted.web.iweb import IBodyProducer
 from zope.interface import Interface
 
+from pgblobs import settings
+
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -79,6 +81,27 @@ class IBlobsBackend(Interface):
         Live blobs by default; with ``deleted`` true, only tombstones.
         ``order_by`` is ``date``/``+date`` (oldest first) or ``-date``;
         ``filter_flag`` keeps the blobs that carry that flag.
+        """
+
+    def list_blob_pages(
+        user: str,
+        each_page: Callable[[list[str]], Deferred[None] | None],
+        namespace: str = "",
+        order_by: str | None = None,
+        deleted: bool = False,
+        filter_flag: str | None = None,
+        page_size: int = settings.LISTING_PAGE,
+    ) -> Deferred[None]:
+        """``list_blobs`` a page at a time (pgblobs' addition), for listings
+        too long to build or encode at once.
+
+        Calls ``each_page(ids)`` with the same ids in the same order, at most
+        ``page_size`` at a time (not at all for an empty listing); when it
+        returns a Deferred, the next page waits for it, so a consumer that
+        cannot keep up holds the listing back. Fires after the last page;
+        fails as ``list_blobs`` does, or as ``each_page`` did. Each page is
+        read afresh: a blob live throughout is listed once, and one created
+        or deleted while the listing runs may or may not be in it.
         """
 
     def get_total_storage(user: str) -> Deferred[int]:

@@ -238,3 +238,18 @@ class MemoryBlobsBackend:
     @deferred
     async def get_total_storage(self, user: str) -> int:
         return (self._used(names.user_name(user)) + 1023) // 1024
+
+    @deferred
+    async def list_blob_pages(
+        self,
+        user: str,
+        each_page: Callable[[list[str]], Deferred[None] | None],
+        namespace: str = "",
+        order_by: str | None = None,
+        deleted: bool = False,
+        filter_flag: str | None = None,
+        page_size: int = settings.LISTING_PAGE,
+    ) -> None:
+        ids = await self.list_blobs(user, namespace, order_by, deleted, filter_flag)
+        for first in range(0, len(ids), page_size):
+            await defer.maybeDeferred(each_page, ids[first : first + page_size])

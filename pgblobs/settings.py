@@ -28,6 +28,9 @@ TOKEN_CACHE_SECONDS = 30.0
 BUFFER_BYTES = 64 * 1024 * 1024  # small upload bodies gathered in memory at once
 DATA_DIR = ".pgblobs"  # the embedded PostgreSQL and its development tokens
 DRAIN_SECONDS = 30.0  # on SIGTERM, how long requests in flight may take
+# Ids per page of a paged listing: one statement, and a few milliseconds of
+# the reactor, each.
+LISTING_PAGE = 10_000
 
 
 def dsn_from_environment() -> str | None:

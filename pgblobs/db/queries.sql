@@ -153,6 +153,81 @@ SELECT ARRAY(
     ORDER BY created_at, blob_row
 ) AS blob_ids;
 
+-- name: list_live_page (read)
+-- list_live a page at a time (list_blob_pages): the ids of at most %(page_size)s rows
+-- past the key (%(after_date)s, %(after_row)s) of the date index, in its order, and
+-- the key of the page's last row to go on from. One index range scan per page; the
+-- ids as one array, since one row parses far faster than a row per id.
+WITH page AS (
+    SELECT blob_id, created_at, id FROM pgblobs.blobs
+    WHERE user_id = %(user)s AND namespace = %(namespace)s AND deleted_at IS NULL
+      AND (created_at, id) > (%(after_date)s, %(after_row)s)
+    ORDER BY created_at, id LIMIT %(page_size)s
+)
+SELECT coalesce(array_agg(blob_id ORDER BY created_at, id), '{}') AS blob_ids,
+       max(created_at) AS last_date, (array_agg(id ORDER BY created_at DESC, id DESC))[1] AS last_row
+FROM page;
+
+-- name: list_live_page_desc (read)
+-- list_live_page newest first: the date index scanned backwards, before the key.
+WITH page AS (
+    SELECT blob_id, created_at, id FROM pgblobs.blobs
+    WHERE user_id = %(user)s AND namespace = %(namespace)s AND deleted_at IS NULL
+      AND (created_at, id) < (%(after_date)s, %(after_row)s)
+    ORDER BY created_at DESC, id DESC LIMIT %(page_size)s
+)
+SELECT coalesce(array_agg(blob_id ORDER BY created_at DESC, id DESC), '{}') AS blob_ids,
+       min(created_at) AS last_date, (array_agg(id ORDER BY created_at, id))[1] AS last_row
+FROM page;
+
+-- name: list_tombstones_page (read)
+-- list_tombstones a page at a time, as list_live_page.
+WITH page AS (
+    SELECT blob_id, created_at, id FROM pgblobs.blobs
+    WHERE user_id = %(user)s AND namespace = %(namespace)s AND deleted_at IS NOT NULL
+      AND (created_at, id) > (%(after_date)s, %(after_row)s)
+    ORDER BY created_at, id LIMIT %(page_size)s
+)
+SELECT coalesce(array_agg(blob_id ORDER BY created_at, id), '{}') AS blob_ids,
+       max(created_at) AS last_date, (array_agg(id ORDER BY created_at DESC, id DESC))[1] AS last_row
+FROM page;
+
+-- name: list_tombstones_page_desc (read)
+-- list_tombstones_page newest first, as list_live_page_desc.
+WITH page AS (
+    SELECT blob_id, created_at, id FROM pgblobs.blobs
+    WHERE user_id = %(user)s AND namespace = %(namespace)s AND deleted_at IS NOT NULL
+      AND (created_at, id) < (%(after_date)s, %(after_row)s)
+    ORDER BY created_at DESC, id DESC LIMIT %(page_size)s
+)
+SELECT coalesce(array_agg(blob_id ORDER BY created_at DESC, id DESC), '{}') AS blob_ids,
+       min(created_at) AS last_date, (array_agg(id ORDER BY created_at, id))[1] AS last_row
+FROM page;
+
+-- name: list_flagged_page (read)
+-- list_flagged a page at a time, as list_live_page (the key: the flag row's date and blob row).
+WITH page AS (
+    SELECT blob_id, created_at, blob_row AS id FROM pgblobs.blob_flags
+    WHERE user_id = %(user)s AND namespace = %(namespace)s AND flag = %(flag)s
+      AND (created_at, blob_row) > (%(after_date)s, %(after_row)s)
+    ORDER BY created_at, blob_row LIMIT %(page_size)s
+)
+SELECT coalesce(array_agg(blob_id ORDER BY created_at, id), '{}') AS blob_ids,
+       max(created_at) AS last_date, (array_agg(id ORDER BY created_at DESC, id DESC))[1] AS last_row
+FROM page;
+
+-- name: list_flagged_page_desc (read)
+-- list_flagged_page newest first, as list_live_page_desc.
+WITH page AS (
+    SELECT blob_id, created_at, blob_row AS id FROM pgblobs.blob_flags
+    WHERE user_id = %(user)s AND namespace = %(namespace)s AND flag = %(flag)s
+      AND (created_at, blob_row) < (%(after_date)s, %(after_row)s)
+    ORDER BY created_at DESC, blob_row DESC LIMIT %(page_size)s
+)
+SELECT coalesce(array_agg(blob_id ORDER BY created_at DESC, id DESC), '{}') AS blob_ids,
+       min(created_at) AS last_date, (array_agg(id ORDER BY created_at, id))[1] AS last_row
+FROM page;
+
 -- name: total_storage_kib (read)
 -- A user's live bytes across namespaces, in KiB rounded up.
 SELECT (coalesce(sum(live_bytes), 0)::bigint + 1023) / 1024 AS kib FROM pgblobs.usage

@@ -10,7 +10,7 @@ from pgblobs import names
 from pgblobs.errors import InvalidArgument, InvalidFlag
 from pgblobs.web import arguments
 from pgblobs.web.resources import Handler, Missing, rendered
-from pgblobs.web.responses import ExactBody, send, send_json
+from pgblobs.web.responses import ExactBody, JsonList, send, send_json
 from pgblobs.web.status import BodyTooLarge
 
 
@@ -47,14 +47,18 @@ class UserBlobs(Handler):
                 names.flag(filter_flag)
         except InvalidFlag as error:
             raise InvalidArgument(str(error)) from None
-        ids = await backend.list_blobs(
+        # Page by page: a listing of a million ids is never built, parsed
+        # or encoded at once on the reactor every request shares.
+        listing = JsonList(request)
+        await backend.list_blob_pages(
             user,
+            listing.add,
             namespace,
             order_by=arguments.text(request, "order_by"),
             deleted=arguments.boolean(request, "deleted"),
             filter_flag=filter_flag,
         )
-        send_json(request, ids)
+        listing.finish()
 
 
 class Blob(Handler):

@@ -55,6 +55,11 @@ class BlobsChannel(http.HTTPChannel):
             self.site.limits.header_timeout, partial(self._cut, "its headers took too long")
         )
 
+    def _cancel_header_deadline(self) -> None:
+        if self._header_deadline is not None and self._header_deadline.active():
+            self._header_deadline.cancel()
+        self._header_deadline = None
+
     @property
     def request_line(self) -> tuple[bytes, bytes, bytes]:
         """(method, path, version) of the request whose headers just arrived.
@@ -63,8 +68,7 @@ class BlobsChannel(http.HTTPChannel):
         return self._command, self._path, self._version
 
     def allHeadersReceived(self) -> None:
-        if self._header_deadline is not None and self._header_deadline.active():
-            self._header_deadline.cancel()
+        self._cancel_header_deadline()
         # From here the stall clock stands in for the idle timeout.
         self.setTimeout(None)
         super().allHeadersReceived()
@@ -86,8 +90,14 @@ class BlobsChannel(http.HTTPChannel):
         """The request cannot go on until the client does ``what``."""
         self._waiting_for.add(what)
         if self._stall_clock is None:
+            idle = self.site.limits.idle_timeout
             self._stall_clock = self.callLater(
-                self.site.limits.idle_timeout, partial(self._cut, f"it stalled ({what})")
+                idle,
+                partial(
+                    self._cut,
+                    f"it stalled ({what})",
+                    f"the request body stopped arriving for {idle:g} s",
+                ),
             )
 
     def client_progressed(self) -> None:
@@ -117,34 +127,34 @@ class BlobsChannel(http.HTTPChannel):
         super().resumeProducing()
         self.not_waiting_on_client("reading the response")
 
-    def _cut(self, why: str) -> None:
-        self._header_deadline = self._stall_clock = None
+    def cut_slow_body(self, reason: str) -> None:
+        """The body the request waits for comes too slowly (``reason``)."""
+        self._cut("its body came too slowly", reason)
+
+    def _cut(self, why: str, body_reason: str | None = None) -> None:
+        """Cut the connection for ``why``; a client whose body is awaited is
+        answered 408 with ``body_reason`` first, if it can still be told."""
+        self._cancel_header_deadline()
+        self._stop_stall_clock()
         if self.transport is None:
             return
         transport = cast(ITCPTransport, self.transport)
         _log.info("cutting {peer}: {why}", peer=transport.getPeer(), why=why)
         request = self.requests[-1] if self.requests else None
         if (
-            RequestBody.WAIT in self._waiting_for
+            body_reason is not None
+            and RequestBody.WAIT in self._waiting_for
             and request is not None
             and not request.startedWriting
         ):
             # The client still reads, so it can be told why (it then goes,
             # once the answer had a moment to reach it).
-            send_error(
-                request,
-                Failure(
-                    BodyStalled(
-                        f"the request body stopped arriving for {self.site.limits.idle_timeout:g} s"
-                    )
-                ),
-            )
+            send_error(request, Failure(BodyStalled(body_reason)))
             return
         transport.abortConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.site.open_channels.discard(self)
-        if self._header_deadline is not None and self._header_deadline.active():
-            self._header_deadline.cancel()
+        self._cancel_header_deadline()
         self._stop_stall_clock()
         super().connectionLost(reason)

@@ -18,7 +18,13 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IConsumer, IPushProducer, ITCPTransport
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    ITCPTransport,
+)
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
@@ -38,6 +44,60 @@ _PROCESS_TAG = secrets.token_hex(3)
 _REQUEST_NUMBERS = itertools.count()
 
 
+class RateFloor:
+    """The least pace of a body the server wants: ``min_bytes`` within every
+    ``window`` seconds of wanting it, else ``too_slow(reason)``.
+
+    The stall clock alone lets a client that sends a byte now and then hold
+    a database connection for ever. Only time while the body is wanted
+    counts: a window stops, without starting over, while the server pauses
+    the body (waiting for a connection, or for the database to take what it
+    has), so the client is never blamed for the server, and pauses cannot
+    be used to escape the floor either.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        min_bytes: int,
+        window: float,
+        too_slow: Callable[[str], None],
+    ) -> None:
+        self._clock = clock
+        self._min_bytes = min_bytes
+        self._window = window
+        self._too_slow = too_slow
+        self._counted = 0  # bytes in the current window
+        self._left = window  # wanted seconds left in the current window
+        self._since = 0.0  # when the window last ran on
+        self._judgement: IDelayedCall | None = None
+
+    def arrived(self, count: int) -> None:
+        self._counted += count
+
+    def wanted(self) -> None:
+        if self._judgement is None and self._min_bytes > 0:
+            self._since = self._clock.seconds()
+            self._judgement = self._clock.callLater(self._left, self._judge)
+
+    def not_wanted(self) -> None:
+        if self._judgement is not None:
+            self._left -= self._clock.seconds() - self._since
+            self._judgement.cancel()
+            self._judgement = None
+
+    def _judge(self) -> None:
+        self._judgement = None
+        if self._counted < self._min_bytes:
+            self._too_slow(
+                f"the request body arrived slower than {self._min_bytes / self._window:g} "
+                f"bytes/s ({self._counted} bytes in {self._window:g} s)"
+            )
+            return
+        self._counted, self._left = 0, self._window
+        self.wanted()
+
+
 @implementer(IBodyProducer)
 class RequestBody:
     """The body of one request, produced into one consumer.
@@ -45,6 +105,8 @@ class RequestBody:
     Bytes that arrive before a consumer is attached are held (the connection
     is paused meanwhile, so that is at most one network read). ``limit``
     bounds the bytes accepted; past it production fails with BodyTooLarge.
+    While its consumer wants bytes, they must keep coming: within the
+    channel's stall clock, and at the site's rate floor (``RateFloor``).
     """
 
     WAIT = "sending the body"  # what the channel's stall clock says the request waits for
@@ -65,6 +127,13 @@ class RequestBody:
         self._consumer: IConsumer | None = None
         self._done: defer.Deferred[None] = defer.Deferred()
         self._outcome: Failure | str | None = None  # None while bytes may still come
+        limits = channel.site.limits
+        self._floor = RateFloor(
+            channel.site.reactor,
+            int(limits.min_upload_rate * limits.upload_rate_window),
+            limits.upload_rate_window,
+            channel.cut_slow_body,
+        )
         self._transport.pauseProducing()
 
     # Fed by the request: bytes as they arrive, then the end (None: complete,
@@ -74,6 +143,7 @@ class RequestBody:
         if self._outcome is not None:
             return
         self.received += len(data)
+        self._floor.arrived(len(data))
         self._channel.client_progressed()
         if self.limit is not None and self.received > self.limit:
             self.end(Failure(BodyTooLarge(f"the body is larger than {self.limit} bytes")))
@@ -86,6 +156,7 @@ class RequestBody:
         if self._outcome is not None:
             return
         self._outcome = outcome or "complete"
+        self._floor.not_wanted()
         self._channel.not_waiting_on_client(self.WAIT)
         if self._consumer is not None:
             self._settle()
@@ -122,14 +193,17 @@ class RequestBody:
         return self._done
 
     # A consumer that pauses the body waits on the server (the database),
-    # not on the client: the stall clock runs only while bytes are wanted.
+    # not on the client: the stall clock and the rate floor run only while
+    # bytes are wanted.
 
     def pauseProducing(self):
+        self._floor.not_wanted()
         self._channel.not_waiting_on_client(self.WAIT)
         self._transport.pauseProducing()
 
     def resumeProducing(self):
         if self._outcome is None:
+            self._floor.wanted()
             self._channel.waiting_on_client(self.WAIT)
             self._transport.resumeProducing()
 

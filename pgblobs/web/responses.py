@@ -1,10 +1,15 @@
 """Writing responses: plain and JSON bodies, errors through the status table,
-and bodies that must have exactly the length they promised."""
+bodies that must have exactly the length they promised, and JSON lists sent
+as their pages come."""
 
 import json
 
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from pgblobs.errors import TransferStopped
 from pgblobs.web.status import (
     RETRY_AFTER_SECONDS,
     MethodNotAllowed,
@@ -112,3 +117,72 @@ class ExactBody:
         if (self._request.method == b"HEAD" or self.verified()) and not self._request.gone:
             self._start()
             self._request.finish()
+
+
+@implementer(IPushProducer)
+class JsonList:
+    """A JSON list of strings sent as its pages come (``add`` is the
+    ``each_page`` of IBlobsBackend.list_blob_pages), in the bytes
+    ``send_json`` gives the whole list.
+
+    A list of one page goes out as ``send_json`` sends it, with its
+    Content-Length. A longer one is never whole in memory: it goes out
+    chunked, page by page, and while the client is not reading, ``add``
+    returns a Deferred that holds the next page back.
+    """
+
+    def __init__(self, request):
+        self._request = request
+        self._first: list[str] | None = None  # held, until a second page comes
+        self._streaming = False
+        self._resumed: Deferred[None] | None = None  # while the client is not reading
+        self._stopped = False
+
+    def add(self, page: list[str]) -> Deferred[None] | None:
+        if self._stopped or self._request.gone:
+            raise TransferStopped("the client went away")
+        if not self._streaming:
+            if self._first is None:
+                self._first = page
+                return None
+            self._start()
+        self._request.write(b", " + _items(page))
+        return self._resumed
+
+    def _start(self) -> None:
+        self._streaming = True
+        self._request.setResponseCode(200)
+        self._request.setHeader(b"Content-Type", b"application/json")
+        self._request.registerProducer(self, True)
+        first, self._first = self._first or [], None
+        self._request.write(b"[" + _items(first))
+
+    def finish(self) -> None:
+        if not self._streaming:
+            send_json(self._request, self._first or [])
+        elif not self._request.gone:
+            self._request.write(b"]")
+            self._request.unregisterProducer()
+            self._request.finish()
+
+    # IPushProducer: the request pauses the list while the client does not read.
+
+    def pauseProducing(self) -> None:
+        if self._resumed is None:
+            self._resumed = Deferred()
+
+    def resumeProducing(self) -> None:
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None:
+            resumed.callback(None)
+
+    def stopProducing(self) -> None:
+        self._stopped = True
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None:
+            resumed.errback(TransferStopped("the client went away"))
+
+
+def _items(page: list[str]) -> bytes:
+    """The JSON of a list's items, without its brackets."""
+    return json.dumps(page)[1:-1].encode("utf-8")

@@ -42,6 +42,12 @@ class Limits:
     # requests, or, within one, not sending the body or not reading the answer.
     idle_timeout: float = 60.0
     header_timeout: float = 20.0  # seconds from accepting a connection to its last header
+    # The least pace of a body the server is reading (bytes/s, 0: none), over
+    # each window of that many seconds: below any real link (10 KiB in 10 s),
+    # yet a trickling client is cut within 10 s instead of holding a
+    # database connection for as long as it likes.
+    min_upload_rate: int = 1024
+    upload_rate_window: float = 10.0
 
     def __post_init__(self):
         if self.max_blob_bytes > MAX_STREAMED_SIZE:
@@ -120,8 +126,9 @@ class BlobsSite(server.Site):
     protocol = BlobsChannel  # type: ignore[assignment]
     requestFactory = StreamingRequest
 
-    def __init__(self, root, metrics, limits, access_log=False):
-        super().__init__(root, timeout=limits.idle_timeout)
+    def __init__(self, root, metrics, limits, access_log=False, reactor=None):
+        # ``reactor`` (default: the global one) drives every connection's clocks.
+        super().__init__(root, timeout=limits.idle_timeout, reactor=reactor)
         self.limits = limits
         self.access_log = access_log
         self.metrics = metrics

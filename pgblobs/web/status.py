@@ -33,7 +33,8 @@ class LengthRequired(RequestError):
 
 
 class BodyStalled(RequestError):
-    """The request body stopped arriving for longer than the idle timeout."""
+    """The request body stopped arriving for longer than the idle timeout, or
+    arrived slower than the rate floor."""
 
 
 class TooManyIds(RequestError):

@@ -168,6 +168,55 @@ def test_one_users_stalled_transfers_leave_room_for_everyone_else(users, serve):
             connection.close()
 
 
+def poll(condition, within, what):
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_trickled_uploads_are_cut_and_a_new_user_gets_through(dsn, serve):
+    # A byte every 4 s restarts the stall clock (10 s) every time: only the
+    # rate floor (default 1 KiB/s over 10 s) tells these bodies apart.
+    node = serve("--idle-timeout", "10", "--pool-size", "4")
+    alice, bob, carol = (
+        Client(node.url, name, token_for(dsn, name)) for name in ("alice", "bob", "carol")
+    )
+    trickles = [
+        stalled_put(node, who, f"slow-{i}", 2_000_000, 1) for who in (alice, bob) for i in range(2)
+    ]
+    done = threading.Event()
+
+    def trickle():
+        while not done.wait(4.0):
+            for connection in trickles:
+                try:
+                    connection.sendall(b"x")
+                except OSError:
+                    pass  # cut
+
+    threading.Thread(target=trickle, daemon=True).start()
+    try:
+        # Two users, two uploads each: every content connection (4) is theirs.
+        poll(lambda: open_transactions(dsn) == 4, 20, "the trickles never held the pool")
+        started = time.monotonic()
+        data = content(400_000, seed=3)
+        assert carol.put("mine", data)[0] == 200
+        assert carol.get("mine")[::2] == (200, data)
+        print(f"carol got through after {time.monotonic() - started:.1f} s")
+        for connection in trickles:
+            connection.settimeout(10)
+            answer = connection.recv(1000)
+            assert answer.startswith(b"HTTP/1.1 408 "), answer
+            assert b"slower than" in answer, answer
+        poll(lambda: open_transactions(dsn) == 0, 10, "a cut upload kept its transaction")
+        assert sql(dsn, "SELECT count(*) FROM pgblobs.blobs")[0][0] == 1
+    finally:
+        done.set()
+        for connection in trickles:
+            connection.close()
+
+
 def test_a_request_queued_for_a_connection_outlives_the_idle_timeout(users, serve):
     node = serve("--idle-timeout", "2", "--pool-size", "1")
     alice = Client(node.url, "alice", users["alice"])

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import treq
+from twisted.web.iweb import UNKNOWN_LENGTH
 
 from pgblobs import Flags
 from tests.helpers import (
@@ -136,6 +137,30 @@ async def test_listing_order_and_bad_arguments(server):
         response, body = await get(server, f"/blobs/alice/?{bad}")
         assert response.code == 400, bad
         assert body and b"Traceback" not in body
+
+
+@deferred_test
+async def test_a_listing_of_many_pages_is_the_same_json_sent_as_it_is_read(server, dsn):
+    sql(
+        dsn,
+        "INSERT INTO pgblobs.blobs (user_id, namespace, blob_id, lo_oid, size, tag, sha256,"
+        " created_at) SELECT 'alice', 'default', 'many-' || i, i, 0, 't', '\\x00',"
+        " now() - make_interval(secs => 30000 - i) FROM generate_series(1, 25000) AS i",
+    )
+    for query, newest_first in (("", False), ("?order_by=-date", True)):
+        response, body = await get(server, "/blobs/alice/" + query)
+        assert response.code == 200
+        expected = [f"many-{i}" for i in range(1, 25001)]
+        if newest_first:
+            expected.reverse()
+        assert body == json.dumps(expected).encode()  # byte for byte what it always was
+        assert response.headers.getRawHeaders(b"content-type") == [b"application/json"]
+        assert response.length == UNKNOWN_LENGTH  # streamed (chunked), page by page
+    response = await treq.head(server.url + "/blobs/alice/", headers=server.auth())
+    assert response.code == 200 and await response.content() == b""
+    # A listing of one page is answered whole, with its length, as before.
+    response, body = await get(server, "/blobs/alice/?namespace=small")
+    assert body == b"[]" and response.length == 2
 
 
 @pytest.mark.parametrize(
