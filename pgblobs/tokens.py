@@ -43,8 +43,9 @@ class KnownTokens:
 
     Tokens are read from the primary (``database``), so a revocation counts
     at once; only while the primary cannot be reached does ``fallback()``
-    (a replica, when there is one) answer, since nothing can be revoked
-    meanwhile.
+    (a replica, when there is one) answer, and only within
+    ``--replica-max-lag`` of the last heartbeat it replayed (db/replicas.py),
+    so a revocation made before the primary went down still counts.
     """
 
     def __init__(
