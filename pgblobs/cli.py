@@ -289,6 +289,8 @@ def _serve(args):
             max_stream_ids=args.max_stream_ids,
             idle_timeout=args.idle_timeout,
             header_timeout=args.header_timeout,
+            max_connections=args.max_connections,
+            max_services_connections=args.max_services_connections,
         ),
         drain_seconds=args.drain_seconds,
         workers=args.workers,
@@ -370,6 +372,14 @@ _SERVE_LIMITS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("--header-timeout", float, Limits.header_timeout,
      "seconds from accepting a connection (or ending a response) to the last header of "
      "its request (default: %(default)s)"),
+    ("--max-connections", _positive, settings.max_connections(),
+     "client connections each process (each worker) keeps open on the public listeners; "
+     "past it a new connection is answered 503 with Retry-After and closed, and those "
+     "connected are served as before (default: the descriptor limit, ulimit -n, less "
+     f"{settings.DESCRIPTOR_RESERVE} for database connections and files: %(default)s here)"),
+    ("--max-services-connections", _positive, settings.MAX_SERVICES_CONNECTIONS,
+     "the same for the services listeners, counted apart so that a flood of the public "
+     "listener never refuses an MX (default: %(default)s)"),
     ("--workers", _worker_count, 1,
      "processes serving the listening sockets, each with its own pool (one Python "
      "process uses one core); 'auto': one per core (default: %(default)s)"),

@@ -15,16 +15,17 @@ The services site, for the provider's own services on a local listener:
     /incoming/{user}/{blob_id} mail from an MX, web/incoming.py
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from twisted.web import server
 
-from pgblobs import __version__
+from pgblobs import __version__, settings
 from pgblobs.web.auth import Authenticator
 from pgblobs.web.blobs import UserBlobs
 from pgblobs.web.channel import BlobsChannel
 from pgblobs.web.incoming import UserIncoming
 from pgblobs.web.metrics import SiteMetrics
+from pgblobs.web.refusal import Refusals
 from pgblobs.web.request import StreamingRequest
 from pgblobs.web.resources import Handler, Missing, Users, rendered
 from pgblobs.web.responses import send, send_json
@@ -41,6 +42,10 @@ class Limits:
     # requests, or, within one, not sending the body or not reading the answer.
     idle_timeout: float = 60.0
     header_timeout: float = 20.0  # seconds from accepting a connection to its last header
+    # Client connections open at once on the public listeners of one process
+    # (each worker has its own), and on its services listeners apart.
+    max_connections: int = field(default_factory=settings.max_connections)
+    max_services_connections: int = settings.MAX_SERVICES_CONNECTIONS
 
     def __post_init__(self):
         if self.max_blob_bytes > MAX_STREAMED_SIZE:
@@ -96,13 +101,23 @@ class BlobsSite(server.Site):
     protocol = BlobsChannel  # type: ignore[assignment]
     requestFactory = StreamingRequest
 
-    def __init__(self, root, metrics, limits, access_log=False):
+    def __init__(self, root, metrics, limits, max_connections, access_log=False):
         super().__init__(root, timeout=limits.idle_timeout)
         self.limits = limits
         self.access_log = access_log
         self.metrics = metrics
         self.in_flight = set()
         self.open_channels = set()  # kept by BlobsChannel
+        self.max_connections = max_connections
+        self._refusals = Refusals()
+
+    def buildProtocol(self, addr):
+        # Counted here rather than in the channel, so that a refused
+        # connection never becomes one; a channel joins open_channels as
+        # soon as it is built.
+        if len(self.open_channels) >= self.max_connections:
+            return self._refusals.refuse(len(self.open_channels))
+        return super().buildProtocol(addr)
 
     def track(self, request):
         """Count ``request`` as in flight until it is finished or abandoned."""
@@ -133,7 +148,7 @@ def build_site(backend, token_is_valid, health, limits=Limits(), pool_usage=None
     root.putChild(b"stream", Users(context, UserStream))
     root.putChild(b"health", _Health(health))
     root.putChild(b"metrics", metrics.resource())
-    return BlobsSite(root, metrics, limits, access_log)
+    return BlobsSite(root, metrics, limits, limits.max_connections, access_log)
 
 
 def build_services_site(
@@ -147,7 +162,9 @@ def build_services_site(
     root = _ServicesRoot()
     root.putChild(b"incoming", Users(context, UserIncoming))
     root.putChild(b"health", _Health(health))
-    return BlobsSite(root, metrics or SiteMetrics(), limits, access_log)
+    return BlobsSite(
+        root, metrics or SiteMetrics(), limits, limits.max_services_connections, access_log
+    )
 
 
 class _ServicesRoot(Handler):
