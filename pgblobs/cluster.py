@@ -93,18 +93,19 @@ class LocalCluster:
     """A PostgreSQL cluster living in one directory and listening only on a
     Unix socket inside it: the zero-set-up database of ``pgblobs serve``.
 
-    Its server stops (a fast shutdown) when the thread that called ``start``
-    ends, even killed: the kernel sends SIGINT on the death of that thread
-    (PR_SET_PDEATHSIG, set by ``setpriv``), so a ``pgblobs serve`` killed
-    with SIGKILL leaves no postgres behind. Call ``start`` from a thread that
-    lives as long as the cluster should: the main thread.
+    ``stop_with_starter``: the server stops (a fast shutdown) when the thread
+    that called ``start`` ends, even killed: the kernel sends SIGINT on the
+    death of that thread (PR_SET_PDEATHSIG, set by ``setpriv``), so a
+    ``pgblobs serve`` killed with SIGKILL leaves no postgres behind. Only for
+    a ``start`` from a thread that lives as long as the cluster should.
     """
 
     DATABASE = "pgblobs"
     PORT = 5432  # only names the socket file; no TCP port is opened
 
-    def __init__(self, directory):
+    def __init__(self, directory, stop_with_starter=False):
         self.directory = Path(directory).resolve()
+        self._stop_with_starter = stop_with_starter
         self.data = self.directory / "data"
         self.socket_dir = self.directory / "run"
         self.log_path = self.directory / "postgresql.log"
@@ -131,7 +132,7 @@ class LocalCluster:
             # postgres first; pgblobs stops it after draining its requests.
             self._process = subprocess.Popen(
                 [
-                    *_STOPS_WITH_PARENT,
+                    *(_STOPS_WITH_PARENT if self._stop_with_starter else []),
                     programs["postgres"],
                     "-D",
                     str(self.data),

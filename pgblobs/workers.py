@@ -122,7 +122,7 @@ class Supervisor:
         self._count = count
         self._workers: dict[int, _Worker] = {}
         self._stopping = False
-        self._watch = task.LoopingCall(self._kill_the_silent)
+        self._watch = task.LoopingCall.withCount(self._kill_the_silent)
         self._watch.clock = reactor
         self.ready: Deferred[None] = Deferred()
 
@@ -151,8 +151,14 @@ class Supervisor:
         )
         self._workers[number] = worker
 
-    def _kill_the_silent(self) -> None:
+    def _kill_the_silent(self, rounds: int) -> None:
         now = self.now()
+        if rounds > 1:
+            # Rounds were missed: this process was stopped or busy, and the
+            # beats are still unread in the pipes. The silence is its own.
+            for worker in self._workers.values():
+                worker.last_beat = now
+            return
         for worker in self._workers.values():
             silent = worker.silence(now)
             if silent is None:

@@ -7,6 +7,7 @@ import signal
 import time
 from pathlib import Path
 
+from pgblobs.workers import SILENCE_LIMIT
 from tests.processes import ServeProcess
 from tests.test_serve import workers_of
 
@@ -107,3 +108,25 @@ def test_nothing_outlives_a_killed_supervisor(open_tmp):
         for pid in left:
             if not is_gone(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_paused_supervisor_does_not_blame_its_workers(migrated_dsn):
+    server = ServeProcess("--dsn", migrated_dsn, "--workers", "2")
+    first, second = workers_of(server)
+    try:
+        os.kill(server.process.pid, signal.SIGSTOP)
+        time.sleep(SILENCE_LIMIT + 3)  # the pause itself, longer than a worker may be silent
+        os.kill(server.process.pid, signal.SIGCONT)
+        # Its watch runs again, and a worker stopped now is the only one killed.
+        os.kill(first, signal.SIGSTOP)
+        deadline = time.monotonic() + 60
+        while not is_gone(first):
+            assert time.monotonic() < deadline, "the stopped worker was not killed"
+            time.sleep(0.1)
+        assert second in workers_of(server)
+        assert "".join(server.errors).count("no heartbeat") == 1, server.errors
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+        if not is_gone(first):
+            os.kill(first, signal.SIGKILL)
+        assert server.stop() == 0
