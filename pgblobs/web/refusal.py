@@ -12,7 +12,7 @@ from twisted.logger import Logger
 
 _log = Logger()
 _REASON = b"too many connections to this node; try again later\n"
-ANSWER = (
+_ANSWER = (
     b"HTTP/1.1 503 Service Unavailable\r\n"
     b"Content-Type: text/plain; charset=utf-8\r\n"
     b"Content-Length: " + str(len(_REASON)).encode() + b"\r\n"
@@ -26,7 +26,7 @@ _LOG_EVERY = 10.0
 class Refused(protocol.Protocol):
     def connectionMade(self) -> None:
         assert self.transport is not None  # set by makeConnection
-        self.transport.write(ANSWER)
+        self.transport.write(_ANSWER)
         self.transport.loseConnection()
 
 
