@@ -43,11 +43,9 @@ def open_descriptors(pid):
     return len(list(Path(f"/proc/{pid}/fd").iterdir()))
 
 
-def test_a_flood_of_connections_is_refused_and_connected_clients_are_served(migrated_dsn):
-    token = token_for(migrated_dsn, "alice")
-    server = ServeProcess(
-        "--dsn", migrated_dsn, "--max-connections", "768", "--header-timeout", "120"
-    )
+def test_a_flood_of_connections_is_refused_and_connected_clients_are_served(dsn):
+    token = token_for(dsn, "alice")
+    server = ServeProcess("--dsn", dsn, "--max-connections", "768", "--header-timeout", "120")
     # The descriptor limit of the node, set on the running server.
     subprocess.run(["prlimit", f"--pid={server.process.pid}", "--nofile=1024:1024"], check=True)
     flooding = []
