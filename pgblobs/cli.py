@@ -300,6 +300,8 @@ def _serve(args):
             header_timeout=args.header_timeout,
             min_upload_rate=args.min_upload_rate,
             upload_rate_window=args.upload_rate_window,
+            max_connections=args.max_connections,
+            max_services_connections=args.max_services_connections,
         ),
         drain_seconds=args.drain_seconds,
         token_cache_seconds=args.token_cache_seconds,
@@ -412,6 +414,14 @@ _SERVE_LIMITS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("--upload-rate-window", _positive_float, Limits.upload_rate_window,
      "seconds over which --min-upload-rate is measured; time the server itself keeps a "
      "body waiting does not count (default: %(default)s)"),
+    ("--max-connections", _positive, settings.max_connections(),
+     "client connections each process (each worker) keeps open on the public listeners; "
+     "past it a new connection is answered 503 with Retry-After and closed, and those "
+     "connected are served as before (default: the descriptor limit, ulimit -n, less "
+     f"{settings.DESCRIPTOR_RESERVE} for database connections and files: %(default)s here)"),
+    ("--max-services-connections", _positive, settings.MAX_SERVICES_CONNECTIONS,
+     "the same for the services listeners, counted apart so that a flood of the public "
+     "listener never refuses an MX (default: %(default)s)"),
     ("--workers", _worker_count, 1,
      "processes serving the listening sockets, each with its own pool (one Python "
      "process uses one core); 'auto': one per core (default: %(default)s)"),

@@ -5,7 +5,9 @@ and these machines), each program is reached through a tiny wrapper that
 hands the cluster's directory to the ``postgres`` account and then becomes
 that account with ``setpriv``. setpriv execs in place, so the wrapper's pid
 *is* the server's pid and a SIGINT sent to it reaches postgres (``runuser``
-and ``su`` stay in between and swallow it, orphaning the server).
+and ``su`` stay in between and swallow it, orphaning the server). The change
+of account clears a parent-death signal, so the wrapper restores it
+(``--pdeathsig keep``): ``LocalCluster`` sets one.
 
 The test harness hands these programs to testing.postgresql; ``LocalCluster``
 uses them for the embedded database of ``pgblobs serve``.
@@ -33,7 +35,7 @@ for argument in "$@"; do
     previous="$argument"
 done
 [ -n "$data" ] && chown -R {account}: "$(dirname "$data")"
-exec setpriv --reuid={account} --regid={account} --init-groups -- {program} "$@"
+exec setpriv --reuid={account} --regid={account} --init-groups --pdeathsig keep -- {program} "$@"
 """
 
 
@@ -79,19 +81,31 @@ def server_programs(workdir):
     return wrapped
 
 
+# setpriv (util-linux >= 2.33) execs in place, the server's pid unchanged.
+_STOPS_WITH_PARENT = ["setpriv", f"--pdeathsig={signal.SIGINT.name}", "--"]
+
+
 class ClusterFailed(RuntimeError):
     """The local PostgreSQL could not be initialised or started."""
 
 
 class LocalCluster:
     """A PostgreSQL cluster living in one directory and listening only on a
-    Unix socket inside it: the zero-set-up database of ``pgblobs serve``."""
+    Unix socket inside it: the zero-set-up database of ``pgblobs serve``.
+
+    ``stop_with_starter``: the server stops (a fast shutdown) when the thread
+    that called ``start`` ends, even killed: the kernel sends SIGINT on the
+    death of that thread (PR_SET_PDEATHSIG, set by ``setpriv``), so a
+    ``pgblobs serve`` killed with SIGKILL leaves no postgres behind. Only for
+    a ``start`` from a thread that lives as long as the cluster should.
+    """
 
     DATABASE = "pgblobs"
     PORT = 5432  # only names the socket file; no TCP port is opened
 
-    def __init__(self, directory):
+    def __init__(self, directory, stop_with_starter=False):
         self.directory = Path(directory).resolve()
+        self._stop_with_starter = stop_with_starter
         self.data = self.directory / "data"
         self.socket_dir = self.directory / "run"
         self.log_path = self.directory / "postgresql.log"
@@ -118,6 +132,7 @@ class LocalCluster:
             # postgres first; pgblobs stops it after draining its requests.
             self._process = subprocess.Popen(
                 [
+                    *(_STOPS_WITH_PARENT if self._stop_with_starter else []),
                     programs["postgres"],
                     "-D",
                     str(self.data),

@@ -185,7 +185,8 @@ async def run(reactor, options, inherited=None):
     cluster = None
     dsn = options.dsn
     if not dsn:
-        cluster = LocalCluster(options.data_dir)
+        # Started from the main thread: it stops when this process ends, however.
+        cluster = LocalCluster(options.data_dir, stop_with_starter=True)
         print(f"starting the embedded PostgreSQL in {cluster.directory}", flush=True)
         cluster.start()
         reactor.addSystemEventTrigger("after", "shutdown", cluster.stop)

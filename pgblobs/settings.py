@@ -5,6 +5,7 @@ the HTTP limits are ``web.site.Limits``, whose field defaults are theirs.
 """
 
 import os
+import resource
 
 DSN_VARIABLE = "PGBLOBS_DSN"
 QUOTA_BYTES = 200 * 1024 * 1024  # each user's, unless overridden
@@ -45,3 +46,17 @@ def user_share(pool_size: int) -> int:
 
 # Seconds a read replica may lag behind the primary and still answer reads.
 REPLICA_MAX_LAG = 2.0
+
+# Descriptors a process keeps for all but client connections: its database
+# connections, files, pipes and the services listener's connections.
+DESCRIPTOR_RESERVE = 256
+MAX_SERVICES_CONNECTIONS = 64  # per process, on the services listeners
+
+
+def max_connections() -> int:
+    """The default cap on a process's public client connections: its
+    descriptor limit (``ulimit -n``) less DESCRIPTOR_RESERVE, e.g. 768 of 1024."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 2**20
+    return max(16, soft - DESCRIPTOR_RESERVE)

@@ -8,8 +8,17 @@ worker is a whole ``serve`` (its own pool, drain and logging); its standard
 output is relayed line by line. A worker that dies is started again. On
 SIGINT or SIGTERM the supervisor passes SIGTERM on, waits until every
 worker has drained and exited, and only then stops the database.
+
+Liveness, both ways. Each worker's reactor writes a byte on a pipe of its
+own every second (the heartbeat); a worker silent for 5 seconds (30 before
+its first beat, while Python starts) is stopped, blocked or looping, and the
+supervisor kills it (SIGKILL) and starts another, whose clients reconnect. A
+worker whose supervisor is gone drains and exits as on SIGTERM: the kernel
+sends it SIGTERM when the supervisor dies (PR_SET_PDEATHSIG, Linux), and
+elsewhere its next beat finds the pipe closed.
 """
 
+import ctypes
 import json
 import os
 import signal
@@ -18,7 +27,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, task
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
@@ -27,6 +36,12 @@ _RESTART_DELAY = 1.0
 # Past the drain, how long a worker may take to exit before it is killed.
 _EXIT_GRACE = 10.0
 READY = "pgblobs is serving"  # the line a serve prints once it accepts requests
+HEARTBEAT_EVERY = 1.0  # seconds between a worker's beats
+# Seconds of silence after which a worker is killed: once it has beaten, and
+# from its start (Python and its imports may take a while on a busy machine).
+SILENCE_LIMIT = 5.0
+FIRST_BEAT_LIMIT = 30.0
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def _family(port: Any) -> int:
@@ -46,12 +61,27 @@ def inherited(ports: dict[str, list[Any]]) -> dict[str, list[tuple[int, int]]]:
 
 
 class _Worker(protocol.ProcessProtocol):
-    def __init__(self, supervisor: "Supervisor", number: int) -> None:
+    def __init__(self, supervisor: "Supervisor", number: int, started: float) -> None:
         self._supervisor = supervisor
         self.number = number
         self.ready = False
         self.ended: Deferred[None] = Deferred()
         self._partial = b""
+        self.last_beat = started
+        self.has_beaten = False
+        self.killed = False
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD != self._supervisor.heartbeat_fd:
+            return super().childDataReceived(childFD, data)
+        self.last_beat = self._supervisor.now()
+        self.has_beaten = True
+
+    def silence(self, now: float) -> float | None:
+        """Seconds this worker has been silent past its limit, or None."""
+        limit = SILENCE_LIMIT if self.has_beaten else FIRST_BEAT_LIMIT
+        silent = now - self.last_beat
+        return silent if silent > limit and not self.killed and not self.ended.called else None
 
     def outReceived(self, data: bytes) -> None:
         *lines, self._partial = (self._partial + data).split(b"\n")
@@ -76,21 +106,39 @@ class Supervisor:
     def __init__(self, reactor: Any, options: Any, ports: dict[str, list[Any]], count: int) -> None:
         self._reactor = reactor
         self._ports = inherited(ports)
+        listening = [fd for group in self._ports.values() for fd, _ in group]
+        # The worker's end of its heartbeat pipe: a number none of its other
+        # descriptors has.
+        self.heartbeat_fd = max([2, *listening]) + 1
         self._settings = json.dumps(
-            {"options": asdict(options), "ports": self._ports, "log_format": options.log_format}
+            {
+                "options": asdict(options),
+                "ports": self._ports,
+                "log_format": options.log_format,
+                "heartbeat_fd": self.heartbeat_fd,
+                "supervisor": os.getpid(),
+            }
         )
         self._count = count
         self._workers: dict[int, _Worker] = {}
         self._stopping = False
+        self._watch = task.LoopingCall.withCount(self._kill_the_silent)
+        self._watch.clock = reactor
         self.ready: Deferred[None] = Deferred()
+
+    def now(self) -> float:
+        return self._reactor.seconds()
 
     def start(self) -> None:
         for number in range(self._count):
             self._spawn(number)
+        self._watch.start(HEARTBEAT_EVERY, now=False)
 
     def _spawn(self, number: int) -> None:
-        worker = _Worker(self, number)
-        descriptors: dict[int, Any] = {1: "r", 2: 2}
+        # From the reactor's thread, the supervisor's main thread: a worker's
+        # parent-death signal fires when the thread that spawned it ends.
+        worker = _Worker(self, number, self.now())
+        descriptors: dict[int, Any] = {1: "r", 2: 2, self.heartbeat_fd: "r"}
         for group in self._ports.values():
             for fd, _ in group:
                 descriptors[fd] = fd
@@ -102,6 +150,26 @@ class Supervisor:
             childFDs=descriptors,
         )
         self._workers[number] = worker
+
+    def _kill_the_silent(self, rounds: int) -> None:
+        now = self.now()
+        if rounds > 1:
+            # Rounds were missed: this process was stopped or busy, and the
+            # beats are still unread in the pipes. The silence is its own.
+            for worker in self._workers.values():
+                worker.last_beat = now
+            return
+        for worker in self._workers.values():
+            silent = worker.silence(now)
+            if silent is None:
+                continue
+            _log.warn(
+                "worker {number} silent for {silent:.1f}s (no heartbeat); killing it",
+                number=worker.number,
+                silent=silent,
+            )
+            worker.killed = True
+            _signal(worker, signal.SIGKILL)
 
     def worker_ready(self) -> None:
         if not self.ready.called and all(w.ready for w in self._workers.values()):
@@ -125,6 +193,8 @@ class Supervisor:
         """SIGTERM to every worker; fires once all have exited (killing
         those still there ``drain_seconds`` + a grace later)."""
         self._stopping = True
+        if self._watch.running:
+            self._watch.stop()
         workers = list(self._workers.values())
         for worker in workers:
             _signal(worker, signal.SIGTERM)
@@ -152,16 +222,60 @@ def _signal(worker: _Worker, signum: int) -> None:
             pass  # it has just exited
 
 
+def _exit_with_supervisor(supervisor: int) -> None:
+    """Have the kernel send SIGTERM to this worker when its supervisor dies
+    (Linux; elsewhere the heartbeat's broken pipe says so a second later)."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return
+    if prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        return
+    if os.getppid() != supervisor:  # it died before we asked
+        raise SystemExit("pgblobs worker: the supervisor is gone")
+
+
+class _Heartbeat:
+    """A byte on ``fd`` every HEARTBEAT_EVERY seconds, written by the reactor
+    (so a worker whose reactor is stuck falls silent)."""
+
+    def __init__(self, reactor: Any, fd: int) -> None:
+        os.set_blocking(fd, False)  # never wait on a supervisor slow to read
+        self._reactor = reactor
+        self._fd = fd
+        self._beating = task.LoopingCall(self._beat)
+        self._beating.clock = reactor
+
+    def start(self) -> None:
+        self._beating.start(HEARTBEAT_EVERY)
+
+    def _beat(self) -> None:
+        try:
+            os.write(self._fd, b".")
+        except BlockingIOError:
+            pass  # the pipe is full: the supervisor reads late, its clock will tell
+        except BrokenPipeError:
+            _log.warn("the supervisor is gone; stopping")
+            self._beating.stop()
+            self._reactor.stop()
+
+
 def _main(argv: list[str]) -> None:
-    from twisted.internet import reactor, task
+    settings = json.loads(argv[1])
+    _exit_with_supervisor(settings["supervisor"])
+    from twisted.internet import reactor
 
     from pgblobs import serve
 
-    settings = json.loads(argv[1])
     options = serve.ServeOptions.from_dict(settings["options"])
     ports = {site: [tuple(pair) for pair in group] for site, group in settings["ports"].items()}
     serve.start_logging(settings["log_format"])
-    task.react(lambda _: defer.ensureDeferred(serve.run(reactor, options, inherited=ports)))
+
+    async def main(_: Any) -> None:
+        _Heartbeat(reactor, settings["heartbeat_fd"]).start()
+        await serve.run(reactor, options, inherited=ports)
+
+    task.react(lambda running: defer.ensureDeferred(main(running)))
 
 
 if __name__ == "__main__":

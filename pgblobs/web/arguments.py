@@ -1,12 +1,16 @@
 """Reading path segments, query arguments and headers of a request."""
 
 import json
+import re
 
 from pgblobs.errors import InvalidArgument
 from pgblobs.web.status import MalformedBody, RangeNotSatisfiable
 
 _TRUE = {"true", "1"}
 _FALSE = {"false", "0", ""}
+# ASCII digits only (str.isdigit also takes '\xb2', which int() refuses), and no
+# more of them than any blob's size needs: 19 fit a PostgreSQL bigint.
+_BYTE_RANGE = re.compile(r"([0-9]{0,19})-([0-9]{0,19})")
 
 
 def segment(value):
@@ -59,9 +63,10 @@ def byte_range(header, size):
     unit, _, spec = header.partition("=")
     if unit.strip().lower() != "bytes" or "," in spec:
         return None
-    first, dash, last = spec.strip().partition("-")
-    if not dash or not (first or last) or not (first + last).isdigit():
+    numbers = _BYTE_RANGE.fullmatch(spec.strip())
+    if numbers is None or not any(numbers.groups()):
         raise RangeNotSatisfiable(size, f"malformed Range header {header[:60]!r}")
+    first, last = numbers.groups()
     if not first:  # suffix: the last n bytes
         length = int(last)
         if length == 0 or size == 0:

@@ -15,7 +15,7 @@ The services site, for the provider's own services on a local listener:
     /incoming/{user}/{blob_id} mail from an MX, web/incoming.py
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from twisted.internet import defer
 from twisted.web import server
@@ -26,6 +26,7 @@ from pgblobs.web.blobs import UserBlobs
 from pgblobs.web.channel import BlobsChannel
 from pgblobs.web.incoming import UserIncoming
 from pgblobs.web.metrics import SiteMetrics
+from pgblobs.web.refusal import Refusals
 from pgblobs.web.request import StreamingRequest
 from pgblobs.web.resources import Handler, Missing, Users, rendered
 from pgblobs.web.responses import send, send_json
@@ -48,6 +49,10 @@ class Limits:
     # database connection for as long as it likes.
     min_upload_rate: int = 1024
     upload_rate_window: float = 10.0
+    # Client connections open at once on the public listeners of one process
+    # (each worker has its own), and on its services listeners apart.
+    max_connections: int = field(default_factory=settings.max_connections)
+    max_services_connections: int = settings.MAX_SERVICES_CONNECTIONS
 
     def __post_init__(self):
         if self.max_blob_bytes > MAX_STREAMED_SIZE:
@@ -126,7 +131,7 @@ class BlobsSite(server.Site):
     protocol = BlobsChannel  # type: ignore[assignment]
     requestFactory = StreamingRequest
 
-    def __init__(self, root, metrics, limits, access_log=False, reactor=None):
+    def __init__(self, root, metrics, limits, max_connections, access_log=False, reactor=None):
         # ``reactor`` (default: the global one) drives every connection's clocks.
         super().__init__(root, timeout=limits.idle_timeout, reactor=reactor)
         self.limits = limits
@@ -134,6 +139,16 @@ class BlobsSite(server.Site):
         self.metrics = metrics
         self.in_flight = set()
         self.open_channels = set()  # kept by BlobsChannel
+        self.max_connections = max_connections
+        self._refusals = Refusals()
+
+    def buildProtocol(self, addr):
+        # Counted here rather than in the channel, so that a refused
+        # connection never becomes one; a channel joins open_channels as
+        # soon as it is built.
+        if len(self.open_channels) >= self.max_connections:
+            return self._refusals.refuse(len(self.open_channels))
+        return super().buildProtocol(addr)
 
     def track(self, request):
         """Count ``request`` as in flight until it is finished or abandoned."""
@@ -164,7 +179,7 @@ def build_site(backend, token_is_valid, health, limits=Limits(), pool_usage=None
     root.putChild(b"stream", Users(context, UserStream))
     root.putChild(b"health", _Health(health))
     root.putChild(b"metrics", metrics.resource())
-    return BlobsSite(root, metrics, limits, access_log)
+    return BlobsSite(root, metrics, limits, limits.max_connections, access_log)
 
 
 def build_services_site(
@@ -178,7 +193,9 @@ def build_services_site(
     root = _ServicesRoot()
     root.putChild(b"incoming", Users(context, UserIncoming))
     root.putChild(b"health", _Health(health))
-    return BlobsSite(root, metrics or SiteMetrics(), limits, access_log)
+    return BlobsSite(
+        root, metrics or SiteMetrics(), limits, limits.max_services_connections, access_log
+    )
 
 
 class _ServicesRoot(Handler):

@@ -49,7 +49,7 @@ class _Upload(Resource):
 def connect(limits=LIMITS):
     clock = Clock()
     root = _Upload()
-    site = BlobsSite(root, SiteMetrics(), limits, reactor=clock)
+    site = BlobsSite(root, SiteMetrics(), limits, limits.max_connections, reactor=clock)
     channel = site.buildProtocol(address.IPv4Address("TCP", "127.0.0.1", 1234))
     transport = StringTransport()
     channel.makeConnection(transport)
