@@ -356,6 +356,11 @@ def _insert_rows(connection, contents: list[_Content], flags, tombstones: list[E
     lock, taken only now so that it is held for these inserts alone."""
     entries = [content.entry for content in contents] + tombstones
     connection.execute("lock_users", {"users": [entry.user for entry in entries]})
+    # The names were found free before the lock: an API write (a tombstone
+    # too) may have taken one since, and inserting over it would revive or
+    # double it. Under the lock the answer holds until the commit.
+    if connection.fetch("existing_blobs", _arrays(entries)):
+        raise _AlreadyThere()
     try:
         for content in contents:
             if content.oid is not None:

@@ -89,3 +89,29 @@ def test_the_users_lock_is_not_held_while_a_large_content_streams(dsn, tmp_path)
         stalled_storage.close()
     assert "imported 1 blob(s)" in finished(importer)
     assert stored(dsn) == [("alice", "default", "large", False)]
+
+
+def test_a_blob_the_api_deletes_while_the_import_waits_stays_deleted(dsn, tmp_path):
+    # The import has found no row named "gone" and waits for alice's lock;
+    # meanwhile the API writes "gone" and deletes it, leaving a tombstone.
+    place(tmp_path, "alice", "default", "gone", b"old copy")
+    place(tmp_path, "alice", "default", "other", b"imported")
+    api_write = holding(dsn, "SELECT pg_advisory_xact_lock(pgblobs.user_lock_key('alice'))")
+    try:
+        importer = start_import(tmp_path, dsn)
+        backend_waiting(dsn, importer, "advisory")
+        with api_write.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO pgblobs.blobs (user_id, namespace, blob_id, size, deleted_at) "
+                "VALUES ('alice', 'default', 'gone', 0, now())"
+            )
+    finally:
+        api_write.commit()
+        api_write.close()
+    output = finished(importer)
+    assert "imported 1 blob(s)" in output and "gone: already in pgblobs" in output
+    # The import's older copy does not revive what the user deleted.
+    assert sorted(stored(dsn)) == [
+        ("alice", "default", "gone", True),
+        ("alice", "default", "other", False),
+    ]
