@@ -7,7 +7,6 @@ in the process: every answer comes from the database, which several server
 nodes may share.
 """
 
-import functools
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -147,9 +146,10 @@ class PostgresBlobsBackend:
         self.quota_bytes = quota_bytes
         self.quota_blobs = quota_blobs
         self._buffer_limit = buffer_bytes
-        self._buffered = 0  # bytes of small bodies being gathered now
+        self._buffered = 0  # bytes of small bodies gathered or waiting for their batch
         self._reads = Coalescer(reactor, self._open_together)
         self._small_writes = Coalescer(reactor, self._store_small, max_in_flight=WRITES_IN_FLIGHT)
+        self._page_turns = defer.DeferredSemaphore(PAGES_IN_FLIGHT)
 
     @classmethod
     def connect(
@@ -336,17 +336,16 @@ class PostgresBlobsBackend:
         """``write`` through the group commit. While another writer holds its
         user's lock, it waits here, outside the batches, so other users'
         writes never queue behind that lock."""
-        delay, waited = BUSY_RETRY_FIRST, 0.0
+        delay, give_up = BUSY_RETRY_FIRST, self._reactor.seconds() + BUSY_PATIENCE
         while True:
             try:
                 return await self._small_writes.submit(write)
             except _UserBusy:
-                if waited >= BUSY_PATIENCE:
+                if self._reactor.seconds() >= give_up:
                     raise DatabaseUnavailable(
                         "the user's other writes hold up this one; try again shortly"
                     ) from None
             await task.deferLater(self._reactor, delay, lambda: None)
-            waited += delay
             delay = min(2 * delay, BUSY_RETRY_MOST)
 
     async def _store_small(self, writes: list[_SmallWrite]) -> list[BaseException | None]:
@@ -361,9 +360,13 @@ class PostgresBlobsBackend:
             if len(writes) == 1:
                 raise
         outcomes: list[BaseException | None] = []
-        for write in writes:
+        for done, write in enumerate(writes):
             try:
                 outcomes += await self._store_batch([write])
+            except DatabaseUnavailable as error:
+                # The database, not this write: the rest would only wait for
+                # the same answer, one deadline each.
+                return outcomes + [error] * (len(writes) - done)
             except Exception as error:
                 outcomes.append(error)
         return outcomes
@@ -659,13 +662,15 @@ class PostgresBlobsBackend:
         if listing is None:
             return
         name = _PAGE_STATEMENTS[listing][newest_first]
-        reader = self.reading.reader()  # one database for every page
 
         async def read_page(after: tuple[Any, int]) -> Row:
             # Listings take turns for a few connections: however many run,
             # the rest of the pool stays free for everyone else's statements.
+            # Each page asks anew which database may answer, so a replica
+            # that falls behind mid-listing answers no further page (the
+            # keys go on the same on the primary and every replica).
             async with self._page_turns:
-                rows = await reader.fetch(
+                rows = await self.reading.reader().fetch(
                     name, dict(params, after_date=after[0], after_row=after[1], page_size=page_size)
                 )
             return rows[0]
@@ -687,10 +692,6 @@ class PostgresBlobsBackend:
                 raise
             if not more:
                 return
-
-    @functools.cached_property
-    def _page_turns(self) -> defer.DeferredSemaphore:
-        return defer.DeferredSemaphore(PAGES_IN_FLIGHT)
 
 
 # A listing's statement -> its page statements, (oldest first, newest first).
