@@ -10,30 +10,21 @@ Run: python -m bench.listings [IDS]   (default 1000000); writes bench/listings.m
 
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 from bench.measure import machine
+from bench.scratch import new_database, serving
 from pgblobs import accounts
-from pgblobs.cluster import LocalCluster
-from pgblobs.db import schema
 from pgblobs.db.connector import SyncConnection
-from tests.processes import ServeProcess
+from tests.helpers import LISTED_SEED
 from tests.reliability.clients import Client
 
 HERE = Path(__file__).resolve().parent
 LISTINGS = 8
 ROUNDS = 3  # listings each client makes while the other user's GETs are timed
 ALONE = 200  # GETs timed on an idle server
-
-SEED = """
-    INSERT INTO pgblobs.blobs (user_id, namespace, blob_id, lo_oid, size, tag, sha256, created_at)
-    SELECT 'heavy', 'default', 'listed-' || i, i, 0, 'tag', '\\x00',
-           now() - make_interval(secs => %(count)s - i)
-    FROM generate_series(1, %(count)s) AS i
-"""
 
 
 def timed(call):
@@ -83,27 +74,17 @@ def measure(node, heavy, bob):
 
 def main(count):
     info = machine()
-    workdir = Path(tempfile.mkdtemp(prefix="pgblobs-bench-listings-"))
-    workdir.chmod(0o755)
-    cluster = LocalCluster(workdir / "pg")
-    cluster.start()
-    node = None
-    try:
-        schema.upgrade(cluster.dsn)
-        connection = SyncConnection.connect(cluster.dsn)
+    with new_database("pgblobs-bench-listings-") as dsn:
+        connection = SyncConnection.connect(dsn)
         with connection.raw.cursor() as cursor:
-            cursor.execute(SEED, {"count": count})
+            cursor.execute(LISTED_SEED, {"count": count})
             cursor.execute("VACUUM ANALYZE pgblobs.blobs")
-        node = ServeProcess("--dsn", cluster.dsn, "--quota-bytes", "unlimited")
-        heavy, bob = client(node, connection, "heavy"), client(node, connection, "bob")
-        connection.close()
-        assert bob.put("small", b"1")[0] == 200
-        print(f"{count:,} ids, {LISTINGS} clients listing them {ROUNDS} times each", flush=True)
-        figures = measure(node, heavy, bob)
-    finally:
-        if node is not None:
-            node.stop()
-        cluster.stop()
+        with serving(dsn, "--quota-bytes", "unlimited") as node:
+            heavy, bob = client(node, connection, "heavy"), client(node, connection, "bob")
+            connection.close()
+            assert bob.put("small", b"1")[0] == 200
+            print(f"{count:,} ids, {LISTINGS} clients listing them {ROUNDS} times each", flush=True)
+            figures = measure(node, heavy, bob)
     lines = [
         "# Another user's GET while big listings run",
         "",

@@ -10,34 +10,24 @@ they must not wait for the upload's rows.
     python -m bench.stall [BLOBS]
 """
 
-import base64
 import json
-import os
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import psycopg2
 import treq
 from twisted.internet import defer, task
 
+from bench.scratch import new_database, serving
 from pgblobs import accounts
-from pgblobs.cluster import LocalCluster
-from pgblobs.db import schema
 from pgblobs.db.connector import SyncConnection
-from tests.processes import ServeProcess
+from tests.helpers import token_header
 
 BLOBS = 30_000
 OTHERS = 320
 OTHER_USERS = 40
-
-
-def _auth(user, token):
-    return {b"Authorization": [b"Token " + base64.b64encode(f"{user}:{token}".encode())]}
 
 
 async def _timed(request):
@@ -153,32 +143,18 @@ async def _run(reactor, url, dsn, tokens, blobs):
 
 
 def main(blobs):
-    workdir = Path(tempfile.mkdtemp(prefix="pgblobs-stall-"))
-    os.chmod(workdir, 0o755)
-    cluster = LocalCluster(workdir / "pg")
-    cluster.start()
-    node = None
-    try:
-        schema.upgrade(cluster.dsn)
-        connection = SyncConnection.connect(cluster.dsn)
+    with new_database("pgblobs-stall-") as dsn:
+        connection = SyncConnection.connect(dsn)
         tokens = {
-            user: _auth(user, accounts.create_token(connection, user))
+            user: {b"Authorization": [token_header(user, accounts.create_token(connection, user))]}
             for user in ["heavy", *(f"u{i}" for i in range(OTHER_USERS))]
         }
         connection.close()
-        node = ServeProcess(
-            "--dsn", cluster.dsn, "--max-stream-ids", str(blobs), "--max-json-bytes", "16777216"
-        )
-        task.react(
-            lambda reactor: defer.ensureDeferred(
-                _run(reactor, node.url, cluster.dsn, tokens, blobs)
+        options = ("--max-stream-ids", str(blobs), "--max-json-bytes", "16777216")
+        with serving(dsn, *options) as node:
+            task.react(
+                lambda reactor: defer.ensureDeferred(_run(reactor, node.url, dsn, tokens, blobs))
             )
-        )
-    finally:
-        if node is not None:
-            node.stop()
-        cluster.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

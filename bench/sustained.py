@@ -10,21 +10,17 @@ nothing analysing the table but autovacuum. The goal: the last window within
     python -m bench.sustained [WINDOWS]
 """
 
-import base64
 import datetime
-import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from bench.scratch import new_database, serving
 from pgblobs import accounts
-from pgblobs.cluster import LocalCluster
-from pgblobs.db import schema
 from pgblobs.db.connector import SyncConnection
-from tests.processes import ServeProcess
+from tests.helpers import token_header
 
 USERS = 64
 CONNECTIONS = 64
@@ -87,32 +83,19 @@ def _window(url, auths, number):
 
 
 def main(windows):
-    workdir = Path(tempfile.mkdtemp(prefix="pgblobs-sustained-"))
-    os.chmod(workdir, 0o755)
-    cluster = LocalCluster(workdir / "pg")
-    cluster.start()  # the server's normal settings: fsync on
-    node = None
-    try:
-        schema.upgrade(cluster.dsn)
-        connection = SyncConnection.connect(cluster.dsn)
-        auths = []
-        for user in range(USERS):
-            token = accounts.create_token(connection, f"u{user}")
-            auths.append("Token " + base64.b64encode(f"u{user}:{token}".encode()).decode())
-        connection.close()
-        node = ServeProcess("--dsn", cluster.dsn, "--quota-bytes", "unlimited")
+    with new_database("pgblobs-sustained-") as dsn:
+        connection = SyncConnection.connect(dsn)
+        auths = [
+            token_header(f"u{user}", accounts.create_token(connection, f"u{user}"))
+            for user in range(USERS)
+        ]
         rates = []
-        for number in range(windows):
-            rates.append(_window(node.url, auths, number))
-            print(f"window {number + 1}: {rates[-1]:,.0f} PUT/s", flush=True)
-        rows = SyncConnection.connect(cluster.dsn)
-        stored = rows.fetch_one("live_totals").blobs
-        rows.close()
-    finally:
-        if node is not None:
-            node.stop()
-        cluster.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        with serving(dsn, "--quota-bytes", "unlimited") as node:
+            for number in range(windows):
+                rates.append(_window(node.url, auths, number))
+                print(f"window {number + 1}: {rates[-1]:,.0f} PUT/s", flush=True)
+        stored = connection.fetch_one("live_totals").blobs
+        connection.close()
     ratio = rates[-1] / rates[0]
     verdict = "met" if ratio >= GOAL else "MISSED"
     lines = [

@@ -27,6 +27,16 @@ def sql(dsn, statement, params=None):
         connection.close()
 
 
+# %(count)s live blobs of "heavy", dated in name order, for listing them: rows
+# only (their large-object numbers are never read).
+LISTED_SEED = """
+    INSERT INTO pgblobs.blobs (user_id, namespace, blob_id, lo_oid, size, tag, sha256, created_at)
+    SELECT 'heavy', 'default', 'listed-' || i, i, 0, 'tag', '\\x00',
+           now() - make_interval(secs => %(count)s - i)
+    FROM generate_series(1, %(count)s) AS i
+"""
+
+
 def token_header(user, token):
     """The value of the Authorization header Soledad clients send."""
     return "Token " + base64.b64encode(f"{user}:{token}".encode()).decode()

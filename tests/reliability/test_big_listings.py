@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.helpers import sql
+from tests.helpers import LISTED_SEED, sql
 from tests.processes import ServeProcess
 from tests.reliability.clients import Client, token_for
 
@@ -14,13 +14,6 @@ pytestmark = pytest.mark.slow
 
 LISTED = 500_000
 LISTINGS = 8
-
-SEED = """
-    INSERT INTO pgblobs.blobs (user_id, namespace, blob_id, lo_oid, size, tag, sha256, created_at)
-    SELECT 'heavy', 'default', 'listed-' || i, i, 0, 'tag', '\\x00',
-           now() - make_interval(secs => %(count)s - i)
-    FROM generate_series(1, %(count)s) AS i
-"""
 
 
 def timed(call):
@@ -33,7 +26,7 @@ def test_another_users_get_is_not_held_up_by_big_listings(dsn):
     """A listing built whole on the reactor keeps every other request waiting
     while it is parsed and encoded: among 8 of them, another user's 1-byte GET
     took longer than a whole listing alone. Sent page by page, it does not."""
-    sql(dsn, SEED, {"count": LISTED})
+    sql(dsn, LISTED_SEED, {"count": LISTED})
     node = ServeProcess("--dsn", dsn, "--quota-bytes", "unlimited")
     done = threading.Event()
     try:
