@@ -38,7 +38,7 @@ class Limits:
     # A stream record gives a blob's size in 8 hex digits: no stored blob may need more.
     max_blob_bytes: int = MAX_STREAMED_SIZE
     max_json_bytes: int = 1024**2
-    max_stream_ids: int = 1000  # blobs per stream download request
+    max_stream_ids: int = 1000  # blobs per stream request, download or upload
     # Seconds a connection may keep the server waiting for it: silent between
     # requests, or, within one, not sending the body or not reading the answer.
     idle_timeout: float = 60.0
