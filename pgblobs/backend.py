@@ -132,7 +132,7 @@ class PostgresBlobsBackend:
         database: Database,
         quota_bytes: int | None = settings.QUOTA_BYTES,
         reactor: Any = None,
-        buffer_bytes: int = settings.BUFFER_BYTES,
+        max_buffered_bytes: int = settings.MAX_BUFFERED_BYTES,
         replica_max_lag: float = settings.REPLICA_MAX_LAG,
         quota_blobs: int | None = settings.QUOTA_BLOBS,
     ) -> None:
@@ -145,7 +145,7 @@ class PostgresBlobsBackend:
         self._reactor = reactor
         self.quota_bytes = quota_bytes
         self.quota_blobs = quota_blobs
-        self._buffer_limit = buffer_bytes
+        self._buffer_limit = max_buffered_bytes
         self._buffered = 0  # bytes of small bodies gathered or waiting for their batch
         self._reads = Coalescer(reactor, self._open_together)
         self._small_writes = Coalescer(reactor, self._store_small, max_in_flight=WRITES_IN_FLIGHT)
@@ -160,9 +160,9 @@ class PostgresBlobsBackend:
         reactor: Any = None,
         max_waiting: int | None = None,
         statement_timeout: float = settings.STATEMENT_TIMEOUT,
-        user_share: int | None = None,
-        buffer_bytes: int = settings.BUFFER_BYTES,
-        replica_dsns: Sequence[str] = (),
+        max_transfers_per_user: int | None = None,
+        max_buffered_bytes: int = settings.MAX_BUFFERED_BYTES,
+        replica_dsn: Sequence[str] = (),
         replica_max_lag: float = settings.REPLICA_MAX_LAG,
         quota_blobs: int | None = settings.QUOTA_BLOBS,
     ) -> Deferred["PostgresBlobsBackend"]:
@@ -173,11 +173,11 @@ class PostgresBlobsBackend:
         connection) more work waiting for
         one fails at once with DatabaseUnavailable, and no statement may run
         longer than ``statement_timeout`` seconds. One user runs at most
-        ``user_share`` content transfers at once (default: half of
+        ``max_transfers_per_user`` content transfers at once (default: half of
         ``pool_size``; see Database.in_thread). Small bodies are gathered in
-        memory up to ``buffer_bytes`` at once, counted until their batch has
+        memory up to ``max_buffered_bytes`` at once, counted until their batch has
         committed. Every user may keep ``quota_blobs`` live blobs. Reads may
-        be served by the streaming replicas at ``replica_dsns`` while they are at most
+        be served by the streaming replicas at ``replica_dsn`` while they are at most
         ``replica_max_lag`` seconds behind (db/replicas.py); they are
         connected in the background, so a replica that is down delays
         nothing. Fails with SchemaNotReady when the schema is missing or not
@@ -190,8 +190,8 @@ class PostgresBlobsBackend:
                 pool_size,
                 reactor,
                 max_waiting=max_waiting,
-                statement_timeout_ms=int(statement_timeout * 1000),
-                user_share=user_share,
+                statement_timeout=statement_timeout,
+                max_transfers_per_user=max_transfers_per_user,
             )
 
         async def connecting() -> "PostgresBlobsBackend":
@@ -199,11 +199,11 @@ class PostgresBlobsBackend:
                 await connect_to(dsn),
                 quota_bytes,
                 reactor,
-                buffer_bytes,
+                max_buffered_bytes,
                 replica_max_lag=replica_max_lag,
                 quota_blobs=quota_blobs,
             )
-            for target in replica_dsns:
+            for target in replica_dsn:
                 backend.reading.join(target, partial(connect_to, target))
             return backend
 

@@ -287,9 +287,9 @@ def _serve(args):
             pool_size=args.pool_size,
             max_waiting=args.max_waiting,
             statement_timeout=args.statement_timeout,
-            user_share=args.max_transfers_per_user,
-            buffer_bytes=args.max_buffered_bytes,
-            replica_dsns=args.replica_dsn or [],
+            max_transfers_per_user=args.max_transfers_per_user,
+            max_buffered_bytes=args.max_buffered_bytes,
+            replica_dsn=args.replica_dsn or [],
             replica_max_lag=args.replica_max_lag,
         ),
         limits=Limits(
@@ -391,7 +391,7 @@ _SERVE_LIMITS: list[tuple[str, Callable[[str], Any], Any, str]] = [
      "large reads and writes one user may run at once; more wait their turn, so one "
      "user's stalled transfers never hold every content connection (default: half of "
      "--pool-size)"),
-    ("--max-buffered-bytes", _non_negative, settings.BUFFER_BYTES,
+    ("--max-buffered-bytes", _non_negative, settings.MAX_BUFFERED_BYTES,
      "bytes of small upload bodies gathered in memory at once; past it, small uploads "
      "stream like large ones (default: %(default)s)"),
     ("--max-blob-bytes", _blob_size_limit, Limits.max_blob_bytes,

@@ -42,9 +42,9 @@ class BackendOptions:
     pool_size: int = settings.POOL_SIZE
     max_waiting: int | None = None
     statement_timeout: float = settings.STATEMENT_TIMEOUT
-    user_share: int | None = None
-    buffer_bytes: int = settings.BUFFER_BYTES
-    replica_dsns: list[str] = field(default_factory=list)
+    max_transfers_per_user: int | None = None
+    max_buffered_bytes: int = settings.MAX_BUFFERED_BYTES
+    replica_dsn: list[str] = field(default_factory=list)
     replica_max_lag: float = settings.REPLICA_MAX_LAG
 
 

@@ -26,7 +26,7 @@ KEEPALIVES_COUNT = 3
 TCP_USER_TIMEOUT = 10  # seconds sent data may go unacknowledged
 # Seconds a node remembers a valid token after the database last confirmed it.
 TOKEN_CACHE_SECONDS = 30.0
-BUFFER_BYTES = 64 * 1024 * 1024  # small upload bodies held in memory at once, until committed
+MAX_BUFFERED_BYTES = 64 * 1024 * 1024  # small upload bodies held in memory at once, until committed
 DATA_DIR = ".pgblobs"  # the embedded PostgreSQL and its development tokens
 DRAIN_SECONDS = 30.0  # on SIGTERM, how long requests in flight may take
 # Ids per page of a paged listing: one statement, and a few milliseconds of
@@ -39,7 +39,7 @@ def dsn_from_environment() -> str | None:
     return os.environ.get(DSN_VARIABLE) or None
 
 
-def user_share(pool_size: int) -> int:
+def max_transfers_per_user(pool_size: int) -> int:
     """Content transfers one user may run at once: half the content connections."""
     return max(1, pool_size // 2)
 

@@ -223,7 +223,7 @@ async def test_an_id_twice_in_a_batch_is_judged_by_what_the_first_did(backend, d
 @deferred_test
 async def test_bodies_count_against_the_buffer_until_their_batch_commits(dsn):
     budget = 50_000
-    node = await PostgresBlobsBackend.connect(dsn, pool_size=4, buffer_bytes=budget)
+    node = await PostgresBlobsBackend.connect(dsn, pool_size=4, max_buffered_bytes=budget)
     holder = _holding(dsn, USER_LOCK, {"user": "alice"})
     try:
         waiting = [

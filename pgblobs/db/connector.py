@@ -466,7 +466,7 @@ class Database:
         dsn: str,
         pool_size: int,
         max_waiting: int,
-        user_share: int,
+        max_transfers_per_user: int,
     ) -> None:
         self.reactor = reactor
         self.dsn = dsn  # with the statement timeout and keepalives, for connections of its own
@@ -481,7 +481,7 @@ class Database:
         self._statement_capacity = 10 * self._transfer_capacity
         self._statements = 0  # running or waiting for a connection
         self._transfers = 0
-        self._user_share = user_share
+        self._max_transfers_per_user = max_transfers_per_user
         self._user_waiting = max(1, max_waiting // 2)
         # user -> their share, while the user has transfers
         self._shares: dict[str, defer.DeferredSemaphore] = {}
@@ -493,16 +493,16 @@ class Database:
         pool_size: int,
         reactor: Any = None,
         max_waiting: int | None = None,
-        statement_timeout_ms: int = int(settings.STATEMENT_TIMEOUT * 1000),
-        user_share: int | None = None,
+        statement_timeout: float = settings.STATEMENT_TIMEOUT,
+        max_transfers_per_user: int | None = None,
     ) -> "Database":
         if reactor is None:
             from twisted.internet import reactor
-        dsn = with_keepalives(with_statement_timeout(dsn, statement_timeout_ms))
+        dsn = with_keepalives(with_statement_timeout(dsn, int(statement_timeout * 1000)))
         # statement_timeout 0 lets a statement run for ever: so may the wait for it.
         deadline = (
-            statement_timeout_ms / 1000 + settings.STATEMENT_DEADLINE_MARGIN
-            if statement_timeout_ms > 0
+            statement_timeout + settings.STATEMENT_DEADLINE_MARGIN
+            if statement_timeout > 0
             else None
         )
         pool = _ReconnectingPool(
@@ -526,9 +526,9 @@ class Database:
         threadpool.start()
         if max_waiting is None:
             max_waiting = settings.WAITING_PER_CONNECTION * pool_size
-        if user_share is None:
-            user_share = settings.user_share(pool_size)
-        return cls(reactor, pool, threadpool, dsn, pool_size, max_waiting, user_share)
+        if max_transfers_per_user is None:
+            max_transfers_per_user = settings.max_transfers_per_user(pool_size)
+        return cls(reactor, pool, threadpool, dsn, pool_size, max_waiting, max_transfers_per_user)
 
     @staticmethod
     def _admit(in_flight: int, capacity: int) -> None:
@@ -611,14 +611,14 @@ class Database:
         ``owner``; a Deferred of its result. When the connection turns out
         lost, ``retry()`` (called in the thread) may ask for one more go.
 
-        A user runs at most ``user_share`` transfers at once; the rest wait
+        A user runs at most ``max_transfers_per_user`` transfers at once; the rest wait
         their turn, so one user's stalled transfers leave the other content
         connections free. A user may fill at most half of the waiting room
         (``max_waiting``); past it, or past the whole of it, DatabaseUnavailable.
         """
         share = self._shares.get(owner)
         if share is None:
-            share = self._shares[owner] = defer.DeferredSemaphore(self._user_share)
+            share = self._shares[owner] = defer.DeferredSemaphore(self._max_transfers_per_user)
         try:
             self._admit(self._transfers, self._transfer_capacity)
             self._admit(len(share.waiting), self._user_waiting)

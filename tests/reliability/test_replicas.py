@@ -260,7 +260,7 @@ async def test_with_the_primary_down_a_failed_fallback_fails_only_its_own_read(s
     cannot be asked of the primary, and only that one fails."""
     primary, standby = streaming
     backend = await PostgresBlobsBackend.connect(
-        primary.dsn, replica_dsns=[standby.dsn], replica_max_lag=MAX_LAG
+        primary.dsn, replica_dsn=[standby.dsn], replica_max_lag=MAX_LAG
     )
     try:
         present = {name: os.urandom(100 + number) for number, name in enumerate("abcd")}
