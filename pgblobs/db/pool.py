@@ -204,7 +204,7 @@ class ReconnectingPool(txpostgres.ConnectionPool):
                 except NoAnswer as error:
                     # Sent, maybe even done, but never answered: never sent
                     # again, since waiting a second deadline helps nobody.
-                    self._lost(lost)
+                    self._connection_died(lost)
                     raise DatabaseUnavailable(f"{error}; try again shortly") from error
                 except reconnection.ConnectionDead as error:
                     # Refused before anything was sent, so any statement may
@@ -217,7 +217,7 @@ class ReconnectingPool(txpostgres.ConnectionPool):
                 except STATEMENT_FAILED as error:
                     if not connection_lost(error):
                         raise translate(error) from error
-                    self._lost(lost)
+                    self._connection_died(lost)
                     # A read may go again once on another connection, whether
                     # or not the lost one had sent it; a write may not.
                     if resent or name not in queries.READS:
@@ -228,8 +228,8 @@ class ReconnectingPool(txpostgres.ConnectionPool):
             # we never cancel a statement ourselves: the statement timeout did.
             raise DatabaseUnavailable("a statement took too long; try again shortly") from error
 
-    def _lost(self, tell: Callable[[], None]) -> None:
-        tell()
+    def _connection_died(self, lost: Callable[[], None]) -> None:
+        lost()
         self.ping_idle()
 
     def ping_idle(self) -> None:
