@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.measure import machine
 from bench.scratch import new_database, serving
 from pgblobs import accounts
-from pgblobs.db.connector import SyncConnection
+from pgblobs.db.sync import SyncConnection
 from tests.helpers import LISTED_SEED
 from tests.reliability.clients import Client
 

@@ -19,7 +19,7 @@ from bench.small import REPLICA_WORKLOAD, WRK_WORKLOAD
 from pgblobs import accounts
 from pgblobs.cluster import LocalCluster
 from pgblobs.db import schema
-from pgblobs.db.connector import SyncConnection
+from pgblobs.db.sync import SyncConnection
 from pgblobs.ops import report
 from tests.processes import ServeProcess
 

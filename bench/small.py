@@ -14,7 +14,7 @@ import treq
 
 from bench import contenders, wrk
 from bench.measure import RUNS
-from pgblobs.db.connector import SyncConnection
+from pgblobs.db.sync import SyncConnection
 from pgblobs.ops import importfs
 from tests.processes import ServeProcess, free_port
 

@@ -22,7 +22,7 @@ from twisted.internet import defer, task
 
 from bench.scratch import new_database, serving
 from pgblobs import accounts
-from pgblobs.db.connector import SyncConnection
+from pgblobs.db.sync import SyncConnection
 from tests.helpers import token_header
 
 BLOBS = 30_000

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench.scratch import new_database, serving
 from pgblobs import accounts
-from pgblobs.db.connector import SyncConnection
+from pgblobs.db.sync import SyncConnection
 from tests.helpers import token_header
 
 USERS = 64

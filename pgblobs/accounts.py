@@ -9,7 +9,7 @@ them is tokens.py's, on the server). The administration is synchronous, on a
 import secrets
 
 from pgblobs import names
-from pgblobs.db.connector import SyncConnection
+from pgblobs.db.sync import SyncConnection
 from pgblobs.tokens import digest
 
 

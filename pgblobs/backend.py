@@ -23,7 +23,8 @@ from zope.interface import implementer
 from pgblobs import names, settings, transfer
 from pgblobs.db import largeobjects
 from pgblobs.db.batching import Coalescer
-from pgblobs.db.connector import Database, Row
+from pgblobs.db.connector import Database
+from pgblobs.db.queries import Row
 from pgblobs.db.replicas import Replicas
 from pgblobs.errors import (
     BlobExists,

@@ -17,7 +17,7 @@ from twisted.internet import defer, task
 from pgblobs import accounts, settings
 from pgblobs.cluster import ClusterFailed, LocalCluster, PostgresNotFound
 from pgblobs.db import schema
-from pgblobs.db.connector import SyncConnection
+from pgblobs.db.sync import SyncConnection
 from pgblobs.errors import BlobsError
 from pgblobs.web.site import Limits
 

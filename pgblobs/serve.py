@@ -21,7 +21,7 @@ from pgblobs import accounts, settings, workers
 from pgblobs.backend import PostgresBlobsBackend
 from pgblobs.cluster import LocalCluster
 from pgblobs.db import schema
-from pgblobs.db.connector import SyncConnection
+from pgblobs.db.sync import SyncConnection
 from pgblobs.ops import capacity
 from pgblobs.tokens import KnownTokens
 from pgblobs.web.site import Limits, build_services_site, build_site

@@ -21,8 +21,9 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from pgblobs import names, settings
-from pgblobs.db.connector import Database, Row
+from pgblobs.db.connector import Database
 from pgblobs.db.notifications import Listener
+from pgblobs.db.queries import Row
 from pgblobs.errors import DatabaseUnavailable
 
 CHANNEL = "pgblobs_tokens"

@@ -3,7 +3,7 @@ backpressure, and what is worked out of it on the way (size, sha256, tag).
 No SQL here: the workers' side is pgblobs/db/largeobjects.py.
 
 Content is moved by worker threads on synchronous connections (see
-db/connector.py). The reactor side of each direction is a small adapter:
+db/sync.py). The reactor side of each direction is a small adapter:
 
 - ``UploadPipe`` is the consumer a body producer writes into. It buffers a
   bounded number of bytes for the worker and pauses the producer above a

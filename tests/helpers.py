@@ -191,7 +191,7 @@ def raw_request(server, method, path, *headers, body=b""):
 def create_token(dsn, user):
     """A new token for ``user``, made as `pgblobs token create` makes it."""
     from pgblobs import accounts
-    from pgblobs.db.connector import SyncConnection
+    from pgblobs.db.sync import SyncConnection
 
     connection = SyncConnection.connect(dsn)
     try:

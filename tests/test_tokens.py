@@ -9,7 +9,7 @@ import time
 import pytest_twisted
 
 from pgblobs import accounts
-from pgblobs.db.connector import SyncConnection
+from pgblobs.db.sync import SyncConnection
 from pgblobs.tokens import KnownTokens
 from tests.helpers import create_token, deferred_test, sleep, sql, statements_sent
 

@@ -11,7 +11,7 @@ from typing import Any
 from twisted.internet import threads
 from twisted.internet.defer import Deferred
 
-from pgblobs.db.connector import SyncConnection
+from pgblobs.db.sync import SyncConnection
 from pgblobs.errors import BlobNotFound, QuotaExceeded
 from pgblobs.names import BlobKey
 from pgblobs.transfer import CHUNK, ContentDigest, DownloadPush, UploadPipe

@@ -23,7 +23,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from txpostgres import txpostgres
 
-from pgblobs.db.connector import Reconnector, within_deadline
+from pgblobs.db.pool import Reconnector, within_deadline
 
 CHECK_EVERY = 1.0
 CHECK_DEADLINE = 2.0

@@ -1,4 +1,5 @@
-"""Named SQL: loads ``queries.sql`` once and runs its statements by name.
+"""Named SQL: loads ``queries.sql`` once and runs its statements by name,
+and says what their rows are.
 
 Keeping every statement in one file (as procrastinate does) means the SQL can
 be read, reviewed and EXPLAINed in one place; Python only ever refers to a
@@ -7,6 +8,20 @@ statement by its name.
 
 import re
 from importlib import resources
+from typing import Any, Protocol
+
+
+class Row(Protocol):
+    """A row of a named statement: its columns are read by name
+    (``row.size``), never by position, so a statement may gain columns.
+
+    psycopg2's NamedTupleCursor makes them (a third of RealDictCursor's cost
+    on long listings). Which columns a row has is written in ``queries.sql``,
+    not in Python, so a column reads as Any: what psycopg2 maps its SQL type to.
+    """
+
+    def __getattr__(self, column: str) -> Any: ...
+
 
 # "-- name: NAME" or "-- name: NAME (read)": a read changes nothing, so it
 # may be sent again when its connection was lost.
