@@ -9,6 +9,8 @@ long before it runs out (docs/scaling.md: what to do then).
 
 from dataclasses import dataclass
 
+from pgblobs.db.connector import Row, SyncConnection
+
 OID_SPACE = 2**32 - 16384
 # Past this share of the OID space in use, fsck warns: new large objects
 # start to cost extra probes, and moving users to another cluster takes time.
@@ -39,11 +41,11 @@ class Capacity:
         )
 
 
-def of_row(row) -> Capacity:
+def of_row(row: Row) -> Capacity:
     """A Capacity from a row of the ``large_objects`` statement."""
     return Capacity(int(row.large_objects), int(row.disk_bytes))
 
 
-def measure(connection) -> Capacity:
-    """Exact figures, from a SyncConnection (report, fsck)."""
-    return of_row(connection.fetch_one("large_objects", {"exact": True}))
+def measure(connection: SyncConnection) -> Capacity:
+    """Exact figures (report, fsck)."""
+    return of_row(connection.fetch("large_objects", {"exact": True})[0])

@@ -28,17 +28,18 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg2
 
-from pgblobs.ops.importfs import DELETED, FLAGS, LINK, RegularFile, UnfitFile, blob_path
-from pgblobs.ops.output import progress
-from pgblobs.transfer import CHUNK
+from pgblobs.db.connector import Row, SyncConnection
+from pgblobs.ops.files import LINK, RegularFile, UnfitFile
+from pgblobs.ops.importfs import DELETED, FLAGS, blob_path
+from pgblobs.ops.output import first_line, progress
+from pgblobs.ops.reading import each_row, large_object_chunks, live_bytes
 
-_BATCH = 500  # rows per statement
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -52,7 +53,7 @@ class ExportReport:
     tombstones: int = 0
     bytes: int = 0
     skipped: int = 0  # already in the directory
-    failed: list = field(default_factory=list)  # (blob path, reason)
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # (blob path, reason)
 
 
 class UnsafePath(OSError):
@@ -60,29 +61,27 @@ class UnsafePath(OSError):
     link, or not a directory at all."""
 
 
-def export_tree(connection, root, only_user=None):
+def export_tree(
+    connection: SyncConnection, root: str | os.PathLike[str], only_user: str | None = None
+) -> ExportReport:
+    """Every blob (of ``only_user``, if given) written out below ``root``;
+    a blob that cannot be is reported and the rest go on."""
     report = ExportReport()
-    totals = connection.fetch_one("live_totals")
+    total = live_bytes(connection)
     root = Path(root)
     os.makedirs(root, exist_ok=True)
     # DIR itself is the operator's to choose, link or not; nothing below it is followed.
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        with progress(int(totals.bytes), "B", "exporting", unit_scale=True) as bar:
-            after = 0
-            while rows := connection.fetch(
-                "export_batch", {"after": after, "user": only_user, "batch": _BATCH}
-            ):
-                for row in rows:
-                    relative = blob_path("", row.user_id, row.namespace, row.blob_id)
-                    try:
-                        _export_one(connection, row, root_fd, root, relative, report)
-                    except (OSError, psycopg2.Error) as error:
-                        reason = str(error).strip().splitlines()[0]
-                        report.failed.append((root / relative, reason))
-                    if row.deleted_at is None:
-                        bar.update(row.size)
-                after = rows[-1].id
+        with progress(total, "exporting") as bar:
+            for row in each_row(connection, "export_batch", user=only_user):
+                relative = blob_path("", row.user_id, row.namespace, row.blob_id)
+                try:
+                    _export_one(connection, row, root_fd, root, relative, report)
+                except (OSError, psycopg2.Error) as error:
+                    report.failed.append((root / relative, first_line(error)))
+                if row.deleted_at is None:
+                    bar.update(row.size)
     finally:
         os.close(root_fd)
     return report
@@ -94,7 +93,12 @@ def _ns(when: datetime.datetime) -> int:
 
 
 def _export_one(
-    connection, row, root_fd: int, root: Path, relative: Path, report: ExportReport
+    connection: SyncConnection,
+    row: Row,
+    root_fd: int,
+    root: Path,
+    relative: Path,
+    report: ExportReport,
 ) -> None:
     with _Directory.enter(root_fd, root, relative.parent.parts) as directory:
         if row.deleted_at is None:
@@ -103,14 +107,16 @@ def _export_one(
             _export_tombstone(row, directory, report)
 
 
-def _export_live(connection, row, directory: "_Directory", report: ExportReport) -> None:
+def _export_live(
+    connection: SyncConnection, row: Row, directory: "_Directory", report: ExportReport
+) -> None:
     date = _ns(row.created_at)
     if directory.holds(row.blob_id, row.size, bytes(row.sha256), date):
         report.skipped += 1
     else:
         with connection.transaction(snapshot=True):
             large_object = connection.large_object(row.lo_oid, "rb")
-            directory.write(row.blob_id, _chunks(large_object), date)
+            directory.write(row.blob_id, large_object_chunks(large_object), date)
             large_object.close()
         report.exported += 1
         report.bytes += row.size
@@ -124,7 +130,7 @@ def _export_live(connection, row, directory: "_Directory", report: ExportReport)
     directory.remove(stale)
 
 
-def _export_tombstone(row, directory: "_Directory", report: ExportReport) -> None:
+def _export_tombstone(row: Row, directory: "_Directory", report: ExportReport) -> None:
     marker, date = row.blob_id + DELETED, _ns(row.deleted_at)
     if directory.holds(marker, 0, _EMPTY, date):
         report.skipped += 1
@@ -132,11 +138,6 @@ def _export_tombstone(row, directory: "_Directory", report: ExportReport) -> Non
         directory.write(marker, [], date)
         report.tombstones += 1
     directory.remove([row.blob_id, row.blob_id + FLAGS])
-
-
-def _chunks(large_object) -> Iterator[bytes]:
-    while chunk := large_object.read(CHUNK):
-        yield chunk
 
 
 class _Directory:

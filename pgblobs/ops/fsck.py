@@ -9,29 +9,36 @@ import hashlib
 from dataclasses import dataclass, field
 
 import psycopg2
+from tqdm import tqdm
 
+from pgblobs.db.connector import SyncConnection
 from pgblobs.ops import capacity
 from pgblobs.ops.output import progress
-from pgblobs.transfer import CHUNK
-
-_BATCH = 500
+from pgblobs.ops.reading import each_row, large_object_chunks, live_bytes
 
 
 @dataclass
 class Findings:
-    orphans: list = field(default_factory=list)  # large object oids
-    broken_rows: list = field(default_factory=list)  # (user, namespace, blob id)
-    mismatches: list = field(default_factory=list)  # (user, namespace, blob id, what)
-    drifted_usage: list = field(default_factory=list)  # (user, namespace)
-    warnings: list = field(default_factory=list)  # nothing wrong yet, but soon
+    orphans: list[int] = field(default_factory=list)  # large object oids
+    # (user, namespace, blob id)
+    broken_rows: list[tuple[str, str, str]] = field(default_factory=list)
+    # (user, namespace, blob id, what)
+    mismatches: list[tuple[str, str, str, str]] = field(default_factory=list)
+    drifted_usage: list[tuple[str, str]] = field(default_factory=list)  # (user, namespace)
+    warnings: list[str] = field(default_factory=list)  # nothing wrong yet, but soon
     repaired: bool = False
 
     @property
-    def clean(self):
+    def clean(self) -> bool:
         return not (self.orphans or self.broken_rows or self.mismatches or self.drifted_usage)
 
 
-def fsck(connection, repair=False, verify_content=False):
+def fsck(
+    connection: SyncConnection, repair: bool = False, verify_content: bool = False
+) -> Findings:
+    """What is inconsistent (and, with ``verify_content``, which contents
+    differ from their rows); with ``repair``, the orphans and broken rows
+    removed and drifted usage recounted."""
     findings = Findings()
     headroom = capacity.measure(connection).warning
     if headroom is not None:
@@ -60,29 +67,24 @@ def fsck(connection, repair=False, verify_content=False):
     return findings
 
 
-def _verify_content(connection):
+def _verify_content(connection: SyncConnection) -> list[tuple[str, str, str, str]]:
     mismatches: list[tuple[str, str, str, str]] = []
-    total_bytes = connection.fetch_one("live_totals").bytes
-    after = 0
-    with progress(int(total_bytes), "B", "verifying", unit_scale=True) as bar:
-        while True:
-            batch = connection.fetch("live_blobs_for_check", {"after": after, "batch": _BATCH})
-            if not batch:
-                return mismatches
-            for row in batch:
-                after = row.id
-                problem = _check_one(connection, row.lo_oid, row.size, bytes(row.sha256), bar)
-                if problem:
-                    mismatches.append((row.user_id, row.namespace, row.blob_id, problem))
+    with progress(live_bytes(connection), "verifying") as bar:
+        for row in each_row(connection, "live_blobs_for_check"):
+            problem = _check_one(connection, row.lo_oid, row.size, bytes(row.sha256), bar)
+            if problem:
+                mismatches.append((row.user_id, row.namespace, row.blob_id, problem))
+    return mismatches
 
 
-def _check_one(connection, oid, size, sha256, bar):
+def _check_one(
+    connection: SyncConnection, oid: int, size: int, sha256: bytes, bar: tqdm
+) -> str | None:
     """What is wrong with one blob's content, or None."""
     digest, seen = hashlib.sha256(), 0
     try:
         with connection.transaction(commit=False):
-            large_object = connection.large_object(oid, "rb")
-            while chunk := large_object.read(CHUNK):
+            for chunk in large_object_chunks(connection.large_object(oid, "rb")):
                 digest.update(chunk)
                 seen += len(chunk)
                 bar.update(len(chunk))

@@ -17,8 +17,9 @@ Only regular files and real directories are read: a symbolic link is never
 followed (found with lstat while scanning, refused by O_NOFOLLOW when
 opened), FIFOs, devices and sockets are never read, and a file is read up to
 its size when opened and no further (one that changed meanwhile, grown or
-shrunk, is a torn copy). Each of those fails with its reason: a blob left
-out must not pass for a clean run, since the old store is retired after one.
+shrunk, is a torn copy; files.py). Each of those fails with its reason: a
+blob left out must not pass for a clean run, since the old store is retired
+after one.
 
 Inside a batch's transaction the contents are written first (large ones
 into large objects), and only then the per-user lock of the batch's users is
@@ -27,14 +28,12 @@ row inserts: held for milliseconds, never while a large file streams.
 """
 
 import datetime
-import errno
 import json
 import os
 import queue
-import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,9 +43,11 @@ from psycopg2 import errorcodes
 
 from pgblobs import names
 from pgblobs.backend import INLINE_LIMIT
+from pgblobs.db.connector import SyncConnection
 from pgblobs.errors import InvalidFlag, InvalidName
-from pgblobs.ops.output import progress
-from pgblobs.transfer import CHUNK, ContentDigest
+from pgblobs.ops.files import LINK, RegularFile, UnfitFile, file_date, unfit
+from pgblobs.ops.output import first_line, progress
+from pgblobs.transfer import ContentDigest
 
 FLAGS, DELETED = ".flags", ".deleted"
 
@@ -54,14 +55,12 @@ FLAGS, DELETED = ".flags", ".deleted"
 @dataclass
 class Entry:
     path: Path  # the blob file, or its .deleted marker for a tombstone
-    user: str
-    namespace: str
-    blob_id: str
+    key: names.BlobKey
     tombstone: bool
     status: os.stat_result  # lstat while scanning: a marker's date, a blob's size for progress
 
-    def flags_path(self):
-        return self.path.with_name(self.blob_id + FLAGS)
+    def flags_path(self) -> Path:
+        return self.path.with_name(self.key.blob_id + FLAGS)
 
     @property
     def size(self) -> int:
@@ -73,10 +72,10 @@ class ImportReport:
     imported: int = 0
     tombstones: int = 0
     bytes: int = 0
-    skipped: list = field(default_factory=list)  # (path, reason)
-    failed: list = field(default_factory=list)  # (path, reason)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # (path, reason)
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # (path, reason)
 
-    def merge(self, other):
+    def merge(self, other: "ImportReport") -> None:
         self.imported += other.imported
         self.tombstones += other.tombstones
         self.bytes += other.bytes
@@ -84,87 +83,12 @@ class ImportReport:
         self.failed += other.failed
 
 
-def blob_path(root, user, namespace, blob_id):
+def blob_path(root: str | os.PathLike[str], user: str, namespace: str, blob_id: str) -> Path:
     """Where the layout keeps a blob."""
     return Path(root, user, namespace, blob_id[0], blob_id[:3], blob_id[:6], blob_id)
 
 
-LINK = "a symbolic link, not followed"
-_NOT_REGULAR = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISCHR, "a device"),
-    (stat.S_ISBLK, "a device"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
-def unfit(mode: int) -> str | None:
-    """Why a file of this mode (from lstat or fstat) is not read; None for a regular file."""
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISLNK(mode):
-        return LINK
-    kind = next((kind for test, kind in _NOT_REGULAR if test(mode)), "a special file")
-    return f"{kind}, not a regular file"
-
-
-class UnfitFile(ValueError):
-    """A file that is not read: not a regular file, or one that changed while read."""
-
-
-def _date(status: os.stat_result) -> datetime.datetime:
-    return datetime.datetime.fromtimestamp(status.st_mtime, datetime.UTC)
-
-
-class RegularFile:
-    """A regular file opened without following a link (O_NOFOLLOW) and without
-    blocking on a FIFO or device (O_NONBLOCK; fstat then refuses them), read
-    up to its size at open and no further."""
-
-    def __init__(self, path: str | os.PathLike, dir_fd: int | None = None) -> None:
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        try:
-            self._fd = os.open(path, flags, dir_fd=dir_fd)
-        except OSError as error:
-            if error.errno == errno.ELOOP:
-                raise UnfitFile(LINK) from None
-            raise
-        self.status = os.fstat(self._fd)
-        reason = unfit(self.status.st_mode)
-        if reason is not None:
-            os.close(self._fd)
-            raise UnfitFile(reason)
-
-    def __enter__(self) -> "RegularFile":
-        return self
-
-    def __exit__(self, *exception: object) -> None:
-        os.close(self._fd)
-
-    @property
-    def size(self) -> int:
-        return self.status.st_size
-
-    @property
-    def date(self) -> datetime.datetime:
-        return _date(self.status)
-
-    def chunks(self) -> Iterator[bytes]:
-        """The content, ``size`` bytes at most; UnfitFile at the end if the file
-        changed meanwhile (a torn copy must not pass for the blob)."""
-        left = self.size
-        while left and (chunk := os.read(self._fd, min(CHUNK, left))):
-            left -= len(chunk)
-            yield chunk
-        after = os.fstat(self._fd)
-        if left or (after.st_size, after.st_mtime_ns) != (self.size, self.status.st_mtime_ns):
-            raise UnfitFile(
-                f"changed while read ({self.size} bytes when opened, {after.st_size} after)"
-            )
-
-
-def _subdirectories(directory: Path, report: "ImportReport", only: str | None = None) -> list[Path]:
+def _subdirectories(directory: Path, report: ImportReport, only: str | None = None) -> list[Path]:
     """The real directories in ``directory`` (only the one named ``only``, if
     given), by name; links are reported, never followed."""
     found = []
@@ -178,11 +102,12 @@ def _subdirectories(directory: Path, report: "ImportReport", only: str | None = 
     return found
 
 
-def scan(root, report, only_user=None):
+def scan(
+    root: str | os.PathLike[str], report: ImportReport, only_user: str | None = None
+) -> Iterator[Entry]:
     """The entries of a tree, in a stable order; misplaced or misnamed files,
     links and special files go to ``report.failed``."""
-    root = Path(root)
-    for user_dir in _subdirectories(root, report, only_user):
+    for user_dir in _subdirectories(Path(root), report, only_user):
         for namespace_dir in _subdirectories(user_dir, report):
             # os.walk lists links to directories among the subdirectories and,
             # with followlinks false, never enters them; report them here.
@@ -193,20 +118,18 @@ def scan(root, report, only_user=None):
                 subdirectories.sort()
                 present = set(files)
                 for name in sorted(files):
-                    entry = _entry(
-                        Path(directory),
-                        name,
-                        present,
-                        user_dir.name,
-                        namespace_dir.name,
-                        namespace_dir,
-                        report,
-                    )
+                    entry = _entry(namespace_dir, Path(directory), name, present, report)
                     if entry is not None:
                         yield entry
 
 
-def _entry(directory, name, present, user, namespace, namespace_dir, report):
+def _entry(
+    namespace_dir: Path, directory: Path, name: str, present: set[str], report: ImportReport
+) -> Entry | None:
+    """The entry the file ``name`` in ``directory`` (below ``namespace_dir``,
+    whose siblings ``present`` are) stands for, if any; None for a flags file
+    or a blob that a marker beside it says is deleted, and for a file that
+    fails (in ``report``)."""
     path = directory / name
     if name.endswith(FLAGS):
         return None  # read with its blob
@@ -214,12 +137,13 @@ def _entry(directory, name, present, user, namespace, namespace_dir, report):
     blob_id = name[: -len(DELETED)] if tombstone else name
     if not tombstone and blob_id + DELETED in present:
         return None  # deleted: its marker stands for it
+    user_dir = namespace_dir.parent
     try:
-        key = names.BlobKey.of(user, blob_id, namespace)
+        key = names.BlobKey.of(user_dir.name, blob_id, namespace_dir.name)
     except InvalidName as error:
         report.failed.append((path, str(error)))
         return None
-    expected = blob_path(namespace_dir.parent.parent, user, namespace, blob_id).parent
+    expected = blob_path(user_dir.parent, key.user, key.namespace, key.blob_id).parent
     if directory != expected:
         report.failed.append((path, f"not where the layout puts it ({expected})"))
         return None
@@ -228,7 +152,7 @@ def _entry(directory, name, present, user, namespace, namespace_dir, report):
     if reason is not None:
         report.failed.append((path, reason))
         return None
-    return Entry(path, key.user, key.namespace, key.blob_id, tombstone, status)
+    return Entry(path, key, tombstone, status)
 
 
 class _AlreadyThere(Exception):
@@ -238,22 +162,27 @@ class _AlreadyThere(Exception):
 BATCH = 200  # blobs per transaction
 
 
-def import_tree(connections, root, only_user=None, dry_run=False):
+def import_tree(
+    connections: Sequence[SyncConnection],
+    root: str | os.PathLike[str],
+    only_user: str | None = None,
+    dry_run: bool = False,
+) -> ImportReport:
     """Import the tree at ``root``, a batch at a time on each of
-    ``connections`` (SyncConnections) at once."""
+    ``connections`` at once."""
     report = ImportReport()
     entries = list(scan(root, report, only_user))
     batches = [entries[first : first + BATCH] for first in range(0, len(entries), BATCH)]
-    idle: queue.SimpleQueue = queue.SimpleQueue()
+    idle: queue.SimpleQueue[SyncConnection] = queue.SimpleQueue()
     for connection in connections:
         idle.put(connection)
     merging = threading.Lock()
     done = 0
     started = time.monotonic()
     total = sum(entry.size for entry in entries)
-    with progress(total, "B", "importing", unit_scale=True) as bar:
+    with progress(total, "importing") as bar:
 
-        def run(batch):
+        def run(batch: list[Entry]) -> None:
             nonlocal done
             connection = idle.get()
             try:
@@ -271,7 +200,9 @@ def import_tree(connections, root, only_user=None, dry_run=False):
     return report
 
 
-def _import_or_isolate(connection, batch, dry_run):
+def _import_or_isolate(
+    connection: SyncConnection, batch: list[Entry], dry_run: bool
+) -> ImportReport:
     """The batch in one transaction; if that fails, each entry in its own,
     so only the culprit is reported."""
     outcome = ImportReport()
@@ -284,41 +215,50 @@ def _import_or_isolate(connection, batch, dry_run):
     return outcome
 
 
-def _arrays(entries, **columns):
+def _arrays(entries: Sequence[Entry], **columns: Sequence[object]) -> dict[str, Sequence[object]]:
     """The parameters of a statement over ``entries``: their names as
     arrays, and each of ``columns`` (a list per entry)."""
     return dict(
-        users=[e.user for e in entries],
-        namespaces=[e.namespace for e in entries],
-        blob_ids=[e.blob_id for e in entries],
+        users=[e.key.user for e in entries],
+        namespaces=[e.key.namespace for e in entries],
+        blob_ids=[e.key.blob_id for e in entries],
         **columns,
     )
 
 
 @dataclass
 class _Content:
-    """A blob's content, read: inline when small, else already in a large object."""
+    """A blob's content, read: inline when small, else already in a large
+    object; and the flags its row gets."""
 
     entry: Entry
     digest: ContentDigest
     created_at: datetime.datetime
+    flags: list[str]
     oid: int | None = None
     data: bytes | None = None
 
 
-def _import_batch(connection, batch, report, dry_run):
+def _import_batch(
+    connection: SyncConnection, batch: Sequence[Entry], report: ImportReport, dry_run: bool
+) -> None:
     present = {row.position for row in connection.fetch("existing_blobs", _arrays(batch))}
     todo = [entry for position, entry in enumerate(batch, 1) if position not in present]
     tombstones = [entry for entry in todo if entry.tombstone]
     blobs = [entry for entry in todo if not entry.tombstone]
-    flags = {id(entry): _read_flags(entry) for entry in blobs}
+    # Read before any content is written, and in a dry run too: a bad flags
+    # file fails its blob either way.
+    flags = [_read_flags(entry) for entry in blobs]
     sizes: list[int] = []
     if dry_run:
         sizes = [_size(entry) for entry in blobs]
     elif todo:
         with connection.transaction():
-            contents = [_load(connection, entry) for entry in blobs]
-            _insert_rows(connection, contents, flags, tombstones)
+            contents = [
+                _load(connection, entry, its_flags)
+                for entry, its_flags in zip(blobs, flags, strict=True)
+            ]
+            _insert_rows(connection, contents, tombstones)
         sizes = [content.digest.size for content in contents]
     for position, entry in enumerate(batch, 1):
         if position in present:
@@ -334,7 +274,7 @@ def _size(entry: Entry) -> int:
         return source.size
 
 
-def _load(connection, entry: Entry) -> _Content:
+def _load(connection: SyncConnection, entry: Entry, flags: list[str]) -> _Content:
     """A blob file's content: read when small, streamed into a new large object
     (in the caller's transaction) when large."""
     digest = ContentDigest()
@@ -342,20 +282,22 @@ def _load(connection, entry: Entry) -> _Content:
         if source.size <= INLINE_LIMIT:
             data = b"".join(source.chunks())
             digest.update(data)
-            return _Content(entry, digest, source.date, data=data)
+            return _Content(entry, digest, source.date, flags, data=data)
         large_object = connection.large_object(0, "wb")
         for chunk in source.chunks():
             digest.update(chunk)
             large_object.write(chunk)
         large_object.close()
-        return _Content(entry, digest, source.date, oid=large_object.oid)
+        return _Content(entry, digest, source.date, flags, oid=large_object.oid)
 
 
-def _insert_rows(connection, contents: list[_Content], flags, tombstones: list[Entry]) -> None:
+def _insert_rows(
+    connection: SyncConnection, contents: list[_Content], tombstones: list[Entry]
+) -> None:
     """The rows of a batch whose contents are all written, under its users'
     lock, taken only now so that it is held for these inserts alone."""
     entries = [content.entry for content in contents] + tombstones
-    connection.execute("lock_users", {"users": [entry.user for entry in entries]})
+    connection.execute("lock_users", {"users": [entry.key.user for entry in entries]})
     # The names were found free before the lock: an API write (a tombstone
     # too) may have taken one since, and inserting over it would revive or
     # double it. Under the lock the answer holds until the commit.
@@ -364,12 +306,12 @@ def _insert_rows(connection, contents: list[_Content], flags, tombstones: list[E
     try:
         for content in contents:
             if content.oid is not None:
-                _insert_large(connection, content, flags[id(content.entry)])
+                _insert_large(connection, content, content.oid)
         small = [content for content in contents if content.data is not None]
         if small:
-            _insert_small(connection, small, flags)
+            _insert_small(connection, small)
         if tombstones:
-            dates = [_date(entry.status) for entry in tombstones]
+            dates = [file_date(entry.status) for entry in tombstones]
             connection.execute("import_tombstones", _arrays(tombstones, dates=dates))
     except psycopg2.IntegrityError as error:
         if error.pgcode == errorcodes.UNIQUE_VIOLATION:
@@ -377,7 +319,8 @@ def _insert_rows(connection, contents: list[_Content], flags, tombstones: list[E
         raise
 
 
-def _insert_small(connection, contents: list[_Content], flags) -> None:
+def _insert_small(connection: SyncConnection, contents: list[_Content]) -> None:
+    """Small blobs' rows, their content inline, in one statement."""
     connection.execute(
         "import_small_blobs",
         _arrays(
@@ -386,44 +329,47 @@ def _insert_small(connection, contents: list[_Content], flags) -> None:
             tags=[content.digest.tag for content in contents],
             sha256s=[psycopg2.Binary(content.digest.sha256) for content in contents],
             dates=[content.created_at for content in contents],
-            flags=[",".join(flags[id(content.entry)]) for content in contents],
+            flags=[",".join(content.flags) for content in contents],
         ),
     )
 
 
-def _insert_large(connection, content: _Content, flags: list[str]) -> None:
-    """A large blob's row, its content already in its large object."""
-    entry, digest = content.entry, content.digest
-    params = {"user": entry.user, "namespace": entry.namespace, "blob_id": entry.blob_id}
-    row = connection.fetch_one(
+def _insert_large(connection: SyncConnection, content: _Content, oid: int) -> None:
+    """A large blob's row, its content already in the large object ``oid``."""
+    params = content.entry.key.params()
+    digest = content.digest
+    row = connection.fetch(
         "import_blob",
         dict(
             params,
-            oid=content.oid,
+            oid=oid,
             size=digest.size,
             tag=digest.tag,
             sha256=digest.sha256,
             created_at=content.created_at,
         ),
-    ).id
-    if flags:
-        connection.execute("import_flags", dict(params, row=row, flags=flags))
+    )[0].id
+    if content.flags:
+        connection.execute("import_flags", dict(params, row=row, flags=content.flags))
 
 
-def _import_alone(connection, entry, report, dry_run):
+def _import_alone(
+    connection: SyncConnection, entry: Entry, report: ImportReport, dry_run: bool
+) -> None:
     """One entry in its own transaction, its failure reported as its own."""
     try:
         _import_batch(connection, [entry], report, dry_run)
     except _AlreadyThere:
         report.skipped.append((entry.path, "written through the API meanwhile"))
     except (OSError, ValueError, psycopg2.Error) as error:
-        report.failed.append((entry.path, str(error).strip().splitlines()[0]))
+        report.failed.append((entry.path, first_line(error)))
 
 
 _FLAGS_LIMIT = 4096  # bytes; four flags in JSON take under 60
 
 
-def _read_flags(entry):
+def _read_flags(entry: Entry) -> list[str]:
+    """The flags in a blob's flags file; none when it has no such file."""
     path = entry.flags_path()
     try:
         with RegularFile(path) as source:

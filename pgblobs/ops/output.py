@@ -1,36 +1,54 @@
-"""Presenting results to an operator: tables, CSV, JSON, sizes, progress."""
+"""Presenting results to an operator: tables, CSV, JSON, sizes, reasons, progress."""
 
 import csv
 import datetime
 import io
 import json
 import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, SupportsFloat
 
 from tqdm import tqdm
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
+# A column's table cell from its value. The value's type is the column's
+# (an int, a Decimal sum, a date, None), which only each function knows.
+Shown = Mapping[str, Callable[[Any], object]]
 
-def human_size(count):
+
+def human_size(count: SupportsFloat | None) -> str:
     """1536 -> '1.5 KiB'; whole bytes below 1 KiB."""
     if count is None:
         return "-"
     value = float(count)
-    for unit in _UNITS:
-        if abs(value) < 1024 or unit == _UNITS[-1]:
+    for unit in _UNITS[:-1]:
+        if abs(value) < 1024:
             return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
+    return f"{value:.1f} {_UNITS[-1]}"
 
 
-def _plain(value):
+def first_line(error: BaseException) -> str:
+    """What a report shows of an error: its first line (a PostgreSQL error
+    goes on with DETAIL, HINT and CONTEXT lines)."""
+    return str(error).strip().splitlines()[0]
+
+
+def _plain(value: object) -> object:
     if isinstance(value, (datetime.datetime, datetime.date)):
         return value.isoformat()
     return value
 
 
-def render(rows, columns, output_format, shown=None):
-    """``rows`` (dicts) as an aligned table, CSV or JSON. ``shown`` maps a
-    column to a function giving its table cell (sizes, dates)."""
+def render(
+    rows: Sequence[Mapping[str, object]],
+    columns: Sequence[str],
+    output_format: str,
+    shown: Shown | None = None,
+) -> str:
+    """``rows`` as an aligned table, CSV or JSON. ``shown`` maps a column to
+    a function giving its table cell (sizes, dates)."""
     if output_format == "json":
         return json.dumps([{c: _plain(row[c]) for c in columns} for row in rows], indent=2)
     if output_format == "csv":
@@ -54,7 +72,7 @@ def render(rows, columns, output_format, shown=None):
     return "\n".join(lines)
 
 
-def _cell(value):
+def _cell(value: object) -> object:
     if value is None:
         return "-"
     if isinstance(value, datetime.datetime):
@@ -62,17 +80,18 @@ def _cell(value):
     return _plain(value)
 
 
-def _numeric(cell):
+def _numeric(cell: str) -> bool:
     return cell.replace(".", "", 1).replace("%", "").replace(" ", "").rstrip("BKMGTPi").isdigit()
 
 
-def progress(total, unit, description, unit_scale=False):
-    """A progress bar on a terminal; silent otherwise (callers print a summary)."""
+def progress(total: int, description: str, unit: str = "B") -> tqdm:
+    """A progress bar on a terminal; silent otherwise (callers print a
+    summary). Bytes are shown scaled (kB, MB); other units as counted."""
     return tqdm(
         total=total,
         unit=unit,
         desc=description,
-        unit_scale=unit_scale,
+        unit_scale=unit == "B",
         disable=not sys.stderr.isatty(),
         file=sys.stderr,
         leave=False,

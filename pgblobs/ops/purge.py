@@ -3,14 +3,23 @@
 import datetime
 import re
 
+from pgblobs.db.connector import SyncConnection
 from pgblobs.ops.output import progress
 
 _DURATION = re.compile(r"(\d+)([smhdw])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# (letter in a duration, name, seconds), largest first
+_UNITS = (
+    ("w", "week", 604800),
+    ("d", "day", 86400),
+    ("h", "hour", 3600),
+    ("m", "minute", 60),
+    ("s", "second", 1),
+)
+_UNIT_SECONDS = {letter: seconds for letter, _, seconds in _UNITS}
 BATCH = 1000
 
 
-def parse_duration(text):
+def parse_duration(text: str) -> datetime.timedelta:
     """'30d', '12h', '1w2d' -> timedelta; ValueError otherwise."""
     text = text.strip().lower()
     parts = _DURATION.findall(text)
@@ -19,26 +28,28 @@ def parse_duration(text):
     return datetime.timedelta(seconds=sum(int(n) * _UNIT_SECONDS[u] for n, u in parts))
 
 
-def describe(duration):
+def describe(duration: datetime.timedelta) -> str:
     """timedelta(days=30) -> '30 days'; the largest whole unit that fits."""
     seconds = int(duration.total_seconds())
-    for name, size in (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds and seconds % size == 0:
-            count = seconds // size
-            return f"{count} {name}{'s' if count != 1 else ''}"
-    return f"{seconds} second{'s' if seconds != 1 else ''}"
+    # Zero is a whole number of every unit: it is said in seconds.
+    name, size = next(
+        ((name, size) for _, name, size in _UNITS if seconds and seconds % size == 0),
+        ("second", 1),
+    )
+    count = seconds // size
+    return f"{count} {name}{'s' if count != 1 else ''}"
 
 
-def purge(connection, older_than, dry_run=False):
+def purge(connection: SyncConnection, older_than: datetime.timedelta, dry_run: bool = False) -> int:
     """Remove tombstones deleted more than ``older_than`` ago; the number removed
     (or, with ``dry_run``, that would be). Each batch is its own statement,
     and so its own transaction."""
     cutoff = datetime.datetime.now(datetime.UTC) - older_than
-    total = connection.fetch_one("count_old_tombstones", {"cutoff": cutoff}).tombstones
+    total: int = connection.fetch("count_old_tombstones", {"cutoff": cutoff})[0].tombstones
     if dry_run or not total:
         return total
     removed = 0
-    with progress(total, "tombstones", "purging") as bar:
+    with progress(total, "purging", unit="tombstones") as bar:
         while True:
             batch = connection.execute("purge_tombstones", {"cutoff": cutoff, "batch": BATCH})
             removed += batch

@@ -1,5 +1,6 @@
 """Usage reports from the reporting views (migrations/versions/0003)."""
 
+from pgblobs.db.connector import SyncConnection
 from pgblobs.ops import capacity
 from pgblobs.ops.output import human_size
 
@@ -25,7 +26,12 @@ SIZE_COLUMNS = {
 }
 
 
-def usage(connection, default_quota, user=None, top=None):
+def usage(
+    connection: SyncConnection,
+    default_quota: int | None,
+    user: str | None = None,
+    top: int | None = None,
+) -> list[dict[str, object]]:
     """One dict per user, biggest first. ``quota_bytes`` is the override, or
     ``default_quota`` for users without one (None: unlimited)."""
     rows = connection.fetch(
@@ -51,14 +57,15 @@ def usage(connection, default_quota, user=None, top=None):
     return report
 
 
-def daily(connection, days):
+def daily(connection: SyncConnection, days: int) -> list[dict[str, object]]:
+    """One dict per day of the last ``days``, the day's writes and deletes."""
     return [
         {column: getattr(row, column) for column in DAILY_COLUMNS}
         for row in connection.fetch("report_daily", {"days": days})
     ]
 
 
-def large_objects(connection):
+def large_objects(connection: SyncConnection) -> list[dict[str, object]]:
     """One row: the large objects, their bytes on disk, and the OIDs left."""
     measured = capacity.measure(connection)
     return [

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from pgblobs.ops import importfs
+from pgblobs.ops import files
 from tests.helpers import pgblobs_command, sql
 from tests.ops.test_import_fs import blob_path
 
@@ -110,11 +110,11 @@ def test_linked_flags_files_and_markers_fail_their_blob(dsn, tmp_path):
 def test_a_file_is_read_up_to_its_size_at_open_and_no_further(tmp_path):
     path = tmp_path / "growing"
     path.write_bytes(b"x" * 3000)
-    with importfs.RegularFile(path) as source:
+    with files.RegularFile(path) as source:
         with open(path, "ab") as writer:
             writer.write(b"y" * 5000)
         read = b""
-        with pytest.raises(importfs.UnfitFile, match="changed while read"):
+        with pytest.raises(files.UnfitFile, match="changed while read"):
             for chunk in source.chunks():
                 read += chunk
     assert read == b"x" * 3000
@@ -123,7 +123,7 @@ def test_a_file_is_read_up_to_its_size_at_open_and_no_further(tmp_path):
 def test_a_file_that_shrinks_while_read_fails(tmp_path):
     path = tmp_path / "shrinking"
     path.write_bytes(b"x" * 3000)
-    with importfs.RegularFile(path) as source:
+    with files.RegularFile(path) as source:
         os.truncate(path, 1000)
-        with pytest.raises(importfs.UnfitFile, match="changed while read"):
+        with pytest.raises(files.UnfitFile, match="changed while read"):
             b"".join(source.chunks())
