@@ -9,7 +9,8 @@ long before it runs out (docs/scaling.md: what to do then).
 
 from dataclasses import dataclass
 
-from pgblobs.db.connector import Row, SyncConnection
+from pgblobs.db.queries import Row
+from pgblobs.db.sync import SyncConnection
 
 OID_SPACE = 2**32 - 16384
 # Past this share of the OID space in use, fsck warns: new large objects

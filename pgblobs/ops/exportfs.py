@@ -34,7 +34,8 @@ from pathlib import Path
 
 import psycopg2
 
-from pgblobs.db.connector import Row, SyncConnection
+from pgblobs.db.queries import Row
+from pgblobs.db.sync import SyncConnection
 from pgblobs.ops.files import LINK, RegularFile, UnfitFile
 from pgblobs.ops.importfs import DELETED, FLAGS, blob_path
 from pgblobs.ops.output import first_line, progress

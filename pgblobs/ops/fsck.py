@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import psycopg2
 from tqdm import tqdm
 
-from pgblobs.db.connector import SyncConnection
+from pgblobs.db.sync import SyncConnection
 from pgblobs.ops import capacity
 from pgblobs.ops.output import progress
 from pgblobs.ops.reading import each_row, large_object_chunks, live_bytes

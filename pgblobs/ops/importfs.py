@@ -43,7 +43,7 @@ from psycopg2 import errorcodes
 
 from pgblobs import names
 from pgblobs.backend import INLINE_LIMIT
-from pgblobs.db.connector import SyncConnection
+from pgblobs.db.sync import SyncConnection
 from pgblobs.errors import InvalidFlag, InvalidName
 from pgblobs.ops.files import LINK, RegularFile, UnfitFile, file_date, unfit
 from pgblobs.ops.output import first_line, progress

@@ -3,7 +3,7 @@
 import datetime
 import re
 
-from pgblobs.db.connector import SyncConnection
+from pgblobs.db.sync import SyncConnection
 from pgblobs.ops.output import progress
 
 _DURATION = re.compile(r"(\d+)([smhdw])")

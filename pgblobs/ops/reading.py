@@ -5,7 +5,8 @@ from collections.abc import Iterator
 
 from psycopg2.extensions import lobject
 
-from pgblobs.db.connector import Row, SyncConnection
+from pgblobs.db.queries import Row
+from pgblobs.db.sync import SyncConnection
 from pgblobs.transfer import CHUNK
 
 _BATCH = 500  # rows per statement

@@ -1,6 +1,6 @@
 """Usage reports from the reporting views (migrations/versions/0003)."""
 
-from pgblobs.db.connector import SyncConnection
+from pgblobs.db.sync import SyncConnection
 from pgblobs.ops import capacity
 from pgblobs.ops.output import human_size
 
