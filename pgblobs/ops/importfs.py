@@ -43,10 +43,10 @@ import psycopg2
 from psycopg2 import errorcodes
 
 from pgblobs import names
-from pgblobs.backend import INLINE_LIMIT
 from pgblobs.errors import InvalidFlag, InvalidName
 from pgblobs.ops.output import progress
 from pgblobs.transfer import CHUNK, ContentDigest
+from pgblobs.versions import INLINE_LIMIT
 
 FLAGS, DELETED = ".flags", ".deleted"
 
