@@ -19,10 +19,8 @@ LARGE = content(INLINE_LIMIT + 1, seed=3)
 
 @pytest.fixture(params=["postgres", "memory"])
 def store(request):
-    """Each implementation of IBlobStore, in turn."""
-    if request.param == "memory":
-        return MemoryBlobsBackend()
-    return request.getfixturevalue("backend")
+    """PostgresBlobsBackend on a real server, then MemoryBlobsBackend."""
+    return MemoryBlobsBackend() if request.param == "memory" else request.getfixturevalue("backend")
 
 
 def test_both_stores_provide_the_contract_of_the_site(store):

@@ -29,7 +29,6 @@ class UserBlobs(OfUser):
 
     @rendered
     async def render_GET(self, request: StreamingRequest) -> None:
-        request.route = self.route
         user = names.user_name(self._user)
         namespace = names.namespace_name(arguments.text(request, "namespace", ""))
         await self._context.auth.require(request, user)
@@ -64,7 +63,6 @@ class Blob(OfBlob):
     route = "blob"
 
     async def _authorized_key(self, request: StreamingRequest) -> names.BlobKey:
-        request.route = self.route
         key = names.BlobKey.of(self._user, self._blob_id, arguments.text(request, "namespace", ""))
         await self._context.auth.require(request, key.user)
         return key

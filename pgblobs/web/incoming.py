@@ -35,7 +35,6 @@ class Delivery(OfBlob):
 
     @rendered
     async def render_PUT(self, request: StreamingRequest) -> None:
-        request.route = self.route
         key = names.BlobKey.of(self._user, self._blob_id, mail.NAMESPACE)
         await self._context.auth.user_of(request)  # any service with a valid token
         body = body_of(request)

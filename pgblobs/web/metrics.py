@@ -105,6 +105,5 @@ class _MetricsPage(Handler):
         self._registry = registry
 
     def render_GET(self, request: StreamingRequest) -> int:
-        request.route = self.route
         send(request, 200, generate_latest(self._registry), CONTENT_TYPE_LATEST.encode("ascii"))
         return NOT_DONE_YET

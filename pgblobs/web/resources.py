@@ -83,6 +83,8 @@ class Handler(Resource):
     table (twisted.web says 501 for methods outside GET, HEAD and POST), and
     HEAD wherever it answers GET: the same status and headers, no body."""
 
+    route: str | None = None  # what metrics call the requests it answers
+
     def allowed_methods(self) -> list[str]:
         return _allowed_methods(type(self))
 
@@ -91,6 +93,8 @@ class Handler(Resource):
         if method not in self.allowed_methods():
             send_error(request, Failure(MethodNotAllowed(self.allowed_methods())))
             return NOT_DONE_YET
+        if self.route is not None:
+            request.route = self.route
         # Every render_GET here sends its own response, and send() leaves
         # the body out of a HEAD answer: so GET serves both.
         render: Callable[[StreamingRequest], int | bytes] = getattr(

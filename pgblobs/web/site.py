@@ -75,7 +75,6 @@ class _About(Handler):
         return super().getChild(path, request) if path else self
 
     def render_GET(self, request: StreamingRequest) -> int:
-        request.route = self.route
         send_json(request, {"name": "pgblobs", "version": __version__, "blobs": True})
         return server.NOT_DONE_YET
 
@@ -105,7 +104,6 @@ class _Health(Handler):
 
     @rendered
     async def render_GET(self, request: StreamingRequest) -> None:
-        request.route = self.route
         answer: defer.Deferred[object] = defer.Deferred()
         # The check is left to finish (or fail) on its own: cancelling a
         # statement would make txpostgres ask the server, which may be silent.

@@ -35,7 +35,6 @@ class UserStream(OfUser):
 
     @rendered
     async def render_POST(self, request: StreamingRequest) -> None:
-        request.route = self.route
         if request.postpath not in ([], [b""]):
             raise NotFound("no such resource")
         user = names.user_name(self._user)
