@@ -1,10 +1,14 @@
-"""PostgresBlobsBackend: IBlobsBackend on PostgreSQL, one method per interface method.
+"""PostgresBlobsBackend: IBlobStore on PostgreSQL, the facade over the rooms
+that do the work.
 
-Each method validates its names first (no database work for bad input), then
-runs named statements (db/queries.sql) or hands content to a worker thread
-(db/largeobjects.py, fed by the adapters of transfer.py). Nothing is cached
-in the process: every answer comes from the database, which several server
-nodes may share.
+Each method validates its names first (no database work for bad input),
+then hands over: writes.py chooses how a blob travels and prechecks it
+(db/small_writes.py commits small ones together, db/largeobjects.py streams
+the rest on worker threads); versions.py opens versions and reads them;
+listings.py lists ids; db/replicas.py decides which database answers a read.
+The few single statements left (delete, flags, counts) run here. Nothing is
+cached in the process: every answer comes from the database, which several
+server nodes may share.
 """
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence

@@ -1,9 +1,10 @@
-"""MemoryBlobsBackend: an IBlobsBackend in a dict, for tests and embedders.
+"""MemoryBlobsBackend: an IBlobStore in a dict, for tests and embedders.
 
 It keeps the same promises as PostgresBlobsBackend (the contract tests in
-tests/test_backend.py run against both): names checked first, one live blob
-per id, tombstones, flags dropped on delete, quotas, KiB rounded up. It has
-no durability and no sharing between processes, by design.
+tests/test_backend.py and tests/test_contract.py run against both): names
+checked first, one live blob per id, tombstones, flags dropped on delete,
+quotas, KiB rounded up. It has no durability and no sharing between
+processes, by design.
 """
 
 import itertools
