@@ -8,14 +8,14 @@ carrying an error from
 """
 
 import functools
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer
 from twisted.web.iweb import IBodyProducer
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 from pgblobs import settings
 
@@ -117,6 +117,76 @@ class IBlobsBackend(Interface):
         user: str, blob_id: str, flags: Iterable[str], namespace: str = ""
     ) -> Deferred[None]:
         """Replace the blob's flags; ``InvalidFlag`` leaves them unchanged."""
+
+
+class IOpenBlob(Interface):
+    """One version of a blob, as ``IBlobStore.open_blob`` found it.
+
+    Its size and tag describe this very version: reading it gives this
+    version's bytes or fails with ``BlobNotFound`` (it was deleted
+    meanwhile), never another version's bytes under this size and tag.
+    """
+
+    user = Attribute("The owner's name (str), as validated.")
+    blob_id = Attribute("The blob's id (str).")
+    size = Attribute("The version's size in bytes (int).")
+    tag = Attribute("The version's tag (str), as ``get_tag`` gives it.")
+    content = Attribute(
+        "The version's bytes when they came with it (small blobs), else None: reading fetches them."
+    )
+
+    def read(consumer: IConsumer, range: tuple[int, int | None] | None = None) -> Deferred[None]:
+        """Stream this version's bytes (``range`` as in ``read_blob``) into
+        ``consumer``; fails with ``BlobNotFound`` if it was deleted meanwhile."""
+
+
+class IBlobStore(IBlobsBackend):
+    """What the web site needs of a store beyond ``IBlobsBackend``: opening
+    versions (so the status line and headers are known before any byte is
+    sent), many at once, and writing many blobs in one transaction."""
+
+    def open_blob(user: str, blob_id: str, namespace: str = "") -> Deferred[IOpenBlob]:
+        """The blob's live version; fails with ``BlobNotFound`` when there is none."""
+
+    def open_blobs(
+        user: str, blob_ids: Iterable[str], namespace: str = ""
+    ) -> Deferred[list[IOpenBlob]]:
+        """``open_blob`` for many ids, in their order (repeats included);
+        fails with ``BlobNotFound`` naming the first id with no live blob."""
+
+    def load_small(opened: Sequence[IOpenBlob]) -> Deferred[list[IOpenBlob]]:
+        """The same versions, in the same order, the small ones carrying
+        their ``content``: fetched together, so a stream of many small blobs
+        costs a round trip per batch rather than per blob. A version deleted
+        meanwhile stays without content; reading it is the usual
+        ``BlobNotFound``."""
+
+    def write_blobs(
+        user: str,
+        blobs: Sequence[tuple[str, int, Callable[[], IBodyProducer]]],
+        namespace: str = "",
+        before_commit: Callable[[], Deferred[Any]] | None = None,
+    ) -> Deferred[None]:
+        """Store several blobs in one transaction: all of them, or none.
+
+        ``blobs`` lists ``(blob_id, size, producer_factory)``; each factory is
+        called, on the reactor, when its blob's turn comes, and returns the
+        IBodyProducer of exactly ``size`` bytes. ``before_commit`` (a
+        callable returning a Deferred) may still refuse the whole lot once
+        every byte is in. Fails with ``BlobExists`` when an id is taken or
+        listed twice, ``QuotaExceeded`` when the lot does not fit.
+        """
+
+    def close() -> Deferred[None]:
+        """Let go of whatever the store holds (connections); fires when done."""
+
+
+class IBodyOnDemand(IBodyProducer):
+    """A body the client sends only once the server asks for it (HTTP's
+    ``Expect: 100-continue``): refusing a write before reading such a body
+    saves the client the upload, so a store checks what it can first."""
+
+    sent_on_demand = Attribute("True when the body comes only once production starts.")
 
 
 def deferred(

@@ -1,9 +1,10 @@
-"""MemoryBlobsBackend: an IBlobsBackend in a dict, for tests and embedders.
+"""MemoryBlobsBackend: an IBlobStore in a dict, for tests and embedders.
 
 It keeps the same promises as PostgresBlobsBackend (the contract tests in
-tests/test_backend.py run against both): names checked first, one live blob
-per id, tombstones, flags dropped on delete, quotas, KiB rounded up. It has
-no durability and no sharing between processes, by design.
+tests/test_backend.py and tests/test_contract.py run against both): names
+checked first, one live blob per id, tombstones, flags dropped on delete,
+quotas, KiB rounded up. It has no durability and no sharing between
+processes, by design.
 """
 
 import itertools
@@ -19,7 +20,7 @@ from zope.interface import implementer
 
 from pgblobs import names, settings, transfer
 from pgblobs.errors import BlobExists, BlobNotFound, QuotaExceeded
-from pgblobs.interfaces import IBlobsBackend, deferred
+from pgblobs.interfaces import IBlobStore, IOpenBlob, deferred
 from pgblobs.names import ByteRange
 
 _ORDER = itertools.count()  # creation order, as the dates PostgreSQL would give
@@ -34,9 +35,10 @@ class _Stored:
     deleted: bool = False
 
 
+@implementer(IOpenBlob)
 @dataclass(frozen=True)
 class _OpenBlob:
-    """One version of a blob, as PostgresBlobsBackend.open_blob gives it."""
+    """One version of a blob, its content always in hand."""
 
     user: str
     blob_id: str
@@ -51,7 +53,7 @@ class _OpenBlob:
         return defer.succeed(None)
 
 
-@implementer(IBlobsBackend)
+@implementer(IBlobStore)
 class MemoryBlobsBackend:
     """Blobs in memory. ``quota_bytes`` is every user's quota (None: unlimited),
     ``quota_blobs`` the live blobs each may keep (None: no limit)."""
@@ -127,9 +129,7 @@ class MemoryBlobsBackend:
         namespace: str = "",
         before_commit: Callable[[], Deferred[Any]] | None = None,
     ) -> None:
-        keys = [names.BlobKey.of(user, blob_id, namespace) for blob_id, _, _ in blobs]
-        if len(set(keys)) != len(keys):
-            raise BlobExists("the same id is listed twice")
+        keys = names.distinct_keys(user, [blob_id for blob_id, _, _ in blobs], namespace)
         for key in keys:
             if self._taken(key):
                 raise BlobExists(f"a live blob already has the id {key.blob_id}")
@@ -147,7 +147,7 @@ class MemoryBlobsBackend:
             self._store(key, content)
 
     @deferred
-    async def open_blob(self, user: str, blob_id: str, namespace: str = "") -> _OpenBlob:
+    async def open_blob(self, user: str, blob_id: str, namespace: str = "") -> IOpenBlob:
         key = names.BlobKey.of(user, blob_id, namespace)
         stored = self._live(key)
         return _OpenBlob(key.user, key.blob_id, len(stored.content), stored.tag, stored.content)
@@ -155,7 +155,7 @@ class MemoryBlobsBackend:
     @deferred
     async def open_blobs(
         self, user: str, blob_ids: Iterable[str], namespace: str = ""
-    ) -> list[_OpenBlob]:
+    ) -> list[IOpenBlob]:
         opened = []
         for blob_id in blob_ids:
             try:
@@ -165,7 +165,7 @@ class MemoryBlobsBackend:
         return opened
 
     @deferred
-    async def load_small(self, opened: Sequence[_OpenBlob]) -> list[_OpenBlob]:
+    async def load_small(self, opened: Sequence[IOpenBlob]) -> list[IOpenBlob]:
         return list(opened)  # the content is always there
 
     @deferred

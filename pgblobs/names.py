@@ -5,10 +5,10 @@ round trip and never reaches SQL.
 """
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-from pgblobs.errors import InvalidArgument, InvalidFlag, InvalidName
+from pgblobs.errors import BlobExists, InvalidArgument, InvalidFlag, InvalidName
 
 ByteRange = tuple[int, int | None]  # start, end (exclusive; None: to the end)
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
@@ -38,6 +38,15 @@ class BlobKey(NamedTuple):
 
     def params(self) -> dict[str, str]:
         return {"user": self.user, "namespace": self.namespace, "blob_id": self.blob_id}
+
+
+def distinct_keys(user: object, blob_ids: Sequence[object], namespace: object) -> list[BlobKey]:
+    """The keys of the blobs of one multi-blob write; BlobExists when an id
+    is listed twice, before any body is read."""
+    keys = [BlobKey.of(user, blob_id, namespace) for blob_id in blob_ids]
+    if len(set(keys)) != len(keys):
+        raise BlobExists("the same id is listed twice")
+    return keys
 
 
 def _checked(kind: str, value: object) -> str:

@@ -19,8 +19,8 @@ freshness has an expiry, it needs no check to end); the checks, like the
 heartbeats, run every ``max_lag / 4`` seconds (at most ``CHECK_EVERY``), and
 only decide how soon a replica that caught up answers again.
 
-Reads that find nothing on a replica ask the primary (the backend does), so
-an acknowledged blob is never a 404 because a replica lags. A replica that
+Reads that find nothing on a replica ask the primary (``Replicas.read_through``),
+so an acknowledged blob is never a 404 because a replica lags. A replica that
 cannot be reached is tried again in the background; it joins the reads as
 soon as it answers and is close behind.
 """
@@ -29,8 +29,8 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, TypeVar
 
 from psycopg2.extensions import make_dsn, parse_dsn
 from twisted.internet import defer, task
@@ -38,12 +38,15 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from pgblobs.db.connector import Database
+from pgblobs.db.queries import Row
+from pgblobs.errors import DatabaseUnavailable
 
 CHECK_EVERY = 1.0  # at most, between heartbeats and between checks of a replica
 _SHORTEST_EVERY = 0.05
 # The first and the longest wait between attempts to connect a replica not reachable.
 _CONNECT_RETRY = (0.5, 5.0)
 _log = Logger()
+_Wanted = TypeVar("_Wanted", bound=Hashable)
 
 
 class Heartbeat:
@@ -142,6 +145,51 @@ class Replicas:
             if replica.database is not None and replica.fresh_until > now:
                 return replica.database
         return self.primary
+
+    async def read_through(
+        self,
+        look_up: Callable[[Database, list[_Wanted]], Awaitable[dict[_Wanted, Row]]],
+        wanted: list[_Wanted],
+    ) -> tuple[dict[_Wanted, tuple[Row, Database]], DatabaseUnavailable | None]:
+        """What ``look_up(database, wanted)`` finds, with the database that
+        found it: a replica's answers, and the primary's for whatever the
+        replica lacks (it may not have replayed it yet), so an acknowledged
+        blob is never missing because a replica lags. And why the primary
+        could not be asked, if it could not: that concerns only what was not
+        found (whether it exists is unknown); what the replica found stands."""
+        reader = self.reader()
+        found: dict[_Wanted, tuple[Row, Database]] = {}
+        if reader is not self.primary:
+            try:
+                found = {
+                    item: (row, reader) for item, row in (await look_up(reader, wanted)).items()
+                }
+            except DatabaseUnavailable:
+                pass  # gone since its last check: the primary answers for all
+        missing = [item for item in wanted if item not in found]
+        if missing:
+            try:
+                again = await look_up(self.primary, missing)
+            except DatabaseUnavailable as error:
+                return found, error
+            found.update({item: (row, self.primary) for item, row in again.items()})
+        return found, None
+
+    async def first_row(self, name: str, params: dict[str, Any]) -> Row | None:
+        """The first row of the statement ``name``, through ``read_through``:
+        None when neither a replica nor the primary has one; DatabaseUnavailable
+        when the primary could not be asked whether it has."""
+
+        async def look_up(database: Database, _: list[None]) -> dict[None, Row]:
+            rows = await database.fetch(name, params)
+            return {None: rows[0]} if rows else {}
+
+        found, unavailable = await self.read_through(look_up, [None])
+        if found:
+            return found[None][0]
+        if unavailable is not None:
+            raise unavailable
+        return None
 
     async def _connect(self, replica: _Replica) -> None:
         delay, told = _CONNECT_RETRY[0], False

@@ -42,12 +42,12 @@ import psycopg2
 from psycopg2 import errorcodes
 
 from pgblobs import names
-from pgblobs.backend import INLINE_LIMIT
 from pgblobs.db.sync import SyncConnection
 from pgblobs.errors import InvalidFlag, InvalidName
 from pgblobs.ops.files import LINK, RegularFile, UnfitFile, file_date, unfit
 from pgblobs.ops.output import first_line, progress
 from pgblobs.transfer import ContentDigest
+from pgblobs.versions import INLINE_LIMIT
 
 FLAGS, DELETED = ".flags", ".deleted"
 

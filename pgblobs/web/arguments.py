@@ -2,6 +2,9 @@
 
 import json
 import re
+from typing import TypeVar
+
+from twisted.web.iweb import IRequest
 
 from pgblobs.errors import InvalidArgument
 from pgblobs.web.status import MalformedBody, RangeNotSatisfiable
@@ -11,21 +14,22 @@ _FALSE = {"false", "0", ""}
 # ASCII digits only (str.isdigit also takes '\xb2', which int() refuses), and no
 # more of them than any blob's size needs: 19 fit a PostgreSQL bigint.
 _BYTE_RANGE = re.compile(r"([0-9]{0,19})-([0-9]{0,19})")
+_Kind = TypeVar("_Kind")
 
 
-def segment(value):
+def segment(value: bytes) -> str:
     """A path segment as text; names.py decides whether it is a valid name."""
     return value.decode("latin-1")
 
 
-def text(request, name, default=None):
+def text(request: IRequest, name: str, default: str | None = None) -> str | None:
     values = request.args.get(name.encode("ascii"))
     if not values:
         return default
     return values[0].decode("latin-1")
 
 
-def boolean(request, name):
+def boolean(request: IRequest, name: str) -> bool:
     """Soledad sends True/False; true, 1, false and 0 are accepted too."""
     value = text(request, name)
     if value is None:
@@ -37,7 +41,7 @@ def boolean(request, name):
     raise InvalidArgument(f"invalid {name} {value!r}: use True or False")
 
 
-def json_body(raw, kind):
+def json_body(raw: bytes, kind: type[_Kind]) -> _Kind:
     """Decode a JSON body of ``kind`` (a type), or MalformedBody."""
     try:
         value = json.loads(raw)
@@ -50,7 +54,7 @@ def json_body(raw, kind):
     return value
 
 
-def byte_range(header, size):
+def byte_range(header: bytes | None, size: int) -> tuple[int, int] | None:
     """The inclusive ``(first, last)`` an RFC 7233 Range header asks of ``size``
     bytes, or None for the whole blob.
 
@@ -59,13 +63,13 @@ def byte_range(header, size):
     """
     if header is None:
         return None
-    header = header.decode("latin-1").strip()
-    unit, _, spec = header.partition("=")
+    value = header.decode("latin-1").strip()
+    unit, _, spec = value.partition("=")
     if unit.strip().lower() != "bytes" or "," in spec:
         return None
     numbers = _BYTE_RANGE.fullmatch(spec.strip())
     if numbers is None or not any(numbers.groups()):
-        raise RangeNotSatisfiable(size, f"malformed Range header {header[:60]!r}")
+        raise RangeNotSatisfiable(size, f"malformed Range header {value[:60]!r}")
     first, last = numbers.groups()
     if not first:  # suffix: the last n bytes
         length = int(last)
@@ -75,7 +79,7 @@ def byte_range(header, size):
     start = int(first)
     if last and int(last) < start:
         raise RangeNotSatisfiable(
-            size, f"malformed Range header {header[:60]!r}: its end comes before its start"
+            size, f"malformed Range header {value[:60]!r}: its end comes before its start"
         )
     if start >= size:
         raise RangeNotSatisfiable(size)

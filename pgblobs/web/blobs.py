@@ -4,27 +4,23 @@ Each render checks names (400), then the token (401/403), then hands over to
 the backend; its errors become statuses through web/status.py.
 """
 
-from twisted.web.iweb import UNKNOWN_LENGTH
+from twisted.web.resource import IResource
 
 from pgblobs import names
 from pgblobs.errors import InvalidArgument, InvalidFlag
 from pgblobs.web import arguments
-from pgblobs.web.resources import Handler, Missing, rendered
+from pgblobs.web.request import StreamingRequest
+from pgblobs.web.resources import Missing, OfBlob, OfUser, body_of, rendered
 from pgblobs.web.responses import ExactBody, JsonList, send, send_json
 from pgblobs.web.status import BodyTooLarge
 
 
-class UserBlobs(Handler):
+class UserBlobs(OfUser):
     """/blobs/{user}/: listing and counting; its children are blobs."""
 
     route = "blobs"
 
-    def __init__(self, context, user):
-        super().__init__()
-        self._context = context
-        self._user = user
-
-    def getChild(self, path, request):
+    def getChild(self, path: bytes, request: StreamingRequest) -> IResource:
         if not path and not request.postpath:
             return self
         if request.postpath:
@@ -32,14 +28,13 @@ class UserBlobs(Handler):
         return Blob(self._context, self._user, arguments.segment(path))
 
     @rendered
-    async def render_GET(self, request):
-        request.route = self.route
+    async def render_GET(self, request: StreamingRequest) -> None:
         user = names.user_name(self._user)
         namespace = names.namespace_name(arguments.text(request, "namespace", ""))
         await self._context.auth.require(request, user)
-        backend = self._context.backend
+        store = self._context.store
         if arguments.boolean(request, "only_count"):
-            send_json(request, {"count": await backend.count(user, namespace)})
+            send_json(request, {"count": await store.count(user, namespace)})
             return
         filter_flag = arguments.text(request, "filter_flag")
         try:
@@ -50,7 +45,7 @@ class UserBlobs(Handler):
         # Page by page: a listing of a million ids is never built, parsed
         # or encoded at once on the reactor every request shares.
         listing = JsonList(request)
-        await backend.list_blob_pages(
+        await store.list_blob_pages(
             user,
             listing.add,
             namespace,
@@ -61,43 +56,36 @@ class UserBlobs(Handler):
         listing.finish()
 
 
-class Blob(Handler):
+class Blob(OfBlob):
     """/blobs/{user}/{blob_id}: store, read, flag and delete one blob."""
 
     isLeaf = True
     route = "blob"
 
-    def __init__(self, context, user, blob_id):
-        super().__init__()
-        self._context = context
-        self._user = user
-        self._blob_id = blob_id
-
-    async def _authorized_key(self, request):
-        request.route = self.route
+    async def _authorized_key(self, request: StreamingRequest) -> names.BlobKey:
         key = names.BlobKey.of(self._user, self._blob_id, arguments.text(request, "namespace", ""))
         await self._context.auth.require(request, key.user)
         return key
 
     @rendered
-    async def render_PUT(self, request):
+    async def render_PUT(self, request: StreamingRequest) -> None:
         key = await self._authorized_key(request)
         limit = self._context.limits.max_blob_bytes
-        body = request.body
-        if body.length is not UNKNOWN_LENGTH and body.length > limit:
+        body = body_of(request)
+        if isinstance(body.length, int) and body.length > limit:  # else UNKNOWN_LENGTH
             raise BodyTooLarge(f"a blob may have at most {limit} bytes")
         body.limit = limit
-        await self._context.backend.write_blob(key.user, key.blob_id, body, key.namespace)
+        await self._context.store.write_blob(key.user, key.blob_id, body, key.namespace)
         send(request, 200)
 
     @rendered
-    async def render_GET(self, request):
+    async def render_GET(self, request: StreamingRequest) -> None:
         key = await self._authorized_key(request)
-        backend = self._context.backend
+        store = self._context.store
         if arguments.boolean(request, "only_flags"):
-            send_json(request, await backend.get_flags(*key_args(key)))
+            send_json(request, await store.get_flags(*key_args(key)))
             return
-        blob = await backend.open_blob(*key_args(key))
+        blob = await store.open_blob(*key_args(key))
         wanted = arguments.byte_range(request.getHeader(b"range"), blob.size)
         headers = [
             (b"Tag", blob.tag.encode("ascii")),
@@ -117,20 +105,20 @@ class Blob(Handler):
         body.finish()
 
     @rendered
-    async def render_POST(self, request):
+    async def render_POST(self, request: StreamingRequest) -> None:
         key = await self._authorized_key(request)
-        raw = await request.body.read_all(self._context.limits.max_json_bytes)
+        raw = await body_of(request).read_all(self._context.limits.max_json_bytes)
         flags = arguments.json_body(raw, list)
-        await self._context.backend.set_flags(key.user, key.blob_id, flags, key.namespace)
+        await self._context.store.set_flags(key.user, key.blob_id, flags, key.namespace)
         send(request, 200)
 
     @rendered
-    async def render_DELETE(self, request):
+    async def render_DELETE(self, request: StreamingRequest) -> None:
         key = await self._authorized_key(request)
-        await self._context.backend.delete_blob(key.user, key.blob_id, key.namespace)
+        await self._context.store.delete_blob(key.user, key.blob_id, key.namespace)
         send(request, 200)
 
 
-def key_args(key):
+def key_args(key: names.BlobKey) -> tuple[str, str, str]:
     """(user, blob_id, namespace), the argument order of the backend's methods."""
     return key.user, key.blob_id, key.namespace

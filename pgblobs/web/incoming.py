@@ -7,47 +7,37 @@ namespace, sees every delivery that was answered 200, and nothing else.
 """
 
 from twisted.web.iweb import UNKNOWN_LENGTH
+from twisted.web.resource import IResource
 
 from pgblobs import mail, names
 from pgblobs.names import Flags
 from pgblobs.web import arguments
-from pgblobs.web.resources import Handler, Missing, rendered
+from pgblobs.web.request import StreamingRequest
+from pgblobs.web.resources import Missing, OfBlob, OfUser, body_of, rendered
 from pgblobs.web.responses import send
 from pgblobs.web.status import BodyTooLarge, LengthRequired
 
 
-class UserIncoming(Handler):
+class UserIncoming(OfUser):
     """/incoming/{user}/: its children are deliveries."""
 
-    def __init__(self, context, user):
-        super().__init__()
-        self._context = context
-        self._user = user
-
-    def getChild(self, path, request):
+    def getChild(self, path: bytes, request: StreamingRequest) -> IResource:
         if not path or request.postpath:
             return Missing()
         return Delivery(self._context, self._user, arguments.segment(path))
 
 
-class Delivery(Handler):
+class Delivery(OfBlob):
     """PUT /incoming/{user}/{blob_id}: store one delivered message."""
 
     isLeaf = True
     route = "incoming"
 
-    def __init__(self, context, user, blob_id):
-        super().__init__()
-        self._context = context
-        self._user = user
-        self._blob_id = blob_id
-
     @rendered
-    async def render_PUT(self, request):
-        request.route = self.route
+    async def render_PUT(self, request: StreamingRequest) -> None:
         key = names.BlobKey.of(self._user, self._blob_id, mail.NAMESPACE)
         await self._context.auth.user_of(request)  # any service with a valid token
-        body = request.body
+        body = body_of(request)
         if body.length is UNKNOWN_LENGTH:
             # The preamble at the head of the blob carries the message's size.
             raise LengthRequired("a delivery needs a Content-Length")
@@ -55,7 +45,7 @@ class Delivery(Handler):
         limit = self._context.limits.max_blob_bytes
         if message.length > limit:
             raise BodyTooLarge(f"a blob may have at most {limit} bytes")
-        await self._context.backend.write_blob(
+        await self._context.store.write_blob(
             key.user, key.blob_id, message, key.namespace, flags=[Flags.PENDING]
         )
         send(request, 200)

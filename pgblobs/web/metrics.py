@@ -3,6 +3,7 @@
 import time
 from collections.abc import Callable
 from functools import partial
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -14,8 +15,12 @@ from prometheus_client import (
 )
 from twisted.web.server import NOT_DONE_YET
 
+from pgblobs.web.request import StreamingRequest
 from pgblobs.web.resources import Handler
 from pgblobs.web.responses import send
+
+if TYPE_CHECKING:
+    from pgblobs.ops.capacity import Capacity
 
 # Label values come from known sets only: the method is whatever a client
 # typed, and every new label value is a new time series, kept forever.
@@ -35,7 +40,7 @@ def _in_use(pool_usage: Callable[[], dict[str, int]], pool: str) -> float:
 
 
 class SiteMetrics:
-    def __init__(self, pool_usage=None):
+    def __init__(self, pool_usage: Callable[[], dict[str, int]] | None = None) -> None:
         self.registry = CollectorRegistry()
         self._requests = Counter(
             "pgblobs_http_requests",
@@ -69,16 +74,16 @@ class SiteMetrics:
             for name, description, figure in _LARGE_OBJECT_GAUGES
         ]
 
-    def large_objects(self, measured):
+    def large_objects(self, measured: "Capacity") -> None:
         """Show ``measured`` (an ops.capacity.Capacity) from now on."""
         for gauge, figure in self._large_objects:
             gauge.set(getattr(measured, figure))
 
-    def resource(self):
+    def resource(self) -> Handler:
         return _MetricsPage(self.registry)
 
-    def record(self, request):
-        route = getattr(request, "route", "other")
+    def record(self, request: StreamingRequest) -> None:
+        route = request.route
         method = request.method.decode("latin-1") if request.method else "-"
         if method not in _KNOWN_METHODS:
             method = "other"
@@ -86,9 +91,8 @@ class SiteMetrics:
         started = getattr(request, "started_at", None)
         if started is not None:
             self._latency.labels(route).observe(time.monotonic() - started)
-        body = getattr(request, "body", None)
-        if body is not None:
-            self._received.inc(body.received)
+        if request.body is not None:
+            self._received.inc(request.body.received)
         self._sent.inc(request.sentLength)
 
 
@@ -96,11 +100,10 @@ class _MetricsPage(Handler):
     isLeaf = True
     route = "metrics"
 
-    def __init__(self, registry):
+    def __init__(self, registry: CollectorRegistry) -> None:
         super().__init__()
         self._registry = registry
 
-    def render_GET(self, request):
-        request.route = self.route
+    def render_GET(self, request: StreamingRequest) -> int:
         send(request, 200, generate_latest(self._registry), CONTENT_TYPE_LATEST.encode("ascii"))
         return NOT_DONE_YET

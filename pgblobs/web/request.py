@@ -27,10 +27,11 @@ from twisted.internet.interfaces import (
 )
 from twisted.python.failure import Failure
 from twisted.web import server
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
 from pgblobs.errors import TransferStopped
+from pgblobs.interfaces import IBodyOnDemand
 from pgblobs.transfer import collect
 from pgblobs.web.status import BodyTooLarge
 
@@ -98,7 +99,7 @@ class RateFloor:
         self.wanted()
 
 
-@implementer(IBodyProducer)
+@implementer(IBodyOnDemand)
 class RequestBody:
     """The body of one request, produced into one consumer.
 

@@ -3,13 +3,17 @@ bodies that must have exactly the length they promised, and JSON lists sent
 as their pages come."""
 
 import json
+from collections.abc import Sequence
+from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pgblobs.errors import TransferStopped
+from pgblobs.web.request import StreamingRequest
 from pgblobs.web.status import (
     RETRY_AFTER_SECONDS,
     MethodNotAllowed,
@@ -20,7 +24,12 @@ from pgblobs.web.status import (
 _log = Logger()
 
 
-def send(request, code, body=b"", content_type=b"text/plain; charset=utf-8"):
+def send(
+    request: StreamingRequest,
+    code: int,
+    body: bytes = b"",
+    content_type: bytes = b"text/plain; charset=utf-8",
+) -> None:
     """A complete response, unless the client is gone already."""
     if request.gone or request.answered:
         return
@@ -32,11 +41,11 @@ def send(request, code, body=b"", content_type=b"text/plain; charset=utf-8"):
     request.finish()
 
 
-def send_json(request, value, code=200):
+def send_json(request: StreamingRequest, value: Any, code: int = 200) -> None:
     send(request, code, json.dumps(value).encode("utf-8"), b"application/json")
 
 
-def send_error(request, failure):
+def send_error(request: StreamingRequest, failure: Failure) -> None:
     """Answer ``failure`` with its status; unknown errors are logged and hidden."""
     error = failure.value
     if request.gone or request.answered:
@@ -65,7 +74,7 @@ def send_error(request, failure):
     send(request, code, f"{message}\n".encode("utf-8", "replace"))
 
 
-def exactly(request, written, length):
+def exactly(request: StreamingRequest, written: int, length: int) -> bool:
     """Whether a body had exactly the promised ``length``; if not, the
     connection is cut, since a response of the wrong length must not look
     complete."""
@@ -81,38 +90,45 @@ def exactly(request, written, length):
     return False
 
 
+@implementer(IConsumer)
 class ExactBody:
     """An IConsumer in front of a request that holds the status line and
     headers until the first byte, and counts what passes."""
 
-    def __init__(self, request, length, code=200, headers=()):
+    def __init__(
+        self,
+        request: StreamingRequest,
+        length: int,
+        code: int = 200,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
         self._request = request
         self._length = length
         self._code = code
         self._headers = headers
         self.written = 0
 
-    def _start(self):
+    def _start(self) -> None:
         if not self._request.startedWriting:
             self._request.setResponseCode(self._code)
             for name, value in self._headers:
                 self._request.setHeader(name, value)
 
-    def registerProducer(self, producer, streaming):
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         self._request.registerProducer(producer, streaming)
 
-    def unregisterProducer(self):
+    def unregisterProducer(self) -> None:
         self._request.unregisterProducer()
 
-    def write(self, data):
+    def write(self, data: bytes) -> None:
         self._start()
         self.written += len(data)
         self._request.write(data)
 
-    def verified(self):
+    def verified(self) -> bool:
         return exactly(self._request, self.written, self._length)
 
-    def finish(self):
+    def finish(self) -> None:
         """End a response that this body was all of (a HEAD answer: its headers)."""
         if (self._request.method == b"HEAD" or self.verified()) and not self._request.gone:
             self._start()
@@ -131,7 +147,7 @@ class JsonList:
     returns a Deferred that holds the next page back.
     """
 
-    def __init__(self, request):
+    def __init__(self, request: StreamingRequest) -> None:
         self._request = request
         self._first: list[str] | None = None  # held, until a second page comes
         self._streaming = False

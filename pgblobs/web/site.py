@@ -15,20 +15,26 @@ The services site, for the provider's own services on a local listener:
     /incoming/{user}/{blob_id} mail from an MX, web/incoming.py
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from twisted.internet import defer
-from twisted.web import server
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.web import http, server
+from twisted.web.resource import IResource
 
 from pgblobs import __version__, settings
-from pgblobs.web.auth import Authenticator
+from pgblobs.interfaces import IBlobStore
+from pgblobs.web.auth import Authenticator, TokenCheck
 from pgblobs.web.blobs import UserBlobs
 from pgblobs.web.channel import BlobsChannel
 from pgblobs.web.incoming import UserIncoming
 from pgblobs.web.metrics import SiteMetrics
 from pgblobs.web.refusal import Refusals
 from pgblobs.web.request import StreamingRequest
-from pgblobs.web.resources import Handler, Missing, Users, rendered
+from pgblobs.web.resources import Context, Handler, Missing, Users, rendered
 from pgblobs.web.responses import send, send_json
 from pgblobs.web.stream import MAX_STREAMED_SIZE, UserStream
 
@@ -54,7 +60,7 @@ class Limits:
     max_connections: int = field(default_factory=settings.max_connections)
     max_services_connections: int = settings.MAX_SERVICES_CONNECTIONS
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.max_blob_bytes > MAX_STREAMED_SIZE:
             raise ValueError(
                 f"a blob may have at most {MAX_STREAMED_SIZE} bytes "
@@ -62,23 +68,13 @@ class Limits:
             )
 
 
-@dataclass(frozen=True)
-class _Context:
-    """What every blobs resource needs."""
-
-    backend: object
-    auth: Authenticator
-    limits: Limits
-
-
 class _About(Handler):
     route = "root"
 
-    def getChild(self, path, request):
+    def getChild(self, path: bytes, request: StreamingRequest) -> IResource:
         return super().getChild(path, request) if path else self
 
-    def render_GET(self, request):
-        request.route = self.route
+    def render_GET(self, request: StreamingRequest) -> int:
         send_json(request, {"name": "pgblobs", "version": __version__, "blobs": True})
         return server.NOT_DONE_YET
 
@@ -91,17 +87,23 @@ class _Health(Handler):
     isLeaf = True
     route = "health"
 
-    def __init__(self, check, deadline=settings.HEALTH_DEADLINE, clock=None):
+    def __init__(
+        self,
+        check: Callable[[], defer.Deferred[Any]],
+        deadline: float = settings.HEALTH_DEADLINE,
+        clock: IReactorTime | None = None,
+    ) -> None:
         super().__init__()
         if clock is None:
-            from twisted.internet import reactor as clock
+            from twisted.internet import reactor
+
+            clock = cast(IReactorTime, reactor)
         self._check = check
         self._deadline = deadline
         self._clock = clock
 
     @rendered
-    async def render_GET(self, request):
-        request.route = self.route
+    async def render_GET(self, request: StreamingRequest) -> None:
         answer: defer.Deferred[object] = defer.Deferred()
         # The check is left to finish (or fail) on its own: cancelling a
         # statement would make txpostgres ask the server, which may be silent.
@@ -131,18 +133,27 @@ class BlobsSite(server.Site):
     protocol = BlobsChannel  # type: ignore[assignment]
     requestFactory = StreamingRequest
 
-    def __init__(self, root, metrics, limits, max_connections, access_log=False, reactor=None):
+    def __init__(
+        self,
+        root: IResource,
+        metrics: SiteMetrics,
+        limits: Limits,
+        max_connections: int,
+        access_log: bool = False,
+        reactor: Any = None,
+    ) -> None:
         # ``reactor`` (default: the global one) drives every connection's clocks.
         super().__init__(root, timeout=limits.idle_timeout, reactor=reactor)
         self.limits = limits
         self.access_log = access_log
         self.metrics = metrics
-        self.in_flight = set()
-        self.open_channels = set()  # kept by BlobsChannel
+        self.in_flight: set[StreamingRequest] = set()
+        self.open_channels: set[BlobsChannel] = set()  # kept by BlobsChannel
         self.max_connections = max_connections
         self._refusals = Refusals()
 
-    def buildProtocol(self, addr):
+    # A refused connection gets a plain Protocol, not an HTTP channel.
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
         # Counted here rather than in the channel, so that a refused
         # connection never becomes one; a channel joins open_channels as
         # soon as it is built.
@@ -150,29 +161,36 @@ class BlobsSite(server.Site):
             return self._refusals.refuse(len(self.open_channels))
         return super().buildProtocol(addr)
 
-    def track(self, request):
+    def track(self, request: StreamingRequest) -> None:
         """Count ``request`` as in flight until it is finished or abandoned."""
         self.in_flight.add(request)
         request.notifyFinish().addBoth(lambda _: self.in_flight.discard(request))
 
-    def log(self, request):
+    def log(self, request: http.Request) -> None:
         # A line per request through the logger costs about a sixth of a
         # small GET's CPU (measured under wrk): off unless asked for, since
         # /metrics counts requests anyway.
         if self.access_log:
             super().log(request)
-        self.metrics.record(request)
+        self.metrics.record(cast(StreamingRequest, request))  # this site's requestFactory
 
 
-def build_site(backend, token_is_valid, health, limits=Limits(), pool_usage=None, access_log=False):
-    """The public Site serving ``backend`` (any IBlobsBackend).
+def build_site(
+    store: IBlobStore,
+    token_is_valid: TokenCheck,
+    health: Callable[[], defer.Deferred[Any]],
+    limits: Limits = Limits(),
+    pool_usage: Callable[[], dict[str, int]] | None = None,
+    access_log: bool = False,
+) -> BlobsSite:
+    """The public Site serving ``store`` (any IBlobStore).
 
     ``token_is_valid(user, token)`` is a coroutine function (users' tokens),
     ``health()`` returns a Deferred that fails while the store cannot
     answer, and ``pool_usage()`` (optional) the connections in use, for
     /metrics. ``access_log``: log a line per request.
     """
-    context = _Context(backend, Authenticator(token_is_valid), limits)
+    context = Context(store, Authenticator(token_is_valid), limits)
     metrics = SiteMetrics(pool_usage)
     root = _About()
     root.putChild(b"blobs", Users(context, UserBlobs))
@@ -183,13 +201,18 @@ def build_site(backend, token_is_valid, health, limits=Limits(), pool_usage=None
 
 
 def build_services_site(
-    backend, token_is_valid, health, limits=Limits(), metrics=None, access_log=False
-):
+    store: IBlobStore,
+    token_is_valid: TokenCheck,
+    health: Callable[[], defer.Deferred[Any]],
+    limits: Limits = Limits(),
+    metrics: SiteMetrics | None = None,
+    access_log: bool = False,
+) -> BlobsSite:
     """The services Site: only tokens that ``token_is_valid(service, token)``
     accepts (services', never users') open it, and it serves only deliveries
     and health. Its requests count in ``metrics`` (give the public site's,
     so one /metrics shows both; default: metrics of its own)."""
-    context = _Context(backend, Authenticator(token_is_valid), limits)
+    context = Context(store, Authenticator(token_is_valid), limits)
     root = _ServicesRoot()
     root.putChild(b"incoming", Users(context, UserIncoming))
     root.putChild(b"health", _Health(health))
@@ -199,8 +222,8 @@ def build_services_site(
 
 
 class _ServicesRoot(Handler):
-    def getChild(self, path, request):
+    def getChild(self, path: bytes, request: StreamingRequest) -> IResource:
         return Missing()
 
-    def render(self, request):
+    def render(self, request: StreamingRequest) -> int | bytes:
         return Missing().render(request)

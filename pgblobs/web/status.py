@@ -44,7 +44,7 @@ class TooManyIds(RequestError):
 class RangeNotSatisfiable(RequestError):
     """A Range header that cannot be served: malformed, or outside the blob."""
 
-    def __init__(self, size, reason=None):
+    def __init__(self, size: int, reason: str | None = None) -> None:
         super().__init__(reason or f"the range is outside the blob's {size} bytes")
         self.size = size
 
@@ -64,7 +64,7 @@ class NotFound(RequestError):
 class MethodNotAllowed(RequestError):
     """A method the resource does not answer."""
 
-    def __init__(self, allowed):
+    def __init__(self, allowed: list[str]) -> None:
         super().__init__("allowed: " + ", ".join(allowed))
         self.allowed = allowed
 
@@ -93,7 +93,7 @@ STATUS = {
 RETRY_AFTER_SECONDS = 2  # sent with 503: a restarting database is back in seconds
 
 
-def status_of(error):
+def status_of(error: BaseException | None) -> int | None:
     """The HTTP status for ``error``, or None when it is not the client's doing."""
     for kind in type(error).__mro__:
         if kind in STATUS:

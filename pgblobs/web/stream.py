@@ -8,15 +8,17 @@ blobs' bytes back to back; they are stored in one transaction, all or none.
 """
 
 import functools
+from typing import NoReturn, cast
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
 from zope.interface import implementer
 
 from pgblobs import names
 from pgblobs.errors import InvalidArgument, TransferStopped
 from pgblobs.web import arguments
-from pgblobs.web.resources import Handler, rendered
+from pgblobs.web.request import StreamingRequest
+from pgblobs.web.resources import OfUser, body_of, rendered
 from pgblobs.web.responses import exactly, send
 from pgblobs.web.status import BodyTooLarge, MalformedBody, NotFound, TooManyIds
 from pgblobs.web.stream_body import BlobSequence
@@ -27,18 +29,12 @@ MAX_STREAMED_SIZE = 16**8 - 1  # a record header carries the size in 8 hex digit
 _WINDOW = 25
 
 
-class UserStream(Handler):
+class UserStream(OfUser):
     isLeaf = True
     route = "stream"
 
-    def __init__(self, context, user):
-        super().__init__()
-        self._context = context
-        self._user = user
-
     @rendered
-    async def render_POST(self, request):
-        request.route = self.route
+    async def render_POST(self, request: StreamingRequest) -> None:
         if request.postpath not in ([], [b""]):
             raise NotFound("no such resource")
         user = names.user_name(self._user)
@@ -52,9 +48,9 @@ class UserStream(Handler):
         else:
             await self._upload(request, user, namespace)
 
-    async def _download(self, request, user, namespace):
+    async def _download(self, request: StreamingRequest, user: str, namespace: str) -> None:
         limits = self._context.limits
-        raw = await request.body.read_all(limits.max_json_bytes)
+        raw = await body_of(request).read_all(limits.max_json_bytes)
         ids = [
             names.blob_name(blob_id) if isinstance(blob_id, str) else _not_an_id(blob_id)
             for blob_id in arguments.json_body(raw, list)
@@ -63,7 +59,8 @@ class UserStream(Handler):
             raise TooManyIds(f"at most {limits.max_stream_ids} ids per stream request")
         # Everything is looked up before the first byte, so a missing blob
         # is still a plain 404.
-        opened = await self._context.backend.open_blobs(user, ids, namespace)
+        store = self._context.store
+        opened = await store.open_blobs(user, ids, namespace)
         for blob in opened:
             if blob.size > MAX_STREAMED_SIZE:
                 raise InvalidArgument(f"blob {blob.blob_id} is too large for a stream")
@@ -73,12 +70,11 @@ class UserStream(Handler):
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", b"application/octet-stream")
         blobs = _PacedBlobs(request)
-        backend = self._context.backend
         try:
             # A batch's small contents come in one statement, and only one
             # batch of them is held at a time.
             for first in range(0, len(opened), _WINDOW):
-                for blob in await backend.load_small(opened[first : first + _WINDOW]):
+                for blob in await store.load_small(opened[first : first + _WINDOW]):
                     await blobs.writable()
                     request.write(f"{blob.size:08x}{blob.tag:<{_TAG_WIDTH}} ".encode("ascii"))
                     blobs.expect(blob.size)
@@ -89,9 +85,9 @@ class UserStream(Handler):
             blobs.done()
         request.finish()
 
-    async def _upload(self, request, user, namespace):
+    async def _upload(self, request: StreamingRequest, user: str, namespace: str) -> None:
         limits = self._context.limits
-        blobs = BlobSequence(request.body, limits.max_json_bytes)
+        blobs = BlobSequence(body_of(request), limits.max_json_bytes)
         listing = await blobs.listing()
         # The rows of one upload commit in one transaction under the user's
         # lock: bounded, so the user's other writes never wait long for it.
@@ -104,7 +100,7 @@ class UserStream(Handler):
                 )
         # All or nothing: a failure stores none of the request's blobs, so
         # the same request can simply be sent again.
-        await self._context.backend.write_blobs(
+        await self._context.store.write_blobs(
             user,
             [
                 (blob_id, size, functools.partial(blobs.next_blob, size))
@@ -116,7 +112,7 @@ class UserStream(Handler):
         send(request, 200)
 
 
-def _not_an_id(value):
+def _not_an_id(value: object) -> NoReturn:
     raise MalformedBody(f"blob ids are strings, not {value!r}")
 
 
@@ -130,52 +126,53 @@ class _PacedBlobs:
     so a long stream holds no more than a chunk or two in memory.
     """
 
-    def __init__(self, request):
+    def __init__(self, request: StreamingRequest) -> None:
         self._request = request
         self._paused = False
         self._stopped = False
-        self._blob_producer = None
-        self._waiters = []
+        self._blob_producer: IPushProducer | None = None
+        self._waiters: list[defer.Deferred[None]] = []
         self._expected = 0
         self._written = 0
         request.registerProducer(self, True)
 
     # What the request asks of its producer.
 
-    def pauseProducing(self):
+    def pauseProducing(self) -> None:
         self._paused = True
         if self._blob_producer is not None:
             self._blob_producer.pauseProducing()
 
-    def resumeProducing(self):
+    def resumeProducing(self) -> None:
         self._paused = False
         if self._blob_producer is not None:
             self._blob_producer.resumeProducing()
         self._wake()
 
-    def stopProducing(self):
+    def stopProducing(self) -> None:
         self._stopped = True
         if self._blob_producer is not None:
             self._blob_producer.stopProducing()
         self._wake()
 
-    # What the backend asks of a consumer.
+    # What the store asks of a consumer.
 
-    def registerProducer(self, producer, streaming):
-        self._blob_producer = producer
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        # A store reads a version through a push producer (streaming).
+        self._blob_producer = cast(IPushProducer, producer)
         if self._paused:
-            producer.pauseProducing()
+            self._blob_producer.pauseProducing()
 
-    def unregisterProducer(self):
+    def unregisterProducer(self) -> None:
         self._blob_producer = None
 
-    def write(self, data):
+    def write(self, data: bytes) -> None:
         self._written += len(data)
         self._request.write(data)
 
     # The stream's own pace.
 
-    async def writable(self):
+    async def writable(self) -> None:
         """Wait while the client is behind; TransferStopped once it is gone."""
         while self._paused and not self._stopped:
             waiter: defer.Deferred[None] = defer.Deferred()
@@ -184,18 +181,18 @@ class _PacedBlobs:
         if self._stopped:
             raise TransferStopped("the client went away")
 
-    def _wake(self):
+    def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(None)
 
-    def expect(self, size):
+    def expect(self, size: int) -> None:
         self._expected, self._written = size, 0
 
-    def verified(self):
+    def verified(self) -> bool:
         """Whether the blob just read had exactly its size (if not, the
         connection is cut)."""
         return exactly(self._request, self._written, self._expected)
 
-    def done(self):
+    def done(self) -> None:
         self._request.unregisterProducer()
