@@ -2,6 +2,7 @@
 at head, the argument types, and how a failure becomes one readable line."""
 
 import argparse
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -97,6 +98,16 @@ def with_connection(
 
 
 Number = TypeVar("Number", int, float)
+
+
+def conclude(summary: str, failed: list[tuple[str, str]]) -> None:
+    """The end of a copy (import-fs, export-fs): each path that ``failed``
+    and why, on stderr, then ``summary``; exit status 1 if any failed."""
+    for path, reason in failed:
+        print(f"failed {path}: {reason}", file=sys.stderr)
+    print(summary)
+    if failed:
+        raise SystemExit(1)
 
 
 def _checked(

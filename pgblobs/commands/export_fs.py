@@ -1,9 +1,8 @@
 """``pgblobs export-fs``: write the blobs out in the Soledad filesystem layout."""
 
 import argparse
-import sys
 
-from pgblobs.commands.common import Subcommands, database_options, with_connection
+from pgblobs.commands.common import Subcommands, conclude, database_options, with_connection
 from pgblobs.db.connector import SyncConnection
 
 
@@ -12,15 +11,12 @@ def _export_fs(connection: SyncConnection, args: argparse.Namespace) -> None:
     from pgblobs.ops import exportfs, output
 
     report = exportfs.export_tree(connection, args.root, only_user=args.user)
-    for path, reason in report.failed:
-        print(f"failed {path}: {reason}", file=sys.stderr)
-    print(
+    conclude(
         f"exported {report.exported} blob(s) ({output.human_size(report.bytes)}) and "
         f"{report.tombstones} tombstone(s); skipped {report.skipped} already there; "
-        f"failed {len(report.failed)}"
+        f"failed {len(report.failed)}",
+        report.failed,
     )
-    if report.failed:
-        raise SystemExit(1)
 
 
 def configure_parser(commands: Subcommands) -> None:

@@ -2,9 +2,8 @@
 
 import argparse
 import os
-import sys
 
-from pgblobs.commands.common import Subcommands, database_options, dsn, positive
+from pgblobs.commands.common import Subcommands, conclude, database_options, dsn, positive
 from pgblobs.db.connector import SyncConnection
 
 
@@ -23,16 +22,13 @@ def _import_fs(args: argparse.Namespace) -> None:
             connection.close()
     for path, reason in report.skipped:
         print(f"skipped {path}: {reason}")
-    for path, reason in report.failed:
-        print(f"failed {path}: {reason}", file=sys.stderr)
     verb = "would import" if args.dry_run else "imported"
-    print(
+    conclude(
         f"{verb} {report.imported} blob(s) ({output.human_size(report.bytes)}) and "
         f"{report.tombstones} tombstone(s); skipped {len(report.skipped)}; "
-        f"failed {len(report.failed)}"
+        f"failed {len(report.failed)}",
+        report.failed,
     )
-    if report.failed:
-        raise SystemExit(1)
 
 
 def configure_parser(commands: Subcommands) -> None:
