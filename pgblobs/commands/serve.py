@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
-from pgblobs import settings, workers
+from pgblobs import serve, settings, workers
 from pgblobs.commands.common import (
     Subcommands,
     blob_limit,
@@ -25,7 +25,6 @@ from pgblobs.commands.common import (
     positive_float,
     react,
 )
-from pgblobs.serve import BackendOptions, ServeOptions
 from pgblobs.web.site import Limits
 
 
@@ -112,28 +111,26 @@ _SERVE_LIMITS: list[tuple[str, Callable[[str], Any], Any, str]] = [
 ]  # fmt: skip
 
 # The ServeOptions fields that group others, rather than name an option.
-_GROUPS = {"backend": BackendOptions, "limits": Limits}
+_GROUPS = {"backend": serve.BackendOptions, "limits": Limits}
 
 
-def serve_options(args: argparse.Namespace) -> ServeOptions:
+def serve_options(args: argparse.Namespace) -> serve.ServeOptions:
     """The ServeOptions ``args`` give, field by field of the same name."""
     given = vars(args)
 
     def of(group: type) -> dict[str, Any]:
         return {f.name: given[f.name] for f in fields(group) if f.name not in _GROUPS}
 
-    chosen = of(ServeOptions)
+    chosen = of(serve.ServeOptions)
     # An appended option starts from nothing, so its default cannot be in the parser.
     chosen["listen"] = chosen["listen"] or [settings.LISTEN]
     groups = {name: group(**of(group)) for name, group in _GROUPS.items()}
-    return ServeOptions(**chosen, **groups)
+    return serve.ServeOptions(**chosen, **groups)
 
 
 def _serve(args: argparse.Namespace) -> None:
     if args.worker is not None:
         workers.exit_with_supervisor(args.worker.supervisor)
-    from pgblobs import serve
-
     options = serve_options(args)
     serve.start_logging(options.log_format)
     from twisted.internet import reactor
@@ -142,9 +139,9 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def configure_parser(commands: Subcommands) -> None:
-    serve = commands.add_parser("serve", help="serve the blobs HTTP API")
-    database_options(serve)
-    serve.add_argument(
+    parser = commands.add_parser("serve", help="serve the blobs HTTP API")
+    database_options(parser)
+    parser.add_argument(
         "--listen",
         action="append",
         default=[],
@@ -152,7 +149,7 @@ def configure_parser(commands: Subcommands) -> None:
         help="a Twisted endpoint, e.g. tcp:9000:interface=127.0.0.1 or "
         "ssl:443:privateKey=key.pem:certKey=cert.pem (repeatable)",
     )
-    serve.add_argument(
+    parser.add_argument(
         "--services-listen",
         action="append",
         default=[],
@@ -161,7 +158,7 @@ def configure_parser(commands: Subcommands) -> None:
         "tcp:9001:interface=127.0.0.1: PUT /incoming/{user}/{id} delivers "
         "mail, with a service token (repeatable; none by default)",
     )
-    serve.add_argument(
+    parser.add_argument(
         "--replica-dsn",
         action="append",
         default=[],
@@ -171,16 +168,16 @@ def configure_parser(commands: Subcommands) -> None:
         "(repeatable)",
     )
     for flag, kind, default, help_text in _SERVE_LIMITS:
-        serve.add_argument(flag, type=kind, default=default, help=help_text)
-    serve.add_argument("--log-format", choices=("text", "json"), default=settings.LOG_FORMAT)
-    serve.add_argument(
+        parser.add_argument(flag, type=kind, default=default, help=help_text)
+    parser.add_argument("--log-format", choices=("text", "json"), default=settings.LOG_FORMAT)
+    parser.add_argument(
         "--access-log",
         action="store_true",
         help="log a line per request (off by default: /metrics counts requests, and the "
         "line costs about a sixth of a small GET's CPU)",
     )
     # Only a supervisor passes it, to its workers (workers.py).
-    serve.add_argument(
+    parser.add_argument(
         workers.WORKER_OPTION, type=workers.WorkerSpec.from_argument, help=argparse.SUPPRESS
     )
-    serve.set_defaults(run=_serve)
+    parser.set_defaults(run=_serve)
