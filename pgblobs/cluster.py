@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import psycopg2
+import psycopg2.extensions
 
 SERVICE_ACCOUNT = "postgres"
 
@@ -43,7 +44,7 @@ class PostgresNotFound(RuntimeError):
     """No PostgreSQL server programs on this machine."""
 
 
-def find_program(name):
+def find_program(name: str) -> str:
     """Path of a PostgreSQL server program: PATH first, then Debian's layout."""
     found = shutil.which(name)
     if found:
@@ -58,7 +59,7 @@ def find_program(name):
     )
 
 
-def server_programs(workdir):
+def server_programs(workdir: str | os.PathLike[str]) -> dict[str, str]:
     """``{"initdb": path, "postgres": path}``, wrapped for root when we are root."""
     programs = {name: find_program(name) for name in ("initdb", "postgres")}
     if os.geteuid() != 0:
@@ -70,11 +71,11 @@ def server_programs(workdir):
             f"running as root needs the {SERVICE_ACCOUNT!r} account to run PostgreSQL; "
             "install Debian's postgresql package, which creates it"
         ) from None
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    directory = Path(workdir)
+    directory.mkdir(parents=True, exist_ok=True)
     wrapped = {}
     for name, program in programs.items():
-        wrapper = workdir / f"{name}-as-{SERVICE_ACCOUNT}"
+        wrapper = directory / f"{name}-as-{SERVICE_ACCOUNT}"
         wrapper.write_text(_WRAPPER.format(program=program, account=SERVICE_ACCOUNT))
         wrapper.chmod(stat.S_IRWXU)
         wrapped[name] = str(wrapper)
@@ -103,22 +104,22 @@ class LocalCluster:
     DATABASE = "pgblobs"
     PORT = 5432  # only names the socket file; no TCP port is opened
 
-    def __init__(self, directory, stop_with_starter=False):
+    def __init__(self, directory: str | os.PathLike[str], stop_with_starter: bool = False) -> None:
         self.directory = Path(directory).resolve()
         self._stop_with_starter = stop_with_starter
         self.data = self.directory / "data"
         self.socket_dir = self.directory / "run"
         self.log_path = self.directory / "postgresql.log"
-        self._process = None
+        self._process: subprocess.Popen[bytes] | None = None
 
     @property
-    def dsn(self):
+    def dsn(self) -> str:
         return f"host={self.socket_dir} port={self.PORT} user=postgres dbname={self.DATABASE}"
 
-    def is_running(self):
+    def is_running(self) -> bool:
         return (self.socket_dir / f".s.PGSQL.{self.PORT}").exists()
 
-    def start(self, timeout=60.0):
+    def start(self, timeout: float = 60.0) -> bool:
         """Initialise the cluster if needed and start it; True when it was new."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self._check_reachable()
@@ -153,7 +154,7 @@ class LocalCluster:
         self._create_database()
         return created
 
-    def _check_reachable(self):
+    def _check_reachable(self) -> None:
         """As root the cluster runs as the postgres account, which must be able
         to walk down to the directory; say so plainly instead of letting
         initdb fail with "Permission denied"."""
@@ -167,7 +168,7 @@ class LocalCluster:
                     f"`chmod o+x {parent}`"
                 )
 
-    def _initdb(self, initdb):
+    def _initdb(self, initdb: str) -> None:
         done = subprocess.run(
             [
                 initdb,
@@ -187,7 +188,7 @@ class LocalCluster:
         if done.returncode != 0:
             raise ClusterFailed(f"initdb failed in {self.data}: {done.stderr.strip()}")
 
-    def _connect(self, database):
+    def _connect(self, database: str) -> psycopg2.extensions.connection:
         return psycopg2.connect(
             host=str(self.socket_dir),
             port=self.PORT,
@@ -196,7 +197,7 @@ class LocalCluster:
             connect_timeout=2,
         )
 
-    def _wait_ready(self, timeout):
+    def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             if self._process is None or self._process.poll() is not None:
@@ -212,7 +213,7 @@ class LocalCluster:
                     ) from None
                 time.sleep(0.1)
 
-    def _create_database(self):
+    def _create_database(self) -> None:
         connection = self._connect("postgres")
         connection.autocommit = True
         try:
@@ -223,7 +224,7 @@ class LocalCluster:
         finally:
             connection.close()
 
-    def stop(self, timeout=60.0):
+    def stop(self, timeout: float = 60.0) -> None:
         """Fast shutdown (SIGINT): sessions are ended, nothing committed is lost."""
         process, self._process = self._process, None
         if process is None or process.poll() is not None:

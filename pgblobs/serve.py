@@ -8,27 +8,33 @@ for the user ``dev`` is kept next to it so the quick start works at once.
 
 import os
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from functools import partial
+from typing import Any
 
 import psycopg2
 from twisted.internet import defer, endpoints, task
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from pgblobs import accounts, settings, workers
+from pgblobs import accounts, settings
 from pgblobs.backend import PostgresBlobsBackend
 from pgblobs.cluster import LocalCluster
 from pgblobs.db import schema
 from pgblobs.db.sync import SyncConnection
 from pgblobs.ops import capacity
 from pgblobs.tokens import KnownTokens
+from pgblobs.web.metrics import SiteMetrics
 from pgblobs.web.site import Limits, build_services_site, build_site
+from pgblobs.workers import Heartbeat, Supervisor, WorkerSpec
 
 DEV_USER = "dev"
 DEV_SERVICE = "mx"
-DEFAULT_LISTEN = "tcp:9000:interface=127.0.0.1"
+# The line a serve prints once it accepts requests (a supervisor waits for its workers' own).
+READY = "pgblobs is serving"
 LARGE_OBJECTS_EVERY = 60.0  # seconds between measurements of the large objects for /metrics
 _log = Logger()
 
@@ -50,31 +56,52 @@ class BackendOptions:
 
 @dataclass
 class ServeOptions:
+    """The options of ``pgblobs serve``. Each field, here or in ``backend``
+    and ``limits``, is named after its option: ``foo_bar`` is ``--foo-bar``."""
+
     dsn: str | None = None
-    listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
+    listen: list[str] = field(default_factory=lambda: [settings.LISTEN])
     services_listen: list[str] = field(default_factory=list)
     data_dir: str = settings.DATA_DIR
     backend: BackendOptions = field(default_factory=BackendOptions)
     limits: Limits = field(default_factory=Limits)
     drain_seconds: float = settings.DRAIN_SECONDS
     token_cache_seconds: float = settings.TOKEN_CACHE_SECONDS
-    workers: int = 1  # processes serving the sockets (see workers.py)
-    log_format: str = "text"
+    workers: int = settings.WORKERS
+    log_format: str = settings.LOG_FORMAT
     access_log: bool = False
 
-    @classmethod
-    def from_dict(cls, values: dict) -> "ServeOptions":
-        """Options from ``asdict(options)`` (how a supervisor hands them to its workers)."""
-        return cls(
-            **dict(
-                values,
-                backend=BackendOptions(**values["backend"]),
-                limits=Limits(**values["limits"]),
-            )
-        )
+
+def _settings_of(options: Any) -> Iterator[tuple[str, Any, Any]]:
+    """(name, value, declared default) of every field of ``options``, the
+    fields of the nested option groups in their place."""
+    for declared in fields(options):
+        value = getattr(options, declared.name)
+        if is_dataclass(value):
+            yield from _settings_of(value)
+        else:
+            yield declared.name, value, declared.default
 
 
-def _kept_token(path, create):
+def command_line(options: ServeOptions) -> list[str]:
+    """The arguments of ``pgblobs serve`` that give back ``options``."""
+    arguments = []
+    for name, value, default in _settings_of(options):
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            arguments += [flag] if value else []
+        elif isinstance(value, list):
+            arguments += [f"{flag}={item}" for item in value]
+        elif value is None:
+            # None is either "not given" (the default is worked out when
+            # connecting) or a limit turned off, which the options spell so.
+            arguments += [] if default is None else [f"{flag}=unlimited"]
+        else:
+            arguments.append(f"{flag}={value}")
+    return arguments
+
+
+def _kept_token(path: str, create: Callable[[], str]) -> str:
     """A development token, made by ``create()`` on first start and kept at ``path``."""
     if os.path.exists(path):
         with open(path) as kept:
@@ -86,17 +113,17 @@ def _kept_token(path, create):
     return token
 
 
-def _base_url(address):
+def _base_url(address: Any) -> str:
     host = address.host if address.host not in ("0.0.0.0", "::") else "127.0.0.1"
     return f"http://{host}:{address.port}"
 
 
-def _auth_header(name, token):
+def _auth_header(name: str, token: str) -> str:
     """The Authorization header, as a shell command line spells it."""
     return f"Authorization: Token $(printf '{name}:{token}' | base64 -w0)"
 
 
-def _quick_start(listening, token):
+def _quick_start(listening: Any, token: str) -> str:
     base, auth = _base_url(listening), _auth_header(DEV_USER, token)
     blob = f"{base}/blobs/{DEV_USER}"
     return f"""development token for user {DEV_USER!r}: {token}
@@ -106,7 +133,7 @@ try:
   curl -s -H "{auth}" {blob}/"""
 
 
-def _mail_quick_start(services, service_token, public, user_token):
+def _mail_quick_start(services: Any, service_token: str, public: Any, user_token: str) -> str:
     mx, user = _auth_header(DEV_SERVICE, service_token), _auth_header(DEV_USER, user_token)
     incoming = f"{_base_url(services)}/incoming/{DEV_USER}"
     pending = f"{_base_url(public)}/blobs/{DEV_USER}/?namespace=MX&filter_flag=PENDING"
@@ -118,11 +145,11 @@ curl -sf -X PUT -H "{mx}" --data-binary @message {incoming}/first-mail
   curl -s -H "{user}" '{pending}'"""
 
 
-def _addresses(ports):
+def _addresses(ports: list[Any]) -> str:
     return ", ".join(f"{port.getHost().host}:{port.getHost().port}" for port in ports)
 
 
-def _print_quick_start(dsn, data_dir, public, services):
+def _print_quick_start(dsn: str, data_dir: str, public: Any, services: Any) -> None:
     """The development tokens (made on first start, kept in ``data_dir``) and
     lines to paste: the quick start, and a mail delivery if ``services``."""
     connection = SyncConnection.connect(dsn)
@@ -142,7 +169,7 @@ def _print_quick_start(dsn, data_dir, public, services):
         connection.close()
 
 
-async def _connect(reactor, dsn, options):
+async def _connect(reactor: Any, dsn: str, options: ServeOptions) -> PostgresBlobsBackend:
     """Connect, waiting out a database that is not reachable yet (backing off
     up to 30 s between attempts) rather than exiting into a restart loop."""
     delay = 0.5
@@ -160,12 +187,19 @@ async def _connect(reactor, dsn, options):
             delay = min(delay * 2, 30.0)
 
 
-async def _drain(reactor, sites, ports, backend, tokens, grace):
+async def _drain(
+    reactor: Any,
+    sites: list[Any],
+    ports: list[Any],
+    backend: PostgresBlobsBackend,
+    tokens: KnownTokens,
+    grace: float,
+) -> None:
     """Stop accepting, let requests in flight finish (at most ``grace``
     seconds), then close the database connections."""
     await defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in ports])
 
-    def unfinished():
+    def unfinished() -> int:
         return sum(len(site.in_flight) for site in sites)
 
     waited = 0.0
@@ -178,10 +212,12 @@ async def _drain(reactor, sites, ports, backend, tokens, grace):
     await backend.close()
 
 
-async def run(reactor, options, inherited=None):
+async def run(reactor: Any, options: ServeOptions, worker: WorkerSpec | None = None) -> None:
     """Serve until the reactor stops (SIGINT/SIGTERM): in this process, or
-    through ``options.workers`` worker processes. ``inherited``: the
-    listening sockets a worker was handed, as workers.inherited gives them."""
+    through ``options.workers`` worker processes. ``worker``: what a worker
+    was handed by its supervisor (workers.py), whose sockets it serves."""
+    if worker is not None:
+        Heartbeat(reactor, worker.heartbeat_fd).start()
     cluster = None
     dsn = options.dsn
     if not dsn:
@@ -197,9 +233,10 @@ async def run(reactor, options, inherited=None):
             reactor, replace(options, dsn=dsn, workers=1), options.workers
         )
     else:
+        inherited = None if worker is None else worker.ports
         ports, services_ports = await _serve_here(reactor, options, dsn, inherited)
     print(
-        f"pgblobs is serving on {_addresses(ports)}"
+        f"{READY} on {_addresses(ports)}"
         + (f"; services on {_addresses(services_ports)}" if services_ports else "")
         + (f" ({options.workers} workers)" if options.workers > 1 else ""),
         flush=True,
@@ -214,23 +251,35 @@ async def run(reactor, options, inherited=None):
     await defer.Deferred()  # until the reactor stops
 
 
-async def _serve_here(reactor, options, dsn, inherited):
+async def _serve_here(
+    reactor: Any,
+    options: ServeOptions,
+    dsn: str,
+    inherited: dict[str, list[tuple[int, int]]] | None,
+) -> tuple[list[Any], list[Any]]:
     backend = await _connect(reactor, dsn, options)
     database = backend.database
     tokens = KnownTokens(
         database, fallback=backend.reading.reader, cache_seconds=options.token_cache_seconds
     )
     await tokens.start()
-    shared = {
-        "health": database.ping,
-        "limits": options.limits,
-        "access_log": options.access_log,
-    }
-    site = build_site(backend, tokens.user_token_is_valid, pool_usage=database.usage, **shared)
+    site = build_site(
+        backend,
+        tokens.user_token_is_valid,
+        database.ping,
+        options.limits,
+        pool_usage=database.usage,
+        access_log=options.access_log,
+    )
     sites = {"public": site}
     if options.services_listen:
         sites["services"] = build_services_site(
-            backend, tokens.service_token_is_valid, metrics=site.metrics, **shared
+            backend,
+            tokens.service_token_is_valid,
+            database.ping,
+            options.limits,
+            metrics=site.metrics,
+            access_log=options.access_log,
         )
     if inherited is None:
         ports = {
@@ -260,10 +309,10 @@ async def _serve_here(reactor, options, dsn, inherited):
     return ports["public"], ports["services"]
 
 
-def _measure_large_objects(database, metrics):
+def _measure_large_objects(database: Any, metrics: SiteMetrics) -> Deferred[None]:
     """Refresh the large-object gauges of /metrics (an estimate: cheap at any size)."""
 
-    async def measuring():
+    async def measuring() -> None:
         try:
             rows = await database.fetch("large_objects", {"exact": False})
         except Exception as error:  # the next round tries again; the gauges keep their values
@@ -274,8 +323,11 @@ def _measure_large_objects(database, metrics):
     return defer.ensureDeferred(measuring())
 
 
-async def _supervise(reactor, options, count):
-    """Open the sockets here, and start ``count`` workers serving ``options`` on them."""
+async def _supervise(
+    reactor: Any, options: ServeOptions, count: int
+) -> tuple[list[Any], list[Any]]:
+    """Open the sockets here, and start ``count`` workers serving ``options``
+    on them: each a `pgblobs serve` told these options on its command line."""
     # This process never accepts: the sockets are only held for the workers.
     idle = Site(Resource())
     ports = {
@@ -284,7 +336,8 @@ async def _supervise(reactor, options, count):
     }
     for port in ports["public"] + ports["services"]:
         port.stopReading()
-    supervisor = workers.Supervisor(reactor, options, ports, count)
+    command = [sys.executable, "-m", "pgblobs.cli", "serve", *command_line(options)]
+    supervisor = Supervisor(reactor, command, ports, count, READY)
     reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: supervisor.stop(options.drain_seconds)
     )
@@ -293,13 +346,13 @@ async def _supervise(reactor, options, count):
     return ports["public"], ports["services"]
 
 
-async def _listen(reactor, description, site):
+async def _listen(reactor: Any, description: str, site: Site) -> Any:
     port = await endpoints.serverFromString(reactor, description).listen(site)
     _log.info("listening on {address}", address=port.getHost())
     return port
 
 
-def start_logging(log_format):
+def start_logging(log_format: str) -> None:
     from twisted.logger import globalLogBeginner, jsonFileLogObserver, textFileLogObserver
 
     if log_format == "json":

@@ -1,7 +1,10 @@
 """Every default pgblobs has, declared once.
 
-The CLI, ``pgblobs serve``, the backend and alembic's env read them here;
-the HTTP limits are ``web.site.Limits``, whose field defaults are theirs.
+The CLI, ``pgblobs serve``, ``web.site.Limits``, the backend and alembic's
+env read them here. A default of a ``pgblobs serve`` option is named after
+the option: ``--foo-bar`` defaults to ``FOO_BAR``, or to ``foo_bar(...)``
+where it is computed. The one exception is ``--max-blob-bytes``, whose
+default is the protocol's own ceiling (``web.stream.MAX_STREAMED_SIZE``).
 """
 
 import os
@@ -29,6 +32,9 @@ TOKEN_CACHE_SECONDS = 30.0
 MAX_BUFFERED_BYTES = 64 * 1024 * 1024  # small upload bodies held in memory at once, until committed
 DATA_DIR = ".pgblobs"  # the embedded PostgreSQL and its development tokens
 DRAIN_SECONDS = 30.0  # on SIGTERM, how long requests in flight may take
+LISTEN = "tcp:9000:interface=127.0.0.1"  # the public endpoint when no --listen is given
+WORKERS = 1  # processes serving the listening sockets (see workers.py)
+LOG_FORMAT = "text"
 # Ids per page of a paged listing: one statement, and a few milliseconds of
 # the reactor, each.
 LISTING_PAGE = 10_000
@@ -51,6 +57,20 @@ REPLICA_MAX_LAG = 2.0
 # connections, files, pipes and the services listener's connections.
 DESCRIPTOR_RESERVE = 256
 MAX_SERVICES_CONNECTIONS = 64  # per process, on the services listeners
+
+# The HTTP limits (web.site.Limits).
+MAX_JSON_BYTES = 1024**2  # a flag list or a stream listing
+MAX_STREAM_IDS = 1000  # blobs per stream request, download or upload
+# Seconds a connection may keep the server waiting for it: silent between
+# requests, or, within one, not sending the body or not reading the answer.
+IDLE_TIMEOUT = 60.0
+HEADER_TIMEOUT = 20.0  # seconds from accepting a connection to its last header
+# The least pace of a body the server is reading (bytes/s, 0: none), over
+# each window of that many seconds: below any real link (10 KiB in 10 s),
+# yet a trickling client is cut within 10 s instead of holding a
+# database connection for as long as it likes.
+MIN_UPLOAD_RATE = 1024
+UPLOAD_RATE_WINDOW = 10.0
 
 
 def max_connections() -> int:

@@ -2,10 +2,15 @@
 
 One Python process uses one core. The supervisor (the process the operator
 started) opens the listening sockets, keeps the embedded PostgreSQL if there
-is one, and starts N workers (``python -m pgblobs.workers``) that inherit
-the sockets: the kernel hands each new connection to one of them. Each
-worker is a whole ``serve`` (its own pool, drain and logging); its standard
-output is relayed line by line. A worker that dies is started again. On
+is one, and starts N workers that inherit the sockets: the kernel hands
+each new connection to one of them. The supervisor is told what to run (as
+twisted's procmon is): the command line of a whole ``pgblobs serve``, its own
+pool, drain and logging, to which it adds ``--worker SPEC`` (WorkerSpec: the
+inherited sockets, the heartbeat pipe, the supervisor's pid). So a worker
+parses its options exactly as ``pgblobs serve`` does, and this module knows
+nothing of serving. A worker's standard output is relayed line by line,
+but for the line that says it is ready, which the supervisor says once for
+all. A worker that dies is started again. On
 SIGINT or SIGTERM the supervisor passes SIGTERM on, waits until every
 worker has drained and exited, and only then stops the database.
 
@@ -24,7 +29,8 @@ import os
 import signal
 import socket
 import sys
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer, protocol, task
@@ -35,7 +41,8 @@ _log = Logger()
 _RESTART_DELAY = 1.0
 # Past the drain, how long a worker may take to exit before it is killed.
 _EXIT_GRACE = 10.0
-READY = "pgblobs is serving"  # the line a serve prints once it accepts requests
+# The option that makes a `pgblobs serve` a worker, followed by its WorkerSpec.
+WORKER_OPTION = "--worker"
 HEARTBEAT_EVERY = 1.0  # seconds between a worker's beats
 # Seconds of silence after which a worker is killed: once it has beaten, and
 # from its start (Python and its imports may take a while on a busy machine).
@@ -58,6 +65,34 @@ def inherited(ports: dict[str, list[Any]]) -> dict[str, list[tuple[int, int]]]:
     return {
         site: [(port.fileno(), _family(port)) for port in group] for site, group in ports.items()
     }
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker is handed besides its serve options: the listening
+    sockets by site, as (file descriptor, address family) pairs, its end of
+    the heartbeat pipe, and its supervisor's pid."""
+
+    ports: dict[str, list[tuple[int, int]]]
+    heartbeat_fd: int
+    supervisor: int
+
+    def to_argument(self) -> str:
+        return json.dumps(
+            {"ports": self.ports, "heartbeat_fd": self.heartbeat_fd, "supervisor": self.supervisor}
+        )
+
+    @classmethod
+    def from_argument(cls, text: str) -> "WorkerSpec":
+        values = json.loads(text)
+        return cls(
+            ports={
+                site: [(fd, family) for fd, family in group]
+                for site, group in values["ports"].items()
+            },
+            heartbeat_fd=values["heartbeat_fd"],
+            supervisor=values["supervisor"],
+        )
 
 
 class _Worker(protocol.ProcessProtocol):
@@ -86,7 +121,8 @@ class _Worker(protocol.ProcessProtocol):
     def outReceived(self, data: bytes) -> None:
         *lines, self._partial = (self._partial + data).split(b"\n")
         for line in lines:
-            if not self.ready and line.decode("utf-8", "replace").startswith(READY):
+            ready_line = self._supervisor.ready_line
+            if not self.ready and line.decode("utf-8", "replace").startswith(ready_line):
                 self.ready = True
                 self._supervisor.worker_ready()
                 continue  # the supervisor says it once for all
@@ -99,26 +135,27 @@ class _Worker(protocol.ProcessProtocol):
 
 
 class Supervisor:
-    """Starts ``count`` workers serving ``options`` (a ServeOptions whose
-    ``dsn`` is set) on the inherited ``ports``; ``ready`` fires once every
-    worker accepts requests."""
+    """Starts ``count`` workers, each running ``command`` (an argv whose
+    program takes WORKER_OPTION) on the inherited ``ports``; ``ready`` fires
+    once every worker has printed a line starting with ``ready_line``."""
 
-    def __init__(self, reactor: Any, options: Any, ports: dict[str, list[Any]], count: int) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        command: Sequence[str],
+        ports: dict[str, list[Any]],
+        count: int,
+        ready_line: str,
+    ) -> None:
         self._reactor = reactor
         self._ports = inherited(ports)
+        self.ready_line = ready_line
         listening = [fd for group in self._ports.values() for fd, _ in group]
         # The worker's end of its heartbeat pipe: a number none of its other
         # descriptors has.
         self.heartbeat_fd = max([2, *listening]) + 1
-        self._settings = json.dumps(
-            {
-                "options": asdict(options),
-                "ports": self._ports,
-                "log_format": options.log_format,
-                "heartbeat_fd": self.heartbeat_fd,
-                "supervisor": os.getpid(),
-            }
-        )
+        spec = WorkerSpec(self._ports, self.heartbeat_fd, os.getpid())
+        self._command = [*command, WORKER_OPTION, spec.to_argument()]
         self._count = count
         self._workers: dict[int, _Worker] = {}
         self._stopping = False
@@ -144,8 +181,8 @@ class Supervisor:
                 descriptors[fd] = fd
         self._reactor.spawnProcess(
             worker,
-            sys.executable,
-            [sys.executable, "-m", "pgblobs.workers", self._settings],
+            self._command[0],
+            self._command,
             env=os.environ,
             childFDs=descriptors,
         )
@@ -222,7 +259,7 @@ def _signal(worker: _Worker, signum: int) -> None:
             pass  # it has just exited
 
 
-def _exit_with_supervisor(supervisor: int) -> None:
+def exit_with_supervisor(supervisor: int) -> None:
     """Have the kernel send SIGTERM to this worker when its supervisor dies
     (Linux; elsewhere the heartbeat's broken pipe says so a second later)."""
     try:
@@ -235,7 +272,7 @@ def _exit_with_supervisor(supervisor: int) -> None:
         raise SystemExit("pgblobs worker: the supervisor is gone")
 
 
-class _Heartbeat:
+class Heartbeat:
     """A byte on ``fd`` every HEARTBEAT_EVERY seconds, written by the reactor
     (so a worker whose reactor is stuck falls silent)."""
 
@@ -258,25 +295,3 @@ class _Heartbeat:
             _log.warn("the supervisor is gone; stopping")
             self._beating.stop()
             self._reactor.stop()
-
-
-def _main(argv: list[str]) -> None:
-    settings = json.loads(argv[1])
-    _exit_with_supervisor(settings["supervisor"])
-    from twisted.internet import reactor
-
-    from pgblobs import serve
-
-    options = serve.ServeOptions.from_dict(settings["options"])
-    ports = {site: [tuple(pair) for pair in group] for site, group in settings["ports"].items()}
-    serve.start_logging(settings["log_format"])
-
-    async def main(_: Any) -> None:
-        _Heartbeat(reactor, settings["heartbeat_fd"]).start()
-        await serve.run(reactor, options, inherited=ports)
-
-    task.react(lambda running: defer.ensureDeferred(main(running)))
-
-
-if __name__ == "__main__":
-    _main(sys.argv)

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+from pgblobs.serve import READY
 from tests.helpers import pgblobs_command
 
 
@@ -59,7 +60,7 @@ class ServeProcess:
                 if self.process.poll() is not None:
                     break
                 continue
-            if line.startswith("pgblobs is serving"):
+            if line.startswith(READY):
                 time.sleep(0.2)  # the quick-start lines follow at once
                 return
         raise RuntimeError("pgblobs serve did not start:\n" + "".join(self.output + self.errors))

@@ -12,6 +12,8 @@ from urllib.error import HTTPError
 
 import pytest
 
+from pgblobs.serve import READY
+from pgblobs.workers import WORKER_OPTION
 from tests.helpers import pgblobs_cli, sql, token_header
 from tests.processes import ServeProcess, no_stray_postgres
 
@@ -157,7 +159,7 @@ def test_a_json_log_line_per_event(dsn):
         assert server.stop() == 0
     # Every log line is a JSON object (beside the one "serving" announcement),
     # and the request we made is among them.
-    lines = [line for line in server.output if not line.startswith("pgblobs is serving")]
+    lines = [line for line in server.output if not line.startswith(READY)]
     events = [json.loads(line) for line in lines]
     assert any('"GET / HTTP/1.1" 200' in event.get("log_io", "") for event in events), lines
 
@@ -237,7 +239,7 @@ def workers_of(server):
     found = []
     for pid in children.read_text().split():
         try:
-            if b"pgblobs.workers" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if WORKER_OPTION.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
                 found.append(int(pid))
         except FileNotFoundError:
             pass  # it has just exited

@@ -41,20 +41,16 @@ from pgblobs.web.stream import MAX_STREAMED_SIZE, UserStream
 
 @dataclass(frozen=True)
 class Limits:
+    """The HTTP limits of one process; their defaults are settings.py's (see there)."""
+
     # A stream record gives a blob's size in 8 hex digits: no stored blob may need more.
     max_blob_bytes: int = MAX_STREAMED_SIZE
-    max_json_bytes: int = 1024**2
-    max_stream_ids: int = 1000  # blobs per stream request, download or upload
-    # Seconds a connection may keep the server waiting for it: silent between
-    # requests, or, within one, not sending the body or not reading the answer.
-    idle_timeout: float = 60.0
-    header_timeout: float = 20.0  # seconds from accepting a connection to its last header
-    # The least pace of a body the server is reading (bytes/s, 0: none), over
-    # each window of that many seconds: below any real link (10 KiB in 10 s),
-    # yet a trickling client is cut within 10 s instead of holding a
-    # database connection for as long as it likes.
-    min_upload_rate: int = 1024
-    upload_rate_window: float = 10.0
+    max_json_bytes: int = settings.MAX_JSON_BYTES
+    max_stream_ids: int = settings.MAX_STREAM_IDS
+    idle_timeout: float = settings.IDLE_TIMEOUT
+    header_timeout: float = settings.HEADER_TIMEOUT
+    min_upload_rate: int = settings.MIN_UPLOAD_RATE
+    upload_rate_window: float = settings.UPLOAD_RATE_WINDOW
     # Client connections open at once on the public listeners of one process
     # (each worker has its own), and on its services listeners apart.
     max_connections: int = field(default_factory=settings.max_connections)

@@ -1,0 +1,22 @@
+"""``pgblobs db upgrade``: bring the schema to the newest revision."""
+
+import argparse
+
+from pgblobs.commands.common import Subcommands, database_options, dsn
+from pgblobs.db import schema
+
+
+def _db_upgrade(args: argparse.Namespace) -> None:
+    schema.upgrade(dsn(args), args.revision)
+    revision = schema.head_revision() if args.revision == "head" else args.revision
+    print(f"database is at revision {revision}")
+
+
+def configure_parser(commands: Subcommands) -> None:
+    db = commands.add_parser("db", help="the database schema").add_subparsers(
+        dest="db_command", required=True, metavar="COMMAND"
+    )
+    upgrade = db.add_parser("upgrade", help="bring the schema to the newest revision")
+    database_options(upgrade)
+    upgrade.add_argument("--revision", default="head", help=argparse.SUPPRESS)
+    upgrade.set_defaults(run=_db_upgrade)

@@ -1,0 +1,183 @@
+"""``pgblobs serve``: its options, and the handler that turns them into
+serve.ServeOptions and serves.
+
+Each option's destination is the name of its ServeOptions field (``--foo-bar``
+is ``foo_bar``, in ServeOptions, BackendOptions or Limits), and its default
+is settings.py's ``FOO_BAR``; serve.command_line is the inverse, which is how
+a supervisor tells its workers their options.
+"""
+
+import argparse
+import os
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Any
+
+from pgblobs import serve, settings, workers
+from pgblobs.commands.common import (
+    Subcommands,
+    blob_limit,
+    byte_limit,
+    database_options,
+    non_negative,
+    non_negative_seconds,
+    positive,
+    positive_float,
+    react,
+)
+from pgblobs.web.site import Limits
+
+
+def _worker_count(text: str) -> int:
+    if text == "auto":
+        return os.cpu_count() or 1
+    return positive(text)
+
+
+def _blob_size_limit(text: str) -> int:
+    value = non_negative(text)
+    if value > Limits.max_blob_bytes:
+        raise argparse.ArgumentTypeError(
+            f"at most {Limits.max_blob_bytes}: a stream download gives sizes in 8 hex digits"
+        )
+    return value
+
+
+# `pgblobs serve`'s sizes and times: (option, type, default, help).
+_SERVE_LIMITS: list[tuple[str, Callable[[str], Any], Any, str]] = [
+    ("--quota-bytes", byte_limit, settings.QUOTA_BYTES,
+     "default quota per user in bytes, or 'unlimited' (default: %(default)s)"),
+    ("--quota-blobs", blob_limit, settings.QUOTA_BLOBS,
+     "live blobs each user may keep, or 'unlimited'; past it writes get 507 (default: "
+     "%(default)s)"),
+    ("--pool-size", int, settings.POOL_SIZE,
+     "database connections per pool (default: %(default)s)"),
+    ("--max-waiting", non_negative, None,
+     "transfers that may wait for a busy content pool before 503s (default: "
+     f"{settings.WAITING_PER_CONNECTION} x pool; statements may wait 10 times as many)"),
+    ("--statement-timeout", float, settings.STATEMENT_TIMEOUT,
+     "seconds any one SQL statement may run; one the database has not answered "
+     f"{settings.STATEMENT_DEADLINE_MARGIN:g} s later (a silent link) fails with 503 and its "
+     "connection is replaced; 0: no limit (default: %(default)s)"),
+    ("--token-cache-seconds", non_negative_seconds, settings.TOKEN_CACHE_SECONDS,
+     "seconds a node may remember a valid token after the database last confirmed it "
+     "(revocations are heard at once through LISTEN, and a silent listener is noticed within "
+     "seconds; this bounds the rest); 0: ask every time (default: %(default)s)"),
+    ("--max-transfers-per-user", positive, None,
+     "large reads and writes one user may run at once; more wait their turn, so one "
+     "user's stalled transfers never hold every content connection (default: half of "
+     "--pool-size)"),
+    ("--max-buffered-bytes", non_negative, settings.MAX_BUFFERED_BYTES,
+     "bytes of small upload bodies gathered in memory at once; past it, small uploads "
+     "stream like large ones (default: %(default)s)"),
+    ("--max-blob-bytes", _blob_size_limit, Limits.max_blob_bytes,
+     "largest blob accepted (default and most: %(default)s, what a stream download's size "
+     "field can carry)"),
+    ("--max-json-bytes", non_negative, settings.MAX_JSON_BYTES,
+     "largest flag list or stream listing (default: %(default)s)"),
+    ("--max-stream-ids", positive, settings.MAX_STREAM_IDS,
+     "blobs one stream download or upload may carry; more is a 413 (default: %(default)s)"),
+    ("--idle-timeout", float, settings.IDLE_TIMEOUT,
+     "seconds a connection may keep the server waiting: silent between requests, or not "
+     "sending a body or not reading an answer (default: %(default)s)"),
+    ("--header-timeout", float, settings.HEADER_TIMEOUT,
+     "seconds from accepting a connection (or ending a response) to the last header of "
+     "its request (default: %(default)s)"),
+    ("--min-upload-rate", non_negative, settings.MIN_UPLOAD_RATE,
+     "bytes per second a request body must keep up, over each --upload-rate-window, while "
+     "the server reads it; a slower one is cut with 408, so clients that trickle cannot "
+     "hold database connections; 0: no floor (default: %(default)s)"),
+    ("--upload-rate-window", positive_float, settings.UPLOAD_RATE_WINDOW,
+     "seconds over which --min-upload-rate is measured; time the server itself keeps a "
+     "body waiting does not count (default: %(default)s)"),
+    ("--max-connections", positive, settings.max_connections(),
+     "client connections each process (each worker) keeps open on the public listeners; "
+     "past it a new connection is answered 503 with Retry-After and closed, and those "
+     "connected are served as before (default: the descriptor limit, ulimit -n, less "
+     f"{settings.DESCRIPTOR_RESERVE} for database connections and files: %(default)s here)"),
+    ("--max-services-connections", positive, settings.MAX_SERVICES_CONNECTIONS,
+     "the same for the services listeners, counted apart so that a flood of the public "
+     "listener never refuses an MX (default: %(default)s)"),
+    ("--workers", _worker_count, settings.WORKERS,
+     "processes serving the listening sockets, each with its own pool (one Python "
+     "process uses one core); 'auto': one per core (default: %(default)s)"),
+    ("--replica-max-lag", float, settings.REPLICA_MAX_LAG,
+     "seconds a replica may lag and still answer reads, measured by a heartbeat the node "
+     "writes on the primary; a change on the primary (a delete, a revoked token) is seen by "
+     "every read that starts this long after it, even with the primary down "
+     "(default: %(default)s)"),
+    ("--drain-seconds", float, settings.DRAIN_SECONDS,
+     "on SIGTERM, how long requests in flight may take (default: %(default)s)"),
+]  # fmt: skip
+
+# The ServeOptions fields that group others, rather than name an option.
+_GROUPS = {"backend": serve.BackendOptions, "limits": Limits}
+
+
+def serve_options(args: argparse.Namespace) -> serve.ServeOptions:
+    """The ServeOptions ``args`` give, field by field of the same name."""
+    given = vars(args)
+
+    def of(group: type) -> dict[str, Any]:
+        return {f.name: given[f.name] for f in fields(group) if f.name not in _GROUPS}
+
+    chosen = of(serve.ServeOptions)
+    # An appended option starts from nothing, so its default cannot be in the parser.
+    chosen["listen"] = chosen["listen"] or [settings.LISTEN]
+    groups = {name: group(**of(group)) for name, group in _GROUPS.items()}
+    return serve.ServeOptions(**chosen, **groups)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    if args.worker is not None:
+        workers.exit_with_supervisor(args.worker.supervisor)
+    options = serve_options(args)
+    serve.start_logging(options.log_format)
+    from twisted.internet import reactor
+
+    react(lambda: serve.run(reactor, options, worker=args.worker))
+
+
+def configure_parser(commands: Subcommands) -> None:
+    parser = commands.add_parser("serve", help="serve the blobs HTTP API")
+    database_options(parser)
+    parser.add_argument(
+        "--listen",
+        action="append",
+        default=[],
+        metavar="ENDPOINT",
+        help="a Twisted endpoint, e.g. tcp:9000:interface=127.0.0.1 or "
+        "ssl:443:privateKey=key.pem:certKey=cert.pem (repeatable)",
+    )
+    parser.add_argument(
+        "--services-listen",
+        action="append",
+        default=[],
+        metavar="ENDPOINT",
+        help="a Twisted endpoint for the provider's own services, e.g. "
+        "tcp:9001:interface=127.0.0.1: PUT /incoming/{user}/{id} delivers "
+        "mail, with a service token (repeatable; none by default)",
+    )
+    parser.add_argument(
+        "--replica-dsn",
+        action="append",
+        default=[],
+        metavar="DSN",
+        help="a streaming replica that may answer reads (GET, HEAD, listings, counts, flags, "
+        "stream downloads) while it is close behind; writes always go to the primary "
+        "(repeatable)",
+    )
+    for flag, kind, default, help_text in _SERVE_LIMITS:
+        parser.add_argument(flag, type=kind, default=default, help=help_text)
+    parser.add_argument("--log-format", choices=("text", "json"), default=settings.LOG_FORMAT)
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log a line per request (off by default: /metrics counts requests, and the "
+        "line costs about a sixth of a small GET's CPU)",
+    )
+    # Only a supervisor passes it, to its workers (workers.py).
+    parser.add_argument(
+        workers.WORKER_OPTION, type=workers.WorkerSpec.from_argument, help=argparse.SUPPRESS
+    )
+    parser.set_defaults(run=_serve)
