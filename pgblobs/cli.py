@@ -268,9 +268,7 @@ def _duration(text):
 
 
 def _db_upgrade(args):
-    schema.upgrade(_dsn(args), args.revision)
-    revision = schema.head_revision() if args.revision == "head" else args.revision
-    print(f"database is at revision {revision}")
+    print(f"database is at revision {schema.upgrade(_dsn(args), args.revision)}")
 
 
 def _serve(args):
