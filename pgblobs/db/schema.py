@@ -205,8 +205,8 @@ def _refuse_old_nodes(
             raise UpgradeRefused(
                 f"revision {script.revision} removes what code before revision {floor} calls, "
                 f"and these sessions may be nodes running such code{_listing(older)}. Nothing "
-                f"was done: upgrade to revision {script.down_revision} first (`pgblobs db "
-                f"upgrade {script.down_revision}`), roll every node to a pgblobs of revision "
+                f"was done: upgrade to revision {script.down_revision} first (`pgblobs db upgrade "
+                f"--revision {script.down_revision}`), roll every node to a pgblobs of revision "
                 f"{floor} or later, then upgrade again"
             )
 
