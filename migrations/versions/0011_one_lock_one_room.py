@@ -7,8 +7,10 @@ Dropped: ``pgblobs.store_small_blobs``, ``pgblobs.store_blob`` and
 (``'pgblobs.user:' || user``) and the quota arithmetic out again. Only code
 older than revision 0009's release calls them: from 0009 on, pgblobs calls
 ``store_small_blobs_v2``, ``store_blobs_v2``, ``insert_blobs``, ``lock_users``
-and ``room`` (queries.sql at 0009 and 0010). Kept, since code of 0009 and
-0010 calls them: every other function. Dropping rather than redefining them,
+and ``room`` (queries.sql at 0009 and 0010; the first commit of 0009,
+223d384, still called ``store_blob`` and ``store_small_blobs``, but 0009 was
+rewritten before its release and that code was never released). Kept, since
+code of 0009 and 0010 calls them: every other function. Dropping rather than redefining them,
 because a copy kept "for old nodes" is exactly what no one reads any more and
 what drifts; ``code_floor`` below says who may still be connected.
 

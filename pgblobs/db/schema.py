@@ -102,7 +102,7 @@ def upgrade(dsn: str, revision: str = "head") -> str:
                 _load_schema_file(dsn, scripts)
         else:
             pending = list(scripts.iterate_revisions(revision, current or "base"))
-            _refuse_old_nodes(control, scripts, current, pending)
+            _refuse_old_nodes(control, current, pending)
             with _refusing_lock_waits(control):
                 command.upgrade(alembic_config(dsn), revision)
         return _current_revision(control) or "base"
@@ -182,9 +182,7 @@ def _load_schema_file(dsn: str, scripts: ScriptDirectory) -> None:
         engine.dispose()
 
 
-def _refuse_old_nodes(
-    control: Any, scripts: ScriptDirectory, current: str | None, pending: list[Script]
-) -> None:
+def _refuse_old_nodes(control: Any, current: str | None, pending: list[Script]) -> None:
     """Refuse the first pending revision whose ``code_floor`` is above the code
     of a connected node. A node names its revision; one that does not (older
     code) runs the revision the database is at, since a node starts only at
