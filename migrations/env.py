@@ -5,8 +5,12 @@ from alembic import context
 from sqlalchemy import create_engine, text
 
 from pgblobs import settings
+from pgblobs.db.schema import LOCK_TIMEOUT_SECONDS, SCHEMA
 
-SCHEMA = "pgblobs"
+# Every migration waits at most this long for a lock, so one that cannot get
+# its lock fails (and is rolled back) instead of queueing every node's
+# statements behind it (pgblobs/db/schema.py).
+LOCK_TIMEOUT = f"SET lock_timeout = '{LOCK_TIMEOUT_SECONDS}s'"
 
 
 def _dsn():
@@ -36,6 +40,7 @@ def run_offline():
         transaction_per_migration=True,
     )
     with context.begin_transaction():
+        context.execute(LOCK_TIMEOUT)
         context.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
         context.run_migrations()
 
@@ -45,6 +50,7 @@ def run_online():
     with engine.connect() as connection:
         # The version table lives in our schema, so the schema must exist
         # before alembic looks for it.
+        connection.execute(text(LOCK_TIMEOUT))
         connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
         connection.commit()
         context.configure(

@@ -43,5 +43,11 @@ class SchemaNotReady(BlobsError):
     """The database schema is missing or not at the revision this code needs."""
 
 
+class UpgradeRefused(BlobsError):
+    """``pgblobs db upgrade`` would be unsafe now (an unknown revision, another
+    upgrade running, a lock held by long transactions, old nodes connected);
+    nothing was changed by the revision refused."""
+
+
 class TransferStopped(BlobsError):
     """The other side of a transfer went away before its end."""

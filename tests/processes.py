@@ -20,9 +20,10 @@ def free_port():
 
 
 class ServeProcess:
-    """Starts `pgblobs serve ARGS` and waits until it says it is serving."""
+    """Starts `pgblobs serve ARGS` and waits until it says it is serving;
+    ``env`` adds to its environment."""
 
-    def __init__(self, *args, timeout=90):
+    def __init__(self, *args, timeout=90, env=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = pgblobs_command(
@@ -33,7 +34,7 @@ class ServeProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
         )
         self.lines = queue.Queue()
         self.output = []

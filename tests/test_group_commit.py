@@ -75,7 +75,7 @@ async def test_a_write_is_acknowledged_only_after_its_batch_commits(backend, dsn
     holder = psycopg2.connect(dsn)
     holder.autocommit = True
     with holder.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_lock(hashtextextended('pgblobs.user:alice', 0))")
+        cursor.execute("SELECT pg_advisory_lock(pgblobs.user_lock_key('alice'))")
     try:
         writes = [
             defer.ensureDeferred(write(backend, "alice", f"w{i}", b"x" * i)) for i in range(1, 6)
@@ -150,7 +150,7 @@ async def _until(condition, what, timeout=20.0):
         waited += 0.02
 
 
-USER_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('pgblobs.user:' || %(user)s, 0))"
+USER_LOCK = "SELECT pg_advisory_xact_lock(pgblobs.user_lock_key(%(user)s))"
 
 
 @deferred_test

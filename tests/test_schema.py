@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg2
@@ -273,3 +274,124 @@ def test_write_statements_use_their_indexes_without_statistics(scratch_dsn):
         assert sum(read_through.values()) < 1000, read_through
         node.rollback()
     node.close()
+
+
+def revision_of(dsn):
+    return sql(dsn, "SELECT version_num FROM pgblobs.alembic_version")[0][0]
+
+
+def refused(dsn, *message_parts, revision="head"):
+    """`pgblobs db upgrade` of ``dsn`` fails with one readable message that has
+    each of ``message_parts``; that message."""
+    done = pgblobs_cli("db", "upgrade", "--dsn", dsn, "--revision", revision)
+    assert done.returncode != 0, done.stdout
+    assert "Traceback" not in done.stderr, done.stderr
+    for part in message_parts:
+        assert part in done.stderr, done.stderr
+    return done.stderr
+
+
+def session(dsn, application_name=None):
+    connection = psycopg2.connect(dsn, application_name=application_name or "")
+    connection.autocommit = True
+    return connection
+
+
+def test_upgrade_refuses_a_revision_this_code_does_not_know(scratch_dsn):
+    schema.upgrade(scratch_dsn)
+    sql(scratch_dsn, "UPDATE pgblobs.alembic_version SET version_num = '0999'")
+    refused(scratch_dsn, "revision 0999", "does not know", "a newer pgblobs upgraded it")
+    assert revision_of(scratch_dsn) == "0999"
+
+
+def test_upgrade_refuses_while_another_upgrade_runs(scratch_dsn):
+    other = session(scratch_dsn, "pgblobs db upgrade")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(hashtextextended('pgblobs.db upgrade', 0))")
+        refused(
+            scratch_dsn, "another `pgblobs db upgrade` is running", f"pid {other.get_backend_pid()}"
+        )
+        assert "blobs" not in tables(scratch_dsn)
+    finally:
+        other.close()
+    assert pgblobs_cli("db", "upgrade", "--dsn", scratch_dsn).returncode == 0
+
+
+def test_upgrade_gives_up_on_a_lock_that_long_transactions_hold(scratch_dsn):
+    """Revision 0005 alters blob_flags; a reader's open transaction holds it:
+    the migration fails after lock_timeout instead of queueing every node's
+    statements behind its own wait, and is rolled back."""
+    schema.upgrade(scratch_dsn, "0004")
+    reader = psycopg2.connect(scratch_dsn)
+    try:
+        with reader.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pgblobs.blob_flags")  # the transaction stays open
+        started = time.monotonic()
+        refused(
+            scratch_dsn,
+            f"could not take a lock within {schema.LOCK_TIMEOUT_SECONDS} s",
+            "long transactions",
+            f"pid {reader.get_backend_pid()}",
+            "stays at 0004",
+            revision="0005",
+        )
+        assert time.monotonic() - started < schema.LOCK_TIMEOUT_SECONDS + 30
+        assert revision_of(scratch_dsn) == "0004"
+    finally:
+        reader.close()
+    assert pgblobs_cli("db", "upgrade", "--dsn", scratch_dsn, "--revision", "0005").returncode == 0
+    assert revision_of(scratch_dsn) == "0005"
+
+
+def test_upgrade_refuses_to_drop_functions_that_connected_nodes_call(scratch_dsn):
+    """0011 drops what code before 0009 calls (its code_floor): a node that
+    says it runs 0008 is named, and so is any session while the database
+    itself is at 0008 (older nodes do not say their revision)."""
+    schema.upgrade(scratch_dsn, "0010")
+    old_node = session(scratch_dsn, "pgblobs 0008")
+    try:
+        refused(
+            scratch_dsn,
+            "revision 0011",
+            "before revision 0009",
+            "'pgblobs 0008'",
+            "`pgblobs db upgrade --revision 0010`",
+        )
+        assert revision_of(scratch_dsn) == "0010"
+    finally:
+        old_node.close()
+    current_node = session(scratch_dsn, "pgblobs 0010")
+    unnamed = session(scratch_dsn)
+    try:
+        assert pgblobs_cli("db", "upgrade", "--dsn", scratch_dsn).returncode == 0
+    finally:
+        current_node.close()
+        unnamed.close()
+    assert revision_of(scratch_dsn) == schema.head_revision()
+
+
+def test_upgrade_from_below_the_floor_counts_every_session_as_an_old_node(scratch_dsn):
+    schema.upgrade(scratch_dsn, "0008")
+    unnamed = session(scratch_dsn, "psql")
+    try:
+        refused(scratch_dsn, "'psql'", f"pid {unnamed.get_backend_pid()}")
+        assert revision_of(scratch_dsn) == "0008"
+    finally:
+        unnamed.close()
+    assert schema.upgrade(scratch_dsn) == schema.head_revision()
+
+
+@pytest_twisted.ensureDeferred
+async def test_nodes_name_their_revision(dsn):
+    backend = await PostgresBlobsBackend.connect(dsn)
+    try:
+        names = sql(
+            dsn,
+            "SELECT DISTINCT application_name FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND application_name LIKE 'pgblobs %%'",
+        )
+    finally:
+        await backend.close()
+    assert names == [(f"pgblobs {schema.head_revision()}",)]

@@ -7,9 +7,7 @@ from pgblobs.db import schema
 
 
 def _db_upgrade(args: argparse.Namespace) -> None:
-    schema.upgrade(dsn(args), args.revision)
-    revision = schema.head_revision() if args.revision == "head" else args.revision
-    print(f"database is at revision {revision}")
+    print(f"database is at revision {schema.upgrade(dsn(args), args.revision)}")
 
 
 def configure_parser(commands: Subcommands) -> None:
@@ -18,5 +16,10 @@ def configure_parser(commands: Subcommands) -> None:
     )
     upgrade = db.add_parser("upgrade", help="bring the schema to the newest revision")
     database_options(upgrade)
-    upgrade.add_argument("--revision", default="head", help=argparse.SUPPRESS)
+    upgrade.add_argument(
+        "--revision",
+        default="head",
+        help="stop at this revision, e.g. one release at a time while older nodes are still "
+        "connected (default: %(default)s)",
+    )
     upgrade.set_defaults(run=_db_upgrade)

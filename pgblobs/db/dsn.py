@@ -3,6 +3,7 @@
 from psycopg2.extensions import make_dsn, parse_dsn
 
 from pgblobs import settings
+from pgblobs.db import schema
 
 
 def with_statement_timeout(dsn: str, milliseconds: int) -> str:
@@ -14,9 +15,11 @@ def with_statement_timeout(dsn: str, milliseconds: int) -> str:
 
 def with_keepalives(dsn: str) -> str:
     """``dsn`` whose connections notice a link that stopped carrying packets
-    within seconds (libpq ignores these on Unix-domain sockets)."""
+    within seconds (libpq ignores these on Unix-domain sockets), and name
+    this code's revision unless the DSN names them (`db upgrade` reads it)."""
     return make_dsn(
         dsn,
+        application_name=parse_dsn(dsn).get("application_name", schema.node_name()),
         keepalives=1,
         keepalives_idle=settings.KEEPALIVES_IDLE,
         keepalives_interval=settings.KEEPALIVES_INTERVAL,
