@@ -2,12 +2,14 @@
 without a socket, PostgreSQL or a real second (twisted's own way of testing
 timeouts: a ``Clock`` and a ``StringTransport``)."""
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from twisted.internet import address, defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
 from pgblobs import MemoryBlobsBackend
@@ -16,6 +18,7 @@ from pgblobs.web.metrics import SiteMetrics
 from pgblobs.web.site import BlobsSite, Limits, build_site
 from tests.helpers import token_header
 
+_T = TypeVar("_T")
 TOKEN = "secret"  # alice's, and only hers
 ALICE = b"Authorization: " + token_header("alice", TOKEN).encode()
 
@@ -95,3 +98,13 @@ def request(method: str, path: str, *headers: str, body: bytes = b"") -> bytes:
     if body and not any(header.lower().startswith("content-length") for header in headers):
         lines.append(b"Content-Length: %d" % len(body))
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def result_of(work: "defer.Deferred[_T] | Coroutine[Any, Any, _T]") -> _T:
+    """The outcome of ``work`` that has nothing to wait for (the memory backend's)."""
+    outcomes: list[_T | Failure] = []
+    defer.ensureDeferred(work).addBoth(outcomes.append)
+    assert outcomes, f"{work!r} is still waiting"
+    if isinstance(outcomes[0], Failure):
+        outcomes[0].raiseException()
+    return outcomes[0]
