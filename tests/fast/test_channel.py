@@ -5,7 +5,6 @@ no clock runs while a request waits on the server."""
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
-
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 

@@ -67,7 +67,7 @@ def test_a_full_batch_leaves_at_once():
 
 
 def test_without_a_limit_every_batch_runs_at_once():
-    clock, runs, coalescer = _coalescer(size=2)
+    _, runs, coalescer = _coalescer(size=2)
     for n in range(6):
         coalescer.submit(n)
     assert runs.in_flight == 3

@@ -91,7 +91,10 @@ def test_a_chunked_body_at_the_limit_is_stored_whole():
         client.send(b"fa\r\n" + bytes([65 + part]) * 250 + b"\r\n")
     client.send(b"0\r\n\r\n")
     assert client.status == 200
-    assert result_of(read(backend, "alice", "full")) == b"A" * 250 + b"B" * 250 + b"C" * 250 + b"D" * 250
+    assert (
+        result_of(read(backend, "alice", "full"))
+        == b"A" * 250 + b"B" * 250 + b"C" * 250 + b"D" * 250
+    )
 
 
 def test_a_json_body_announced_past_max_json_bytes_is_413_before_it_is_read():

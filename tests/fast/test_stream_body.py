@@ -109,7 +109,7 @@ def test_the_blob_consumer_pausing_pauses_the_body():
         (b'[["a", -1]]', MalformedBody),
         (b'[["a", true]]', MalformedBody),
         (b'[["a", 1, 2]]', MalformedBody),
-        (b'[[1, 1]]', MalformedBody),
+        (b"[[1, 1]]", MalformedBody),
         (b'[["a.b", 1]]', InvalidName),
     ],
 )
