@@ -137,12 +137,19 @@ def test_a_body_ending_before_its_listing_line_is_malformed():
         result_of(blobs.listing())
 
 
-def test_a_body_ending_inside_a_blob_fails_that_blob():
+@pytest.mark.parametrize(
+    "ending, error, reason",
+    [
+        (None, MalformedBody, "before the last blob was complete"),  # complete, but short
+        (Failure(TransferStopped("the client went away")), TransferStopped, "went away"),
+    ],
+)
+def test_a_body_ending_inside_a_blob_fails_that_blob_saying_why(ending, error, reason):
     body, blobs = _sequence()
     body.arrive(b'[["a", 5]]\nab')
     _, done = _store(blobs, 5)
-    body.end()
-    with pytest.raises(MalformedBody, match="before the last blob was complete"):
+    body.end(ending)
+    with pytest.raises(error, match=reason):
         result_of(done)
 
 
@@ -162,12 +169,3 @@ def test_a_body_longer_than_its_listing_says_is_malformed():
     body.end()
     with pytest.raises(MalformedBody, match="longer than its listing"):
         result_of(blobs.ended())
-
-
-def test_a_body_cut_short_by_the_client_fails_the_blob_with_that_reason():
-    body, blobs = _sequence()
-    body.arrive(b'[["a", 5]]\nab')
-    _, done = _store(blobs, 5)
-    body.end(Failure(TransferStopped("the client went away")))
-    with pytest.raises(TransferStopped, match="went away"):
-        result_of(done)
