@@ -32,8 +32,8 @@ class Refused(protocol.Protocol):
 
 
 class Refusals:
-    """Counts the connections one site refused, and says so in the log.
-    ``now`` (seconds, for spacing the lines) is a parameter for tests."""
+    """Counts the connections one site refused, and says so in the log, a
+    line at most every ``_LOG_EVERY`` seconds of ``now()`` (a test's clock)."""
 
     def __init__(self, now: Callable[[], float] = time.monotonic) -> None:
         self._now = now
