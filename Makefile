@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup postgresql strace lint test run soak bench drill clean
+.PHONY: setup postgresql strace lint test test-fast run soak bench drill clean
 
 setup: $(STAMP) postgresql strace
 
@@ -34,8 +34,14 @@ lint: setup
 	$(VENV)/bin/ruff format --check $(LINTED)
 	$(VENV)/bin/mypy
 
+# Everything, tests/fast included.
 test: setup lint
 	$(PY) -m pytest -q
+
+# The tests that need no PostgreSQL and no real seconds (a fake clock, an
+# in-memory transport, the memory backend): seconds, for every change.
+test-fast: setup
+	$(PY) -m pytest -q tests/fast
 
 # The embedded default: a PostgreSQL kept in ./.pgblobs, the API on 127.0.0.1:9000,
 # the services listener (mail delivery) on 127.0.0.1:9001.

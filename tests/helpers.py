@@ -1,10 +1,12 @@
 """What the tests share: driving a backend, SQL on the side, tokens, the CLI."""
 
 import base64
+import inspect
 import io
 import os
 import subprocess
 import sys
+import time
 
 import psycopg2
 import pytest_twisted
@@ -96,6 +98,35 @@ async def read(backend, user, blob_id, namespace="", range=None):
 
 def sleep(seconds):
     return task.deferLater(reactor, seconds, lambda: None)
+
+
+async def until(condition, what="true", timeout=5.0, every=0.01):
+    """Poll ``condition()`` on the reactor (awaiting it, if it is a coroutine
+    function) until it is true; the seconds that took. Fails after ``timeout``,
+    saying ``what`` (text, or a function giving it at that moment)."""
+    started = time.monotonic()
+    while True:
+        outcome = condition()
+        if inspect.isawaitable(outcome):
+            outcome = await outcome
+        if outcome:
+            return time.monotonic() - started
+        assert time.monotonic() - started < timeout, _still_not(what, timeout)
+        await sleep(every)
+
+
+def wait_until(condition, what="true", timeout=30.0, every=0.05):
+    """Blocking: poll ``condition()`` until it is true, and return what it
+    returned. Fails after ``timeout``, saying ``what``, as ``until`` does."""
+    deadline = time.monotonic() + timeout
+    while not (outcome := condition()):
+        assert time.monotonic() < deadline, _still_not(what, timeout)
+        time.sleep(every)
+    return outcome
+
+
+def _still_not(what, timeout):
+    return f"still not {what() if callable(what) else what} after {timeout} s"
 
 
 async def gather(*coroutines):

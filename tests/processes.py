@@ -12,6 +12,10 @@ from pathlib import Path
 from pgblobs.serve import READY
 from tests.helpers import pgblobs_command
 
+# The last lines of the quick starts the embedded default prints (pgblobs/serve.py).
+QUICK_START_END = "/blobs/dev/\n"
+MAIL_QUICK_START_END = "filter_flag=PENDING"
+
 
 def free_port():
     with socket.socket() as probe:
@@ -24,6 +28,14 @@ class ServeProcess:
     ``env`` adds to its environment."""
 
     def __init__(self, *args, timeout=90, env=None):
+        # Without --dsn, serve runs the embedded PostgreSQL and prints its
+        # quick start (and, with a services listener, the mail delivery)
+        # right after saying it is serving.
+        self._last_lines = []
+        if "--dsn" not in args:
+            self._last_lines.append(QUICK_START_END)
+            if "--services-listen" in args:
+                self._last_lines.append(MAIL_QUICK_START_END)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = pgblobs_command(
@@ -53,7 +65,9 @@ class ServeProcess:
             self.errors.append(line)
 
     def _wait_serving(self, timeout):
+        """Until serve says it is serving and has printed what follows that."""
         deadline = time.monotonic() + timeout
+        awaited = [READY, *self._last_lines]
         while time.monotonic() < deadline:
             try:
                 line = self.lines.get(timeout=0.2)
@@ -61,9 +75,10 @@ class ServeProcess:
                 if self.process.poll() is not None:
                     break
                 continue
-            if line.startswith(READY):
-                time.sleep(0.2)  # the quick-start lines follow at once
-                return
+            if awaited[0] in line:
+                awaited.pop(0)
+                if not awaited:
+                    return
         raise RuntimeError("pgblobs serve did not start:\n" + "".join(self.output + self.errors))
 
     def dev_token(self):

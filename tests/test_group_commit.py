@@ -16,6 +16,7 @@ from tests.helpers import (
     sleep,
     sql,
     statements_sent,
+    until,
     write,
 )
 
@@ -76,11 +77,13 @@ async def test_a_write_is_acknowledged_only_after_its_batch_commits(backend, dsn
     holder.autocommit = True
     with holder.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_lock(pgblobs.user_lock_key('alice'))")
+    sent = statements_sent(backend)
     try:
         writes = [
             defer.ensureDeferred(write(backend, "alice", f"w{i}", b"x" * i)) for i in range(1, 6)
         ]
-        await sleep(0.5)
+        # Until their batch has come back "busy" and been sent again.
+        await until(lambda: sent.count("put_small_blobs") >= 2, "sent again", timeout=20)
         assert not any(w.called for w in writes)
         assert sql(dsn, "SELECT count(*) FROM pgblobs.blobs")[0][0] == 0
     finally:
@@ -141,15 +144,6 @@ def _holding(dsn, statement, params=None):
     return holder
 
 
-async def _until(condition, what, timeout=20.0):
-    """Poll ``condition()`` on the reactor until it holds; fail after ``timeout``."""
-    waited = 0.0
-    while not condition():
-        assert waited < timeout, f"still not {what} after {timeout} s"
-        await sleep(0.02)
-        waited += 0.02
-
-
 USER_LOCK = "SELECT pg_advisory_xact_lock(pgblobs.user_lock_key(%(user)s))"
 
 
@@ -173,7 +167,7 @@ async def test_an_uncommitted_import_of_a_name_decides_only_that_name(backend, d
             ]
         ]
         # bob's blobs do not wait for the import of alice's name...
-        await _until(lambda: writes[1].called and writes[2].called, "stored bob's blobs")
+        await until(lambda: writes[1].called and writes[2].called, "stored bob's blobs", timeout=20)
         assert not writes[0].called
         assert await read(backend, "bob", "Y0") == b"bob zero"
         assert await read(backend, "bob", "Y1") == b"bob one"
@@ -196,7 +190,9 @@ async def test_a_user_whose_lock_is_held_never_delays_other_users(backend, dsn):
             defer.ensureDeferred(write(backend, f"user{i % 40}", f"b{i}", content(100, seed=i)))
             for i in range(80)
         ]
-        await _until(lambda: all(w.called for w in others), "stored the other users' blobs")
+        await until(
+            lambda: all(w.called for w in others), "stored the other users' blobs", timeout=20
+        )
         assert not any(w.called for w in alice)
         assert sql(dsn, "SELECT count(*) FROM pgblobs.blobs WHERE user_id <> 'alice'")[0][0] == 80
     finally:
@@ -230,13 +226,13 @@ async def test_bodies_count_against_the_buffer_until_their_batch_commits(dsn):
             defer.ensureDeferred(write(node, "alice", f"w{i}", content(10_000, seed=i)))
             for i in range(4)
         ]
-        await _until(lambda: node.buffered_bytes == 40_000, "holding the four bodies")
+        await until(lambda: node.buffered_bytes == 40_000, "holding the four bodies", timeout=20)
         # Past the budget a small body takes the streamed path, holding nothing.
         more = [
             defer.ensureDeferred(write(node, "alice", f"m{i}", content(20_000, seed=i)))
             for i in range(3)
         ]
-        for _ in range(10):
+        for _ in range(10):  # an invariant, watched while the streamed writes go on
             await sleep(0.02)
             assert node.buffered_bytes <= budget
         assert not any(w.called for w in waiting + more)
@@ -265,7 +261,7 @@ async def test_a_batch_refused_as_a_whole_is_retried_write_by_write(backend, dsn
             defer.ensureDeferred(write(backend, user, blob_id, data))
             for user, blob_id, data in [("alice", "X", b"mine"), ("bob", "Y", b"bob's")]
         ]
-        await _until(
+        await until(
             lambda: (
                 sql(
                     dsn,
@@ -275,6 +271,7 @@ async def test_a_batch_refused_as_a_whole_is_retried_write_by_write(backend, dsn
                 > 0
             ),
             "waiting on the rogue's row",
+            timeout=20,
         )
     finally:
         rogue.commit()

@@ -14,7 +14,7 @@ import pytest
 
 from pgblobs.serve import READY
 from pgblobs.workers import WORKER_OPTION
-from tests.helpers import pgblobs_cli, sql, token_header
+from tests.helpers import pgblobs_cli, sql, token_header, wait_until
 from tests.processes import ServeProcess, no_stray_postgres
 
 
@@ -101,6 +101,24 @@ def test_serve_refuses_a_database_not_at_head(scratch_dsn):
     assert "Traceback" not in done.stderr
 
 
+def unread_by(port, peer_port):
+    """Bytes the kernel holds, not yet read, for the local listener on ``port``
+    on its connection from ``peer_port`` (Linux's /proc/net/tcp, in hex)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, remote, _, queues = line.split()[1:5]
+        if local.endswith(f":{port:04X}") and remote.endswith(f":{peer_port:04X}"):
+            return int(queues.split(":")[1], 16)
+    return None
+
+
+def accepts(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 def test_sigterm_lets_a_request_in_flight_finish(dsn):
     token = pgblobs_cli("token", "create", "alice", "--dsn", dsn).stdout.strip()
     server = ServeProcess("--dsn", dsn)
@@ -112,9 +130,10 @@ def test_sigterm_lets_a_request_in_flight_finish(dsn):
                 + auth
                 + b"\r\nContent-Length: 10\r\n\r\n12345"
             )
-            time.sleep(0.5)
+            peer = client.getsockname()[1]
+            wait_until(lambda: unread_by(server.port, peer) == 0, "read by the server")
             server.process.send_signal(signal.SIGTERM)
-            time.sleep(0.5)
+            wait_until(lambda: not accepts(server.port), "no longer accepting")
             client.sendall(b"67890")
             answer = client.recv(4096)
         assert answer.startswith(b"HTTP/1.1 200 ")

@@ -12,6 +12,7 @@ from tests.helpers import (
     read,
     sleep,
     sql,
+    until,
     write,
 )
 
@@ -76,10 +77,14 @@ async def test_a_paused_consumer_stops_the_flow_until_resumed(backend):
 
     consumer = Pausing()
     reading = backend.read_blob("alice", "slow", consumer)
-    await sleep(0.5)
+    # Until what the worker had handed over when the flow paused has landed.
+    await until(
+        lambda: consumer.chunks and len(consumer.chunks) == consumer.producer.delivered,
+        "the chunks in flight delivered",
+    )
     held = len(consumer.chunks)
     assert held <= 1 + DownloadPush.IN_FLIGHT
-    await sleep(0.3)
+    await sleep(0.3)  # the scenario: a while paused, in which nothing may come
     assert len(consumer.chunks) == held  # nothing more while paused
     consumer.producer.resumeProducing()
     await reading

@@ -16,10 +16,11 @@ such a user's items for later), so its time in flight is its own commit.
 """
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 _Item = TypeVar("_Item")
@@ -40,7 +41,7 @@ class Coalescer(Generic[_Item, _Result]):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         run: Callable[[list[_Item]], Awaitable[Sequence[_Result | BaseException]]],
         size: int = BATCH_SIZE,
         max_in_flight: int | None = None,
@@ -51,7 +52,7 @@ class Coalescer(Generic[_Item, _Result]):
         self._max_in_flight = max_in_flight
         self._in_flight = 0
         self._pending: list[tuple[_Item, Deferred[_Result]]] = []
-        self._turn_end: Any = None  # the delayed call that sends the batch
+        self._turn_end: IDelayedCall | None = None  # the call that sends the batch
 
     def submit(self, item: _Item) -> Deferred[_Result]:
         """A Deferred of ``item``'s outcome, once its batch has run."""

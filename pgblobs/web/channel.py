@@ -19,9 +19,9 @@ by its ``connectionLost``.
 """
 
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
-from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.interfaces import IDelayedCall, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -41,8 +41,8 @@ class BlobsChannel(http.HTTPChannel):
     """An HTTPChannel with a header deadline and a stall clock (see module)."""
 
     site: "BlobsSite"  # set by the site that builds the channel
-    _header_deadline: Any = None  # IDelayedCall
-    _stall_clock: Any = None
+    _header_deadline: IDelayedCall | None = None
+    _stall_clock: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()

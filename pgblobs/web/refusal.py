@@ -6,6 +6,7 @@ kernel's backlog, and it holds a descriptor only until that answer is written.
 """
 
 import time
+from collections.abc import Callable
 
 from twisted.internet import protocol
 from twisted.logger import Logger
@@ -31,15 +32,17 @@ class Refused(protocol.Protocol):
 
 
 class Refusals:
-    """Counts the connections one site refused, and says so in the log."""
+    """Counts the connections one site refused, and says so in the log, a
+    line at most every ``_LOG_EVERY`` seconds of ``now()`` (a test's clock)."""
 
-    def __init__(self) -> None:
+    def __init__(self, now: Callable[[], float] = time.monotonic) -> None:
+        self._now = now
         self._unreported = 0
         self._reported_at = -_LOG_EVERY
 
     def refuse(self, open_connections: int) -> Refused:
         self._unreported += 1
-        now = time.monotonic()
+        now = self._now()
         if now - self._reported_at >= _LOG_EVERY:
             _log.warn(
                 "refused {count} new connections: {open} are open, the most allowed "

@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from twisted.internet import defer
 from twisted.internet.interfaces import (
@@ -140,7 +140,7 @@ class RequestBody:
     # Fed by the request: bytes as they arrive, then the end (None: complete,
     # or the Failure that cut the body short).
 
-    def arrived(self, data):
+    def arrived(self, data: bytes) -> None:
         if self._outcome is not None:
             return
         self.received += len(data)
@@ -153,7 +153,7 @@ class RequestBody:
         else:
             self._consumer.write(data)
 
-    def end(self, outcome=None):
+    def end(self, outcome: Failure | None = None) -> None:
         if self._outcome is not None:
             return
         self._outcome = outcome or "complete"
@@ -162,7 +162,7 @@ class RequestBody:
         if self._consumer is not None:
             self._settle()
 
-    def _settle(self):
+    def _settle(self) -> None:
         if self._done.called:
             return
         if isinstance(self._outcome, Failure):
@@ -178,7 +178,7 @@ class RequestBody:
 
     # IBodyProducer.
 
-    def startProducing(self, consumer):
+    def startProducing(self, consumer: IConsumer) -> defer.Deferred[None]:
         if self._consumer is not None:
             raise RuntimeError("a request body can be produced only once")
         self._consumer = consumer
@@ -197,28 +197,28 @@ class RequestBody:
     # not on the client: the stall clock and the rate floor run only while
     # bytes are wanted.
 
-    def pauseProducing(self):
+    def pauseProducing(self) -> None:
         self._floor.not_wanted()
         self._channel.not_waiting_on_client(self.WAIT)
         self._transport.pauseProducing()
 
-    def resumeProducing(self):
+    def resumeProducing(self) -> None:
         if self._outcome is None:
             self._floor.wanted()
             self._channel.waiting_on_client(self.WAIT)
             self._transport.resumeProducing()
 
-    def stopProducing(self):
+    def stopProducing(self) -> None:
         self.end(Failure(TransferStopped("the body's consumer stopped it")))
 
-    def discard(self):
+    def discard(self) -> None:
         """Let the rest of the body come, and drop it."""
         self.end(Failure(TransferStopped("the body is no longer wanted")))
         self._transport.resumeProducing()
 
-    async def read_all(self, limit):
+    async def read_all(self, limit: int) -> bytes:
         """The whole body as bytes, refusing more than ``limit`` bytes."""
-        if self.length is not UNKNOWN_LENGTH and self.length > limit:
+        if isinstance(self.length, int) and self.length > limit:  # UNKNOWN_LENGTH is a str
             raise BodyTooLarge(f"the body is larger than {limit} bytes")
         self.limit = limit
         return await collect(self)
@@ -234,9 +234,9 @@ class StreamingRequest(server.Request):
     route = "other"  # resources name their route, for metrics
     request_id = "-"
 
-    _lingering: Any = None  # IDelayedCall while the rest of a refused body is dropped
+    _lingering: IDelayedCall | None = None  # while the rest of a refused body is dropped
 
-    def gotLength(self, length):
+    def gotLength(self, length: int | None) -> None:
         self.started_at = time.monotonic()
         self.request_id = f"{_PROCESS_TAG}{next(_REQUEST_NUMBERS):06x}"
         self.setHeader(b"X-Request-Id", self.request_id.encode("ascii"))
@@ -257,20 +257,20 @@ class StreamingRequest(server.Request):
         # "100 Continue" the client waits for.
         self.channel.callLater(0, partial(self._render_early, command, path, version))
 
-    def _send_continue(self):
+    def _send_continue(self) -> None:
         if not self.startedWriting and not self.gone:
             self.channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
 
-    def _render_early(self, command, path, version):
+    def _render_early(self, command: bytes, path: bytes, version: bytes) -> None:
         if self.channel is None:  # the client left already
             return
         server.Request.requestReceived(self, command, path, version)
 
-    def handleContentChunk(self, data):
+    def handleContentChunk(self, data: bytes) -> None:
         if self.body is not None:
             self.body.arrived(data)
 
-    def requestReceived(self, command, path, version):
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         # The channel calls this once the whole body is in; rendering began
         # at gotLength, so all that is left is to tell the body.
         self.body_complete = True
@@ -279,7 +279,7 @@ class StreamingRequest(server.Request):
         if self._lingering is not None:
             self._stop_lingering()
 
-    def write(self, data):
+    def write(self, data: bytes) -> None:
         if self.gone:
             return
         if not self.startedWriting and not self.body_complete:
@@ -290,11 +290,11 @@ class StreamingRequest(server.Request):
         super().write(data)
 
     @property
-    def answered(self):
+    def answered(self) -> bool:
         """The response is complete (perhaps still lingering before the close)."""
         return bool(self.finished) or self._lingering is not None
 
-    def finish(self):
+    def finish(self) -> None:
         if self.body is None or self.body_complete or self.gone or self._lingering is not None:
             return super().finish()
         # Answered before the body was read (and the connection is marked to
@@ -304,13 +304,13 @@ class StreamingRequest(server.Request):
         self._lingering = self.channel.callLater(LINGER_SECONDS, self._stop_lingering)
         self.body.discard()  # after: what waited on the body must see the answer as given
 
-    def _stop_lingering(self):
+    def _stop_lingering(self) -> None:
         if self._lingering is not None and self._lingering.active():
             self._lingering.cancel()
         if not self.gone and not self.finished:
             super().finish()
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure) -> None:
         self.gone = True
         if self._lingering is not None and self._lingering.active():
             self._lingering.cancel()
@@ -320,7 +320,7 @@ class StreamingRequest(server.Request):
         if self.producer is not None:
             self.producer.stopProducing()
 
-    def abort(self):
+    def abort(self) -> None:
         """Drop the connection: for a response that cannot be completed honestly."""
         if self.channel is not None and self.channel.transport is not None:
             cast(ITCPTransport, self.channel.transport).abortConnection()

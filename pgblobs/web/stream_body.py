@@ -17,7 +17,7 @@ from pgblobs.web import arguments
 from pgblobs.web.status import BodyTooLarge, MalformedBody
 
 
-def _parse_listing(line):
+def _parse_listing(line: bytes) -> list[tuple[str, int]]:
     listing = arguments.json_body(line, list)
     parsed = []
     for entry in listing:
@@ -42,7 +42,7 @@ class BlobSequence:
     to the ``_BlobSlice`` the backend is consuming.
     """
 
-    def __init__(self, body, max_listing_bytes):
+    def __init__(self, body: IBodyProducer, max_listing_bytes: int) -> None:
         self._body = body
         self._max_listing = max_listing_bytes
         self._line = bytearray()
@@ -53,14 +53,14 @@ class BlobSequence:
         self._end_waiters: list[defer.Deferred[None]] = []
         body.startProducing(self).addBoth(self._body_ended)
 
-    def listing(self):
+    def listing(self) -> defer.Deferred[list[tuple[str, int]]]:
         return self._listing
 
-    def next_blob(self, size):
+    def next_blob(self, size: int) -> "_BlobSlice":
         self._slice = _BlobSlice(self, size)
         return self._slice
 
-    async def ended(self):
+    async def ended(self) -> None:
         """The body must end exactly after the last blob."""
         if self._held:
             raise MalformedBody("the body is longer than its listing says")
@@ -76,7 +76,7 @@ class BlobSequence:
 
     # IConsumer of the request body.
 
-    def write(self, data):
+    def write(self, data: bytes) -> None:
         if not self._listing.called:
             newline = data.find(b"\n")
             if newline < 0:
@@ -94,11 +94,11 @@ class BlobSequence:
             self._listing.callback(listing)
         self._route(data)
 
-    def _fail_listing(self, error):
+    def _fail_listing(self, error: Exception) -> None:
         self._listing.errback(Failure(error))
         self._body.stopProducing()
 
-    def _route(self, data):
+    def _route(self, data: bytes) -> None:
         current = self._slice
         while data and current is not None and current.started and current.remaining:
             data = current.feed(data)
@@ -106,13 +106,13 @@ class BlobSequence:
             self._held += data
             self._body.pauseProducing()
 
-    def _cut_short(self):
+    def _cut_short(self) -> Failure:
         """Why a blob cannot be completed once the body has ended."""
         if isinstance(self._end, Failure):
             return self._end
         return Failure(MalformedBody("the body ended before the last blob was complete"))
 
-    def _body_ended(self, outcome):
+    def _body_ended(self, outcome: Failure | None) -> None:
         self._end = outcome if isinstance(outcome, Failure) else True
         if not self._listing.called:
             self._listing.errback(
@@ -138,10 +138,10 @@ class BlobSequence:
         elif not self._held:
             self._body.resumeProducing()
 
-    def pause_body(self):
+    def pause_body(self) -> None:
         self._body.pauseProducing()
 
-    def resume_body(self):
+    def resume_body(self) -> None:
         self._body.resumeProducing()
 
 
@@ -149,7 +149,7 @@ class BlobSequence:
 class _BlobSlice:
     """The next ``length`` bytes of an upload stream, as an IBodyProducer."""
 
-    def __init__(self, sequence, length):
+    def __init__(self, sequence: BlobSequence, length: int) -> None:
         self.length = length
         self.remaining = length
         self._sequence = sequence
@@ -157,10 +157,10 @@ class _BlobSlice:
         self._done: defer.Deferred[None] = defer.Deferred()
 
     @property
-    def started(self):
+    def started(self) -> bool:
         return self._consumer is not None
 
-    def startProducing(self, consumer):
+    def startProducing(self, consumer: IConsumer) -> defer.Deferred[None]:
         self._consumer = consumer
         if self.remaining == 0:
             self._done.callback(None)
@@ -168,7 +168,7 @@ class _BlobSlice:
             self._sequence.start_slice(self)
         return self._done
 
-    def feed(self, data):
+    def feed(self, data: bytes) -> bytes:
         """Take what belongs to this blob; return the rest."""
         mine, rest = data[: self.remaining], data[self.remaining :]
         self.remaining -= len(mine)
@@ -178,16 +178,16 @@ class _BlobSlice:
             self._done.callback(None)
         return rest
 
-    def fail(self, failure):
+    def fail(self, failure: Failure) -> None:
         if not self._done.called:
             self._done.errback(failure)
 
-    def pauseProducing(self):
+    def pauseProducing(self) -> None:
         self._sequence.pause_body()
 
-    def resumeProducing(self):
+    def resumeProducing(self) -> None:
         if self.remaining:
             self._sequence.resume_body()
 
-    def stopProducing(self):
+    def stopProducing(self) -> None:
         self.fail(Failure(TransferStopped("the blob's consumer stopped it")))

@@ -57,6 +57,8 @@ def test_point_in_time_recovery_from_a_base_backup_and_archived_wal(open_tmp):
             backup_seconds = time.perf_counter() - started
 
             kept.update(write_blobs(client, "after-backup-", 20))
+            # Clock time between the commits and the target on either side:
+            # the scenario itself, what recovery_target_time tells apart.
             time.sleep(0.5)
             target = sql(primary.dsn, "SELECT clock_timestamp()::text")[0][0]
             time.sleep(0.5)

@@ -10,7 +10,7 @@ import pytest
 
 from pgblobs.cluster import LocalCluster
 from pgblobs.db import schema
-from tests.helpers import pgblobs_command
+from tests.helpers import pgblobs_command, wait_until
 from tests.processes import ServeProcess, free_port
 from tests.reliability.clients import Client, token_for
 
@@ -35,12 +35,9 @@ def load(client, prefix, stop, stored, statuses, retry_after):
 
 
 def wait_healthy(client, seconds):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if client.request("GET", "/health")[0] == 200:
-            return time.monotonic()
-        time.sleep(0.1)
-    raise AssertionError(f"not healthy within {seconds}s")
+    """Until the node says it is healthy; the moment it did."""
+    wait_until(lambda: client.request("GET", "/health")[0] == 200, "healthy", seconds)
+    return time.monotonic()
 
 
 @contextlib.contextmanager
@@ -74,16 +71,17 @@ def test_a_restart_costs_503s_for_seconds_and_loses_nothing(open_tmp):
         ]
         for worker in workers:
             worker.start()
-        time.sleep(1.5)
+        wait_until(lambda: len(stored) > 20, "storing under load")
         cluster.stop()  # fast shutdown, as `pg_ctl -m fast`
-        time.sleep(1.0)
+        wait_until(lambda: client.request("GET", "/health")[0] == 503, "unhealthy")
         down = client.request("GET", "/blobs/alice/?only_count=True")
         assert down[0] == 503 and down[1].get("Retry-After")
         assert client.request("GET", "/health")[0] == 503
         cluster.start()
         restarted = time.monotonic()
         recovered = wait_healthy(client, 20)
-        time.sleep(1.5)
+        since = len(stored)
+        wait_until(lambda: len(stored) > since + 20, "storing again")
         stop.set()
         for worker in workers:
             worker.join(60)
@@ -114,7 +112,7 @@ def test_a_database_unreachable_at_start_is_waited_for(open_tmp):
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(3)
+        time.sleep(3)  # the scenario: a while with no database, through which it waits
         assert process.poll() is None, "it must wait, not exit"
         starting.start()
         starting.join()
@@ -155,9 +153,9 @@ def test_after_an_outage_the_first_success_is_followed_by_no_503(open_tmp):
         workers = [threading.Thread(target=requests, args=(i,)) for i in range(4)]
         for worker in workers:
             worker.start()
-        time.sleep(1.5)
+        wait_until(lambda: len(answers) > 20, "answering under load")
         cluster.stop()
-        time.sleep(5)
+        time.sleep(5)  # the scenario: the database down for a while, then back for a while
         cluster.start()
         restarted = time.monotonic()
         time.sleep(6)

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.helpers import pgblobs_cli, sql
+from tests.helpers import pgblobs_cli, sql, wait_until
 from tests.processes import ServeProcess
 from tests.reliability.clients import Client, token_for
 
@@ -27,18 +27,17 @@ def clients(nodes, dsn, user="alice"):
     return [Client(node.url, user, token) for node in nodes]
 
 
+def open_transactions(dsn):
+    """Transactions open in the database, but the one asking."""
+    return sql(
+        dsn,
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid()",
+    )[0][0]
+
+
 def wait_for_no_transactions(dsn, seconds=20):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        open_ = sql(
-            dsn,
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid()",
-        )[0][0]
-        if open_ == 0:
-            return
-        time.sleep(0.1)
-    raise AssertionError("a transaction stayed open")
+    wait_until(lambda: open_transactions(dsn) == 0, "without open transactions", seconds)
 
 
 def test_a_node_killed_mid_upload_leaves_nothing(migrated_dsn, dsn):
@@ -55,7 +54,8 @@ def test_a_node_killed_mid_upload_leaves_nothing(migrated_dsn, dsn):
         )
         for _ in range(40):
             upload.sendall(b"k" * 250_000)
-        time.sleep(0.5)
+        # Mid upload: its transaction is writing the large object.
+        wait_until(lambda: open_transactions(dsn) > 0, "uploading")
         victim.stop(signal.SIGKILL)
         upload.close()
         wait_for_no_transactions(dsn)
@@ -104,7 +104,7 @@ def test_delete_racing_a_read_gives_all_or_404(nodes, dsn):
             blob_id = f"racy{attempt}"
             assert a.put(blob_id, data)[0] == 200
             reading = reader.submit(a.get, blob_id)
-            time.sleep(0.02 * attempt)
+            time.sleep(0.02 * attempt)  # the scenario: the delete later into each read
             assert b.request("DELETE", f"/blobs/alice/{blob_id}")[0] == 200
             status, _, body = reading.result(60)
             outcomes.append(status)

@@ -20,7 +20,7 @@ from twisted.internet import defer
 
 from pgblobs import PostgresBlobsBackend
 from pgblobs.errors import DatabaseUnavailable
-from tests.helpers import pgblobs_cli, sleep, sql, write
+from tests.helpers import pgblobs_cli, sleep, sql, until, wait_until, write
 from tests.processes import ServeProcess
 from tests.reliability.clients import Client, token_for
 
@@ -55,27 +55,23 @@ def replica_log(node, word):
 
 
 def wait_for_log(node, word, timeout=30):
-    deadline = time.monotonic() + timeout
-    while not replica_log(node, word):
-        assert time.monotonic() < deadline, f"no replica {word!r} line:\n" + "".join(node.errors)
-        time.sleep(0.05)
+    wait_until(
+        lambda: replica_log(node, word),
+        lambda: f"logged a replica {word!r} line:\n" + "".join(node.errors),
+        timeout,
+    )
 
 
 def wait_replayed(standby, blob_id, timeout=30):
     """Until ``standby`` has replayed the live blob ``blob_id``."""
-    deadline = time.monotonic() + timeout
-    while not sql(
-        standby.dsn,
-        "SELECT 1 FROM pgblobs.blobs WHERE blob_id = %s AND deleted_at IS NULL",
-        (blob_id,),
-    ):
-        assert time.monotonic() < deadline, f"the standby never replayed {blob_id}"
-        time.sleep(0.05)
+    live = "SELECT 1 FROM pgblobs.blobs WHERE blob_id = %s AND deleted_at IS NULL"
+    wait_until(lambda: sql(standby.dsn, live, (blob_id,)), f"replayed {blob_id}", timeout)
 
 
 def answers_until(ask, until):
     """(sent at, answer) of ``ask()`` called again and again until ``until``
-    (time.monotonic())."""
+    (time.monotonic()): what the node answers over a stretch of time, which
+    no condition can stand in for."""
     answers = []
     while time.monotonic() < until:
         sent = time.monotonic()
@@ -235,10 +231,7 @@ def test_with_the_primary_down_reads_go_on_within_the_bound_and_writes_answer_50
         wait_for_log(node, JOINED)
         kill(primary)
         down = time.monotonic()  # every heartbeat the replica has was sent before
-        deadline = down + 10
-        while client.get("d0")[0] != 200:
-            assert time.monotonic() < deadline, "reads did not move to the replica"
-            time.sleep(0.05)
+        wait_until(lambda: client.get("d0")[0] == 200, "reading from the replica", timeout=10)
         for blob_id, data in written.items():
             status, _, body = client.get(blob_id)
             assert (status, body) == (200, data)
@@ -267,10 +260,11 @@ async def test_with_the_primary_down_a_failed_fallback_fails_only_its_own_read(s
         for blob_id, data in present.items():
             await write(backend, "alice", blob_id, data)
         wait_replayed(standby, "d")
-        deadline = time.monotonic() + 30
-        while backend.reading.reader() is backend.database:
-            assert time.monotonic() < deadline, "the replica never answered reads"
-            await sleep(0.05)
+        await until(
+            lambda: backend.reading.reader() is not backend.database,
+            "reading from the replica",
+            timeout=30,
+        )
         primary.stop()
         down = time.monotonic()
         wanted = ["a", "b", "missing", "c", "d"]
@@ -294,7 +288,7 @@ async def test_with_the_primary_down_a_failed_fallback_fails_only_its_own_read(s
                 answered = False
             if sent >= down + MAX_LAG:
                 late.append(answered)
-            await sleep(0.05)
+            await sleep(0.05)  # asking again and again, as answers_until does
         assert late and not any(late), "a replica answered past the bound"
     finally:
         await backend.close()

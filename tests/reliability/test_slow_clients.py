@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.helpers import content, sql
+from tests.helpers import content, sql, wait_until
 from tests.processes import ServeProcess
 from tests.reliability.clients import Client, token_for
 
@@ -115,8 +115,8 @@ def test_a_reader_that_stops_is_cut_and_its_transaction_ends(dsn, users, serve):
     alice = Client(node.url, "alice", users["alice"])
     assert alice.put("big", content(BIG))[0] == 200
     connection = stalled_get(node, alice, "big")
-    time.sleep(1)
-    assert open_transactions(dsn) == 1  # the read, waiting for the client
+    # The read, waiting for the client:
+    wait_until(lambda: open_transactions(dsn) == 1, "reading", timeout=10)
     time.sleep(3)  # reading nothing meanwhile: reading is progress
     assert open_transactions(dsn) == 0
     assert content_in_use(node) == 0
@@ -157,6 +157,8 @@ def test_one_users_stalled_transfers_leave_room_for_everyone_else(users, serve):
                     connection.sendall(b"x")
 
         threading.Thread(target=trickle, daemon=True).start()
+        # A moment for alice's transfers to take what her share allows (how
+        # many depends on it: nothing exact to wait for).
         time.sleep(2)
         started = time.monotonic()
         assert bob.get("mine")[::2] == (200, content(1 << 20, seed=1))
@@ -166,13 +168,6 @@ def test_one_users_stalled_transfers_leave_room_for_everyone_else(users, serve):
         trickling.set()
         for connection in stalled:
             connection.close()
-
-
-def poll(condition, within, what):
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
 
 
 def test_trickled_uploads_are_cut_and_a_new_user_gets_through(dsn, serve):
@@ -198,7 +193,7 @@ def test_trickled_uploads_are_cut_and_a_new_user_gets_through(dsn, serve):
     threading.Thread(target=trickle, daemon=True).start()
     try:
         # Two users, two uploads each: every content connection (4) is theirs.
-        poll(lambda: open_transactions(dsn) == 4, 20, "the trickles never held the pool")
+        wait_until(lambda: open_transactions(dsn) == 4, "the trickles holding the pool", 20)
         started = time.monotonic()
         data = content(400_000, seed=3)
         assert carol.put("mine", data)[0] == 200
@@ -209,7 +204,7 @@ def test_trickled_uploads_are_cut_and_a_new_user_gets_through(dsn, serve):
             answer = connection.recv(1000)
             assert answer.startswith(b"HTTP/1.1 408 "), answer
             assert b"slower than" in answer, answer
-        poll(lambda: open_transactions(dsn) == 0, 10, "a cut upload kept its transaction")
+        wait_until(lambda: open_transactions(dsn) == 0, "the cut uploads' transactions ended", 10)
         assert sql(dsn, "SELECT count(*) FROM pgblobs.blobs")[0][0] == 1
     finally:
         done.set()
@@ -227,10 +222,10 @@ def test_a_request_queued_for_a_connection_outlives_the_idle_timeout(users, serv
     queued = threading.Thread(
         target=lambda: answers.update(bob=bob.put("queued", content(1 << 20)))
     )
-    time.sleep(0.5)
+    wait_until(lambda: content_in_use(node) == 1, "alice holding the connection")
     queued.start()
     for _ in range(6):
-        time.sleep(1)
+        time.sleep(1)  # the scenario: alice sends steadily, slowly
         slow.sendall(b"x")
     assert slow.recv(100).startswith(b"HTTP/1.1 200")
     queued.join(30)
@@ -250,7 +245,7 @@ def test_the_header_deadline_starts_at_the_connection(serve):
         except OSError:
             closed = True
             break
-        time.sleep(0.5)
+        time.sleep(0.5)  # the scenario: a header byte every half second
         if time.monotonic() - started > 8:
             break
     assert closed or is_closed(connection, within=1)
@@ -267,7 +262,7 @@ def test_stalled_small_uploads_hold_bounded_memory(users, serve):
         before = node.rss_kib()
         for i in range(200):
             stalled.append(stalled_put(node, alice, f"stuck-{i}", 250_000, 249_999))
-        time.sleep(3)
+        time.sleep(3)  # for the bodies to arrive: the node shows no count of them
         growth_mib = (node.rss_kib() - before) / 1024
         print(f"RSS grew by {growth_mib:.1f} MiB for 200 stalled uploads of 250 kB")
         assert growth_mib < 25

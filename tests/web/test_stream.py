@@ -10,9 +10,9 @@ from tests.helpers import (
     deferred_test,
     raw_http,
     raw_request,
-    sleep,
     sql,
     statements_sent,
+    until,
 )
 
 
@@ -149,12 +149,8 @@ async def test_stream_needs_the_users_token(server):
 async def test_a_client_leaving_mid_put_stores_nothing(server, dsn):
     head = raw_request(server, "PUT", "/blobs/alice/partial", "Content-Length: 10000000")
     await raw_http(server, head + b"x" * 3_000_000, timeout=1)
-    for _ in range(50):
-        busy = server.backend.database.usage()
-        if busy == {"statements": 0, "content": 0}:
-            break
-        await sleep(0.1)
-    assert busy == {"statements": 0, "content": 0}
+    idle = {"statements": 0, "content": 0}
+    await until(lambda: server.backend.database.usage() == idle, "idle")
     assert sql(dsn, "SELECT count(*) FROM pgblobs.blobs")[0][0] == 0
     assert sql(dsn, "SELECT count(*) FROM pg_largeobject_metadata")[0][0] == 0
     response = await treq.put(
@@ -180,11 +176,7 @@ async def test_a_client_leaving_mid_get_releases_the_read(server):
             sock.recv(65536)
 
     await threads.deferToThread(read_a_little_then_leave)
-    for _ in range(50):
-        if server.backend.database.usage()["content"] == 0:
-            break
-        await sleep(0.1)
-    assert server.backend.database.usage()["content"] == 0
+    await until(lambda: server.backend.database.usage()["content"] == 0, "released")
 
 
 @deferred_test

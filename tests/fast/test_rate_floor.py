@@ -2,14 +2,13 @@
 a trickle is cut at the end of its window, time the server keeps the body
 waiting never counts, and a body at the floor goes through."""
 
-from twisted.internet import address
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from pgblobs.web.metrics import SiteMetrics
-from pgblobs.web.site import BlobsSite, Limits
+from pgblobs.web.site import Limits
+from tests.fast.wire import connect as connect_to
+from tests.fast.wire import site_of
 
 LIMITS = Limits(idle_timeout=10, min_upload_rate=1024, upload_rate_window=10)
 
@@ -47,13 +46,9 @@ class _Upload(Resource):
 
 
 def connect(limits=LIMITS):
-    clock = Clock()
     root = _Upload()
-    site = BlobsSite(root, SiteMetrics(), limits, limits.max_connections, reactor=clock)
-    channel = site.buildProtocol(address.IPv4Address("TCP", "127.0.0.1", 1234))
-    transport = StringTransport()
-    channel.makeConnection(transport)
-    return clock, channel, transport, root.sink
+    client = connect_to(site_of(root, limits), Clock())
+    return client.clock, client.channel, client.transport, root.sink
 
 
 def start_put(clock, channel, length):
