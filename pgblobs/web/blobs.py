@@ -74,7 +74,7 @@ class Blob(OfBlob):
         body = body_of(request)
         if isinstance(body.length, int) and body.length > limit:  # else UNKNOWN_LENGTH
             raise BodyTooLarge(f"a blob may have at most {limit} bytes")
-        body.limit = limit
+        body.refuse_beyond(limit)
         await self._context.store.write_blob(key.user, key.blob_id, body, key.namespace)
         send(request, 200)
 

@@ -146,12 +146,33 @@ class RequestBody:
         self.received += len(data)
         self._floor.arrived(len(data))
         self._channel.client_progressed()
-        if self.limit is not None and self.received > self.limit:
-            self.end(Failure(BodyTooLarge(f"the body is larger than {self.limit} bytes")))
-        elif self._consumer is None:
+        if self._past_limit():
+            return
+        if self._consumer is None:
             self._held.append(data)
         else:
             self._consumer.write(data)
+
+    def refuse_beyond(self, limit: int) -> None:
+        """Accept at most ``limit`` bytes: past them, production fails with
+        BodyTooLarge. Bytes may already be held (they came with the headers,
+        before the resource chose the limit): they count too."""
+        self.limit = limit
+        if self.received > limit:
+            self._held = []
+            if self._outcome is None:
+                self._past_limit()
+            else:  # complete already, or cut short: refused all the same
+                self._outcome = self._too_large()
+
+    def _past_limit(self) -> bool:
+        if self.limit is None or self.received <= self.limit:
+            return False
+        self.end(self._too_large())
+        return True
+
+    def _too_large(self) -> Failure:
+        return Failure(BodyTooLarge(f"the body is larger than {self.limit} bytes"))
 
     def end(self, outcome: Failure | None = None) -> None:
         if self._outcome is not None:
@@ -220,7 +241,7 @@ class RequestBody:
         """The whole body as bytes, refusing more than ``limit`` bytes."""
         if isinstance(self.length, int) and self.length > limit:  # UNKNOWN_LENGTH is a str
             raise BodyTooLarge(f"the body is larger than {limit} bytes")
-        self.limit = limit
+        self.refuse_beyond(limit)
         return await collect(self)
 
 

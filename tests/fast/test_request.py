@@ -125,11 +125,6 @@ def test_a_chunked_json_body_past_max_json_bytes_is_413():
     assert client.status == 413
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RequestBody checks its limit as bytes arrive, so bytes that came "
-    "before the resource set it (the first network read) escape it",
-)
 def test_a_chunked_body_past_its_limit_that_comes_with_its_headers_is_413():
     client = connect(memory_site(LIMITS), Clock())
     _flags_past_the_limit(client, together=True)
