@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from functools import partial
-from typing import Any
+from typing import Any, TypedDict
 
 import psycopg2
 from twisted.internet import defer, endpoints, task
@@ -37,6 +37,14 @@ DEV_SERVICE = "mx"
 READY = "pgblobs is serving"
 LARGE_OBJECTS_EVERY = 60.0  # seconds between measurements of the large objects for /metrics
 _log = Logger()
+
+
+class _SiteOptions(TypedDict):
+    """What the public and the services sites of a node share."""
+
+    health: Callable[[], Deferred[Any]]
+    limits: Limits
+    access_log: bool
 
 
 @dataclass(frozen=True)
@@ -263,23 +271,16 @@ async def _serve_here(
         database, fallback=backend.reading.reader, cache_seconds=options.token_cache_seconds
     )
     await tokens.start()
-    site = build_site(
-        backend,
-        tokens.user_token_is_valid,
-        database.ping,
-        options.limits,
-        pool_usage=database.usage,
-        access_log=options.access_log,
-    )
+    shared: _SiteOptions = {
+        "health": database.ping,
+        "limits": options.limits,
+        "access_log": options.access_log,
+    }
+    site = build_site(backend, tokens.user_token_is_valid, pool_usage=database.usage, **shared)
     sites = {"public": site}
     if options.services_listen:
         sites["services"] = build_services_site(
-            backend,
-            tokens.service_token_is_valid,
-            database.ping,
-            options.limits,
-            metrics=site.metrics,
-            access_log=options.access_log,
+            backend, tokens.service_token_is_valid, metrics=site.metrics, **shared
         )
     if inherited is None:
         ports = {
