@@ -88,7 +88,7 @@ class SiteMetrics:
         if method not in _KNOWN_METHODS:
             method = "other"
         self._requests.labels(route, method, str(request.code)).inc()
-        started = getattr(request, "started_at", None)
+        started = request.started_at
         if started is not None:
             self._latency.labels(route).observe(time.monotonic() - started)
         if request.body is not None:

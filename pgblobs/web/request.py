@@ -254,6 +254,7 @@ class StreamingRequest(server.Request):
     body: RequestBody | None = None  # until the headers are in
     route = "other"  # resources name their route, for metrics
     request_id = "-"
+    started_at: float | None = None  # monotonic, once the headers are in
 
     _lingering: IDelayedCall | None = None  # while the rest of a refused body is dropped
 
