@@ -70,7 +70,7 @@ def _summary(seconds):
 # Whether the lock of the user "heavy" is held: an advisory lock's 64-bit key
 # shows in pg_locks as two 32-bit halves.
 _HEAVY_LOCK_HELD = """
-    WITH k AS (SELECT hashtextextended('pgblobs.user:heavy', 0) AS key)
+    WITH k AS (SELECT pgblobs.user_lock_key('heavy') AS key)
     SELECT count(*) FROM pg_locks, k
     WHERE locktype = 'advisory' AND granted
       AND classid::bigint = (key >> 32) & 4294967295 AND objid::bigint = key & 4294967295
