@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from pgblobs import names, settings
 from pgblobs.db.connector import Database
+from pgblobs.db.queries import Row
 from pgblobs.db.replicas import Replicas
 from pgblobs.db.small_writes import SmallWrites
 from pgblobs.errors import BlobNotFound
@@ -199,7 +200,7 @@ class PostgresBlobsBackend:
         key = names.BlobKey.of(user, blob_id, namespace)
         await self._change("delete_blob", key.params())
 
-    async def _blob_info(self, user: str, blob_id: str, namespace: str) -> Any:
+    async def _blob_info(self, user: str, blob_id: str, namespace: str) -> Row:
         key = names.BlobKey.of(user, blob_id, namespace)
         row = await self.reading.first_row("blob_info", key.params())
         if row is None:

@@ -337,8 +337,12 @@ async def _supervise(
     }
     for port in ports["public"] + ports["services"]:
         port.stopReading()
-    command = [sys.executable, "-m", "pgblobs.cli", "serve", *command_line(options)]
-    supervisor = Supervisor(reactor, command, ports, count, READY)
+    # The DSN may hold a password: the workers read it from their environment
+    # (PGBLOBS_DSN, which --dsn defaults to), where other users cannot see it.
+    shown = command_line(replace(options, dsn=None))
+    command = [sys.executable, "-m", "pgblobs.cli", "serve", *shown]
+    environment = dict(os.environ, **{settings.DSN_VARIABLE: options.dsn or ""})
+    supervisor = Supervisor(reactor, command, ports, count, READY, environment)
     reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: supervisor.stop(options.drain_seconds)
     )

@@ -29,7 +29,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,8 +146,12 @@ class Supervisor:
         ports: dict[str, list[Any]],
         count: int,
         ready_line: str,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
+        """``environment``: the workers' (default: this process's), e.g. to
+        hand them secrets that a command line would show to everyone (ps)."""
         self._reactor = reactor
+        self._environment = dict(os.environ if environment is None else environment)
         self._ports = inherited(ports)
         self.ready_line = ready_line
         listening = [fd for group in self._ports.values() for fd, _ in group]
@@ -183,7 +187,7 @@ class Supervisor:
             worker,
             self._command[0],
             self._command,
-            env=os.environ,
+            env=self._environment,
             childFDs=descriptors,
         )
         self._workers[number] = worker

@@ -304,6 +304,11 @@ def test_upgrade_refuses_a_revision_this_code_does_not_know(scratch_dsn):
     assert revision_of(scratch_dsn) == "0999"
 
 
+def test_upgrade_to_a_revision_that_does_not_exist_says_so(scratch_dsn):
+    refused(scratch_dsn, "no such revision: nope", revision="nope")
+    assert "blobs" not in tables(scratch_dsn)
+
+
 def test_upgrade_refuses_while_another_upgrade_runs(scratch_dsn):
     other = session(scratch_dsn, "pgblobs db upgrade")
     try:

@@ -17,7 +17,7 @@ from twisted.python.threadpool import ThreadPool
 
 from pgblobs import settings
 from pgblobs.db.admission import Admission
-from pgblobs.db.dsn import with_keepalives, with_statement_timeout
+from pgblobs.db.dsn import with_session_settings, with_statement_timeout
 from pgblobs.db.pool import ReconnectingPool
 from pgblobs.db.queries import Row
 from pgblobs.db.sync import SyncConnectionPool
@@ -57,7 +57,7 @@ class Database:
     ) -> "Database":
         if reactor is None:
             from twisted.internet import reactor
-        dsn = with_keepalives(with_statement_timeout(dsn, int(statement_timeout * 1000)))
+        dsn = with_session_settings(with_statement_timeout(dsn, int(statement_timeout * 1000)))
         # statement_timeout 0 lets a statement run for ever: so may the wait for it.
         deadline = (
             statement_timeout + settings.STATEMENT_DEADLINE_MARGIN

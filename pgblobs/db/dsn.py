@@ -13,7 +13,7 @@ def with_statement_timeout(dsn: str, milliseconds: int) -> str:
     return make_dsn(dsn, options=f"{options} -c statement_timeout={milliseconds}".strip())
 
 
-def with_keepalives(dsn: str) -> str:
+def with_session_settings(dsn: str) -> str:
     """``dsn`` whose connections notice a link that stopped carrying packets
     within seconds (libpq ignores these on Unix-domain sockets), and name
     this code's revision unless the DSN names them (`db upgrade` reads it)."""

@@ -12,7 +12,7 @@ from txpostgres import reconnection, txpostgres
 
 from pgblobs.errors import BlobExists, DatabaseUnavailable, QuotaExceeded
 
-_QUOTA_EXCEEDED = "PB507"  # raised by the write functions (migrations/versions/0001, 0009)
+_QUOTA_EXCEEDED = "PB507"  # raised by the write functions (db/schema.sql)
 _SERVER_GOING_AWAY = {"57P01", "57P02", "57P03"}  # admin/crash shutdown, cannot connect now
 _BUSY = {errorcodes.QUERY_CANCELED, errorcodes.TOO_MANY_CONNECTIONS}
 

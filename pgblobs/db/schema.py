@@ -96,7 +96,10 @@ def upgrade(dsn: str, revision: str = "head") -> str:
     with _upgrade_session(dsn) as control:
         current = _current_revision(control)
         _refuse_unknown(scripts, current)
-        target = scripts.get_revision(revision)
+        try:
+            target = scripts.get_revision(revision)
+        except CommandError as error:
+            raise UpgradeRefused(f"no such revision: {revision} ({error})") from error
         if current is None and target is not None and target.revision == head_revision():
             with _refusing_lock_waits(control):
                 _load_schema_file(dsn, scripts)

@@ -20,7 +20,7 @@ import psycopg2
 from psycopg2.extras import NamedTupleCursor
 
 from pgblobs.db import queries, schema
-from pgblobs.db.dsn import with_keepalives
+from pgblobs.db.dsn import with_session_settings
 from pgblobs.db.errors import connection_lost, translate
 from pgblobs.db.queries import Row
 from pgblobs.errors import DatabaseUnavailable
@@ -40,7 +40,7 @@ class SyncConnection:
 
     @classmethod
     def connect(cls, dsn: str) -> "SyncConnection":
-        return cls(psycopg2.connect(with_keepalives(dsn), cursor_factory=NamedTupleCursor))
+        return cls(psycopg2.connect(with_session_settings(dsn), cursor_factory=NamedTupleCursor))
 
     @classmethod
     def connect_at_head(cls, dsn: str) -> "SyncConnection":
