@@ -8,6 +8,7 @@ test is skipped for want of a database).
 import itertools
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -18,6 +19,12 @@ import testing.postgresql
 from pgblobs import PostgresBlobsBackend, cluster
 from pgblobs.db import schema
 from tests.helpers import create_token, sql, token_header
+
+# A shell without job control starts background commands with SIGINT ignored,
+# and every server the suite starts would inherit that; the tests stop some
+# of them with SIGINT, as Ctrl-C would.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _scratch_names = itertools.count(1)
 
