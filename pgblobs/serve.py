@@ -24,6 +24,7 @@ from pgblobs import accounts, settings
 from pgblobs.backend import PostgresBlobsBackend
 from pgblobs.cluster import LocalCluster
 from pgblobs.db import schema
+from pgblobs.db.connector import Database
 from pgblobs.db.sync import SyncConnection
 from pgblobs.ops import capacity
 from pgblobs.tokens import KnownTokens
@@ -294,8 +295,11 @@ async def _serve_here(
             name: [reactor.adoptStreamPort(fd, family, sites[name]) for fd, family in group]
             for name, group in inherited.items()
         }
+    # Measured once before the node says it serves, so /metrics never shows
+    # the gauges' zeros as if they were figures.
+    await _measure_large_objects(database, site.metrics)
     refresh = task.LoopingCall(_measure_large_objects, database, site.metrics)
-    refresh.start(LARGE_OBJECTS_EVERY, now=True)
+    refresh.start(LARGE_OBJECTS_EVERY, now=False)
     reactor.addSystemEventTrigger("before", "shutdown", refresh.stop)
     every_port = ports["public"] + ports["services"]
     reactor.addSystemEventTrigger(
@@ -310,7 +314,7 @@ async def _serve_here(
     return ports["public"], ports["services"]
 
 
-def _measure_large_objects(database: Any, metrics: SiteMetrics) -> Deferred[None]:
+def _measure_large_objects(database: Database, metrics: SiteMetrics) -> Deferred[None]:
     """Refresh the large-object gauges of /metrics (an estimate: cheap at any size)."""
 
     async def measuring() -> None:
