@@ -81,13 +81,13 @@ class ServeOptions:
     access_log: bool = False
 
 
-def _settings_of(options: Any) -> Iterator[tuple[str, Any, Any]]:
+def settings_of(options: Any) -> Iterator[tuple[str, Any, Any]]:
     """(name, value, declared default) of every field of ``options``, the
     fields of the nested option groups in their place."""
     for declared in fields(options):
         value = getattr(options, declared.name)
         if is_dataclass(value):
-            yield from _settings_of(value)
+            yield from settings_of(value)
         else:
             yield declared.name, value, declared.default
 
@@ -95,7 +95,7 @@ def _settings_of(options: Any) -> Iterator[tuple[str, Any, Any]]:
 def command_line(options: ServeOptions) -> list[str]:
     """The arguments of ``pgblobs serve`` that give back ``options``."""
     arguments = []
-    for name, value, default in _settings_of(options):
+    for name, value, default in settings_of(options):
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             arguments += [flag] if value else []
@@ -343,9 +343,11 @@ async def _supervise(
         port.stopReading()
     # The DSN may hold a password: the workers read it from their environment
     # (PGBLOBS_DSN, which --dsn defaults to), where other users cannot see it.
+    # Their command line says every other option: no configuration file.
     shown = command_line(replace(options, dsn=None))
     command = [sys.executable, "-m", "pgblobs.cli", "serve", *shown]
-    environment = dict(os.environ, **{settings.DSN_VARIABLE: options.dsn or ""})
+    environment = {k: v for k, v in os.environ.items() if k != settings.CONFIG_VARIABLE}
+    environment[settings.DSN_VARIABLE] = options.dsn or ""
     supervisor = Supervisor(reactor, command, ports, count, READY, environment)
     reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: supervisor.stop(options.drain_seconds)

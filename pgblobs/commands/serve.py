@@ -11,9 +11,11 @@ import argparse
 import os
 from collections.abc import Callable
 from dataclasses import fields
+from functools import partial
 from typing import Any
 
 from pgblobs import serve, settings, workers
+from pgblobs.commands import config_file
 from pgblobs.commands.common import (
     Subcommands,
     blob_limit,
@@ -128,7 +130,12 @@ def serve_options(args: argparse.Namespace) -> serve.ServeOptions:
     return serve.ServeOptions(**chosen, **groups)
 
 
-def _serve(args: argparse.Namespace) -> None:
+def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    # `serve` is the first argument: the rest are its own (cli.main).
+    args = config_file.with_file(parser, args, args.arguments[1:])
+    if args.print_config:
+        print(config_file.render(serve.settings_of(serve_options(args))), end="")
+        return
     if args.worker is not None:
         workers.exit_with_supervisor(args.worker.supervisor)
     options = serve_options(args)
@@ -140,6 +147,7 @@ def _serve(args: argparse.Namespace) -> None:
 
 def configure_parser(commands: Subcommands) -> None:
     parser = commands.add_parser("serve", help="serve the blobs HTTP API")
+    config_file.add_options(parser)
     database_options(parser)
     parser.add_argument(
         "--listen",
@@ -180,4 +188,4 @@ def configure_parser(commands: Subcommands) -> None:
     parser.add_argument(
         workers.WORKER_OPTION, type=workers.WorkerSpec.from_argument, help=argparse.SUPPRESS
     )
-    parser.set_defaults(run=_serve)
+    parser.set_defaults(run=partial(_serve, parser))
