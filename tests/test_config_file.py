@@ -1,7 +1,10 @@
 """`pgblobs serve --config FILE` (and $PGBLOBS_CONFIG), and --print-config:
 run as an operator runs them."""
 
+import http.client
+import os
 import re
+import signal
 import socket
 from pathlib import Path
 
@@ -11,6 +14,8 @@ from pgblobs import settings
 from pgblobs.serve import ServeOptions, settings_of
 from tests.helpers import pgblobs_cli, wait_until
 from tests.processes import ServeProcess, free_port
+from tests.test_serve import workers_of
+from tests.test_workers import health, serving_pid
 
 SAMPLE = Path(__file__).parent.parent / "contrib" / "pgblobs.toml"
 # Neither a DSN nor a configuration file of the environment the suite runs in.
@@ -165,5 +170,34 @@ def test_serve_runs_with_what_the_file_says(dsn, tmp_path):
         ready = wait_until(lambda: next((line for line in server.output if "serving" in line), ""))
         assert f"services on 127.0.0.1:{services}" in ready
         assert accepts(services) and accepts(server.port)
+    finally:
+        assert server.stop() == 0
+
+
+def answered_by(server: ServeProcess) -> int:
+    """The pid of the worker that answers a /health over a new connection."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        assert health(connection) == 200
+        return serving_pid(connection, workers_of(server))
+    finally:
+        connection.close()
+
+
+def test_a_worker_started_again_does_not_read_the_file_again(dsn, tmp_path):
+    # Workers are told every option on their command line: a file edited
+    # since the supervisor read it (here: broken) cannot stop them.
+    path = tmp_path / "pgblobs.toml"
+    path.write_text("workers = 2\n")
+    server = ServeProcess("--dsn", dsn, env={settings.CONFIG_VARIABLE: str(path)})
+    try:
+        first = workers_of(server)
+        assert len(first) == 2
+        path.write_text("not-an-option = 1\n")
+        os.kill(first[0], signal.SIGKILL)
+        wait_until(lambda: len(set(workers_of(server)) - {first[0]}) == 2, "a new worker")
+        again = (set(workers_of(server)) - set(first)).pop()
+        wait_until(lambda: answered_by(server) == again, "an answer from the new worker")
+        assert "unknown key" not in "".join(server.errors)
     finally:
         assert server.stop() == 0
