@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pgblobs import settings
+from pgblobs.commands.config_file import mask
 from pgblobs.serve import ServeOptions, settings_of
 from tests.helpers import pgblobs_cli, wait_until
 from tests.processes import ServeProcess, free_port
@@ -139,6 +140,19 @@ def test_print_config_masks_passwords_and_gives_a_file_that_reads_back(tmp_path)
     again = configured(tmp_path, first.stdout, "--print-config")
     assert again.returncode == 0, again.stderr
     assert again.stdout == first.stdout
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("couchdb:http://admin:pw@127.0.0.1:5984", "couchdb:http://admin:***@127.0.0.1:5984"),
+        ("postgresql://u:p@h/db?sslmode=require", "postgresql://u:***@h/db?sslmode=require"),
+        ("host=h password = 'a b\\'c' user=u", "host=h password = *** user=u"),
+        ("tcp:9000:interface=127.0.0.1", "tcp:9000:interface=127.0.0.1"),
+    ],
+)
+def test_passwords_are_masked_wherever_they_are(value, shown):
+    assert mask(value) == shown
 
 
 def test_the_sample_file_names_every_key_at_its_default():

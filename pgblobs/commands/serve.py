@@ -146,7 +146,14 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 
 def configure_parser(commands: Subcommands) -> None:
-    parser = commands.add_parser("serve", help="serve the blobs HTTP API")
+    parser = commands.add_parser(
+        "serve",
+        help="serve the blobs HTTP API",
+        description="Serve the blobs HTTP API. SIGTERM or SIGINT: stop accepting, let requests "
+        "in flight finish, exit. SIGHUP: re-read what can be re-read (passed on to workers). "
+        "Under systemd (Type=notify, $NOTIFY_SOCKET) it says READY=1 once serving, its "
+        "status, STOPPING=1, and pings the watchdog every $WATCHDOG_USEC/2.",
+    )
     config_file.add_options(parser)
     database_options(parser)
     parser.add_argument(
@@ -154,8 +161,9 @@ def configure_parser(commands: Subcommands) -> None:
         action="append",
         default=[],
         metavar="ENDPOINT",
-        help="a Twisted endpoint, e.g. tcp:9000:interface=127.0.0.1 or "
-        "ssl:443:privateKey=key.pem:certKey=cert.pem (repeatable)",
+        help="a Twisted endpoint, e.g. tcp:9000:interface=127.0.0.1, "
+        "ssl:443:privateKey=key.pem:certKey=cert.pem, or systemd:domain=INET:index=0 for "
+        "the socket of a socket-activated service (repeatable)",
     )
     parser.add_argument(
         "--services-listen",
