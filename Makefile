@@ -3,9 +3,9 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup postgresql strace lint test test-fast run soak bench drill clean
+.PHONY: setup postgresql strace systemd-analyze lint test test-fast run soak bench drill clean
 
-setup: $(STAMP) postgresql strace
+setup: $(STAMP) postgresql strace systemd-analyze
 
 # Reinstall whenever the dependency list changes.
 $(STAMP): pyproject.toml
@@ -26,6 +26,11 @@ postgresql:
 strace:
 	@command -v strace >/dev/null 2>&1 || \
 		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q strace)
+
+# The tests verify contrib/systemd/'s units with it (Debian's systemd package).
+systemd-analyze:
+	@command -v systemd-analyze >/dev/null 2>&1 || \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q systemd)
 
 # ruff (lint and format) and mypy, as configured in pyproject.toml; part of `make test`.
 LINTED := pgblobs tests bench migrations/env.py

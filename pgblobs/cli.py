@@ -26,7 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(arguments)
+    # A command may parse its own again: serve, over a configuration file's defaults.
+    args.arguments = arguments
     try:
         args.run(args)
     except FAILURES as error:

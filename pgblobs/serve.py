@@ -20,13 +20,14 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from pgblobs import accounts, settings
+from pgblobs import accounts, reloading, settings
 from pgblobs.backend import PostgresBlobsBackend
 from pgblobs.cluster import LocalCluster
 from pgblobs.db import schema
 from pgblobs.db.connector import Database
 from pgblobs.db.sync import SyncConnection
 from pgblobs.ops import capacity
+from pgblobs.systemd import SYSTEMD_PREFIX, Notifier, SocketNotPassed
 from pgblobs.tokens import KnownTokens
 from pgblobs.web.metrics import SiteMetrics
 from pgblobs.web.site import Limits, build_services_site, build_site
@@ -81,13 +82,13 @@ class ServeOptions:
     access_log: bool = False
 
 
-def _settings_of(options: Any) -> Iterator[tuple[str, Any, Any]]:
+def settings_of(options: Any) -> Iterator[tuple[str, Any, Any]]:
     """(name, value, declared default) of every field of ``options``, the
     fields of the nested option groups in their place."""
     for declared in fields(options):
         value = getattr(options, declared.name)
         if is_dataclass(value):
-            yield from _settings_of(value)
+            yield from settings_of(value)
         else:
             yield declared.name, value, declared.default
 
@@ -95,7 +96,7 @@ def _settings_of(options: Any) -> Iterator[tuple[str, Any, Any]]:
 def command_line(options: ServeOptions) -> list[str]:
     """The arguments of ``pgblobs serve`` that give back ``options``."""
     arguments = []
-    for name, value, default in _settings_of(options):
+    for name, value, default in settings_of(options):
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             arguments += [flag] if value else []
@@ -178,7 +179,9 @@ def _print_quick_start(dsn: str, data_dir: str, public: Any, services: Any) -> N
         connection.close()
 
 
-async def _connect(reactor: Any, dsn: str, options: ServeOptions) -> PostgresBlobsBackend:
+async def _connect(
+    reactor: Any, dsn: str, options: ServeOptions, notifier: Notifier
+) -> PostgresBlobsBackend:
     """Connect, waiting out a database that is not reachable yet (backing off
     up to 30 s between attempts) rather than exiting into a restart loop."""
     delay = 0.5
@@ -192,6 +195,7 @@ async def _connect(reactor: Any, dsn: str, options: ServeOptions) -> PostgresBlo
                 reason=reason,
                 delay=delay,
             )
+            notifier.status(f"waiting for the database: {reason}")
             await task.deferLater(reactor, delay, lambda: None)
             delay = min(delay * 2, 30.0)
 
@@ -225,6 +229,12 @@ async def run(reactor: Any, options: ServeOptions, worker: WorkerSpec | None = N
     """Serve until the reactor stops (SIGINT/SIGTERM): in this process, or
     through ``options.workers`` worker processes. ``worker``: what a worker
     was handed by its supervisor (workers.py), whose sockets it serves."""
+    # First: before a child (a worker, the embedded PostgreSQL) inherits the variables.
+    notifier = Notifier.from_environment()
+    notifier.status("starting")
+    notifier.start_watchdog(reactor)
+    reactor.addSystemEventTrigger("before", "shutdown", notifier.stopping, "draining")
+    reloading.install(reactor)
     if worker is not None:
         Heartbeat(reactor, worker.heartbeat_fd).start()
     cluster = None
@@ -238,18 +248,20 @@ async def run(reactor: Any, options: ServeOptions, worker: WorkerSpec | None = N
         schema.upgrade(cluster.dsn)
         dsn = cluster.dsn
     if options.workers > 1:
+        notifier.status(f"starting {options.workers} workers")
         ports, services_ports = await _supervise(
             reactor, replace(options, dsn=dsn, workers=1), options.workers
         )
     else:
         inherited = None if worker is None else worker.ports
-        ports, services_ports = await _serve_here(reactor, options, dsn, inherited)
-    print(
+        ports, services_ports = await _serve_here(reactor, options, dsn, inherited, notifier)
+    serving = (
         f"{READY} on {_addresses(ports)}"
         + (f"; services on {_addresses(services_ports)}" if services_ports else "")
-        + (f" ({options.workers} workers)" if options.workers > 1 else ""),
-        flush=True,
+        + (f" ({options.workers} workers)" if options.workers > 1 else "")
     )
+    print(serving, flush=True)
+    notifier.ready(serving)
     if cluster is not None:
         _print_quick_start(
             dsn,
@@ -265,8 +277,9 @@ async def _serve_here(
     options: ServeOptions,
     dsn: str,
     inherited: dict[str, list[tuple[int, int]]] | None,
+    notifier: Notifier,
 ) -> tuple[list[Any], list[Any]]:
-    backend = await _connect(reactor, dsn, options)
+    backend = await _connect(reactor, dsn, options, notifier)
     database = backend.database
     tokens = KnownTokens(
         database, fallback=backend.reading.reader, cache_seconds=options.token_cache_seconds
@@ -343,20 +356,29 @@ async def _supervise(
         port.stopReading()
     # The DSN may hold a password: the workers read it from their environment
     # (PGBLOBS_DSN, which --dsn defaults to), where other users cannot see it.
+    # Their command line says every other option: no configuration file.
     shown = command_line(replace(options, dsn=None))
     command = [sys.executable, "-m", "pgblobs.cli", "serve", *shown]
-    environment = dict(os.environ, **{settings.DSN_VARIABLE: options.dsn or ""})
+    environment = {k: v for k, v in os.environ.items() if k != settings.CONFIG_VARIABLE}
+    environment[settings.DSN_VARIABLE] = options.dsn or ""
     supervisor = Supervisor(reactor, command, ports, count, READY, environment)
     reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: supervisor.stop(options.drain_seconds)
     )
+    reloading.on_reload(supervisor.reload)
     supervisor.start()
     await supervisor.ready
     return ports["public"], ports["services"]
 
 
 async def _listen(reactor: Any, description: str, site: Site) -> Any:
-    port = await endpoints.serverFromString(reactor, description).listen(site)
+    try:
+        endpoint = endpoints.serverFromString(reactor, description)
+    except (IndexError, KeyError) as error:  # how Twisted says a socket was not passed
+        if description.startswith(SYSTEMD_PREFIX):
+            raise SocketNotPassed(description) from error
+        raise
+    port = await endpoint.listen(site)
     _log.info("listening on {address}", address=port.getHost())
     return port
 

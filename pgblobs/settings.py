@@ -11,6 +11,7 @@ import os
 import resource
 
 DSN_VARIABLE = "PGBLOBS_DSN"
+CONFIG_VARIABLE = "PGBLOBS_CONFIG"  # the configuration file of `pgblobs serve`
 QUOTA_BYTES = 200 * 1024 * 1024  # each user's, unless overridden
 QUOTA_BLOBS = 1_000_000  # live blobs each user may keep (each costs a large object, an OID)
 POOL_SIZE = 8  # connections per pool: statements, and as many for content

@@ -230,6 +230,11 @@ class Supervisor:
         if not self._stopping:
             self._spawn(number)
 
+    def reload(self) -> None:
+        """Pass SIGHUP on to every worker (reloading.py)."""
+        for worker in self._workers.values():
+            _signal(worker, signal.SIGHUP)
+
     def stop(self, drain_seconds: float) -> Deferred[None]:
         """SIGTERM to every worker; fires once all have exited (killing
         those still there ``drain_seconds`` + a grace later)."""

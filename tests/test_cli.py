@@ -9,6 +9,7 @@ import pytest
 
 from pgblobs import settings
 from pgblobs.cli import build_parser
+from pgblobs.commands.config_file import STEERING
 from pgblobs.commands.serve import serve_options
 from pgblobs.serve import BackendOptions, ServeOptions, command_line
 from pgblobs.web.site import Limits
@@ -70,8 +71,10 @@ def parsed(*arguments: str) -> ServeOptions:
 
 
 def test_each_serve_option_is_the_setting_of_its_name() -> None:
+    """But for the options that only steer the command (config_file.STEERING:
+    --config, --print-config) and the hidden worker option."""
     args = vars(build_parser().parse_args(["serve"]))
-    options = set(args) - {"command", "run", "worker"}
+    options = set(args) - {"command", "run", "worker"} - STEERING
     assert options == set(settings_of(ServeOptions()))
 
 

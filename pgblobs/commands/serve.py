@@ -11,9 +11,11 @@ import argparse
 import os
 from collections.abc import Callable
 from dataclasses import fields
+from functools import partial
 from typing import Any
 
 from pgblobs import serve, settings, workers
+from pgblobs.commands import config_file
 from pgblobs.commands.common import (
     Subcommands,
     blob_limit,
@@ -128,7 +130,12 @@ def serve_options(args: argparse.Namespace) -> serve.ServeOptions:
     return serve.ServeOptions(**chosen, **groups)
 
 
-def _serve(args: argparse.Namespace) -> None:
+def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    # `serve` is the first argument: the rest are its own (cli.main).
+    args = config_file.with_file(parser, args, args.arguments[1:])
+    if args.print_config:
+        print(config_file.render(serve.settings_of(serve_options(args))), end="")
+        return
     if args.worker is not None:
         workers.exit_with_supervisor(args.worker.supervisor)
     options = serve_options(args)
@@ -139,15 +146,24 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def configure_parser(commands: Subcommands) -> None:
-    parser = commands.add_parser("serve", help="serve the blobs HTTP API")
+    parser = commands.add_parser(
+        "serve",
+        help="serve the blobs HTTP API",
+        description="Serve the blobs HTTP API. SIGTERM or SIGINT: stop accepting, let requests "
+        "in flight finish, exit. SIGHUP: re-read what can be re-read (passed on to workers). "
+        "Under systemd (Type=notify, $NOTIFY_SOCKET) it says READY=1 once serving, its "
+        "status, STOPPING=1, and pings the watchdog every $WATCHDOG_USEC/2.",
+    )
+    config_file.add_options(parser)
     database_options(parser)
     parser.add_argument(
         "--listen",
         action="append",
         default=[],
         metavar="ENDPOINT",
-        help="a Twisted endpoint, e.g. tcp:9000:interface=127.0.0.1 or "
-        "ssl:443:privateKey=key.pem:certKey=cert.pem (repeatable)",
+        help="a Twisted endpoint, e.g. tcp:9000:interface=127.0.0.1, "
+        "ssl:443:privateKey=key.pem:certKey=cert.pem, or systemd:domain=INET:index=0 for "
+        "the socket of a socket-activated service (repeatable)",
     )
     parser.add_argument(
         "--services-listen",
@@ -180,4 +196,4 @@ def configure_parser(commands: Subcommands) -> None:
     parser.add_argument(
         workers.WORKER_OPTION, type=workers.WorkerSpec.from_argument, help=argparse.SUPPRESS
     )
-    parser.set_defaults(run=_serve)
+    parser.set_defaults(run=partial(_serve, parser))
