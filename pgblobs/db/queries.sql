@@ -479,7 +479,7 @@ WITH doomed AS (
     ) AS candidates
     LIMIT %(batch)s
 ), unflagged AS (
-    DELETE FROM pgblobs.blob_flags AS f USING doomed WHERE f.blob_row = doomed.id
+    DELETE FROM pgblobs.blob_flags WHERE blob_row = ANY (ARRAY(SELECT id FROM doomed))
     RETURNING 1
 ), gone AS (
     DELETE FROM pgblobs.blobs AS b USING doomed WHERE b.id = doomed.id
