@@ -49,7 +49,8 @@ def translate(error: BaseException) -> BaseException:
         if code == _QUOTA_EXCEEDED:
             return QuotaExceeded(str(error.diag.message_primary))
         if code == _ACCOUNT_CLOSED:
-            return AccountClosed(str(error.diag.message_primary))
+            # The client's answer; the database's own message names the command.
+            return AccountClosed("the user's account is closed")
         if code == errorcodes.UNIQUE_VIOLATION and error.diag.constraint_name == "blobs_live_key":
             return BlobExists("a live blob already has this id")
     if isinstance(error, reconnection.ConnectionDead) or connection_lost(error):
