@@ -5,6 +5,7 @@ import hashlib
 import os
 import pty
 import select
+import signal
 import socket
 import subprocess
 import threading
@@ -206,8 +207,10 @@ def test_deleting_an_account_interrupted_and_resumed_while_another_user_is_serve
             stderr=subprocess.PIPE,
             text=True,
         )
+        started = time.monotonic()
         # The tokens go first, before any batch: the user's next request is refused.
         wait_until(lambda: alice.get("small-0-7")[0] == 401, "refusing alice", timeout=10)
+        refused_after = time.monotonic() - started
         # Killed once it has removed some batches (SIGKILL: no chance to tidy up).
         wait_until(lambda: remaining(dsn, "alice")[0] < 20_000, "deleting", every=0.01)
         deletion.kill()
@@ -220,7 +223,9 @@ def test_deleting_an_account_interrupted_and_resumed_while_another_user_is_serve
         large_objects_left = large_objects_of(dsn, "alice")
         flags_left = holdings(dsn, "alice")["flags"]
 
+        started = time.monotonic()
         resumed = pgblobs_cli("user", "delete", "alice", "--yes", "--dsn", dsn)
+        resumed_in = time.monotonic() - started
         assert resumed.returncode == 0, resumed.stderr
         assert "resuming an earlier, interrupted deletion" in resumed.stdout
         assert "the provider must end the user's sessions" in resumed.stdout
@@ -243,7 +248,11 @@ def test_deleting_an_account_interrupted_and_resumed_while_another_user_is_serve
 
     assert traffic.failures == []
     assert traffic.slowest < STALL_BOUND, f"a request of bob took {traffic.slowest:.2f} s"
-    print(f"bob: {traffic.requests} requests, the slowest {traffic.slowest:.3f} s")
+    print(
+        f"alice refused {refused_after:.2f} s after the command started; {sum(left[:2])} rows "
+        f"left at the kill, removed by the second run in {resumed_in:.2f} s; bob: "
+        f"{traffic.requests} requests, the slowest {traffic.slowest:.3f} s"
+    )
     assert holdings(dsn, "alice") == dict.fromkeys(HOLDINGS, 0)
     assert sql(dsn, "SELECT emptied_at IS NOT NULL FROM pgblobs.closed_accounts") == [(True,)]
     assert sql(dsn, SNAPSHOT, {"user": "bob"}) == bob_before[0]
@@ -394,3 +403,23 @@ def test_a_user_with_nothing_is_said_so(dsn):
     assert done.returncode == 0, done.stderr
     assert "holds nothing of this user (nothing to delete)" in done.stdout
     assert sql(dsn, "SELECT count(*) FROM pgblobs.closed_accounts")[0][0] == 0
+
+
+def test_ctrl_c_says_how_to_finish(dsn):
+    seed(dsn, "alice", blobs=10_000, large=0, tombstones=0)
+    deletion = subprocess.Popen(
+        pgblobs_command("user", "delete", "alice", "--yes", "--dsn", dsn),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(lambda: remaining(dsn, "alice")[0] < 10_000, "deleting", every=0.01)
+    deletion.send_signal(signal.SIGINT)
+    _, stderr = deletion.communicate(timeout=60)
+    assert deletion.returncode == 1, stderr
+    assert "interrupted" in stderr and "run `pgblobs user delete alice --yes` again" in stderr
+    assert 0 < remaining(dsn, "alice")[0] < 10_000
+    finished = pgblobs_cli("user", "delete", "alice", "--yes", "--dsn", dsn)
+    assert finished.returncode == 0 and "resuming" in finished.stdout, finished.stderr
+    assert holdings(dsn, "alice") == dict.fromkeys(HOLDINGS, 0)
