@@ -64,9 +64,17 @@ def configure_parser(commands: Subcommands) -> None:
     )
     delete = user.add_parser(
         "delete",
-        help="remove every blob, tombstone, flag, large object, token, quota and usage row of "
-        "USER, in short batches while nodes serve; the account stays closed (its writes and "
-        "new tokens refused); run it again to finish an interrupted deletion",
+        help="remove everything of USER, in short batches while nodes serve",
+        description="Remove every blob, tombstone, flag, large object, token, quota and usage "
+        "row of USER. First the account is closed and its tokens revoked, in one commit: "
+        "every node refuses the user's next request (401), and no write of the user commits "
+        "from then on. Then the blob rows go a few hundred per transaction, each with its "
+        "large object, so other users never wait; the usage and quota rows go last. It "
+        "prints what it removed. The account stays closed: new tokens and blobs of USER are "
+        "refused (deleting its row from pgblobs.closed_accounts gives the name back). "
+        "Interrupted, run it again: it finishes the job. Without --yes it asks on the "
+        "terminal, and refuses when stdin is not one. A user of whom pgblobs holds nothing "
+        "is said so, exit 0.",
     )
     delete.add_argument("user", metavar="USER")
     delete.add_argument(
