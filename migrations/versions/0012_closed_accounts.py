@@ -48,12 +48,14 @@ def upgrade():
     """)
     op.execute("""
         CREATE FUNCTION pgblobs.refuse_closed_accounts() RETURNS trigger
-        LANGUAGE plpgsql VOLATILE AS $$
+        LANGUAGE plpgsql VOLATILE
+        SET plan_cache_mode = force_custom_plan AS $$
         DECLARE
             v_user text;
         BEGIN
-            SELECT n.user_id INTO v_user FROM new_rows AS n
-            WHERE EXISTS (SELECT 1 FROM pgblobs.closed_accounts AS c WHERE c.user_id = n.user_id)
+            -- One probe of the key per user the statement wrote.
+            SELECT c.user_id INTO v_user FROM pgblobs.closed_accounts AS c
+            WHERE c.user_id = ANY (ARRAY(SELECT DISTINCT n.user_id FROM new_rows AS n))
             LIMIT 1;
             IF FOUND THEN
                 RAISE EXCEPTION 'the account of user % is closed (pgblobs user delete)', v_user

@@ -431,14 +431,17 @@ CREATE TRIGGER service_tokens_announce AFTER INSERT OR UPDATE OR DELETE
     EXECUTE FUNCTION pgblobs.announce_token_change('service', 'service');
 
 -- A statement adding blob rows or tokens of a closed account fails (PB410), whichever path
--- it comes by; checked after the rows are in, from the statement's transition table.
+-- it comes by; checked after the rows are in, from the statement's transition table, with a
+-- custom plan (as the write functions) so that it probes the key however the table grew.
 CREATE FUNCTION pgblobs.refuse_closed_accounts() RETURNS trigger
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode = force_custom_plan AS $$
 DECLARE
     v_user text;
 BEGIN
-    SELECT n.user_id INTO v_user FROM new_rows AS n
-    WHERE EXISTS (SELECT 1 FROM pgblobs.closed_accounts AS c WHERE c.user_id = n.user_id)
+    -- One probe of the key per user the statement wrote.
+    SELECT c.user_id INTO v_user FROM pgblobs.closed_accounts AS c
+    WHERE c.user_id = ANY (ARRAY(SELECT DISTINCT n.user_id FROM new_rows AS n))
     LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'the account of user % is closed (pgblobs user delete)', v_user
