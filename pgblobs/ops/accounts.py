@@ -111,13 +111,15 @@ def delete_account(connection: SyncConnection, user: str) -> Removed:
         row = connection.fetch("delete_account_batch", {"user": user, "batch": BATCH})[0]
         return removed.add_batch(row)
 
-    while True:
+    emptied = False
+    while not emptied:
         drain(batch, held.blobs + held.tombstones, f"deleting {user}", unit="rows")
         with connection.transaction():
             connection.fetch("lock_users", {"users": [user]})
-            if batch():
-                continue  # a write that began before the account closed
-            removed.usage_rows = connection.execute("forget_usage", params)
-            removed.quota_rows = connection.execute("clear_quota", params)
-            connection.execute("mark_account_emptied", params)
-        return removed
+            # Rows here are a write's that began before the account closed.
+            emptied = batch() == 0
+            if emptied:
+                removed.usage_rows = connection.execute("forget_usage", params)
+                removed.quota_rows = connection.execute("clear_quota", params)
+                connection.execute("mark_account_emptied", params)
+    return removed

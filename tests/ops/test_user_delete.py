@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 
+import psycopg2
 import pytest
 
 from pgblobs.errors import AccountClosed
@@ -423,3 +424,45 @@ def test_ctrl_c_says_how_to_finish(dsn):
     finished = pgblobs_cli("user", "delete", "alice", "--yes", "--dsn", dsn)
     assert finished.returncode == 0 and "resuming" in finished.stdout, finished.stderr
     assert holdings(dsn, "alice") == dict.fromkeys(HOLDINGS, 0)
+
+
+def test_rows_a_write_inserted_before_the_account_closed_are_removed_at_the_end(dsn):
+    """A writer that inserted its rows (under the user's lock) before the
+    account closed commits them whenever it likes: the last step waits for
+    that lock, and removes what it finds then. (The rows are in a namespace
+    of their own: in another, the batches would wait for the writer on its
+    usage counters.)"""
+    seed(dsn, "alice", blobs=1000, large=0, tombstones=0)
+    flags = holdings(dsn, "alice")["flags"]
+    writer = psycopg2.connect(dsn)
+    try:
+        with writer.cursor() as cursor:
+            cursor.execute(
+                "SELECT pgblobs.insert_blobs('{alice}', '{late}', '{late}', '{late}', "
+                "'{tag}', ARRAY[sha256('late')], '{PENDING}', '{}', '{}')"
+            )
+        deletion = subprocess.Popen(
+            pgblobs_command("user", "delete", "alice", "--yes", "--dsn", dsn),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_until(lambda: waiting_for_a_user_lock(dsn), "the last step waiting for the lock")
+        assert remaining(dsn, "alice")[:2] == (0, 0)
+        writer.commit()
+        stdout, stderr = deletion.communicate(timeout=60)
+    finally:
+        writer.close()
+    assert deletion.returncode == 0, stderr
+    assert reported(stdout)["blobs"] == 1001 and reported(stdout)["large objects"] == 1001
+    assert reported(stdout)["flags"] == flags + 1
+    assert reported(stdout)["usage rows"] == 3
+    assert holdings(dsn, "alice") == dict.fromkeys(HOLDINGS, 0)
+
+
+def waiting_for_a_user_lock(dsn):
+    return sql(
+        dsn,
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+    )[0][0]
