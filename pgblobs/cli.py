@@ -7,11 +7,22 @@ schema module; errors come back as one readable line and a non-zero exit.
 import argparse
 import sys
 
-from pgblobs.commands import db, export_fs, fsck, import_fs, purge, quota, report, serve, tokens
+from pgblobs.commands import (
+    db,
+    export_fs,
+    fsck,
+    import_fs,
+    purge,
+    quota,
+    report,
+    serve,
+    tokens,
+    users,
+)
 from pgblobs.commands.common import FAILURES, message
 
 # In the order `pgblobs --help` lists them.
-_COMMANDS = (serve, db, tokens, quota, report, purge, fsck, import_fs, export_fs)
+_COMMANDS = (serve, db, tokens, quota, users, report, purge, fsck, import_fs, export_fs)
 
 
 def build_parser() -> argparse.ArgumentParser:

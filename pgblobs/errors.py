@@ -22,6 +22,11 @@ class QuotaExceeded(BlobsError):
     """Storing the blob would take its user past the quota."""
 
 
+class AccountClosed(BlobsError):
+    """The user's account is closed (``pgblobs user delete``): nothing of
+    theirs is accepted any more."""
+
+
 class InvalidFlag(BlobsError, ValueError):
     """A flag outside PENDING, PROCESSING, PROCESSED, FAILED."""
 

@@ -64,7 +64,7 @@ def dsn(migrated_dsn):
     sql(
         migrated_dsn,
         "TRUNCATE pgblobs.blobs, pgblobs.blob_flags, pgblobs.quotas, pgblobs.tokens, "
-        "pgblobs.service_tokens, pgblobs.usage RESTART IDENTITY",
+        "pgblobs.service_tokens, pgblobs.usage, pgblobs.closed_accounts RESTART IDENTITY",
     )
     yield migrated_dsn
     assert sql(migrated_dsn, ORPHANS)[0][0] == 0, "a large object outlived its blob"

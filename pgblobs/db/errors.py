@@ -10,9 +10,10 @@ from psycopg2 import errorcodes
 from twisted.internet import error as internet_error
 from txpostgres import reconnection, txpostgres
 
-from pgblobs.errors import BlobExists, DatabaseUnavailable, QuotaExceeded
+from pgblobs.errors import AccountClosed, BlobExists, DatabaseUnavailable, QuotaExceeded
 
 _QUOTA_EXCEEDED = "PB507"  # raised by the write functions (db/schema.sql)
+_ACCOUNT_CLOSED = "PB410"  # raised by the trigger refuse_closed_accounts (db/schema.sql)
 _SERVER_GOING_AWAY = {"57P01", "57P02", "57P03"}  # admin/crash shutdown, cannot connect now
 _BUSY = {errorcodes.QUERY_CANCELED, errorcodes.TOO_MANY_CONNECTIONS}
 
@@ -47,6 +48,9 @@ def translate(error: BaseException) -> BaseException:
     if isinstance(error, psycopg2.Error):
         if code == _QUOTA_EXCEEDED:
             return QuotaExceeded(str(error.diag.message_primary))
+        if code == _ACCOUNT_CLOSED:
+            # The client's answer; the database's own message names the command.
+            return AccountClosed("the user's account is closed")
         if code == errorcodes.UNIQUE_VIOLATION and error.diag.constraint_name == "blobs_live_key":
             return BlobExists("a live blob already has this id")
     if isinstance(error, reconnection.ConnectionDead) or connection_lost(error):

@@ -441,3 +441,65 @@ SET live_blobs = EXCLUDED.live_blobs, live_bytes = EXCLUDED.live_bytes;
 -- Take the per-user lock of each of %(users)s (name order, until the transaction ends), as
 -- every writer of blob rows does before it inserts them.
 SELECT pgblobs.lock_users(%(users)s::text[]);
+
+-- name: account_contents (read)
+-- What pgblobs holds of a user: live blobs and bytes (the usage counters), tombstones,
+-- tokens, quota and usage rows, and whether the account is closed and when it was emptied.
+SELECT (SELECT coalesce(sum(live_blobs), 0) FROM pgblobs.usage WHERE user_id = %(user)s)
+           AS blobs,
+       (SELECT coalesce(sum(live_bytes), 0) FROM pgblobs.usage WHERE user_id = %(user)s)
+           AS bytes,
+       (SELECT count(*) FROM pgblobs.blobs
+        WHERE user_id = %(user)s AND deleted_at IS NOT NULL) AS tombstones,
+       (SELECT count(*) FROM pgblobs.tokens WHERE user_id = %(user)s) AS tokens,
+       (SELECT count(*) FROM pgblobs.quotas WHERE user_id = %(user)s) AS quota_rows,
+       (SELECT count(*) FROM pgblobs.usage WHERE user_id = %(user)s) AS usage_rows,
+       c.user_id IS NOT NULL AS closed, c.emptied_at
+FROM (SELECT 1) AS one
+LEFT JOIN pgblobs.closed_accounts AS c ON c.user_id = %(user)s;
+
+-- name: close_account
+-- Close a user's account: from this commit on, no blob row or token of theirs is accepted
+-- (the trigger refuse_closed_accounts). No row: it was closed already.
+INSERT INTO pgblobs.closed_accounts (user_id) VALUES (%(user)s)
+ON CONFLICT (user_id) DO NOTHING;
+
+-- name: delete_account_batch
+-- Remove up to %(batch)s blob rows of a user (live ones first, then tombstones), with their
+-- flags and large objects, in one statement and so one short transaction; how many of each
+-- went, and the live bytes. A large object already lost (fsck's broken rows) is skipped,
+-- since lo_unlink would fail the batch.
+WITH doomed AS (
+    SELECT id FROM (
+        (SELECT id FROM pgblobs.blobs
+         WHERE user_id = %(user)s AND deleted_at IS NULL LIMIT %(batch)s)
+        UNION ALL
+        (SELECT id FROM pgblobs.blobs
+         WHERE user_id = %(user)s AND deleted_at IS NOT NULL LIMIT %(batch)s)
+    ) AS candidates
+    LIMIT %(batch)s
+), unflagged AS (
+    DELETE FROM pgblobs.blob_flags WHERE blob_row = ANY (ARRAY(SELECT id FROM doomed))
+    RETURNING 1
+), gone AS (
+    DELETE FROM pgblobs.blobs AS b USING doomed WHERE b.id = doomed.id
+    RETURNING b.lo_oid, b.size, b.deleted_at
+), unlinked AS (
+    SELECT lo_unlink(lo_oid) FROM gone
+    WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_largeobject_metadata AS m
+                  WHERE m.oid = gone.lo_oid)
+)
+SELECT count(*) FILTER (WHERE deleted_at IS NULL) AS blobs,
+       count(*) FILTER (WHERE deleted_at IS NOT NULL) AS tombstones,
+       coalesce(sum(size) FILTER (WHERE deleted_at IS NULL), 0)::bigint AS bytes,
+       (SELECT count(*) FROM unflagged) AS flags,
+       (SELECT count(*) FROM unlinked) AS large_objects
+FROM gone;
+
+-- name: forget_usage
+-- Drop a user's usage counters (once none of their blob rows is left).
+DELETE FROM pgblobs.usage WHERE user_id = %(user)s;
+
+-- name: mark_account_emptied
+-- Note that nothing of a closed account is left.
+UPDATE pgblobs.closed_accounts SET emptied_at = now() WHERE user_id = %(user)s;

@@ -124,6 +124,21 @@ CREATE TABLE pgblobs.service_tokens (
 CREATE INDEX service_tokens_by_service ON pgblobs.service_tokens (service);
 
 
+-- Closed accounts --------------------------------------------------------------------------
+
+-- Users whose account `pgblobs user delete` closed (emptied_at: when it finished): the
+-- trigger refuse_closed_accounts below fails any statement that adds a blob row or a token
+-- of theirs, so a write in flight cannot make again what the deletion removes.
+CREATE TABLE pgblobs.closed_accounts (
+    user_id    text PRIMARY KEY,
+    closed_at  timestamptz NOT NULL DEFAULT now(),
+    emptied_at timestamptz
+);
+COMMENT ON TABLE pgblobs.closed_accounts IS
+    'Users whose account pgblobs user delete closed: no blob or token of theirs is '
+    'accepted; deleting the row gives the name back';
+
+
 -- Replicas ---------------------------------------------------------------------------------
 
 -- One row (the first beat makes it, so there is no seed row): a counter the primary bumps,
@@ -414,6 +429,34 @@ CREATE TRIGGER tokens_announce AFTER INSERT OR UPDATE OR DELETE
 CREATE TRIGGER service_tokens_announce AFTER INSERT OR UPDATE OR DELETE
     ON pgblobs.service_tokens FOR EACH ROW
     EXECUTE FUNCTION pgblobs.announce_token_change('service', 'service');
+
+-- A statement adding blob rows or tokens of a closed account fails (PB410), whichever path
+-- it comes by; checked after the rows are in, from the statement's transition table, with a
+-- custom plan (as the write functions) so that it probes the key however the table grew.
+CREATE FUNCTION pgblobs.refuse_closed_accounts() RETURNS trigger
+LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode = force_custom_plan AS $$
+DECLARE
+    v_user text;
+BEGIN
+    -- One probe of the key per user the statement wrote.
+    SELECT c.user_id INTO v_user FROM pgblobs.closed_accounts AS c
+    WHERE c.user_id = ANY (ARRAY(SELECT DISTINCT n.user_id FROM new_rows AS n))
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'the account of user % is closed (pgblobs user delete)', v_user
+            USING ERRCODE = 'PB410';
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER blobs_refuse_closed_accounts
+    AFTER INSERT ON pgblobs.blobs REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION pgblobs.refuse_closed_accounts();
+CREATE TRIGGER tokens_refuse_closed_accounts
+    AFTER INSERT ON pgblobs.tokens REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION pgblobs.refuse_closed_accounts();
 
 
 -- Reporting --------------------------------------------------------------------------------

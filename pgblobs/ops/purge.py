@@ -4,7 +4,7 @@ import datetime
 import re
 
 from pgblobs.db.sync import SyncConnection
-from pgblobs.ops.output import progress
+from pgblobs.ops.batches import drain
 
 _DURATION = re.compile(r"(\d+)([smhdw])")
 # (letter in a duration, name, seconds), largest first
@@ -48,11 +48,9 @@ def purge(connection: SyncConnection, older_than: datetime.timedelta, dry_run: b
     total: int = connection.fetch("count_old_tombstones", {"cutoff": cutoff})[0].tombstones
     if dry_run or not total:
         return total
-    removed = 0
-    with progress(total, "purging", unit="tombstones") as bar:
-        while True:
-            batch = connection.execute("purge_tombstones", {"cutoff": cutoff, "batch": BATCH})
-            removed += batch
-            bar.update(batch)
-            if batch == 0:
-                return removed
+    return drain(
+        lambda: connection.execute("purge_tombstones", {"cutoff": cutoff, "batch": BATCH}),
+        total,
+        "purging",
+        unit="tombstones",
+    )

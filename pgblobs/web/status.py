@@ -5,6 +5,7 @@ Anything not in the table is a 500 whose body carries only a request id.
 """
 
 from pgblobs.errors import (
+    AccountClosed,
     BlobExists,
     BlobNotFound,
     DatabaseUnavailable,
@@ -80,6 +81,8 @@ STATUS = {
     MalformedBody: 400,
     TransferStopped: 400,
     Unauthorized: 401,
+    # A write that passed its token check before the account was closed.
+    AccountClosed: 401,
     Forbidden: 403,
     MethodNotAllowed: 405,
     BodyStalled: 408,
