@@ -7,6 +7,7 @@ for the user ``dev`` is kept next to it so the quick start works at once.
 """
 
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
@@ -27,7 +28,8 @@ from pgblobs.db import schema
 from pgblobs.db.connector import Database
 from pgblobs.db.sync import SyncConnection
 from pgblobs.ops import capacity
-from pgblobs.tokens import KnownTokens
+from pgblobs.tokens import KnownTokens, TokenCheck, any_of
+from pgblobs.tokens.services_file import ServiceTokensFile
 from pgblobs.web.metrics import SiteMetrics
 from pgblobs.web.site import Limits, build_services_site, build_site
 from pgblobs.workers import Heartbeat, Supervisor, WorkerSpec
@@ -76,6 +78,7 @@ class ServeOptions:
     limits: Limits = field(default_factory=Limits)
     drain_seconds: float = settings.DRAIN_SECONDS
     token_cache_seconds: float = settings.TOKEN_CACHE_SECONDS
+    services_tokens_file: str | None = settings.SERVICES_TOKENS_FILE
     workers: int = settings.WORKERS
     log_format: str = settings.LOG_FORMAT
     access_log: bool = False
@@ -227,6 +230,11 @@ async def run(reactor: Any, options: ServeOptions, worker: WorkerSpec | None = N
     was handed by its supervisor (workers.py), whose sockets it serves."""
     if worker is not None:
         Heartbeat(reactor, worker.heartbeat_fd).start()
+    # Read before anything is started, so a bad file is an exit, not a node
+    # (or a supervisor's workers) failing over and over.
+    services_file = (
+        ServiceTokensFile(options.services_tokens_file) if options.services_tokens_file else None
+    )
     cluster = None
     dsn = options.dsn
     if not dsn:
@@ -243,7 +251,7 @@ async def run(reactor: Any, options: ServeOptions, worker: WorkerSpec | None = N
         )
     else:
         inherited = None if worker is None else worker.ports
-        ports, services_ports = await _serve_here(reactor, options, dsn, inherited)
+        ports, services_ports = await _serve_here(reactor, options, dsn, inherited, services_file)
     print(
         f"{READY} on {_addresses(ports)}"
         + (f"; services on {_addresses(services_ports)}" if services_ports else "")
@@ -265,6 +273,7 @@ async def _serve_here(
     options: ServeOptions,
     dsn: str,
     inherited: dict[str, list[tuple[int, int]]] | None,
+    services_file: ServiceTokensFile | None,
 ) -> tuple[list[Any], list[Any]]:
     backend = await _connect(reactor, dsn, options)
     database = backend.database
@@ -272,6 +281,8 @@ async def _serve_here(
         database, fallback=backend.reading.reader, cache_seconds=options.token_cache_seconds
     )
     await tokens.start()
+    if services_file is not None:
+        _on_sighup(reactor, services_file.reload)
     shared: _SiteOptions = {
         "health": database.ping,
         "limits": options.limits,
@@ -280,8 +291,11 @@ async def _serve_here(
     site = build_site(backend, tokens.user_token_is_valid, pool_usage=database.usage, **shared)
     sites = {"public": site}
     if options.services_listen:
+        service_check: TokenCheck = tokens.service_token_is_valid
+        if services_file is not None:
+            service_check = any_of(services_file.service_token_is_valid, service_check)
         sites["services"] = build_services_site(
-            backend, tokens.service_token_is_valid, metrics=site.metrics, **shared
+            backend, service_check, metrics=site.metrics, **shared
         )
     if inherited is None:
         ports = {
@@ -350,9 +364,18 @@ async def _supervise(
     reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: supervisor.stop(options.drain_seconds)
     )
+    if options.services_tokens_file:
+        # Each worker reads the services tokens file itself; SIGHUP to the
+        # supervisor (what systemd's reload sends) is passed on to every worker.
+        _on_sighup(reactor, partial(supervisor.signal_workers, signal.SIGHUP))
     supervisor.start()
     await supervisor.ready
     return ports["public"], ports["services"]
+
+
+def _on_sighup(reactor: Any, action: Callable[[], None]) -> None:
+    """Run ``action`` on the reactor whenever this process gets SIGHUP."""
+    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(action))
 
 
 async def _listen(reactor: Any, description: str, site: Site) -> Any:

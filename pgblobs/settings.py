@@ -29,6 +29,8 @@ KEEPALIVES_COUNT = 3
 TCP_USER_TIMEOUT = 10  # seconds sent data may go unacknowledged
 # Seconds a node remembers a valid token after the database last confirmed it.
 TOKEN_CACHE_SECONDS = 30.0
+# Soledad's services tokens file (service:token lines), besides pgblobs' table; none by default.
+SERVICES_TOKENS_FILE: str | None = None
 MAX_BUFFERED_BYTES = 64 * 1024 * 1024  # small upload bodies held in memory at once, until committed
 DATA_DIR = ".pgblobs"  # the embedded PostgreSQL and its development tokens
 DRAIN_SECONDS = 30.0  # on SIGTERM, how long requests in flight may take

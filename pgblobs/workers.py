@@ -230,6 +230,10 @@ class Supervisor:
         if not self._stopping:
             self._spawn(number)
 
+    def signal_workers(self, signum: int) -> None:
+        for worker in self._workers.values():
+            _signal(worker, signum)
+
     def stop(self, drain_seconds: float) -> Deferred[None]:
         """SIGTERM to every worker; fires once all have exited (killing
         those still there ``drain_seconds`` + a grace later)."""

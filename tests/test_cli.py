@@ -44,6 +44,7 @@ SAMPLE = ServeOptions(
     ),
     drain_seconds=0.5,
     token_cache_seconds=0.0,
+    services_tokens_file="/etc/soledad/services.tokens",
     workers=3,
     log_format="json",
     access_log=True,

@@ -167,6 +167,15 @@ def configure_parser(commands: Subcommands) -> None:
         "stream downloads) while it is close behind; writes always go to the primary "
         "(repeatable)",
     )
+    parser.add_argument(
+        "--services-tokens-file",
+        default=settings.SERVICES_TOKENS_FILE,
+        metavar="PATH",
+        help="Soledad's services tokens file (e.g. /etc/soledad/services.tokens: one "
+        "service:token per line, # comments): its tokens open the services listeners as "
+        "well as those of `pgblobs service-token`; re-read on SIGHUP (a bad file then keeps "
+        "the previous one, and says why in the log; a bad file at start is an error)",
+    )
     for flag, kind, default, help_text in _SERVE_LIMITS:
         parser.add_argument(flag, type=kind, default=default, help=help_text)
     parser.add_argument("--log-format", choices=("text", "json"), default=settings.LOG_FORMAT)
