@@ -28,7 +28,7 @@ from pgblobs.db import schema
 from pgblobs.db.connector import Database
 from pgblobs.db.sync import SyncConnection
 from pgblobs.ops import capacity
-from pgblobs.tokens import KnownTokens, TokenCheck, any_of
+from pgblobs.tokens import KnownTokens, TokenCheck, any_of, user_token_check
 from pgblobs.tokens.services_file import ServiceTokensFile
 from pgblobs.web.metrics import SiteMetrics
 from pgblobs.web.site import Limits, build_services_site, build_site
@@ -78,6 +78,7 @@ class ServeOptions:
     limits: Limits = field(default_factory=Limits)
     drain_seconds: float = settings.DRAIN_SECONDS
     token_cache_seconds: float = settings.TOKEN_CACHE_SECONDS
+    user_tokens: str = settings.USER_TOKENS
     services_tokens_file: str | None = settings.SERVICES_TOKENS_FILE
     workers: int = settings.WORKERS
     log_format: str = settings.LOG_FORMAT
@@ -288,7 +289,8 @@ async def _serve_here(
         "limits": options.limits,
         "access_log": options.access_log,
     }
-    site = build_site(backend, tokens.user_token_is_valid, pool_usage=database.usage, **shared)
+    user_check = user_token_check(reactor, options.user_tokens, tokens)
+    site = build_site(backend, user_check, pool_usage=database.usage, **shared)
     sites = {"public": site}
     if options.services_listen:
         service_check: TokenCheck = tokens.service_token_is_valid

@@ -25,6 +25,7 @@ from pgblobs.commands.common import (
     positive_float,
     react,
 )
+from pgblobs.tokens import user_tokens_source
 from pgblobs.web.site import Limits
 
 
@@ -32,6 +33,13 @@ def _worker_count(text: str) -> int:
     if text == "auto":
         return os.cpu_count() or 1
     return positive(text)
+
+
+def _user_tokens(text: str) -> str:
+    try:
+        return user_tokens_source(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _blob_size_limit(text: str) -> int:
@@ -166,6 +174,17 @@ def configure_parser(commands: Subcommands) -> None:
         help="a streaming replica that may answer reads (GET, HEAD, listings, counts, flags, "
         "stream downloads) while it is close behind; writes always go to the primary "
         "(repeatable)",
+    )
+    parser.add_argument(
+        "--user-tokens",
+        type=_user_tokens,
+        default=settings.USER_TOKENS,
+        metavar="SOURCE",
+        help="where user tokens come from: 'pgblobs' (its own, `pgblobs token`) or "
+        "'couchdb:URL', a provider's CouchDB as Soledad's server reads it (e.g. "
+        "couchdb:http://user:password@127.0.0.1:5984; tokens_N databases, documents named by "
+        "the token's sha512), asked on every request, so a deleted document counts at once; "
+        "while it does not answer, requests get 503 with Retry-After (default: %(default)s)",
     )
     parser.add_argument(
         "--services-tokens-file",
