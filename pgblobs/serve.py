@@ -289,7 +289,7 @@ async def _serve_here(
         "limits": options.limits,
         "access_log": options.access_log,
     }
-    user_check = user_token_check(reactor, options.user_tokens, tokens)
+    user_check = user_token_check(reactor, options.user_tokens, tokens, options.token_cache_seconds)
     site = build_site(backend, user_check, pool_usage=database.usage, **shared)
     sites = {"public": site}
     if options.services_listen:

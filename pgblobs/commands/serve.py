@@ -183,8 +183,11 @@ def configure_parser(commands: Subcommands) -> None:
         help="where user tokens come from: 'pgblobs' (its own, `pgblobs token`) or "
         "'couchdb:URL', a provider's CouchDB as Soledad's server reads it (e.g. "
         "couchdb:http://user:password@127.0.0.1:5984; tokens_N databases, documents named by "
-        "the token's sha512), asked on every request, so a deleted document counts at once; "
-        "while it does not answer, requests get 503 with Retry-After (default: %(default)s)",
+        "the token's sha512); a valid token is remembered for --token-cache-seconds, only "
+        "while the node follows the database's _changes feed, which makes a deleted or "
+        "changed document count within about a second; while CouchDB does not answer, "
+        "remembered tokens keep working for their remaining time and others get 503 with "
+        "Retry-After (default: %(default)s)",
     )
     parser.add_argument(
         "--services-tokens-file",

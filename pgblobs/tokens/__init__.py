@@ -45,12 +45,18 @@ def user_tokens_source(text: str) -> str:
     )
 
 
-def user_token_check(reactor: Any, source: str, stored: KnownTokens) -> TokenCheck:
-    """The check of user tokens ``source`` (see user_tokens_source) names;
-    with CouchDB, pgblobs' own table is not asked."""
-    if source.startswith(COUCHDB_PREFIX):
-        return CouchDBTokens(reactor, source[len(COUCHDB_PREFIX) :]).user_token_is_valid
-    return stored.user_token_is_valid
+def user_token_check(
+    reactor: Any, source: str, stored: KnownTokens, cache_seconds: float
+) -> TokenCheck:
+    """The check of user tokens ``source`` (see user_tokens_source) names,
+    started (and stopped when the reactor stops); with CouchDB, pgblobs' own
+    table is not asked."""
+    if not source.startswith(COUCHDB_PREFIX):
+        return stored.user_token_is_valid
+    couchdb = CouchDBTokens(reactor, source[len(COUCHDB_PREFIX) :], cache_seconds)
+    couchdb.start()
+    reactor.addSystemEventTrigger("before", "shutdown", couchdb.stop)
+    return couchdb.user_token_is_valid
 
 
 __all__ = [
