@@ -466,13 +466,36 @@ def _insert_large(connection: SyncConnection, content: _Content, oid: int) -> No
 def _import_alone(
     connection: SyncConnection, entry: Entry, report: ImportReport, dry_run: bool
 ) -> None:
-    """One entry in its own transaction, its failure reported as its own."""
+    """One entry in its own transaction, its failure reported as its own. A
+    blob deleted in the source since the scan (Soledad serving) is taken as
+    the tombstone its marker now says it is."""
     try:
         _import_batch(connection, [entry], report, dry_run)
     except _Raced:
         report.kept.append((entry.path, "changed through the API meanwhile: kept"))
+    except FileNotFoundError as error:
+        marker = _marker_since(entry)
+        if marker is None:
+            report.failed.append((entry.path, first_line(error)))
+        else:
+            _import_alone(connection, marker, report, dry_run)
     except (OSError, ValueError, psycopg2.Error) as error:
         report.failed.append((entry.path, first_line(error)))
+
+
+def _marker_since(entry: Entry) -> Entry | None:
+    """The tombstone entry of a blob whose file is gone, if its ``.deleted``
+    marker is there now (a regular file); None otherwise."""
+    if entry.tombstone:
+        return None
+    marker = entry.path.with_name(entry.key.blob_id + DELETED)
+    try:
+        status = os.lstat(marker)
+    except FileNotFoundError:
+        return None
+    if unfit(status.st_mode) is not None:
+        return None
+    return Entry(marker, entry.key, True, status)
 
 
 _FLAGS_LIMIT = 4096  # bytes; four flags in JSON take under 60
