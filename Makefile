@@ -5,10 +5,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup postgresql strace systemd-analyze lint test test-fast run soak bench drill clean
 
-NODE := .node
-POUCHDB := $(NODE)/node_modules/.bin/pouchdb-server
-
-setup: $(STAMP) postgresql strace systemd-analyze $(POUCHDB)
+setup: $(STAMP) postgresql strace systemd-analyze
 
 # Reinstall whenever the dependency list changes.
 $(STAMP): pyproject.toml
@@ -16,12 +13,6 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -e '.[test]'
 	touch $(STAMP)
-
-# The CouchDB tests (--user-tokens couchdb:URL) run pouchdb-server in memory:
-# installed from npm into this repository's .node, never globally.
-$(POUCHDB):
-	npm install --silent --no-audit --no-fund --prefix $(NODE) pouchdb-server
-	touch $(POUCHDB)
 
 # Debian's PostgreSQL, only when no initdb can be found (we run as root here).
 postgresql:

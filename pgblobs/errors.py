@@ -39,11 +39,6 @@ class InvalidArgument(BlobsError, ValueError):
     """Any other argument out of its domain (an order_by, a range)."""
 
 
-class TokenSourceUnavailable(BlobsError):
-    """The source of user tokens (a provider's CouchDB) cannot answer now;
-    trying again shortly may succeed."""
-
-
 class DatabaseUnavailable(BlobsError):
     """The database cannot answer now (restarting, unreachable, overloaded);
     trying again shortly may succeed."""

@@ -28,8 +28,7 @@ from pgblobs.db.connector import Database
 from pgblobs.db.sync import SyncConnection
 from pgblobs.ops import capacity
 from pgblobs.systemd import SYSTEMD_PREFIX, Notifier, SocketNotPassed
-from pgblobs.tokens import KnownTokens, TokenCheck, any_of, user_token_check
-from pgblobs.tokens.services_file import ServiceTokensFile
+from pgblobs.tokens import KnownTokens
 from pgblobs.web.metrics import SiteMetrics
 from pgblobs.web.site import Limits, build_services_site, build_site
 from pgblobs.workers import Heartbeat, Supervisor, WorkerSpec
@@ -78,8 +77,6 @@ class ServeOptions:
     limits: Limits = field(default_factory=Limits)
     drain_seconds: float = settings.DRAIN_SECONDS
     token_cache_seconds: float = settings.TOKEN_CACHE_SECONDS
-    user_tokens: str = settings.USER_TOKENS
-    services_tokens_file: str | None = settings.SERVICES_TOKENS_FILE
     workers: int = settings.WORKERS
     log_format: str = settings.LOG_FORMAT
     access_log: bool = False
@@ -240,11 +237,6 @@ async def run(reactor: Any, options: ServeOptions, worker: WorkerSpec | None = N
     reloading.install(reactor)
     if worker is not None:
         Heartbeat(reactor, worker.heartbeat_fd).start()
-    # Read before anything is started, so a bad file is an exit, not a node
-    # (or a supervisor's workers) failing over and over.
-    services_file = (
-        ServiceTokensFile(options.services_tokens_file) if options.services_tokens_file else None
-    )
     cluster = None
     dsn = options.dsn
     if not dsn:
@@ -262,9 +254,7 @@ async def run(reactor: Any, options: ServeOptions, worker: WorkerSpec | None = N
         )
     else:
         inherited = None if worker is None else worker.ports
-        ports, services_ports = await _serve_here(
-            reactor, options, dsn, inherited, notifier, services_file
-        )
+        ports, services_ports = await _serve_here(reactor, options, dsn, inherited, notifier)
     serving = (
         f"{READY} on {_addresses(ports)}"
         + (f"; services on {_addresses(services_ports)}" if services_ports else "")
@@ -288,7 +278,6 @@ async def _serve_here(
     dsn: str,
     inherited: dict[str, list[tuple[int, int]]] | None,
     notifier: Notifier,
-    services_file: ServiceTokensFile | None,
 ) -> tuple[list[Any], list[Any]]:
     backend = await _connect(reactor, dsn, options, notifier)
     database = backend.database
@@ -296,22 +285,16 @@ async def _serve_here(
         database, fallback=backend.reading.reader, cache_seconds=options.token_cache_seconds
     )
     await tokens.start()
-    if services_file is not None:
-        reloading.on_reload(services_file.reload)
     shared: _SiteOptions = {
         "health": database.ping,
         "limits": options.limits,
         "access_log": options.access_log,
     }
-    user_check = user_token_check(reactor, options.user_tokens, tokens, options.token_cache_seconds)
-    site = build_site(backend, user_check, pool_usage=database.usage, **shared)
+    site = build_site(backend, tokens.user_token_is_valid, pool_usage=database.usage, **shared)
     sites = {"public": site}
     if options.services_listen:
-        service_check: TokenCheck = tokens.service_token_is_valid
-        if services_file is not None:
-            service_check = any_of(services_file.service_token_is_valid, service_check)
         sites["services"] = build_services_site(
-            backend, service_check, metrics=site.metrics, **shared
+            backend, tokens.service_token_is_valid, metrics=site.metrics, **shared
         )
     if inherited is None:
         ports = {

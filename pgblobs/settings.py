@@ -30,11 +30,6 @@ KEEPALIVES_COUNT = 3
 TCP_USER_TIMEOUT = 10  # seconds sent data may go unacknowledged
 # Seconds a node remembers a valid token after the database last confirmed it.
 TOKEN_CACHE_SECONDS = 30.0
-# Where user tokens come from: "pgblobs" (its own table) or "couchdb:URL" (a provider's CouchDB).
-USER_TOKENS = "pgblobs"
-COUCHDB_TIMEOUT = 5.0  # seconds a token lookup in CouchDB may take before it is a 503
-# Soledad's services tokens file (service:token lines), besides pgblobs' table; none by default.
-SERVICES_TOKENS_FILE: str | None = None
 MAX_BUFFERED_BYTES = 64 * 1024 * 1024  # small upload bodies held in memory at once, until committed
 DATA_DIR = ".pgblobs"  # the embedded PostgreSQL and its development tokens
 DRAIN_SECONDS = 30.0  # on SIGTERM, how long requests in flight may take

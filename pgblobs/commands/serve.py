@@ -27,7 +27,6 @@ from pgblobs.commands.common import (
     positive_float,
     react,
 )
-from pgblobs.tokens import user_tokens_source
 from pgblobs.web.site import Limits
 
 
@@ -35,13 +34,6 @@ def _worker_count(text: str) -> int:
     if text == "auto":
         return os.cpu_count() or 1
     return positive(text)
-
-
-def _user_tokens(text: str) -> str:
-    try:
-        return user_tokens_source(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _blob_size_limit(text: str) -> int:
@@ -190,29 +182,6 @@ def configure_parser(commands: Subcommands) -> None:
         help="a streaming replica that may answer reads (GET, HEAD, listings, counts, flags, "
         "stream downloads) while it is close behind; writes always go to the primary "
         "(repeatable)",
-    )
-    parser.add_argument(
-        "--user-tokens",
-        type=_user_tokens,
-        default=settings.USER_TOKENS,
-        metavar="SOURCE",
-        help="where user tokens come from: 'pgblobs' (its own, `pgblobs token`) or "
-        "'couchdb:URL', a provider's CouchDB as Soledad's server reads it (e.g. "
-        "couchdb:http://user:password@127.0.0.1:5984; tokens_N databases, documents named by "
-        "the token's sha512); a valid token is remembered for --token-cache-seconds, only "
-        "while the node follows the database's _changes feed, which makes a deleted or "
-        "changed document count within about a second; while CouchDB does not answer, "
-        "remembered tokens keep working for their remaining time and others get 503 with "
-        "Retry-After (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--services-tokens-file",
-        default=settings.SERVICES_TOKENS_FILE,
-        metavar="PATH",
-        help="Soledad's services tokens file (e.g. /etc/soledad/services.tokens: one "
-        "service:token per line, # comments): its tokens open the services listeners as "
-        "well as those of `pgblobs service-token`; re-read on SIGHUP (a bad file then keeps "
-        "the previous one, and says why in the log; a bad file at start is an error)",
     )
     for flag, kind, default, help_text in _SERVE_LIMITS:
         parser.add_argument(flag, type=kind, default=default, help=help_text)

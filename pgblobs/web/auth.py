@@ -11,7 +11,7 @@ which then require that the avatar is the ``{user}`` of the path.
 
 import binascii
 from base64 import b64decode
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.cred import credentials, error, portal
@@ -21,8 +21,11 @@ from twisted.web.iweb import ICredentialFactory, IRequest
 from zope.interface import Interface, implementer
 
 from pgblobs.errors import InvalidName
-from pgblobs.tokens import TokenCheck
 from pgblobs.web.status import Forbidden, Unauthorized
+
+# ``is_valid(name, token)``: whether the token is one of the name's (a
+# coroutine function, such as tokens.KnownTokens.user_token_is_valid).
+TokenCheck = Callable[[str, str], Awaitable[bool]]
 
 
 class IBlobsUser(Interface):

@@ -13,7 +13,6 @@ from pgblobs.errors import (
     InvalidFlag,
     InvalidName,
     QuotaExceeded,
-    TokenSourceUnavailable,
     TransferStopped,
 )
 
@@ -92,7 +91,6 @@ STATUS = {
     TooManyIds: 413,
     RangeNotSatisfiable: 416,
     DatabaseUnavailable: 503,
-    TokenSourceUnavailable: 503,
 }
 
 RETRY_AFTER_SECONDS = 2  # sent with 503: a restarting database is back in seconds
