@@ -30,6 +30,15 @@ KEEPALIVES_COUNT = 3
 TCP_USER_TIMEOUT = 10  # seconds sent data may go unacknowledged
 # Seconds a node remembers a valid token after the database last confirmed it.
 TOKEN_CACHE_SECONDS = 30.0
+# Where users' tokens are checked: "pgblobs" (its own table) or "couchdb:URL".
+USER_TOKENS = "pgblobs"
+# The provider's CouchDB (--user-tokens couchdb:URL): seconds a token lookup
+# (or a connection) may take before the request gets 503, seconds between
+# the heartbeats of its _changes feed (a feed silent for three is dropped and
+# followed again), and the most seconds between attempts to follow it again.
+COUCHDB_TIMEOUT = 5.0
+COUCHDB_HEARTBEAT = 1.0
+COUCHDB_RETRY_MAX = 5.0
 MAX_BUFFERED_BYTES = 64 * 1024 * 1024  # small upload bodies held in memory at once, until committed
 DATA_DIR = ".pgblobs"  # the embedded PostgreSQL and its development tokens
 DRAIN_SECONDS = 30.0  # on SIGTERM, how long requests in flight may take

@@ -1,0 +1,304 @@
+"""Users' tokens from a LEAP provider's CouchDB, checked as Soledad's server
+checks them (leap.soledad.server.auth): the provider's web application
+writes a session token into the database ``tokens_N``, N = int(unix time /
+2,592,000) (a new database every 30 days), as the document whose ``_id`` is
+the token's hex SHA-512, with ``type`` "Token" and ``user_id`` its user.
+
+A node remembers a valid answer for ``cache_seconds`` and follows the
+current database's ``_changes`` feed (continuous, with heartbeats): a
+document changed or deleted there (a logout, a revocation) is forgotten the
+moment the feed says so. The feed is followed again after it ends, falls
+silent, or the period turns (the next database), backing off while CouchDB
+cannot be reached. While it is not followed nothing new is remembered, and
+each time it is followed again everything remembered is forgotten, since
+changes made in between were not heard; so a change is never missed beyond
+``cache_seconds``.
+
+While CouchDB cannot be reached, tokens remembered keep working for the
+rest of their time and any other gets errors.TokenStoreUnavailable (503).
+"""
+
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from twisted.internet import defer, task
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+
+from pgblobs import names, settings
+from pgblobs.errors import TokenStoreUnavailable
+
+PREFIX = "couchdb:"
+PERIOD_SECONDS = 2_592_000  # 30 days: the tokens database changes name this often
+_log = Logger()
+
+
+def database_name(now: float) -> str:
+    """The tokens database Soledad's server reads at ``now`` (unix time)."""
+    return f"tokens_{int(now / PERIOD_SECONDS)}"
+
+
+def document_id(token: str) -> str:
+    return hashlib.sha512(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class CouchDBAddress:
+    """Where the CouchDB is (``base``, without credentials) and the Basic
+    ``authorization`` its URL's credentials make, if any."""
+
+    base: str
+    authorization: bytes | None
+
+    @classmethod
+    def parse(cls, url: str) -> "CouchDBAddress":
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+        authorization = None
+        if parts.username is not None:
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            authorization = b"Basic " + base64.b64encode(pair.encode("utf-8"))
+        return cls(base, authorization)
+
+    def url(self, *path: str, query: str = "") -> bytes:
+        return ("/".join([self.base, *path]) + (f"?{query}" if query else "")).encode("ascii")
+
+    def headers(self) -> Headers:
+        headers = Headers({b"accept": [b"application/json"]})
+        if self.authorization is not None:
+            headers.addRawHeader(b"authorization", self.authorization)
+        return headers
+
+
+@dataclass(frozen=True)
+class _Remembered:
+    database: str
+    user_id: bytes
+    confirmed: float
+
+
+class _ChangesLines(Protocol):
+    """The body of a continuous ``_changes`` feed: one JSON object a line,
+    empty lines for heartbeats. ``done`` fires when the body ends."""
+
+    def __init__(self, changed: Callable[[str], None], heard: Callable[[], None]) -> None:
+        self._changed = changed
+        self._heard = heard
+        self._pending = b""
+        self.done: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._heard()
+        *lines, self._pending = (self._pending + data).split(b"\n")
+        for line in lines:
+            if line.strip():
+                change = json.loads(line)
+                if "id" in change:
+                    self._changed(change["id"])
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self.done.callback(None)
+
+    def cut(self) -> None:
+        # Agent gives a body's protocol a producer as its transport.
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+
+class CouchDBTokens:
+    """``user_token_is_valid`` against the provider's CouchDB, for one node."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        address: CouchDBAddress,
+        cache_seconds: float = settings.TOKEN_CACHE_SECONDS,
+        now: Callable[[], float] | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._address = address
+        self._cache_seconds = cache_seconds
+        # Wall-clock time: it names the database, as it does for Soledad.
+        self._now = now or reactor.seconds
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._agent = Agent(reactor, connectTimeout=settings.COUCHDB_TIMEOUT, pool=self._pool)
+        self._remembered: dict[str, _Remembered] = {}
+        # The database whose feed is followed now, or None.
+        self._following: str | None = None
+        # Bumped whenever something may have changed unheard, so an answer
+        # read before it is not remembered after it.
+        self._changes = 0
+        self._running = False
+        self._feed: _ChangesLines | None = None
+        self._follower: Deferred[None] | None = None
+        self._waiting: Deferred[None] | None = None
+
+    @classmethod
+    def from_source(cls, reactor: Any, source: str, cache_seconds: float) -> "CouchDBTokens":
+        """For ``--user-tokens couchdb:URL``."""
+        return cls(reactor, CouchDBAddress.parse(source.removeprefix(PREFIX)), cache_seconds)
+
+    @property
+    def following(self) -> str | None:
+        return self._following
+
+    def start(self) -> Deferred[None]:
+        """Start following the feed; fires after the first attempt, which may
+        fail (CouchDB down): the node serves anyway, and keeps trying."""
+        self._running = True
+        first: Deferred[None] = Deferred()
+        self._follower = defer.ensureDeferred(self._follow(first))
+        self._follower.addErrback(lambda failure: _log.failure("the feed stopped", failure))
+        return first
+
+    def stop(self) -> None:
+        self._running = False
+        if self._feed is not None:
+            self._feed.cut()
+        if self._waiting is not None and not self._waiting.called:
+            self._waiting.cancel()
+        self._forget_all()
+        self._pool.closeCachedConnections()
+
+    def _forget_all(self) -> None:
+        self._changes += 1
+        self._remembered.clear()
+
+    def _changed(self, changed_id: str) -> None:
+        self._changes += 1
+        self._remembered.pop(changed_id, None)
+
+    async def user_token_is_valid(self, user: str, token: str) -> bool:
+        user_id = names.user_name(user).encode("utf-8")
+        key = document_id(token)
+        database, asked = database_name(self._now()), self._reactor.seconds()
+        remembered = self._remembered.get(key)
+        if (
+            remembered is not None
+            and remembered.database == database
+            and asked - remembered.confirmed < self._cache_seconds
+        ):
+            return hmac.compare_digest(remembered.user_id, user_id)
+        changes = self._changes
+        owner = await self._owner(database, key)
+        if owner is None:
+            self._remembered.pop(key, None)
+            return False
+        if self._following == database and changes == self._changes:
+            self._remembered[key] = _Remembered(database, owner, asked)
+        return hmac.compare_digest(owner, user_id)
+
+    async def _owner(self, database: str, key: str) -> bytes | None:
+        """The user whose token has the document ``key``, or None if no
+        valid token has it."""
+        try:
+            request = self._agent.request(
+                b"GET", self._address.url(database, key), self._address.headers()
+            )
+            request.addTimeout(settings.COUCHDB_TIMEOUT, self._reactor)
+            response = await request
+            body = readBody(response)
+            body.addTimeout(settings.COUCHDB_TIMEOUT, self._reactor)
+            content = await body
+        except Exception as error:
+            raise TokenStoreUnavailable(f"the provider's CouchDB did not answer: {error}") from None
+        if response.code == 404:  # no such token, or no database for this period yet
+            return None
+        if response.code != 200:
+            _log.warn(
+                "the provider's CouchDB answered a token lookup with {code}", code=response.code
+            )
+            raise TokenStoreUnavailable(f"the provider's CouchDB answered {response.code}")
+        document = json.loads(content)
+        user_id = document.get("user_id")
+        if document.get("type") != "Token" or not isinstance(user_id, str):
+            return None
+        return user_id.encode("utf-8")
+
+    async def _follow(self, first: Deferred[None]) -> None:
+        """Follow the current database's feed until stopped, again and again."""
+        delay = 0.0
+        while self._running:
+            if delay:
+                self._waiting = task.deferLater(self._reactor, delay, lambda: None)
+                try:
+                    await self._waiting
+                except defer.CancelledError:
+                    break
+            database = database_name(self._now())
+            try:
+                response = await self._open_feed(database)
+            except Exception as error:
+                _log.warn(
+                    "cannot follow {database}'s changes on the provider's CouchDB ({error}); "
+                    "retrying",
+                    database=database,
+                    error=error,
+                )
+                delay = min(max(delay * 2, 0.25), settings.COUCHDB_RETRY_MAX)
+                if not first.called:
+                    first.callback(None)
+                continue
+            delay = 0.0
+            if not first.called:
+                first.callback(None)
+            await self._read_feed(database, response)
+
+    async def _open_feed(self, database: str) -> IResponse:
+        query = f"feed=continuous&since=now&heartbeat={int(settings.COUCHDB_HEARTBEAT * 1000)}"
+        request = self._agent.request(
+            b"GET", self._address.url(database, "_changes", query=query), self._address.headers()
+        )
+        request.addTimeout(settings.COUCHDB_TIMEOUT, self._reactor)
+        response = await request
+        if response.code != 200:
+            response.deliverBody(Protocol())  # read and dropped
+            raise TokenStoreUnavailable(f"its _changes feed answered {response.code}")
+        return response
+
+    async def _read_feed(self, database: str, response: IResponse) -> None:
+        """Remember answers while the feed is read: until it ends, falls
+        silent for three heartbeats, or the period turns."""
+        last_heard = [self._reactor.seconds()]
+        feed = _ChangesLines(
+            self._changed, lambda: last_heard.__setitem__(0, self._reactor.seconds())
+        )
+
+        def check() -> None:
+            silent = self._reactor.seconds() - last_heard[0]
+            if silent > 3 * settings.COUCHDB_HEARTBEAT or database_name(self._now()) != database:
+                feed.cut()
+
+        self._feed = feed
+        response.deliverBody(feed)
+        self._forget_all()  # what changed before the feed began was not heard
+        self._following = database
+        _log.info("following {database}'s changes on the provider's CouchDB", database=database)
+        watchdog = task.LoopingCall(check)
+        watchdog.clock = self._reactor
+        watchdog.start(settings.COUCHDB_HEARTBEAT / 2, now=False)
+        try:
+            await feed.done
+        finally:
+            watchdog.stop()
+            self._following = None
+            self._feed = None
+            self._changes += 1
+        if self._running:
+            _log.warn("stopped following {database}'s changes; following again", database=database)

@@ -1,0 +1,117 @@
+"""`pgblobs serve --user-tokens couchdb:URL`: users' tokens from a provider's
+CouchDB (pouchdb-server here), checked as Soledad's server checks them, by
+real `pgblobs serve` processes."""
+
+import time
+import urllib.request
+from urllib.error import HTTPError
+
+import pytest
+
+from tests.couchdb import PouchDB
+from tests.helpers import pgblobs_cli, token_header, wait_until
+from tests.processes import ServeProcess
+
+USER = "alice"
+
+
+@pytest.fixture
+def couchdb(tmp_path):
+    server = PouchDB(tmp_path)
+    yield server
+    if server.process.poll() is None:
+        server.stop()
+
+
+@pytest.fixture
+def nodes(dsn, couchdb):
+    """Start nodes reading users' tokens from ``couchdb``; stopped at the end."""
+    started = []
+    couchdb.create_database()  # as a provider's has, before pgblobs starts
+
+    def start():
+        node = ServeProcess("--dsn", dsn, "--user-tokens", f"couchdb:{couchdb.url}")
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+def answer(node, token, user=USER, path_user=USER):
+    """(status, headers) of listing ``path_user``'s blobs with ``user:token``."""
+    request = urllib.request.Request(f"{node.url}/blobs/{path_user}/")
+    request.add_header("Authorization", token_header(user, token))
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.headers
+    except HTTPError as error:
+        return error.code, error.headers
+
+
+def status(node, token, **users):
+    return answer(node, token, **users)[0]
+
+
+def test_a_token_from_couchdb_is_checked_as_soledad_checks_it(nodes, couchdb, dsn):
+    node = nodes()
+    token = couchdb.add_token(USER)
+    assert status(node, token) == 200
+    # Another user's path: the token is valid, for alice (as with pgblobs' own tokens).
+    assert status(node, token, path_user="bob") == 403
+    # Presented as bob's: not bob's token.
+    assert status(node, token, user="bob", path_user="bob") == 401
+    assert status(node, "never-issued") == 401
+    # With couchdb, pgblobs' own token table is not consulted.
+    own = pgblobs_cli("token", "create", USER, "--dsn", dsn)
+    assert own.returncode == 0, own.stderr
+    assert status(node, own.stdout.strip()) == 401
+
+
+def test_a_logout_is_refused_on_two_nodes_within_a_second(nodes, couchdb):
+    first, second = nodes(), nodes()
+    token = couchdb.add_token(USER)
+    # Remembered by both (for --token-cache-seconds, 30 s, unless CouchDB says otherwise).
+    assert [status(first, token), status(second, token)] == [200, 200]
+    assert [status(first, token), status(second, token)] == [200, 200]
+    couchdb.remove_token(token)
+    started = time.monotonic()
+    wait_until(
+        lambda: status(first, token) == 401 and status(second, token) == 401,
+        "the removed token refused by both nodes",
+        timeout=5,
+    )
+    assert time.monotonic() - started < 1.5
+
+
+def test_couchdb_down_then_back(nodes, couchdb):
+    node = nodes()
+    remembered = couchdb.add_token(USER)
+    unknown = couchdb.add_token(USER)
+    assert status(node, remembered) == 200
+    couchdb.stop()
+    # Remembered: still served for the rest of its time.
+    assert status(node, remembered) == 200
+    code, headers = answer(node, unknown)
+    assert code == 503
+    assert headers["Retry-After"] == "2"
+    followed = sum("following tokens_" in line for line in node.errors)
+    couchdb.start()  # in memory: empty, as after a restore; the web application writes again
+    again = couchdb.add_token(USER)
+    wait_until(lambda: status(node, again) == 200, "a token served after CouchDB came back")
+    wait_until(
+        lambda: sum("following tokens_" in line for line in node.errors) > followed,
+        "the feed followed again",
+    )
+    assert status(node, again) == 200  # remembered again, with the feed followed
+    couchdb.remove_token(again)
+    wait_until(lambda: status(node, again) == 401, "the logout heard again", timeout=1.5)
+
+
+def test_user_tokens_accepts_only_pgblobs_or_a_couchdb_url():
+    for wrong in ("couchdb", "couchdb:ftp://host", "ldap:whatever", "couchdb:http://"):
+        run = pgblobs_cli("serve", "--user-tokens", wrong)
+        assert run.returncode == 2, run
+        assert "--user-tokens" in run.stderr
+        assert "couchdb:" in run.stderr
