@@ -7,9 +7,11 @@ import urllib.request
 from urllib.error import HTTPError
 
 import pytest
+from twisted.internet import reactor
 
+from pgblobs.tokens.couchdb import PERIOD_SECONDS, CouchDBAddress, CouchDBTokens, database_name
 from tests.couchdb import PouchDB
-from tests.helpers import pgblobs_cli, token_header, wait_until
+from tests.helpers import pgblobs_cli, token_header, until, wait_until
 from tests.processes import ServeProcess
 
 USER = "alice"
@@ -115,3 +117,32 @@ def test_user_tokens_accepts_only_pgblobs_or_a_couchdb_url():
         assert run.returncode == 2, run
         assert "--user-tokens" in run.stderr
         assert "couchdb:" in run.stderr
+
+
+async def test_the_next_database_is_followed_when_the_period_turns(couchdb):
+    """Rotation, with a clock the test turns (the tokens of a node use it
+    only to name the database): two databases, as at the end of a period."""
+    clock = [20_000 * PERIOD_SECONDS + PERIOD_SECONDS - 5]
+    this, following = clock[0], clock[0] + PERIOD_SECONDS
+    old = couchdb.add_token(USER, now=this)
+    new = couchdb.add_token(USER, now=following)
+    tokens = CouchDBTokens(reactor, CouchDBAddress.parse(couchdb.url), now=lambda: clock[0])
+    await tokens.start()
+    try:
+        assert tokens.following == database_name(this)
+        assert await tokens.user_token_is_valid(USER, old)  # and remembered
+        assert not await tokens.user_token_is_valid(USER, new)
+        clock[0] = following
+        await until(lambda: tokens.following == database_name(following), "the next database")
+        # Soledad reads only the current period's database: the old token,
+        # remembered a moment ago, is not valid any more.
+        assert not await tokens.user_token_is_valid(USER, old)
+        assert await tokens.user_token_is_valid(USER, new)
+        couchdb.remove_token(new, now=following)
+
+        async def refused():
+            return not await tokens.user_token_is_valid(USER, new)
+
+        await until(refused, "the logout in the next database heard", timeout=1.5)
+    finally:
+        tokens.stop()

@@ -32,7 +32,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
@@ -93,18 +94,41 @@ class _Remembered:
     confirmed: float
 
 
+class _Body(Protocol):
+    """A whole (small) response body: ``done`` fires with its bytes."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        # Cancelled (a timeout): drop the connection, not only the wait.
+        self.done: Deferred[bytes] = Deferred(lambda _: self._cut())
+
+    def _cut(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        self._parts.append(data)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self._parts))
+        else:
+            self.done.errback(reason)
+
+
 class _ChangesLines(Protocol):
     """The body of a continuous ``_changes`` feed: one JSON object a line,
     empty lines for heartbeats. ``done`` fires when the body ends."""
 
-    def __init__(self, changed: Callable[[str], None], heard: Callable[[], None]) -> None:
+    def __init__(self, changed: Callable[[str], None], clock: Any) -> None:
         self._changed = changed
-        self._heard = heard
+        self._clock = clock
         self._pending = b""
+        self.last_heard = clock.seconds()
         self.done: Deferred[None] = Deferred()
 
     def dataReceived(self, data: bytes) -> None:
-        self._heard()
+        self.last_heard = self._clock.seconds()
         *lines, self._pending = (self._pending + data).split(b"\n")
         for line in lines:
             if line.strip():
@@ -213,9 +237,9 @@ class CouchDBTokens:
             )
             request.addTimeout(settings.COUCHDB_TIMEOUT, self._reactor)
             response = await request
-            body = readBody(response)
-            body.addTimeout(settings.COUCHDB_TIMEOUT, self._reactor)
-            content = await body
+            body = _Body()
+            response.deliverBody(body)
+            content = await body.done.addTimeout(settings.COUCHDB_TIMEOUT, self._reactor)
         except Exception as error:
             raise TokenStoreUnavailable(f"the provider's CouchDB did not answer: {error}") from None
         if response.code == 404:  # no such token, or no database for this period yet
@@ -256,9 +280,7 @@ class CouchDBTokens:
                     first.callback(None)
                 continue
             delay = 0.0
-            if not first.called:
-                first.callback(None)
-            await self._read_feed(database, response)
+            await self._read_feed(database, response, first)
 
     async def _open_feed(self, database: str) -> IResponse:
         query = f"feed=continuous&since=now&heartbeat={int(settings.COUCHDB_HEARTBEAT * 1000)}"
@@ -272,16 +294,13 @@ class CouchDBTokens:
             raise TokenStoreUnavailable(f"its _changes feed answered {response.code}")
         return response
 
-    async def _read_feed(self, database: str, response: IResponse) -> None:
+    async def _read_feed(self, database: str, response: IResponse, first: Deferred[None]) -> None:
         """Remember answers while the feed is read: until it ends, falls
         silent for three heartbeats, or the period turns."""
-        last_heard = [self._reactor.seconds()]
-        feed = _ChangesLines(
-            self._changed, lambda: last_heard.__setitem__(0, self._reactor.seconds())
-        )
+        feed = _ChangesLines(self._changed, self._reactor)
 
         def check() -> None:
-            silent = self._reactor.seconds() - last_heard[0]
+            silent = self._reactor.seconds() - feed.last_heard
             if silent > 3 * settings.COUCHDB_HEARTBEAT or database_name(self._now()) != database:
                 feed.cut()
 
@@ -290,6 +309,8 @@ class CouchDBTokens:
         self._forget_all()  # what changed before the feed began was not heard
         self._following = database
         _log.info("following {database}'s changes on the provider's CouchDB", database=database)
+        if not first.called:
+            first.callback(None)
         watchdog = task.LoopingCall(check)
         watchdog.clock = self._reactor
         watchdog.start(settings.COUCHDB_HEARTBEAT / 2, now=False)
