@@ -97,10 +97,13 @@ def settings_of(options: Any) -> Iterator[tuple[str, Any, Any]]:
             yield declared.name, value, declared.default
 
 
-def command_line(options: ServeOptions) -> list[str]:
-    """The arguments of ``pgblobs serve`` that give back ``options``."""
+def command_line(options: ServeOptions, omit: frozenset[str] = frozenset()) -> list[str]:
+    """The arguments of ``pgblobs serve`` that give back ``options``, but
+    for the fields named in ``omit``."""
     arguments = []
     for name, value, default in settings_of(options):
+        if name in omit:
+            continue
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             arguments += [flag] if value else []
@@ -372,13 +375,15 @@ async def _supervise(
     }
     for port in ports["public"] + ports["services"]:
         port.stopReading()
-    # The DSN may hold a password: the workers read it from their environment
-    # (PGBLOBS_DSN, which --dsn defaults to), where other users cannot see it.
+    # The DSN and a CouchDB URL may hold passwords: the workers read them
+    # from their environment (PGBLOBS_DSN and PGBLOBS_USER_TOKENS, which
+    # --dsn and --user-tokens default to), where other users cannot see them.
     # Their command line says every other option: no configuration file.
-    shown = command_line(replace(options, dsn=None))
+    shown = command_line(replace(options, dsn=None), omit=frozenset({"user_tokens"}))
     command = [sys.executable, "-m", "pgblobs.cli", "serve", *shown]
     environment = {k: v for k, v in os.environ.items() if k != settings.CONFIG_VARIABLE}
     environment[settings.DSN_VARIABLE] = options.dsn or ""
+    environment[settings.USER_TOKENS_VARIABLE] = options.user_tokens
     supervisor = Supervisor(reactor, command, ports, count, READY, environment)
     reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: supervisor.stop(options.drain_seconds)

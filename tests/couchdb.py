@@ -7,6 +7,7 @@ them: ``{"_id": sha512hex(token), "type": "Token", "user_id": user}`` in
 ``tokens_N``.
 """
 
+import base64
 import json
 import secrets
 import signal
@@ -25,15 +26,28 @@ POUCHDB_SERVER = (
 )
 
 
+ADMIN, PASSWORD = "soledad", "a-couch-secret"
+
+
 class PouchDB:
-    """pouchdb-server in ``directory`` (its config and log files go there)."""
+    """pouchdb-server in ``directory`` (its config and log files go there),
+    with an admin, as a provider's CouchDB has: ``url`` carries its
+    credentials, as --user-tokens couchdb:URL does."""
 
     def __init__(self, directory):
         self.directory = directory
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{ADMIN}:{PASSWORD}@127.0.0.1:{self.port}"
+        self._base = f"http://127.0.0.1:{self.port}"
         self.process = None
+        self._authorization = None  # an admin party, until the admin is made
         self.start()
+        # Kept in the directory's config.json: the admin stays across restarts.
+        status, answer = self._call("PUT", f"/_config/admins/{ADMIN}", PASSWORD)
+        assert status == 200, answer
+        credentials = base64.b64encode(f"{ADMIN}:{PASSWORD}".encode()).decode()
+        self._authorization = f"Basic {credentials}"
+        assert self._call("GET", "/tokens_0")[0] == 404  # not 401: the credentials work
 
     def start(self):
         """Start it (again, on the same port: in memory, so empty)."""
@@ -52,14 +66,17 @@ class PouchDB:
     def _answers(self):
         assert self.process.poll() is None, "pouchdb-server exited"
         try:
-            return self._call("GET", "/")[0] == 200
+            self._call("GET", "/")
+            return True  # any answer
         except URLError:
             return False
 
     def _call(self, method, path, document=None):
         data = None if document is None else json.dumps(document).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method)
+        request = urllib.request.Request(self._base + path, data=data, method=method)
         request.add_header("Content-Type", "application/json")
+        if self._authorization is not None:
+            request.add_header("Authorization", self._authorization)
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, json.loads(response.read())
@@ -82,6 +99,16 @@ class PouchDB:
         )
         assert status == 201, answer
         return token
+
+    def lookups(self, token, now=None):
+        """How many times the token's document has been read, by the log
+        (log.txt), once a request made now is in it: all before it are."""
+        marker = f"/marker-{secrets.token_hex(8)}"
+        self._call("GET", marker)
+        log = Path(self.directory) / "log.txt"
+        wait_until(lambda: f"GET {marker} " in log.read_text(), "the log written")
+        path = f"/{database_name(time.time() if now is None else now)}/{document_id(token)}"
+        return sum(f"GET {path} " in line for line in log.read_text().splitlines())
 
     def remove_token(self, token, now=None):
         """Delete the token's document, as a logout does."""

@@ -4,17 +4,20 @@ real `pgblobs serve` processes."""
 
 import time
 import urllib.request
+from pathlib import Path
 from urllib.error import HTTPError
 
 import pytest
 from twisted.internet import reactor
 
+from pgblobs.settings import USER_TOKENS_VARIABLE
 from pgblobs.tokens.couchdb import PERIOD_SECONDS, CouchDBAddress, CouchDBTokens, database_name
-from tests.couchdb import PouchDB
+from tests.couchdb import PASSWORD, PouchDB
 from tests.helpers import pgblobs_cli, token_header, until, wait_until
 from tests.processes import ServeProcess
 
 USER = "alice"
+FOLLOWING = "following tokens_"  # what a node logs when it follows a feed
 
 
 @pytest.fixture
@@ -31,9 +34,11 @@ def nodes(dsn, couchdb):
     started = []
     couchdb.create_database()  # as a provider's has, before pgblobs starts
 
-    def start():
-        node = ServeProcess("--dsn", dsn, "--user-tokens", f"couchdb:{couchdb.url}")
+    def start(*more):
+        node = ServeProcess("--dsn", dsn, "--user-tokens", f"couchdb:{couchdb.url}", *more)
         started.append(node)
+        # Serving once it follows the feed (or failed to, once): here it must have.
+        assert any(FOLLOWING in line for line in node.errors), "".join(node.errors)
         return node
 
     yield start
@@ -72,11 +77,13 @@ def test_a_token_from_couchdb_is_checked_as_soledad_checks_it(nodes, couchdb, ds
 
 
 def test_a_logout_is_refused_on_two_nodes_within_a_second(nodes, couchdb):
+    token = couchdb.add_token(USER)  # before: its creation is no change a node hears
     first, second = nodes(), nodes()
-    token = couchdb.add_token(USER)
+    assert [status(first, token), status(second, token)] == [200, 200]
+    assert couchdb.lookups(token) == 2
     # Remembered by both (for --token-cache-seconds, 30 s, unless CouchDB says otherwise).
     assert [status(first, token), status(second, token)] == [200, 200]
-    assert [status(first, token), status(second, token)] == [200, 200]
+    assert couchdb.lookups(token) == 2
     couchdb.remove_token(token)
     started = time.monotonic()
     wait_until(
@@ -88,27 +95,46 @@ def test_a_logout_is_refused_on_two_nodes_within_a_second(nodes, couchdb):
 
 
 def test_couchdb_down_then_back(nodes, couchdb):
-    node = nodes()
     remembered = couchdb.add_token(USER)
     unknown = couchdb.add_token(USER)
+    node = nodes()
     assert status(node, remembered) == 200
     couchdb.stop()
     # Remembered: still served for the rest of its time.
-    assert status(node, remembered) == 200
+    assert status(node, remembered) == 200, "".join(node.errors)
     code, headers = answer(node, unknown)
     assert code == 503
     assert headers["Retry-After"] == "2"
-    followed = sum("following tokens_" in line for line in node.errors)
+    followed = sum(FOLLOWING in line for line in node.errors)
     couchdb.start()  # in memory: empty, as after a restore; the web application writes again
     again = couchdb.add_token(USER)
     wait_until(lambda: status(node, again) == 200, "a token served after CouchDB came back")
     wait_until(
-        lambda: sum("following tokens_" in line for line in node.errors) > followed,
+        lambda: sum(FOLLOWING in line for line in node.errors) > followed,
         "the feed followed again",
     )
     assert status(node, again) == 200  # remembered again, with the feed followed
     couchdb.remove_token(again)
     wait_until(lambda: status(node, again) == 401, "the logout heard again", timeout=1.5)
+
+
+def test_workers_check_couchdb_tokens_with_its_password_on_no_command_line(dsn, couchdb):
+    """$PGBLOBS_USER_TOKENS (e.g. from systemd's EnvironmentFile) gives
+    --user-tokens, and a supervisor hands it to its workers so too."""
+    couchdb.create_database()
+    node = ServeProcess(
+        "--dsn", dsn, "--workers", "2", env={USER_TOKENS_VARIABLE: f"couchdb:{couchdb.url}"}
+    )
+    try:
+        token = couchdb.add_token(USER)
+        assert [status(node, token) for _ in range(4)] == [200] * 4
+        supervisor = node.process.pid
+        children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+        assert len(children) == 2
+        for pid in [supervisor, *children]:
+            assert PASSWORD.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    finally:
+        assert node.stop() == 0
 
 
 def test_user_tokens_accepts_only_pgblobs_or_a_couchdb_url():

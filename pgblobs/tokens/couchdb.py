@@ -165,9 +165,12 @@ class CouchDBTokens:
         self._remembered: dict[str, _Remembered] = {}
         # The database whose feed is followed now, or None.
         self._following: str | None = None
-        # Bumped whenever something may have changed unheard, so an answer
-        # read before it is not remembered after it.
-        self._changes = 0
+        # Bumped whenever everything may have changed unheard, and the ids
+        # changed while a lookup of theirs was in flight (with how many are):
+        # an answer read before a change is not remembered after it.
+        self._epoch = 0
+        self._asking: dict[str, int] = {}
+        self._touched: set[str] = set()
         self._running = False
         self._feed: _ChangesLines | None = None
         self._follower: Deferred[None] | None = None
@@ -201,12 +204,13 @@ class CouchDBTokens:
         self._pool.closeCachedConnections()
 
     def _forget_all(self) -> None:
-        self._changes += 1
+        self._epoch += 1
         self._remembered.clear()
 
     def _changed(self, changed_id: str) -> None:
-        self._changes += 1
         self._remembered.pop(changed_id, None)
+        if changed_id in self._asking:
+            self._touched.add(changed_id)
 
     async def user_token_is_valid(self, user: str, token: str) -> bool:
         user_id = names.user_name(user).encode("utf-8")
@@ -219,12 +223,20 @@ class CouchDBTokens:
             and asked - remembered.confirmed < self._cache_seconds
         ):
             return hmac.compare_digest(remembered.user_id, user_id)
-        changes = self._changes
-        owner = await self._owner(database, key)
+        epoch = self._epoch
+        self._asking[key] = self._asking.get(key, 0) + 1
+        try:
+            owner = await self._owner(database, key)
+        finally:
+            touched = key in self._touched
+            self._asking[key] -= 1
+            if not self._asking[key]:
+                del self._asking[key]
+                self._touched.discard(key)
         if owner is None:
             self._remembered.pop(key, None)
             return False
-        if self._following == database and changes == self._changes:
+        if self._following == database and epoch == self._epoch and not touched:
             self._remembered[key] = _Remembered(database, owner, asked)
         return hmac.compare_digest(owner, user_id)
 
@@ -320,6 +332,5 @@ class CouchDBTokens:
             watchdog.stop()
             self._following = None
             self._feed = None
-            self._changes += 1
         if self._running:
             _log.warn("stopped following {database}'s changes; following again", database=database)
