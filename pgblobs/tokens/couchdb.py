@@ -94,17 +94,22 @@ class _Remembered:
     confirmed: float
 
 
-class _Body(Protocol):
+class _BodyReader(Protocol):
+    """A response body's protocol, which may drop its connection."""
+
+    def cut(self) -> None:
+        # Agent gives a body's protocol a producer as its transport.
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+
+class _Body(_BodyReader):
     """A whole (small) response body: ``done`` fires with its bytes."""
 
     def __init__(self) -> None:
         self._parts: list[bytes] = []
         # Cancelled (a timeout): drop the connection, not only the wait.
-        self.done: Deferred[bytes] = Deferred(lambda _: self._cut())
-
-    def _cut(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()  # type: ignore[attr-defined]
+        self.done: Deferred[bytes] = Deferred(lambda _: self.cut())
 
     def dataReceived(self, data: bytes) -> None:
         self._parts.append(data)
@@ -116,7 +121,7 @@ class _Body(Protocol):
             self.done.errback(reason)
 
 
-class _ChangesLines(Protocol):
+class _ChangesLines(_BodyReader):
     """The body of a continuous ``_changes`` feed: one JSON object a line,
     empty lines for heartbeats. ``done`` fires when the body ends."""
 
@@ -131,18 +136,19 @@ class _ChangesLines(Protocol):
         self.last_heard = self._clock.seconds()
         *lines, self._pending = (self._pending + data).split(b"\n")
         for line in lines:
-            if line.strip():
-                change = json.loads(line)
-                if "id" in change:
-                    self._changed(change["id"])
+            if not line.strip():
+                continue
+            try:
+                changed_id = json.loads(line).get("id")
+            except (ValueError, AttributeError):
+                _log.warn("not a change in the _changes feed: {line!r}", line=line[:200])
+                self.cut()  # followed again, everything remembered forgotten
+                return
+            if isinstance(changed_id, str):
+                self._changed(changed_id)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         self.done.callback(None)
-
-    def cut(self) -> None:
-        # Agent gives a body's protocol a producer as its transport.
-        if self.transport is not None:
-            self.transport.stopProducing()  # type: ignore[attr-defined]
 
 
 class CouchDBTokens:
@@ -261,9 +267,12 @@ class CouchDBTokens:
                 "the provider's CouchDB answered a token lookup with {code}", code=response.code
             )
             raise TokenStoreUnavailable(f"the provider's CouchDB answered {response.code}")
-        document = json.loads(content)
-        user_id = document.get("user_id")
-        if document.get("type") != "Token" or not isinstance(user_id, str):
+        try:
+            document = json.loads(content)
+            user_id, kind = document.get("user_id"), document.get("type")
+        except (ValueError, AttributeError):
+            raise TokenStoreUnavailable("the provider's CouchDB answered no JSON object") from None
+        if kind != "Token" or not isinstance(user_id, str):
             return None
         return user_id.encode("utf-8")
 
@@ -318,6 +327,8 @@ class CouchDBTokens:
 
         self._feed = feed
         response.deliverBody(feed)
+        if not self._running:  # stopped while the feed was being opened
+            feed.cut()
         self._forget_all()  # what changed before the feed began was not heard
         self._following = database
         _log.info("following {database}'s changes on the provider's CouchDB", database=database)
