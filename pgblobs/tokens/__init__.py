@@ -3,7 +3,8 @@
 - ``stored``: pgblobs' own tables (``pgblobs token`` and ``pgblobs
   service-token``), remembered per node and forgotten on NOTIFY.
 - ``couchdb``: the users' tokens a LEAP provider's web application keeps in
-  CouchDB, checked as Soledad's server checks them (``--user-tokens couchdb:URL``).
+  CouchDB, checked as Soledad's server checks them (``--user-tokens couchdb:URL``);
+  ``couchdb_http``: its address, and readers of its answers.
 - ``services_file``: Soledad's services tokens file (``--services-tokens-file``).
 
 ``serve`` picks a ``UserTokenSource`` without knowing its insides.
