@@ -110,6 +110,14 @@ class PouchDB:
         path = f"/{database_name(time.time() if now is None else now)}/{document_id(token)}"
         return sum(f"GET {path} " in line for line in log.read_text().splitlines())
 
+    def change_token(self, token, now=None, **fields):
+        """Change fields of the token's document (its ``type``, its ``user_id``)."""
+        path = f"/{database_name(time.time() if now is None else now)}/{document_id(token)}"
+        status, document = self._call("GET", path)
+        assert status == 200, document
+        status, answer = self._call("PUT", path, dict(document, **fields))
+        assert status == 201, answer
+
     def remove_token(self, token, now=None):
         """Delete the token's document, as a logout does."""
         path = f"/{database_name(time.time() if now is None else now)}/{document_id(token)}"

@@ -94,6 +94,18 @@ def test_a_logout_is_refused_on_two_nodes_within_a_second(nodes, couchdb):
     assert time.monotonic() - started < 1.5
 
 
+def test_a_changed_document_is_heard_too(nodes, couchdb):
+    expiring, moved = couchdb.add_token(USER), couchdb.add_token(USER)
+    node = nodes()
+    assert [status(node, expiring), status(node, moved)] * 2 == [200, 200] * 2
+    assert [couchdb.lookups(expiring), couchdb.lookups(moved)] == [1, 1]  # remembered
+    couchdb.change_token(expiring, type="Expired")
+    couchdb.change_token(moved, user_id="bob")
+    wait_until(lambda: status(node, expiring) == 401, "the expired token refused", timeout=1.5)
+    wait_until(lambda: status(node, moved) == 401, "alice's token, now bob's, refused", timeout=1.5)
+    assert status(node, moved, user="bob", path_user="bob") == 200
+
+
 def test_couchdb_down_then_back(nodes, couchdb):
     remembered = couchdb.add_token(USER)
     unknown = couchdb.add_token(USER)

@@ -215,8 +215,10 @@ def configure_parser(commands: Subcommands) -> None:
         help="where users' tokens are checked: 'pgblobs' (its own table, `pgblobs token`), or "
         "'couchdb:URL' (e.g. couchdb:http://user:password@127.0.0.1:5984), a LEAP provider's "
         "CouchDB as Soledad's server reads it (the document sha512(token) of tokens_N, "
-        "N = unix time / 2592000), where pgblobs' own table is not consulted; while CouchDB "
-        "cannot be reached, tokens not remembered get 503 (default: "
+        "N = unix time / 2592000), where pgblobs' own table is not consulted; a valid answer is "
+        "remembered for --token-cache-seconds, and forgotten within a second of a change "
+        "to its document (the _changes feed); while CouchDB cannot be reached, tokens not "
+        "remembered get 503 (default: "
         f"${settings.USER_TOKENS_VARIABLE}, else {settings.USER_TOKENS})",
     )
     parser.add_argument(
