@@ -2,10 +2,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
+# pouchdb-server (a CouchDB-compatible server, in memory) for the tests of
+# --user-tokens couchdb:URL, installed in the repository, never globally.
+NODE_PREFIX := .node
+POUCHDB_STAMP := $(NODE_PREFIX)/.installed
 
 .PHONY: setup postgresql strace systemd-analyze lint test test-fast run soak bench drill clean
 
-setup: $(STAMP) postgresql strace systemd-analyze
+setup: $(STAMP) $(POUCHDB_STAMP) postgresql strace systemd-analyze
 
 # Reinstall whenever the dependency list changes.
 $(STAMP): pyproject.toml
@@ -13,6 +17,10 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -e '.[test]'
 	touch $(STAMP)
+
+$(POUCHDB_STAMP):
+	npm install --no-audit --no-fund --prefix $(NODE_PREFIX) pouchdb-server@4.2.0
+	touch $(POUCHDB_STAMP)
 
 # Debian's PostgreSQL, only when no initdb can be found (we run as root here).
 postgresql:
@@ -80,4 +88,4 @@ soak: setup
 	$(PY) -m tests.soak --minutes 3
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(NODE_PREFIX) build *.egg-info

@@ -56,3 +56,14 @@ class UpgradeRefused(BlobsError):
 
 class TransferStopped(BlobsError):
     """The other side of a transfer went away before its end."""
+
+
+class TokenStoreUnavailable(BlobsError):
+    """The store a token must be checked against (the provider's CouchDB)
+    cannot answer now, and the token is not one this node remembers; trying
+    again shortly may succeed."""
+
+
+class ServicesTokensFileInvalid(BlobsError):
+    """A services tokens file that cannot be read, or a line of it that is
+    not ``service:token``."""

@@ -28,7 +28,9 @@ from pgblobs.db.connector import Database
 from pgblobs.db.sync import SyncConnection
 from pgblobs.ops import capacity
 from pgblobs.systemd import SYSTEMD_PREFIX, Notifier, SocketNotPassed
-from pgblobs.tokens import KnownTokens
+from pgblobs.tokens import KnownTokens, UserTokenSource, user_token_source
+from pgblobs.tokens.services_file import ServicesTokensFile, either
+from pgblobs.web.auth import TokenCheck
 from pgblobs.web.metrics import SiteMetrics
 from pgblobs.web.site import Limits, build_services_site, build_site
 from pgblobs.workers import Heartbeat, Supervisor, WorkerSpec
@@ -77,6 +79,8 @@ class ServeOptions:
     limits: Limits = field(default_factory=Limits)
     drain_seconds: float = settings.DRAIN_SECONDS
     token_cache_seconds: float = settings.TOKEN_CACHE_SECONDS
+    user_tokens: str = settings.USER_TOKENS
+    services_tokens_file: str | None = None
     workers: int = settings.WORKERS
     log_format: str = settings.LOG_FORMAT
     access_log: bool = False
@@ -93,10 +97,13 @@ def settings_of(options: Any) -> Iterator[tuple[str, Any, Any]]:
             yield declared.name, value, declared.default
 
 
-def command_line(options: ServeOptions) -> list[str]:
-    """The arguments of ``pgblobs serve`` that give back ``options``."""
+def command_line(options: ServeOptions, omit: frozenset[str] = frozenset()) -> list[str]:
+    """The arguments of ``pgblobs serve`` that give back ``options``, but
+    for the fields named in ``omit``."""
     arguments = []
     for name, value, default in settings_of(options):
+        if name in omit:
+            continue
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             arguments += [flag] if value else []
@@ -205,7 +212,7 @@ async def _drain(
     sites: list[Any],
     ports: list[Any],
     backend: PostgresBlobsBackend,
-    tokens: KnownTokens,
+    tokens: list[UserTokenSource],
     grace: float,
 ) -> None:
     """Stop accepting, let requests in flight finish (at most ``grace``
@@ -221,7 +228,8 @@ async def _drain(
         waited += 0.1
     if unfinished():
         _log.warn("stopping with {count} requests unfinished", count=unfinished())
-    tokens.stop()
+    for source in tokens:
+        source.stop()
     await backend.close()
 
 
@@ -285,16 +293,24 @@ async def _serve_here(
         database, fallback=backend.reading.reader, cache_seconds=options.token_cache_seconds
     )
     await tokens.start()
+    users = user_token_source(reactor, options.user_tokens, tokens, options.token_cache_seconds)
+    if users is not tokens:
+        await users.start()
+    services_check: TokenCheck = tokens.service_token_is_valid
+    if options.services_tokens_file is not None:
+        services_file = ServicesTokensFile(options.services_tokens_file)
+        reloading.on_reload(services_file.reload)
+        services_check = either(services_file, tokens.service_token_is_valid)
     shared: _SiteOptions = {
         "health": database.ping,
         "limits": options.limits,
         "access_log": options.access_log,
     }
-    site = build_site(backend, tokens.user_token_is_valid, pool_usage=database.usage, **shared)
+    site = build_site(backend, users.user_token_is_valid, pool_usage=database.usage, **shared)
     sites = {"public": site}
     if options.services_listen:
         sites["services"] = build_services_site(
-            backend, tokens.service_token_is_valid, metrics=site.metrics, **shared
+            backend, services_check, metrics=site.metrics, **shared
         )
     if inherited is None:
         ports = {
@@ -320,7 +336,12 @@ async def _serve_here(
         "shutdown",
         lambda: defer.ensureDeferred(
             _drain(
-                reactor, list(sites.values()), every_port, backend, tokens, options.drain_seconds
+                reactor,
+                list(sites.values()),
+                every_port,
+                backend,
+                [tokens, users] if users is not tokens else [tokens],
+                options.drain_seconds,
             )
         ),
     )
@@ -354,13 +375,15 @@ async def _supervise(
     }
     for port in ports["public"] + ports["services"]:
         port.stopReading()
-    # The DSN may hold a password: the workers read it from their environment
-    # (PGBLOBS_DSN, which --dsn defaults to), where other users cannot see it.
+    # The DSN and a CouchDB URL may hold passwords: the workers read them
+    # from their environment (PGBLOBS_DSN and PGBLOBS_USER_TOKENS, which
+    # --dsn and --user-tokens default to), where other users cannot see them.
     # Their command line says every other option: no configuration file.
-    shown = command_line(replace(options, dsn=None))
+    shown = command_line(replace(options, dsn=None), omit=frozenset({"user_tokens"}))
     command = [sys.executable, "-m", "pgblobs.cli", "serve", *shown]
     environment = {k: v for k, v in os.environ.items() if k != settings.CONFIG_VARIABLE}
     environment[settings.DSN_VARIABLE] = options.dsn or ""
+    environment[settings.USER_TOKENS_VARIABLE] = options.user_tokens
     supervisor = Supervisor(reactor, command, ports, count, READY, environment)
     reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: supervisor.stop(options.drain_seconds)

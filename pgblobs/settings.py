@@ -30,6 +30,17 @@ KEEPALIVES_COUNT = 3
 TCP_USER_TIMEOUT = 10  # seconds sent data may go unacknowledged
 # Seconds a node remembers a valid token after the database last confirmed it.
 TOKEN_CACHE_SECONDS = 30.0
+# Where users' tokens are checked: "pgblobs" (its own table) or "couchdb:URL";
+# --user-tokens defaults to $PGBLOBS_USER_TOKENS, else "pgblobs".
+USER_TOKENS_VARIABLE = "PGBLOBS_USER_TOKENS"
+USER_TOKENS = "pgblobs"
+# The provider's CouchDB (--user-tokens couchdb:URL): seconds a token lookup
+# (or a connection) may take before the request gets 503, seconds between
+# the heartbeats of its _changes feed (a feed silent for three is dropped and
+# followed again), and the most seconds between attempts to follow it again.
+COUCHDB_TIMEOUT = 5.0
+COUCHDB_HEARTBEAT = 1.0
+COUCHDB_RETRY_MAX = 5.0
 MAX_BUFFERED_BYTES = 64 * 1024 * 1024  # small upload bodies held in memory at once, until committed
 DATA_DIR = ".pgblobs"  # the embedded PostgreSQL and its development tokens
 DRAIN_SECONDS = 30.0  # on SIGTERM, how long requests in flight may take
@@ -44,6 +55,12 @@ LISTING_PAGE = 10_000
 def dsn_from_environment() -> str | None:
     """The DSN set in the environment, or None."""
     return os.environ.get(DSN_VARIABLE) or None
+
+
+def user_tokens() -> str:
+    """The default of --user-tokens: a CouchDB URL's password may come from the
+    environment (a systemd EnvironmentFile), as the DSN's does."""
+    return os.environ.get(USER_TOKENS_VARIABLE) or USER_TOKENS
 
 
 def max_transfers_per_user(pool_size: int) -> int:

@@ -45,6 +45,8 @@ SAMPLE = ServeOptions(
     ),
     drain_seconds=0.5,
     token_cache_seconds=0.0,
+    user_tokens="couchdb:http://soledad:secret@127.0.0.1:5984",
+    services_tokens_file="/etc/soledad/services.tokens",
     workers=3,
     log_format="json",
     access_log=True,

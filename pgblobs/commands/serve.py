@@ -27,6 +27,8 @@ from pgblobs.commands.common import (
     positive_float,
     react,
 )
+from pgblobs.errors import ServicesTokensFileInvalid
+from pgblobs.tokens import couchdb, services_file
 from pgblobs.web.site import Limits
 
 
@@ -43,6 +45,21 @@ def _blob_size_limit(text: str) -> int:
             f"at most {Limits.max_blob_bytes}: a stream download gives sizes in 8 hex digits"
         )
     return value
+
+
+def _user_token_source(text: str) -> str:
+    """``pgblobs``, or ``couchdb:`` and the URL of the provider's CouchDB."""
+    if text == settings.USER_TOKENS:
+        return text
+    if text.startswith(couchdb.PREFIX):
+        try:
+            couchdb.CouchDBAddress.parse(text.removeprefix(couchdb.PREFIX))
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"{error}; expected couchdb:http[s]://...") from None
+        return text
+    raise argparse.ArgumentTypeError(
+        "expected 'pgblobs' or 'couchdb:URL', e.g. couchdb:http://user:password@127.0.0.1:5984"
+    )
 
 
 # `pgblobs serve`'s sizes and times: (option, type, default, help).
@@ -62,9 +79,11 @@ _SERVE_LIMITS: list[tuple[str, Callable[[str], Any], Any, str]] = [
      f"{settings.STATEMENT_DEADLINE_MARGIN:g} s later (a silent link) fails with 503 and its "
      "connection is replaced; 0: no limit (default: %(default)s)"),
     ("--token-cache-seconds", non_negative_seconds, settings.TOKEN_CACHE_SECONDS,
-     "seconds a node may remember a valid token after the database last confirmed it "
-     "(revocations are heard at once through LISTEN, and a silent listener is noticed within "
-     "seconds; this bounds the rest); 0: ask every time (default: %(default)s)"),
+     "seconds a node may remember a valid token after the database (or, with --user-tokens "
+     "couchdb:URL, the provider's CouchDB) last confirmed it (revocations are heard at once "
+     "through LISTEN or CouchDB's _changes feed, and a silent one is noticed within "
+     "seconds; this bounds the rest, and is how long remembered tokens keep working while "
+     "CouchDB is down); 0: ask every time (default: %(default)s)"),
     ("--max-transfers-per-user", positive, None,
      "large reads and writes one user may run at once; more wait their turn, so one "
      "user's stalled transfers never hold every content connection (default: half of "
@@ -139,6 +158,11 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.worker is not None:
         workers.exit_with_supervisor(args.worker.supervisor)
     options = serve_options(args)
+    if options.services_tokens_file is not None:
+        try:  # a bad file stops the start here, before anything listens
+            services_file.read(options.services_tokens_file)
+        except ServicesTokensFileInvalid as error:
+            parser.exit(2, f"pgblobs serve: {error}\n")
     serve.start_logging(options.log_format)
     from twisted.internet import reactor
 
@@ -182,6 +206,27 @@ def configure_parser(commands: Subcommands) -> None:
         help="a streaming replica that may answer reads (GET, HEAD, listings, counts, flags, "
         "stream downloads) while it is close behind; writes always go to the primary "
         "(repeatable)",
+    )
+    parser.add_argument(
+        "--user-tokens",
+        type=_user_token_source,
+        default=settings.user_tokens(),
+        metavar="SOURCE",
+        help="where users' tokens are checked: 'pgblobs' (its own table, `pgblobs token`), or "
+        "'couchdb:URL' (e.g. couchdb:http://user:password@127.0.0.1:5984), a LEAP provider's "
+        "CouchDB as Soledad's server reads it (the document sha512(token) of tokens_N, "
+        "N = unix time / 2592000), where pgblobs' own table is not consulted; a valid answer is "
+        "remembered for --token-cache-seconds, and forgotten within a second of a change "
+        "to its document (the _changes feed); while CouchDB cannot be reached, tokens not "
+        "remembered get 503 (default: "
+        f"${settings.USER_TOKENS_VARIABLE}, else {settings.USER_TOKENS})",
+    )
+    parser.add_argument(
+        "--services-tokens-file",
+        metavar="PATH",
+        help="Soledad's services tokens file (e.g. /etc/soledad/services.tokens: a "
+        "service:token a line, # comments), re-read on SIGHUP by every worker; a service "
+        "token is valid if it is in this file or made by `pgblobs service-token`",
     )
     for flag, kind, default, help_text in _SERVE_LIMITS:
         parser.add_argument(flag, type=kind, default=default, help=help_text)

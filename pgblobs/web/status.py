@@ -13,6 +13,7 @@ from pgblobs.errors import (
     InvalidFlag,
     InvalidName,
     QuotaExceeded,
+    TokenStoreUnavailable,
     TransferStopped,
 )
 
@@ -91,9 +92,11 @@ STATUS = {
     TooManyIds: 413,
     RangeNotSatisfiable: 416,
     DatabaseUnavailable: 503,
+    TokenStoreUnavailable: 503,
 }
 
-RETRY_AFTER_SECONDS = 2  # sent with 503: a restarting database is back in seconds
+# Sent with 503: a restarting database (or the provider's CouchDB) is back in seconds.
+RETRY_AFTER_SECONDS = 2
 
 
 def status_of(error: BaseException | None) -> int | None:
