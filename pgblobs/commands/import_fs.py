@@ -20,31 +20,19 @@ def _import_fs(args: argparse.Namespace) -> None:
     finally:
         for connection in connections:
             connection.close()
-    for path, reason in report.kept:
-        print(f"kept pgblobs' copy of {path}: {reason}")
-    verb = "would import (a dry run: nothing changed)" if args.dry_run else "imported"
+    for path, reason in report.skipped:
+        print(f"skipped {path}: {reason}")
+    verb = "would import" if args.dry_run else "imported"
     conclude(
-        f"{verb} {report.imported} blob(s) ({output.human_size(report.bytes)} read) and "
-        f"{report.tombstones} tombstone(s); replaced {report.replaced}; "
-        f"tombstoned {report.deleted}; flags updated {report.reflagged}; "
-        f"unchanged {report.unchanged}; kept {len(report.kept)}; failed {len(report.failed)}",
+        f"{verb} {report.imported} blob(s) ({output.human_size(report.bytes)}) and "
+        f"{report.tombstones} tombstone(s); skipped {len(report.skipped)}; "
+        f"failed {len(report.failed)}",
         report.failed,
     )
 
 
 def configure_parser(commands: Subcommands) -> None:
-    import_fs = commands.add_parser(
-        "import-fs",
-        help="import a Soledad filesystem blob store, or bring pgblobs level with it again",
-        description=(
-            "Import a Soledad filesystem blob store. Run again, it brings pgblobs level with "
-            "the store: blobs added since are imported, blobs deleted since become tombstones, "
-            "flags changed since are updated, comparing sizes, mtimes and flags files without "
-            "reading unchanged blobs. Where pgblobs holds a newer copy (written or deleted "
-            "through its API), that copy is kept and listed. Safe while Soledad and pgblobs "
-            "serve; run it once more after Soledad's blobs stop taking writes."
-        ),
-    )
+    import_fs = commands.add_parser("import-fs", help="import a Soledad filesystem blob store")
     import_fs.add_argument("root", help="the store's root directory")
     import_fs.add_argument("--user", help="only this user")
     import_fs.add_argument("--dry-run", action="store_true", help="report, change nothing")

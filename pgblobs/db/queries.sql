@@ -370,29 +370,13 @@ ORDER BY id LIMIT %(batch)s;
 SELECT count(*) AS blobs, coalesce(sum(size), 0) AS bytes FROM pgblobs.blobs
 WHERE deleted_at IS NULL;
 
--- name: import_states (read)
--- What pgblobs holds under each of these names (positions in the arrays, from 1), for the
--- names that have a row: the live row (NULL: none) with its size, date and flags, and
--- whether a tombstone of the name exists. Compared with a file's size, mtime and flags, it
--- tells an import what changed in the source without reading the file.
-SELECT item.position, live.id AS live_row, live.size, live.created_at, live.flags,
-       EXISTS (SELECT 1 FROM pgblobs.blobs AS t
-               WHERE t.user_id = item.user_id AND t.namespace = item.namespace
-                 AND t.blob_id = item.blob_id AND t.deleted_at IS NOT NULL) AS has_tombstone
-FROM unnest(%(users)s::text[], %(namespaces)s::text[], %(blob_ids)s::text[])
+-- name: existing_blobs (read)
+-- Which of these names (positions in the arrays, from 1) have a row already, live or tombstone.
+SELECT item.position FROM unnest(%(users)s::text[], %(namespaces)s::text[], %(blob_ids)s::text[])
      WITH ORDINALITY AS item(user_id, namespace, blob_id, position)
-LEFT JOIN LATERAL (
-    SELECT b.id, b.size, b.created_at,
-           ARRAY(SELECT f.flag FROM pgblobs.blob_flags AS f
-                 WHERE f.blob_row = b.id ORDER BY f.flag) AS flags
-    FROM pgblobs.blobs AS b
-    WHERE b.user_id = item.user_id AND b.namespace = item.namespace
-      AND b.blob_id = item.blob_id AND b.deleted_at IS NULL
-) AS live ON true
-WHERE live.id IS NOT NULL OR EXISTS (
-    SELECT 1 FROM pgblobs.blobs AS t
-    WHERE t.user_id = item.user_id AND t.namespace = item.namespace AND t.blob_id = item.blob_id)
-ORDER BY item.position;
+WHERE EXISTS (SELECT 1 FROM pgblobs.blobs AS b
+              WHERE b.user_id = item.user_id AND b.namespace = item.namespace
+                AND b.blob_id = item.blob_id);
 
 -- name: import_small_blobs
 -- Small blobs from another store, as they were (their own dates, flags joined by commas),
@@ -419,18 +403,6 @@ INSERT INTO pgblobs.blobs (user_id, namespace, blob_id, size, created_at, delete
 SELECT user_id, namespace, blob_id, 0, deleted_at, deleted_at
 FROM unnest(%(users)s::text[], %(namespaces)s::text[], %(blob_ids)s::text[],
             %(dates)s::timestamptz[]) AS i(user_id, namespace, blob_id, deleted_at);
-
--- name: import_drop_version
--- Remove the live version %(row)s of an imported blob whose source file has changed since
--- (a copy taken while Soledad was still writing it), content and flags too (the flags by
--- the foreign key's cascade), so the source's version replaces it; no row means it is no
--- longer live.
-WITH target AS (
-    SELECT id, lo_oid FROM pgblobs.blobs WHERE id = %(row)s AND deleted_at IS NULL FOR UPDATE
-), dropped AS (
-    DELETE FROM pgblobs.blobs AS b USING target WHERE b.id = target.id
-)
-SELECT lo_unlink(lo_oid) FROM target WHERE lo_oid IS NOT NULL;
 
 -- name: export_batch (read)
 -- Up to %(batch)s blob rows (live and tombstones) after the row %(after)s, in row order, of

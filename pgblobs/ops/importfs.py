@@ -4,23 +4,14 @@ The layout (PROTOCOL.md): ``{root}/{user}/{namespace}/{id[0]}/{id[0:3]}/{id[0:6]
 holds a blob, ``{that}.flags`` its flags as JSON, ``{that}.deleted`` marks a
 tombstone; a file's mtime is the blob's date.
 
-Blobs go in batches of ``BATCH``: one statement finds what pgblobs holds
-under the batch's names (live row with size, date and flags; tombstone), and
-each entry is compared with it by the file's size and mtime and its flags
-file, never its bytes, so a run over an unchanged tree reads no content and
-writes nothing. What differs is brought level with the source in one
-transaction per batch (one WAL flush for hundreds of blobs): new blobs and
-tombstones are inserted (small contents inline, large ones streamed into
-large objects), a live blob whose marker has appeared since is deleted as
-the API deletes it (``delete_blob``: tombstone, flags dropped, content
-unlinked), flags that differ from a flags file are set as the API sets
-them, and a live blob whose file is newer than its row (a copy taken while
-Soledad was still writing it) is replaced by the file. Where pgblobs is the
-newer side (a blob written or deleted through its API after the import),
-pgblobs' copy stays and the run says so. An interrupted run resumes: what
-its committed batches did now compares equal. A batch that fails (an
-unreadable file, a name changed through the API meanwhile) is rolled back
-and done again one blob at a time, so only the culprit is reported.
+Blobs go in batches of ``BATCH``: one statement finds what is already there,
+one stores the small blobs with their content inline, one the tombstones,
+and the batch commits once (one WAL flush for hundreds of blobs); large
+blobs stream into large objects inside the same transaction. Anything
+already in pgblobs is skipped, so a second run imports nothing and an
+interrupted run resumes after its last committed batch. A batch that fails
+(an unreadable file, a blob written through the API meanwhile) is rolled
+back and imported again one blob at a time, so only the culprit is reported.
 
 Only regular files and real directories are read: a symbolic link is never
 followed (found with lstat while scanning, refused by O_NOFOLLOW when
@@ -33,8 +24,7 @@ after one.
 Inside a batch's transaction the contents are written first (large ones
 into large objects), and only then the per-user lock of the batch's users is
 taken (``pgblobs.lock_users``, as every writer of blob rows does) for the
-row changes, after checking that the rows are still as compared: held for
-milliseconds, never while a large file streams.
+row inserts: held for milliseconds, never while a large file streams.
 """
 
 import datetime
@@ -79,19 +69,18 @@ class Entry:
 
 @dataclass
 class ImportReport:
-    imported: int = 0  # blobs new to pgblobs
-    tombstones: int = 0  # tombstones new to pgblobs
-    replaced: int = 0  # live blobs whose source file is newer: its content replaced them
-    deleted: int = 0  # live blobs deleted in the source since: now tombstones
-    reflagged: int = 0  # live blobs whose flags changed in the source
-    unchanged: int = 0
-    bytes: int = 0  # of the contents read (imported and replaced)
-    kept: list[tuple[Path, str]] = field(default_factory=list)  # (path, why pgblobs' stays)
+    imported: int = 0
+    tombstones: int = 0
+    bytes: int = 0
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # (path, reason)
     failed: list[tuple[Path, str]] = field(default_factory=list)  # (path, reason)
 
     def merge(self, other: "ImportReport") -> None:
-        for name, value in vars(other).items():
-            setattr(self, name, getattr(self, name) + value)
+        self.imported += other.imported
+        self.tombstones += other.tombstones
+        self.bytes += other.bytes
+        self.skipped += other.skipped
+        self.failed += other.failed
 
 
 def blob_path(root: str | os.PathLike[str], user: str, namespace: str, blob_id: str) -> Path:
@@ -166,9 +155,8 @@ def _entry(
     return Entry(path, key, tombstone, status)
 
 
-class _Raced(Exception):
-    """What pgblobs holds under a name of the batch changed while the batch
-    was read (a write through the API, most likely)."""
+class _AlreadyThere(Exception):
+    """The blob was written through the API while we imported it."""
 
 
 BATCH = 200  # blobs per transaction
@@ -180,8 +168,8 @@ def import_tree(
     only_user: str | None = None,
     dry_run: bool = False,
 ) -> ImportReport:
-    """Bring pgblobs level with the tree at ``root``, a batch at a time on
-    each of ``connections`` at once."""
+    """Import the tree at ``root``, a batch at a time on each of
+    ``connections`` at once."""
     report = ImportReport()
     entries = list(scan(root, report, only_user))
     batches = [entries[first : first + BATCH] for first in range(0, len(entries), BATCH)]
@@ -220,7 +208,7 @@ def _import_or_isolate(
     outcome = ImportReport()
     try:
         _import_batch(connection, batch, outcome, dry_run)
-    except (OSError, ValueError, psycopg2.Error, _Raced):
+    except (OSError, ValueError, psycopg2.Error, _AlreadyThere):
         outcome = ImportReport()
         for entry in batch:
             _import_alone(connection, entry, outcome, dry_run)
@@ -236,96 +224,6 @@ def _arrays(entries: Sequence[Entry], **columns: Sequence[object]) -> dict[str, 
         blob_ids=[e.key.blob_id for e in entries],
         **columns,
     )
-
-
-@dataclass(frozen=True)
-class _Held:
-    """What pgblobs holds under one name (a row of import_states)."""
-
-    live_row: int | None
-    size: int | None
-    created_at: datetime.datetime | None
-    flags: tuple[str, ...]
-    has_tombstone: bool
-
-
-def _holdings(connection: SyncConnection, entries: Sequence[Entry]) -> dict[int, _Held]:
-    """What pgblobs holds under the names of ``entries``, by position (from
-    0); a name without any row is absent."""
-    return {
-        row.position - 1: _Held(
-            row.live_row, row.size, row.created_at, tuple(row.flags or ()), row.has_tombstone
-        )
-        for row in connection.fetch("import_states", _arrays(entries))
-    }
-
-
-@dataclass
-class _Plan:
-    """What a batch does, entry by entry, decided from the files' metadata
-    and the rows' (no content is read to decide)."""
-
-    new: list[Entry] = field(default_factory=list)  # no row yet: imported as they are
-    replaced: list[tuple[Entry, int]] = field(default_factory=list)  # (entry, live row)
-    deleted: list[Entry] = field(default_factory=list)  # live here, deleted in the source
-    reflagged: list[tuple[Entry, list[str]]] = field(default_factory=list)
-    unchanged: int = 0
-    kept: list[tuple[Path, str]] = field(default_factory=list)  # (path, why pgblobs' stays)
-    flags: dict[Path, list[str] | None] = field(default_factory=dict)  # by entry.path
-
-    @property
-    def changes(self) -> bool:
-        return bool(self.new or self.replaced or self.deleted or self.reflagged)
-
-    def flags_of(self, entry: Entry) -> list[str]:
-        """The flags a blob gets when its row is written: its flags file's, or none."""
-        return self.flags.get(entry.path) or []
-
-
-NEWER_HERE = "pgblobs' copy is newer than the source's (written through the API): kept"
-DELETED_HERE = "deleted through pgblobs' API, live in the source: kept deleted"
-
-
-def _plan(batch: Sequence[Entry], held: dict[int, _Held]) -> _Plan:
-    """Compare each entry with what pgblobs holds under its name. The newer
-    side wins where they differ: a source file newer than the live row
-    replaces it (a copy taken while Soledad wrote it, most likely), a live
-    row newer than the file (an API write after the import) stays, and so
-    does a tombstone made through the API. A flags file, when there is one,
-    says what the flags are; without one the source says nothing about them."""
-    plan = _Plan()
-    for position, entry in enumerate(batch):
-        state = held.get(position)
-        if not entry.tombstone:
-            plan.flags[entry.path] = _read_flags(entry)
-        if state is None:
-            plan.new.append(entry)
-        elif entry.tombstone:
-            if state.live_row is None:
-                plan.unchanged += 1
-            elif file_date(entry.status) >= _date(state):
-                plan.deleted.append(entry)
-            else:
-                plan.kept.append((entry.path, NEWER_HERE))
-        elif state.live_row is None:
-            plan.kept.append((entry.path, DELETED_HERE))
-        elif (entry.status.st_size, file_date(entry.status)) != (state.size, state.created_at):
-            if file_date(entry.status) > _date(state):
-                plan.replaced.append((entry, state.live_row))
-            else:
-                plan.kept.append((entry.path, NEWER_HERE))
-        else:
-            flags = plan.flags[entry.path]
-            if flags is not None and tuple(flags) != state.flags:
-                plan.reflagged.append((entry, flags))
-            else:
-                plan.unchanged += 1
-    return plan
-
-
-def _date(state: _Held) -> datetime.datetime:
-    assert state.created_at is not None  # a live row has a date
-    return state.created_at
 
 
 @dataclass
@@ -344,27 +242,29 @@ class _Content:
 def _import_batch(
     connection: SyncConnection, batch: Sequence[Entry], report: ImportReport, dry_run: bool
 ) -> None:
-    held = _holdings(connection, batch)
-    # Flags files are read while planning, in a dry run too: a bad one fails
-    # its blob either way.
-    plan = _plan(batch, held)
-    written = [entry for entry in plan.new if not entry.tombstone]
-    written += [entry for entry, _ in plan.replaced]
+    present = {row.position for row in connection.fetch("existing_blobs", _arrays(batch))}
+    todo = [entry for position, entry in enumerate(batch, 1) if position not in present]
+    tombstones = [entry for entry in todo if entry.tombstone]
+    blobs = [entry for entry in todo if not entry.tombstone]
+    # Read before any content is written, and in a dry run too: a bad flags
+    # file fails its blob either way.
+    flags = [_read_flags(entry) for entry in blobs]
     sizes: list[int] = []
     if dry_run:
-        sizes = [_size(entry) for entry in written]
-    elif plan.changes:
+        sizes = [_size(entry) for entry in blobs]
+    elif todo:
         with connection.transaction():
-            contents = [_load(connection, entry, plan.flags_of(entry)) for entry in written]
-            _apply(connection, batch, held, plan, contents)
+            contents = [
+                _load(connection, entry, its_flags)
+                for entry, its_flags in zip(blobs, flags, strict=True)
+            ]
+            _insert_rows(connection, contents, tombstones)
         sizes = [content.digest.size for content in contents]
-    report.imported += len(written) - len(plan.replaced)
-    report.replaced += len(plan.replaced)
-    report.tombstones += sum(entry.tombstone for entry in plan.new)
-    report.deleted += len(plan.deleted)
-    report.reflagged += len(plan.reflagged)
-    report.unchanged += plan.unchanged
-    report.kept += plan.kept
+    for position, entry in enumerate(batch, 1):
+        if position in present:
+            report.skipped.append((entry.path, "already in pgblobs"))
+    report.tombstones += len(tombstones)
+    report.imported += len(blobs)
     report.bytes += sum(sizes)
 
 
@@ -391,27 +291,18 @@ def _load(connection: SyncConnection, entry: Entry, flags: list[str]) -> _Conten
         return _Content(entry, digest, source.date, flags, oid=large_object.oid)
 
 
-def _apply(
-    connection: SyncConnection,
-    batch: Sequence[Entry],
-    held: dict[int, _Held],
-    plan: _Plan,
-    contents: list[_Content],
+def _insert_rows(
+    connection: SyncConnection, contents: list[_Content], tombstones: list[Entry]
 ) -> None:
-    """A batch's row changes, its new contents all written, under its users'
-    lock, taken only now so that it is held for these changes alone."""
-    connection.execute("lock_users", {"users": [entry.key.user for entry in batch]})
-    # The plan was made before the lock: an API write (a delete, a flag) may
-    # have changed a name since, and acting on the old state would revive
-    # or double it. Under the lock the answer holds until the commit.
-    if _holdings(connection, batch) != held:
-        raise _Raced()
-    for _, row in plan.replaced:
-        connection.execute("import_drop_version", {"row": row})
-    for entry in plan.deleted:
-        connection.execute("delete_blob", entry.key.params())
-    for entry, flags in plan.reflagged:
-        connection.execute("set_flags", dict(entry.key.params(), flags=flags))
+    """The rows of a batch whose contents are all written, under its users'
+    lock, taken only now so that it is held for these inserts alone."""
+    entries = [content.entry for content in contents] + tombstones
+    connection.execute("lock_users", {"users": [entry.key.user for entry in entries]})
+    # The names were found free before the lock: an API write (a tombstone
+    # too) may have taken one since, and inserting over it would revive or
+    # double it. Under the lock the answer holds until the commit.
+    if connection.fetch("existing_blobs", _arrays(entries)):
+        raise _AlreadyThere()
     try:
         for content in contents:
             if content.oid is not None:
@@ -419,13 +310,12 @@ def _apply(
         small = [content for content in contents if content.data is not None]
         if small:
             _insert_small(connection, small)
-        tombstones = [entry for entry in plan.new if entry.tombstone]
         if tombstones:
             dates = [file_date(entry.status) for entry in tombstones]
             connection.execute("import_tombstones", _arrays(tombstones, dates=dates))
     except psycopg2.IntegrityError as error:
         if error.pgcode == errorcodes.UNIQUE_VIOLATION:
-            raise _Raced() from None
+            raise _AlreadyThere() from None
         raise
 
 
@@ -466,43 +356,20 @@ def _insert_large(connection: SyncConnection, content: _Content, oid: int) -> No
 def _import_alone(
     connection: SyncConnection, entry: Entry, report: ImportReport, dry_run: bool
 ) -> None:
-    """One entry in its own transaction, its failure reported as its own. A
-    blob deleted in the source since the scan (Soledad serving) is taken as
-    the tombstone its marker now says it is."""
+    """One entry in its own transaction, its failure reported as its own."""
     try:
         _import_batch(connection, [entry], report, dry_run)
-    except _Raced:
-        report.kept.append((entry.path, "changed through the API meanwhile: kept"))
-    except FileNotFoundError as error:
-        marker = _marker_since(entry)
-        if marker is None:
-            report.failed.append((entry.path, first_line(error)))
-        else:
-            _import_alone(connection, marker, report, dry_run)
+    except _AlreadyThere:
+        report.skipped.append((entry.path, "written through the API meanwhile"))
     except (OSError, ValueError, psycopg2.Error) as error:
         report.failed.append((entry.path, first_line(error)))
-
-
-def _marker_since(entry: Entry) -> Entry | None:
-    """The tombstone entry of a blob whose file is gone, if its ``.deleted``
-    marker is there now (a regular file); None otherwise."""
-    if entry.tombstone:
-        return None
-    marker = entry.path.with_name(entry.key.blob_id + DELETED)
-    try:
-        status = os.lstat(marker)
-    except FileNotFoundError:
-        return None
-    if unfit(status.st_mode) is not None:
-        return None
-    return Entry(marker, entry.key, True, status)
 
 
 _FLAGS_LIMIT = 4096  # bytes; four flags in JSON take under 60
 
 
-def _read_flags(entry: Entry) -> list[str] | None:
-    """The flags in a blob's flags file; None when it has no such file."""
+def _read_flags(entry: Entry) -> list[str]:
+    """The flags in a blob's flags file; none when it has no such file."""
     path = entry.flags_path()
     try:
         with RegularFile(path) as source:
@@ -510,7 +377,7 @@ def _read_flags(entry: Entry) -> list[str] | None:
                 raise UnfitFile(f"{source.size} bytes, too large")
             text = b"".join(source.chunks())
     except FileNotFoundError:
-        return None
+        return []
     except UnfitFile as error:
         raise UnfitFile(f"its flags file {path.name}: {error}") from None
     try:
