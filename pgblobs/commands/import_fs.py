@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import time
 from typing import TYPE_CHECKING
 
 from pgblobs.commands.common import Subcommands, conclude, database_options, dsn, positive
@@ -36,6 +37,7 @@ def _import_fs(args: argparse.Namespace) -> None:
     if not os.path.isdir(args.root):
         raise SystemExit(f"pgblobs: {args.root} is not a directory")
     connections = [SyncConnection.connect_at_head(dsn(args)) for _ in range(args.jobs)]
+    started = time.monotonic()
     try:
         report = importfs.import_tree(
             connections, args.root, only_user=args.user, dry_run=args.dry_run
@@ -45,11 +47,13 @@ def _import_fs(args: argparse.Namespace) -> None:
             connection.close()
     for path, reason in report.kept:
         print(f"kept {path}: {reason}")
-    conclude(_summary(report, args.dry_run), report.failed)
+    seconds = time.monotonic() - started
+    conclude(_summary(report, args.dry_run, seconds), report.failed)
 
 
-def _summary(report: "importfs.ImportReport", dry_run: bool) -> str:
-    """What a run did (or, in a dry run, would do), one count per kind."""
+def _summary(report: "importfs.ImportReport", dry_run: bool, seconds: float) -> str:
+    """What a run did (or, in a dry run, would do), one count per kind, and
+    how long it took."""
     from pgblobs.ops import output
 
     verb = "would import" if dry_run else "imported"
@@ -57,7 +61,8 @@ def _summary(report: "importfs.ImportReport", dry_run: bool) -> str:
         f"{verb} {report.imported} blob(s) ({output.human_size(report.bytes)}, "
         f"{report.replaced} replacing an older copy) and {report.tombstones} tombstone(s); "
         f"tombstoned {report.tombstoned}; flags updated {report.flags_updated}; "
-        f"unchanged {report.unchanged}; kept {len(report.kept)}; failed {len(report.failed)}"
+        f"unchanged {report.unchanged}; kept {len(report.kept)}; failed {len(report.failed)}; "
+        f"in {seconds:.1f} s"
     )
 
 

@@ -12,10 +12,12 @@ Every run brings pgblobs level with the tree. Entries go in batches of
 ``BATCH``: one statement tells what pgblobs holds under the batch's names
 (row, size, dates, flags), and each entry is judged against it without
 reading any content (``_judge``): a name pgblobs lacks is imported; a blob
-whose size and date match its row is unchanged, or has its flags updated;
+whose size and date match its row is unchanged, or has its flags updated
+to its ``.flags`` file's;
 a marker over a live row makes it a tombstone, its content unlinked as
 delete_blob does. Where the two disagree the later one wins, by the file's
-mtime against the row's date: a blob written again in the tree (or torn by
+mtime (a marker's, its directory's too: ``Entry.deleted_by``) against the
+row's date: a blob written again in the tree (or torn by
 an earlier run that copied it while Soledad was still writing it) replaces
 pgblobs' copy, while a row written or deleted through pgblobs' API after
 the tree's version is kept and reported. So a second run over an unchanged
@@ -76,6 +78,7 @@ class Entry:
     tombstone: bool
     status: os.stat_result  # lstat while scanning: a marker's date, a blob's size and date
     has_flags: bool = False  # a .flags file lay beside the blob when scanned
+    directory_status: os.stat_result | None = None  # a marker's directory, when scanned
 
     def flags_path(self) -> Path:
         return self.path.with_name(self.key.blob_id + FLAGS)
@@ -87,6 +90,18 @@ class Entry:
     @property
     def date(self) -> datetime.datetime:
         return file_date(self.status)
+
+    @property
+    def deleted_by(self) -> datetime.datetime:
+        """When a marker's blob was deleted at the latest, to weigh against a
+        row pgblobs holds. Not the marker's date alone: Soledad touches the
+        marker in append mode, which leaves an existing marker's date alone,
+        so a blob written again and deleted again keeps its first delete's
+        date. Its unlink dates the directory, though, and so does any later
+        change there: the later of the two is a time in the source's history
+        no earlier than the delete."""
+        assert self.tombstone and self.directory_status is not None
+        return max(self.date, file_date(self.directory_status))
 
 
 @dataclass
@@ -140,8 +155,12 @@ def scan(
                     subdirectories.remove(name)
                 subdirectories.sort()
                 present = set(files)
+                markers = any(name.endswith(DELETED) for name in files)
+                directory_status = os.lstat(directory) if markers else None
                 for name in sorted(files):
                     entry = _entry(namespace_dir, Path(directory), name, present, report)
+                    if entry is not None and entry.tombstone:
+                        entry.directory_status = directory_status
                     if entry is not None:
                         yield entry
 
@@ -221,7 +240,7 @@ def _judge(entry: Entry, flags: list[str], row: Row | None) -> _Judgement:
             return judged(Action.TOMBSTONE)
         if row.deleted_at is not None:
             return judged(Action.UNCHANGED)
-        if date >= row.created_at:
+        if entry.deleted_by >= row.created_at:
             return judged(Action.DELETE)
         return judged(Action.KEEP, "written in pgblobs after the source deleted it")
     if row is None:
@@ -231,7 +250,10 @@ def _judge(entry: Entry, flags: list[str], row: Row | None) -> _Judgement:
             return judged(Action.IMPORT)
         return judged(Action.KEEP, "deleted in pgblobs after the source wrote it")
     if (row.size, row.created_at) == (entry.size, date):
-        return judged(Action.UNCHANGED if list(row.flags) == flags else Action.FLAGS)
+        # Without a flags file the source says nothing of flags (Soledad
+        # removes one only with its blob), so pgblobs' stand.
+        same = not entry.has_flags or list(row.flags) == flags
+        return judged(Action.UNCHANGED if same else Action.FLAGS)
     if date >= row.created_at:
         return judged(Action.REPLACE)
     return judged(Action.KEEP, "pgblobs' copy is newer than the source's, and differs")
@@ -412,7 +434,7 @@ def _change_rows(
     if _held(connection, [j.entry for j in changes]) != [j.row for j in changes]:
         raise _Changed()
     superseded = [
-        (j.row.id, j.entry.date)
+        (j.row.id, j.entry.deleted_by if j.entry.tombstone else j.entry.date)
         for j in changes
         if j.action in (Action.DELETE, Action.REPLACE) and j.row is not None
     ]
