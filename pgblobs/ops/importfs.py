@@ -147,52 +147,77 @@ def scan(
     links and special files go to ``report.failed``."""
     for user_dir in _subdirectories(Path(root), report, only_user):
         for namespace_dir in _subdirectories(user_dir, report):
-            # os.walk lists links to directories among the subdirectories and,
-            # with followlinks false, never enters them; report them here.
-            for directory, subdirectories, files in os.walk(namespace_dir, followlinks=False):
-                for name in [d for d in subdirectories if os.path.islink(Path(directory, d))]:
-                    report.failed.append((Path(directory, name), LINK))
-                    subdirectories.remove(name)
-                subdirectories.sort()
-                present = set(files)
-                markers = any(name.endswith(DELETED) for name in files)
-                directory_status = os.lstat(directory) if markers else None
-                for name in sorted(files):
-                    entry = _entry(namespace_dir, Path(directory), name, present, report)
-                    if entry is not None and entry.tombstone:
-                        entry.directory_status = directory_status
+            key = names.BlobKey(user_dir.name, namespace_dir.name, "")
+            for directory, files, place in _walk(str(namespace_dir), (), report):
+                present = {item.name for item in files}
+                # A marker's directory is dated by the delete's unlink (Entry.deleted_by).
+                directory_status = None
+                if any(name.endswith(DELETED) for name in present):
+                    directory_status = os.lstat(directory)
+                for item in files:
+                    entry = _entry(key, item, place, present, report)
                     if entry is not None:
+                        if entry.tombstone:
+                            entry.directory_status = directory_status
                         yield entry
 
 
+def _walk(
+    directory: str, place: tuple[str, ...], report: ImportReport
+) -> Iterator[tuple[str, list[os.DirEntry[str]], tuple[str, ...]]]:
+    """Each real directory at and below ``directory`` (``place``: the names
+    leading to it from the namespace's), by name, with the files in it. A
+    symbolic link to a directory is reported and never entered; any other
+    link is among the files, where its entry (or its blob) fails."""
+    with os.scandir(directory) as listing:
+        items = sorted(listing, key=lambda item: item.name)
+    files, subdirectories = [], []
+    for item in items:
+        if item.is_symlink() and item.is_dir():
+            report.failed.append((Path(item.path), LINK))
+        elif item.is_dir(follow_symlinks=False):
+            subdirectories.append(item)
+        else:
+            files.append(item)
+    yield directory, files, place
+    for subdirectory in subdirectories:
+        yield from _walk(subdirectory.path, (*place, subdirectory.name), report)
+
+
 def _entry(
-    namespace_dir: Path, directory: Path, name: str, present: set[str], report: ImportReport
+    directory_key: names.BlobKey,
+    item: os.DirEntry[str],
+    place: tuple[str, ...],
+    present: set[str],
+    report: ImportReport,
 ) -> Entry | None:
-    """The entry the file ``name`` in ``directory`` (below ``namespace_dir``,
-    whose siblings ``present`` are) stands for, if any; None for a flags file
-    or a marker beside its blob (Soledad serves a blob written again after a
+    """The entry the file ``item`` stands for (its user and namespace those of
+    ``directory_key``, ``place`` the directories between the namespace's and
+    it, ``present`` the names beside it), if any; None for a flags file or a
+    marker beside its blob (Soledad serves a blob written again after a
     delete), and for a file that fails (in ``report``). A file that vanished
     since the directory was listed (the source deleted it) is no entry: the
     next run sees what replaced it."""
-    path = directory / name
+    name = item.name
     if name.endswith(FLAGS):
         return None  # read with its blob
     tombstone = name.endswith(DELETED)
     blob_id = name[: -len(DELETED)] if tombstone else name
     if tombstone and blob_id in present:
         return None  # written again since it was deleted: the blob stands for it
-    user_dir = namespace_dir.parent
+    path = Path(item.path)
     try:
-        key = names.BlobKey.of(user_dir.name, blob_id, namespace_dir.name)
+        key = names.BlobKey.of(directory_key.user, blob_id, directory_key.namespace)
     except InvalidName as error:
         report.failed.append((path, str(error)))
         return None
-    expected = blob_path(user_dir.parent, key.user, key.namespace, key.blob_id).parent
-    if directory != expected:
-        report.failed.append((path, f"not where the layout puts it ({expected})"))
+    if place != (blob_id[0], blob_id[:3], blob_id[:6]):
+        namespace_dir = path.parents[len(place)]
+        expected = blob_path(namespace_dir.parent.parent, key.user, key.namespace, blob_id)
+        report.failed.append((path, f"not where the layout puts it ({expected.parent})"))
         return None
     try:
-        status = os.lstat(path)
+        status = item.stat(follow_symlinks=False)
     except FileNotFoundError:
         return None
     reason = unfit(status.st_mode)
@@ -315,6 +340,10 @@ def _import_or_isolate(
     return outcome
 
 
+# A blob file the source deleted (or a marker it replaced) between the scan and the read.
+_GONE = "gone from the source since the scan (changed meanwhile); the next run takes what is there"
+
+
 def _import_alone(
     connection: SyncConnection, entry: Entry, report: ImportReport, dry_run: bool
 ) -> None:
@@ -323,6 +352,8 @@ def _import_alone(
         _import_batch(connection, [entry], report, dry_run)
     except _Changed:
         report.kept.append((entry.path, "changed in pgblobs while imported; run again"))
+    except FileNotFoundError:
+        report.failed.append((entry.path, _GONE))
     except (OSError, ValueError, psycopg2.Error) as error:
         report.failed.append((entry.path, first_line(error)))
 
