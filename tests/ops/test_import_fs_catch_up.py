@@ -11,6 +11,7 @@ import time
 import uuid
 
 from pgblobs import Flags
+from pgblobs.db.queries import SQL
 from tests.helpers import content, deferred_test, pgblobs_cli, pgblobs_command, read, sql, write
 from tests.ops.soledad_store import SoledadStore, in_pgblobs, on_disk
 from tests.ops.test_import_fs_files import DEADLINE
@@ -287,3 +288,27 @@ def test_a_store_that_kept_changing_during_the_import_is_caught_up_by_a_second_r
         f"catch-up: {SUMMARY.search(done.stdout).group(0)}\n"
         f"unchanged re-run: {third_seconds:.2f} s"
     )
+
+
+def test_what_pgblobs_holds_is_looked_up_through_the_name_keys(dsn):
+    """A re-run judges each name by two index probes, however many rows the
+    table has, and before any statistics."""
+    oid = sql(dsn, "SELECT lo_from_bytea(0, 'x')")[0][0]
+    sql(
+        dsn,
+        "INSERT INTO pgblobs.blobs (user_id, namespace, blob_id, lo_oid, size, tag, sha256,"
+        " deleted_at)"
+        " SELECT 'heavy', 'default', 'b' || i, CASE WHEN i %% 2 = 0 THEN %(oid)s END, 1, 't',"
+        " '\\x00', CASE WHEN i %% 2 = 1 THEN now() END"
+        " FROM generate_series(1, 100000) AS i",
+        {"oid": oid},
+    )
+    names = {"users": ["heavy"] * 2, "namespaces": ["default"] * 2, "blob_ids": ["b2", "b3"]}
+    plan = "\n".join(row[0] for row in sql(dsn, "EXPLAIN " + SQL["import_state"], names))
+    assert "blobs_live_key" in plan and "blobs_tombstone_key" in plan, plan
+    assert "Seq Scan on blobs" not in plan, plan
+    held = sql(dsn, SQL["import_state"], names)
+    assert [(position, deleted_at is None) for position, _, _, _, deleted_at, _ in held] == [
+        (1, True),
+        (2, False),
+    ]
