@@ -375,6 +375,13 @@ def _held(connection: SyncConnection, entries: Sequence[Entry]) -> list[Row | No
     return [found.get(position) for position in range(1, len(entries) + 1)]
 
 
+def _version(row: Row | None) -> tuple[object, ...] | None:
+    """What a row held under a name is, whatever its position in a lookup."""
+    if row is None:
+        return None
+    return (row.id, row.size, row.created_at, row.deleted_at, row.flags)
+
+
 def _import_batch(
     connection: SyncConnection, batch: Sequence[Entry], report: ImportReport, dry_run: bool
 ) -> None:
@@ -462,7 +469,8 @@ def _change_rows(
     # The rows were judged before the lock: an API write or delete may have
     # changed one since, and acting on the old judgement would undo it.
     # Under the lock the answer holds until the commit.
-    if _held(connection, [j.entry for j in changes]) != [j.row for j in changes]:
+    now = _held(connection, [j.entry for j in changes])
+    if [_version(row) for row in now] != [_version(j.row) for j in changes]:
         raise _Changed()
     superseded = [
         (j.row.id, j.entry.deleted_by if j.entry.tombstone else j.entry.date)

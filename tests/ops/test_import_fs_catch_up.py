@@ -12,6 +12,8 @@ import uuid
 
 from pgblobs import Flags
 from pgblobs.db.queries import SQL
+from pgblobs.db.sync import SyncConnection
+from pgblobs.ops import importfs
 from tests.helpers import content, deferred_test, pgblobs_cli, pgblobs_command, read, sql, write
 from tests.ops.soledad_store import SoledadStore, in_pgblobs, on_disk
 from tests.ops.test_import_fs_files import DEADLINE
@@ -312,3 +314,23 @@ def test_what_pgblobs_holds_is_looked_up_through_the_name_keys(dsn):
         (1, True),
         (2, False),
     ]
+
+
+def test_a_batch_whose_later_entries_changed_commits_as_one(dsn, tmp_path):
+    """Under the lock the rows of the changed entries are looked up again and
+    compared with what they were judged on; an entry's place in the batch is
+    no part of that, so the batch is not redone one blob at a time."""
+    store = SoledadStore(tmp_path)
+    for blob_id in ("a1", "b2", "c3"):
+        store.write("alice", blob_id, b"body")
+    import_fs(tmp_path, dsn)
+    store.set_flags("alice", "c3", ["PENDING"])
+    store.delete("alice", "b2")
+    connection = SyncConnection.connect_at_head(dsn)
+    try:
+        report = importfs.ImportReport()
+        importfs._import_batch(connection, list(importfs.scan(tmp_path, report)), report, False)
+    finally:
+        connection.close()
+    assert (report.tombstoned, report.flags_updated, report.unchanged) == (1, 1, 1)
+    assert in_pgblobs(dsn) == on_disk(tmp_path)
