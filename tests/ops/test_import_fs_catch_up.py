@@ -14,7 +14,16 @@ from pgblobs import Flags
 from pgblobs.db.queries import SQL
 from pgblobs.db.sync import SyncConnection
 from pgblobs.ops import importfs
-from tests.helpers import content, deferred_test, pgblobs_cli, pgblobs_command, read, sql, write
+from tests.helpers import (
+    content,
+    deferred_test,
+    pgblobs_cli,
+    pgblobs_command,
+    read,
+    sql,
+    wait_until,
+    write,
+)
 from tests.ops.soledad_store import SoledadStore, in_pgblobs, on_disk
 from tests.ops.test_import_fs_files import DEADLINE
 
@@ -253,30 +262,46 @@ def test_a_store_that_kept_changing_during_the_import_is_caught_up_by_a_second_r
         stderr=subprocess.PIPE,
         text=True,
     )
-    changes_during = 0
+    changes_during, rounds_after_a_commit = 0, 0
+
+    def rows_committed():
+        return sql(dsn, "SELECT count(*) FROM pgblobs.blobs")[0][0]
 
     def writer():
-        # Bounded: it stops when the import ends, or after 3,000 changes.
-        nonlocal changes_during
+        # Rounds of changes, each once the import has committed another
+        # batch, so that they fall on blobs it has imported and on blobs it
+        # has yet to reach. Bounded: it stops when the import ends, or after
+        # 3,000 changes.
+        nonlocal changes_during, rounds_after_a_commit
         while importer.poll() is None and changes_during < 3_000:
-            action = rng.choices(
-                [write_one, delete_one, flag_one, write_again], weights=[4, 3, 3, 1]
-            )[0]
-            if action is write_again and not deleted:
-                action = write_one
-            action()
-            changes_during += 1
+            for _ in range(150):
+                action = rng.choices(
+                    [write_one, delete_one, flag_one, write_again], weights=[4, 3, 3, 1]
+                )[0]
+                if action is write_again and not deleted:
+                    action = write_one
+                action()
+                changes_during += 1
+            committed = rows_committed()
+            rounds_after_a_commit += committed > 0
+            wait_until(
+                lambda seen=committed: importer.poll() is not None or rows_committed() > seen,
+                "the import to commit another batch",
+                timeout=DEADLINE,
+            )
 
     writing = threading.Thread(target=writer)
     writing.start()
     first_out, first_err = importer.communicate(timeout=DEADLINE)
     writing.join()
     first = counted(first_out)
-    assert changes_during > 100, "the writer barely ran while the first import did"
+    assert rounds_after_a_commit >= 2, "the writer barely ran while the first import did"
 
     second, done, _ = import_fs(tmp_path, dsn)
     assert done.returncode == 0, done.stdout + done.stderr
     assert second["failed"] == second["kept"] == 0
+    # Changes the writer made to blobs the first run had imported.
+    assert second["tombstoned"] > 0 and second["flags_updated"] > 0, done.stdout
     assert in_pgblobs(dsn) == on_disk(tmp_path)
     assert fsck_is_clean(dsn)
 
@@ -285,6 +310,7 @@ def test_a_store_that_kept_changing_during_the_import_is_caught_up_by_a_second_r
     failures = sorted({line.split(": ", 1)[-1] for line in first_err.splitlines()})
     print(
         f"\nfirst import, {changes_during} changes made meanwhile "
+        f"({rounds_after_a_commit} rounds after one of its commits) "
         f"({first['failed']} failed: {'; '.join(failures[:5])}):\n"
         f"  {SUMMARY.search(first_out).group(0)}\n"
         f"catch-up: {SUMMARY.search(done.stdout).group(0)}\n"
