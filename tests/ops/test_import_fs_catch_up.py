@@ -80,6 +80,10 @@ def test_a_blob_deleted_in_the_source_after_its_import_becomes_a_tombstone(dsn, 
 
     store.delete("alice", "small")
     store.delete("alice", "large")
+    imported = in_pgblobs(dsn)
+    dry = pgblobs_cli("import-fs", str(tmp_path), "--dry-run", "--dsn", dsn)
+    assert "tombstoned 2;" in dry.stdout and "would import 0 blob(s)" in dry.stdout
+    assert in_pgblobs(dsn) == imported
     counts, done, _ = import_fs(tmp_path, dsn)
     assert done.returncode == 0, done.stderr
     assert clean(counts, tombstoned=2, unchanged=1)
