@@ -370,32 +370,45 @@ ORDER BY id LIMIT %(batch)s;
 SELECT count(*) AS blobs, coalesce(sum(size), 0) AS bytes FROM pgblobs.blobs
 WHERE deleted_at IS NULL;
 
--- name: existing_blobs (read)
--- Which of these names (positions in the arrays, from 1) have a row already, live or tombstone.
-SELECT item.position FROM unnest(%(users)s::text[], %(namespaces)s::text[], %(blob_ids)s::text[])
+-- name: import_state (read)
+-- What pgblobs holds under each of these names (positions in the arrays, from 1): the live
+-- row, else the newest tombstone, with its size, dates and flags; no row for a name it has
+-- never held. One probe of blobs_live_key and one of blobs_tombstone_key per name.
+SELECT item.position, held.id, held.size, held.created_at, held.deleted_at,
+       ARRAY(SELECT f.flag FROM pgblobs.blob_flags AS f
+             WHERE f.blob_row = held.id ORDER BY f.flag) AS flags
+FROM unnest(%(users)s::text[], %(namespaces)s::text[], %(blob_ids)s::text[])
      WITH ORDINALITY AS item(user_id, namespace, blob_id, position)
-WHERE EXISTS (SELECT 1 FROM pgblobs.blobs AS b
-              WHERE b.user_id = item.user_id AND b.namespace = item.namespace
-                AND b.blob_id = item.blob_id);
+CROSS JOIN LATERAL (
+    SELECT * FROM (
+        (SELECT b.id, b.size, b.created_at, b.deleted_at, 0 AS rank FROM pgblobs.blobs AS b
+         WHERE b.blob_id = item.blob_id AND b.namespace = item.namespace
+           AND b.user_id = item.user_id AND b.deleted_at IS NULL)
+        UNION ALL
+        (SELECT b.id, b.size, b.created_at, b.deleted_at, 1 AS rank FROM pgblobs.blobs AS b
+         WHERE b.blob_id = item.blob_id AND b.namespace = item.namespace
+           AND b.user_id = item.user_id AND b.deleted_at IS NOT NULL
+         ORDER BY b.id DESC LIMIT 1)
+    ) AS candidates
+    ORDER BY rank LIMIT 1
+) AS held
+ORDER BY item.position;
 
 -- name: import_small_blobs
 -- Small blobs from another store, as they were (their own dates, flags joined by commas),
--- content inline; no quota applies.
+-- content inline, replacing tombstones of their names; no quota applies.
 SELECT pgblobs.insert_blobs(%(users)s::text[], %(namespaces)s::text[], %(blob_ids)s::text[],
                             %(contents)s::bytea[], %(tags)s::text[], %(sha256s)s::bytea[],
                             %(flags)s::text[], %(dates)s::timestamptz[], '{}'::boolean[]);
 
--- name: import_blob
--- A large blob from another store, its content already in the large object %(oid)s.
-INSERT INTO pgblobs.blobs (user_id, namespace, blob_id, lo_oid, size, tag, sha256, created_at)
-VALUES (%(user)s, %(namespace)s, %(blob_id)s, %(oid)s, %(size)s, %(tag)s, %(sha256)s, %(created_at)s)
-RETURNING id;
-
--- name: import_flags
--- The flags of an imported blob.
-INSERT INTO pgblobs.blob_flags (blob_row, user_id, namespace, blob_id, created_at, flag)
-SELECT id, user_id, namespace, blob_id, created_at, unnest(%(flags)s::text[])
-FROM pgblobs.blobs WHERE id = %(row)s;
+-- name: import_large_blobs
+-- Large blobs from another store, their contents already in the large objects %(oids)s, as
+-- they were (their own dates, flags joined by commas), replacing tombstones of their names;
+-- no quota applies.
+SELECT pgblobs.insert_blob_rows(%(users)s::text[], %(namespaces)s::text[], %(blob_ids)s::text[],
+                                %(oids)s::oid[], %(sizes)s::bigint[], %(tags)s::text[],
+                                %(sha256s)s::bytea[], %(flags)s::text[],
+                                %(dates)s::timestamptz[]);
 
 -- name: import_tombstones
 -- Tombstones from another store, dated as they were.
@@ -403,6 +416,23 @@ INSERT INTO pgblobs.blobs (user_id, namespace, blob_id, size, created_at, delete
 SELECT user_id, namespace, blob_id, 0, deleted_at, deleted_at
 FROM unnest(%(users)s::text[], %(namespaces)s::text[], %(blob_ids)s::text[],
             %(dates)s::timestamptz[]) AS i(user_id, namespace, blob_id, deleted_at);
+
+-- name: import_delete_blobs
+-- What delete_blob does, for the live rows %(rows)s that another store deleted: each a
+-- tombstone dated %(dates)s (when that store deleted it, so a later write there is seen as
+-- later), its flags dropped and its content unlinked; the usage triggers count them out.
+WITH target AS (
+    SELECT b.id, b.lo_oid, item.deleted_at
+    FROM unnest(%(rows)s::bigint[], %(dates)s::timestamptz[]) AS item(id, deleted_at)
+    JOIN pgblobs.blobs AS b ON b.id = item.id AND b.deleted_at IS NULL
+    FOR UPDATE OF b
+), tombstone AS (
+    UPDATE pgblobs.blobs AS b SET deleted_at = target.deleted_at, lo_oid = NULL
+    FROM target WHERE b.id = target.id
+), unflagged AS (
+    DELETE FROM pgblobs.blob_flags AS f USING target WHERE f.blob_row = target.id
+)
+SELECT lo_unlink(lo_oid) FROM target;
 
 -- name: export_batch (read)
 -- Up to %(batch)s blob rows (live and tombstones) after the row %(after)s, in row order, of

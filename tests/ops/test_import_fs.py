@@ -84,7 +84,7 @@ async def test_import_reproduces_the_tree_and_a_second_run_imports_nothing(backe
 
     second = pgblobs_cli("import-fs", str(tmp_path), "--dsn", dsn)
     assert "imported 0 blob(s)" in second.stdout and "0 tombstone(s)" in second.stdout
-    assert f"skipped {len(expected)}" in second.stdout
+    assert f"unchanged {len(expected)}; kept 0" in second.stdout
 
 
 @deferred_test

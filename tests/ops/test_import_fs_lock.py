@@ -109,7 +109,10 @@ def test_a_blob_the_api_deletes_while_the_import_waits_stays_deleted(dsn, tmp_pa
         api_write.commit()
         api_write.close()
     output = finished(importer)
-    assert "imported 1 blob(s)" in output and "gone: already in pgblobs" in output
+    assert (
+        "imported 1 blob(s)" in output
+        and "gone: deleted in pgblobs after the source wrote it" in output
+    )
     # The import's older copy does not revive what the user deleted.
     assert sorted(stored(dsn)) == [
         ("alice", "default", "gone", True),
