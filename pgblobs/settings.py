@@ -41,6 +41,12 @@ USER_TOKENS = "pgblobs"
 COUCHDB_TIMEOUT = 5.0
 COUCHDB_HEARTBEAT = 1.0
 COUCHDB_RETRY_MAX = 5.0
+# Token lookups one node sends CouchDB at once (and the connections it keeps
+# to it), and how many more may wait their turn; past that a request gets 503
+# at once, so a flood of made-up tokens can neither hold a node's descriptors
+# nor pass on to the CouchDB that Soledad's document sync also uses.
+COUCHDB_LOOKUPS = 32
+COUCHDB_LOOKUPS_WAITING = 320
 MAX_BUFFERED_BYTES = 64 * 1024 * 1024  # small upload bodies held in memory at once, until committed
 DATA_DIR = ".pgblobs"  # the embedded PostgreSQL and its development tokens
 DRAIN_SECONDS = 30.0  # on SIGTERM, how long requests in flight may take

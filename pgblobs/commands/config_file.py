@@ -30,8 +30,9 @@ MASK = "***"
 
 # user:password@ in any URL (postgresql://..., couchdb:http://...).
 _URL_PASSWORD = re.compile(r"(://[^/:@\s]*:)[^@\s/]*@")
-# password=... in a libpq key/value connection string, quoted or not.
-_KEYWORD_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
+# password=... (or sslpassword=...) in a libpq key/value string, quoted or
+# not, or in a URL's query, where it ends at the next "&".
+_KEYWORD_PASSWORD = re.compile(r"((?<![A-Za-z])(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]+)")
 
 
 class ConfigError(Exception):
@@ -84,9 +85,12 @@ def with_file(
         values = read(args.config, settable(parser))
     except ConfigError as error:
         parser.error(str(error))
-    # The environment's DSN (a secret kept out of the file) wins over the file's.
+    # The environment's DSN and token source (secrets kept out of the file)
+    # win over the file's.
     if settings.dsn_from_environment():
         values.pop("dsn", None)
+    if os.environ.get(settings.USER_TOKENS_VARIABLE):
+        values.pop("user_tokens", None)
     repeatable = {dest for dest, value in values.items() if isinstance(value, list)}
     parser.set_defaults(**{dest: v for dest, v in values.items() if dest not in repeatable})
     reparsed = parser.parse_args(command_line)
@@ -149,12 +153,23 @@ def _converted(action: argparse.Action, value: Any) -> Any:
     return _converted_one(action, value)
 
 
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _converted_one(action: argparse.Action, value: Any) -> Any:
     """``value`` through the option's own argument type and choices."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise TypeError(f"must be a string or a number, not {_toml_type(value)}")
     if action.type is None and not isinstance(value, str):
         raise TypeError(f"must be a string, not {_toml_type(value)}")
+    if action.type is not None and isinstance(value, str) and _looks_numeric(value):
+        # pool-size = "16": a number must be written as one.
+        raise TypeError("must be a number, not a string")
     if action.type is None:
         converted: Any = value
     else:

@@ -73,6 +73,8 @@ class CouchDBTokens:
         # Wall-clock time: it names the database, as it does for Soledad.
         self._now = now or reactor.seconds
         self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool.maxPersistentPerHost = settings.COUCHDB_LOOKUPS
+        self._lookups = defer.DeferredSemaphore(settings.COUCHDB_LOOKUPS)
         self._agent = Agent(reactor, connectTimeout=settings.COUCHDB_TIMEOUT, pool=self._pool)
         self._remembered: dict[str, _Remembered] = {}
         # The database whose feed is followed now, or None.
@@ -138,7 +140,11 @@ class CouchDBTokens:
         epoch = self._epoch
         self._asking[key] = self._asking.get(key, 0) + 1
         try:
-            owner = await self._owner(database, key)
+            if len(self._lookups.waiting) >= settings.COUCHDB_LOOKUPS_WAITING:
+                raise TokenStoreUnavailable("too many token lookups waiting for CouchDB")
+            owner = await self._lookups.run(
+                lambda: defer.ensureDeferred(self._owner(database, key))
+            )
         finally:
             touched = key in self._touched
             self._asking[key] -= 1
@@ -176,11 +182,14 @@ class CouchDBTokens:
         try:
             document = json.loads(content)
             user_id, kind = document.get("user_id"), document.get("type")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             raise TokenStoreUnavailable("the provider's CouchDB answered no JSON object") from None
         if kind != "Token" or not isinstance(user_id, str):
             return None
-        return user_id.encode("utf-8")
+        try:
+            return user_id.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: no user's name
+            return None
 
     async def _follow(self, first: Deferred[None]) -> None:
         """Follow the current database's feed until stopped, again and again."""

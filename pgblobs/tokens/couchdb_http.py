@@ -31,7 +31,8 @@ class CouchDBAddress:
     def parse(cls, url: str) -> "CouchDBAddress":
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url!r}")
+            # The URL may carry a password: the message must not.
+            raise ValueError("not an http(s) URL with a host")
         netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
         if parts.port is not None:
             netloc += f":{parts.port}"
@@ -61,18 +62,36 @@ class BodyReader(Protocol):
             self.transport.stopProducing()  # type: ignore[attr-defined]
 
 
+# A token document is a few hundred bytes; a longer answer or feed line is
+# not CouchDB's, and is cut rather than held in memory.
+LONGEST = 64 * 1024
+
+
+class AnswerTooLong(Exception):
+    """CouchDB's answer (or one line of its feed) is past LONGEST."""
+
+
 class Body(BodyReader):
     """A whole (small) response body: ``done`` fires with its bytes."""
 
     def __init__(self) -> None:
         self._parts: list[bytes] = []
+        self._length = 0
         # Cancelled (a timeout): drop the connection, not only the wait.
         self.done: Deferred[bytes] = Deferred(lambda _: self.cut())
 
     def dataReceived(self, data: bytes) -> None:
+        self._length += len(data)
+        if self._length > LONGEST:
+            if not self.done.called:
+                self.done.errback(AnswerTooLong(f"an answer past {LONGEST} bytes"))
+            self.cut()
+            return
         self._parts.append(data)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        if self.done.called:  # cancelled by a timeout, or cut for its length
+            return
         if reason.check(ResponseDone, PotentialDataLoss):
             self.done.callback(b"".join(self._parts))
         else:
@@ -93,12 +112,16 @@ class ChangesLines(BodyReader):
     def dataReceived(self, data: bytes) -> None:
         self.last_heard = self._clock.seconds()
         *lines, self._pending = (self._pending + data).split(b"\n")
+        if len(self._pending) > LONGEST:
+            _log.warn("a _changes feed line past {longest} bytes", longest=LONGEST)
+            self.cut()
+            return
         for line in lines:
             if not line.strip():
                 continue
             try:
                 changed_id = json.loads(line).get("id")
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, RecursionError):
                 _log.warn("not a change in the _changes feed: {line!r}", line=line[:200])
                 self.cut()  # followed again, everything remembered forgotten
                 return
