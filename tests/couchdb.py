@@ -72,7 +72,12 @@ class PouchDB:
             return False
 
     def _call(self, method, path, document=None):
-        data = None if document is None else json.dumps(document).encode()
+        # bytes: a document as written, such as one nested deeper than json.dumps goes.
+        data = (
+            document
+            if isinstance(document, bytes) or document is None
+            else json.dumps(document).encode()
+        )
         request = urllib.request.Request(self._base + path, data=data, method=method)
         request.add_header("Content-Type", "application/json")
         if self._authorization is not None:
@@ -92,11 +97,13 @@ class PouchDB:
 
     def add_token(self, user, now=None, token=None):
         """A new session token of ``user`` in the tokens database of ``now``."""
+        return self.add_document({"type": "Token", "user_id": user}, now, token)
+
+    def add_document(self, document, now=None, token=None):
+        """A new token whose document is ``document``, in the tokens database of ``now``."""
         token = token or secrets.token_urlsafe(24)
         database = self.create_database(now)
-        status, answer = self._call(
-            "PUT", f"/{database}/{document_id(token)}", {"type": "Token", "user_id": user}
-        )
+        status, answer = self._call("PUT", f"/{database}/{document_id(token)}", document)
         assert status == 201, answer
         return token
 

@@ -61,6 +61,8 @@ def test_an_unknown_key_is_refused_with_its_line_before_anything_starts(tmp_path
         ('access-log = "yes"\n', "access-log", 1, "must be true or false"),
         ('listen = "tcp:9000"\n', "listen", 1, "must be an array"),
         ("data-dir = 3\n", "data-dir", 1, "must be a string"),
+        ('pool-size = "16"\n', "pool-size", 1, "must be a number, not a string"),
+        ('drain-seconds = "7.5"\n', "drain-seconds", 1, "must be a number, not a string"),
         ('log-format = "xml"\n', "log-format", 1, "'xml' is none of 'text', 'json'"),
         (
             "statement-timeout = true\n",
@@ -108,6 +110,16 @@ def test_the_environments_dsn_overrides_the_files(tmp_path):
     assert 'dsn = "host=given"' in overridden.stdout
 
 
+def test_the_environments_user_tokens_override_the_files(tmp_path):
+    # contrib/pgblobs.toml sets user-tokens at its default; a CouchDB URL kept
+    # in the environment (its password out of the file) must still count.
+    text = 'user-tokens = "pgblobs"\n'
+    source = "couchdb:http://soledad:secret@127.0.0.1:5984"
+    run = configured(tmp_path, text, "--print-config", env={settings.USER_TOKENS_VARIABLE: source})
+    assert run.returncode == 0, run.stderr
+    assert 'user-tokens = "couchdb:http://soledad:***@127.0.0.1:5984"' in run.stdout
+
+
 def test_pgblobs_config_names_the_file_when_no_option_does(tmp_path):
     path = tmp_path / "from-the-environment.toml"
     path.write_text("pool-size = 5\n")
@@ -149,6 +161,8 @@ def test_print_config_masks_passwords_and_gives_a_file_that_reads_back(tmp_path)
         ("postgresql://u:p@h/db?sslmode=require", "postgresql://u:***@h/db?sslmode=require"),
         ("host=h password = 'a b\\'c' user=u", "host=h password = *** user=u"),
         ("tcp:9000:interface=127.0.0.1", "tcp:9000:interface=127.0.0.1"),
+        ("host=h sslpassword=key-pass user=u", "host=h sslpassword=*** user=u"),
+        ("postgresql://h/db?password=pw&user=u", "postgresql://h/db?password=***&user=u"),
     ],
 )
 def test_passwords_are_masked_wherever_they_are(value, shown):

@@ -184,3 +184,22 @@ async def test_the_next_database_is_followed_when_the_period_turns(couchdb):
         await until(refused, "the logout in the next database heard", timeout=1.5)
     finally:
         tokens.stop()
+
+
+def test_odd_documents_are_never_a_500(nodes, couchdb):
+    """Documents no web application writes: a user_id no name can be (a lone
+    surrogate), one nested past Python's recursion limit, one past the 64 KiB
+    a token document may take. Each is refused or a 503, never a 500."""
+    node = nodes()
+    odd = {
+        "lone surrogate": ({"type": "Token", "user_id": "\ud800"}, 401),
+        "deep": (
+            f'{{"type": "Token", "user_id": "{USER}", "x": {"[" * 1500}{"]" * 1500}}}'.encode(),
+            503,
+        ),
+        "long": ({"type": "Token", "user_id": USER, "padding": "x" * 100_000}, 503),
+    }
+    for name, (document, expected) in odd.items():
+        token = couchdb.add_document(document)
+        assert status(node, token) == expected, name
+    assert status(node, couchdb.add_token(USER)) == 200  # the node is none the worse
