@@ -66,7 +66,8 @@ BACKUP_COUNTS ?= 100000 1000000
 
 # pgblobs against the large-object ceiling, plain files, nginx and bare twisted.web (small
 # requests driven by wrk); writes bench/results.md; sustained writes from an empty database
-# (bench/sustained.md); one user's big stream upload against other users' small writes.
+# (bench/sustained.md); one user's big stream upload against other users' small writes; the
+# cutover from a Soledad store, step by step (bench/cutover.md).
 bench: setup
 	$(PIP) install --quiet -e '.[test,bench]'
 	@command -v nginx >/dev/null 2>&1 || ls /usr/sbin/nginx >/dev/null 2>&1 || \
@@ -76,6 +77,7 @@ bench: setup
 	PATH="$$PATH:/usr/sbin" $(PY) -m bench.run
 	$(PY) -m bench.sustained
 	$(PY) -m bench.stall
+	$(PY) -m bench.cutover
 	$(PY) -m bench.backups $(BACKUP_COUNTS)
 
 # The restore drill (README "Backups and restore"): base backup, archived WAL, point-in-time
