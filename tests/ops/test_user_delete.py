@@ -181,6 +181,17 @@ class Traffic(threading.Thread):
                 self.failures.append(("read", old_id))
 
 
+def start_deletion(dsn, user):
+    """`pgblobs user delete USER --yes` started, its output read by the caller."""
+    return subprocess.Popen(
+        pgblobs_command("user", "delete", user, "--yes", "--dsn", dsn),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def test_deleting_an_account_interrupted_and_resumed_while_another_user_is_served(dsn):
     seed(dsn, "alice", blobs=20_000, large=30, tombstones=300)
     seed(dsn, "bob", blobs=200, large=3, tombstones=20)
@@ -201,13 +212,7 @@ def test_deleting_an_account_interrupted_and_resumed_while_another_user_is_serve
         traffic.start()
         wait_until(lambda: traffic.requests > 20, "serving bob")
 
-        deletion = subprocess.Popen(
-            pgblobs_command("user", "delete", "alice", "--yes", "--dsn", dsn),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        deletion = start_deletion(dsn, "alice")
         started = time.monotonic()
         # The tokens go first, before any batch: the user's next request is refused.
         wait_until(lambda: alice.get("small-0-7")[0] == 401, "refusing alice", timeout=10)
@@ -408,13 +413,7 @@ def test_a_user_with_nothing_is_said_so(dsn):
 
 def test_ctrl_c_says_how_to_finish(dsn):
     seed(dsn, "alice", blobs=10_000, large=0, tombstones=0)
-    deletion = subprocess.Popen(
-        pgblobs_command("user", "delete", "alice", "--yes", "--dsn", dsn),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    deletion = start_deletion(dsn, "alice")
     wait_until(lambda: remaining(dsn, "alice")[0] < 10_000, "deleting", every=0.01)
     deletion.send_signal(signal.SIGINT)
     _, stderr = deletion.communicate(timeout=60)
@@ -441,13 +440,7 @@ def test_rows_a_write_inserted_before_the_account_closed_are_removed_at_the_end(
                 "SELECT pgblobs.insert_blobs('{alice}', '{late}', '{late}', '{late}', "
                 "'{tag}', ARRAY[sha256('late')], '{PENDING}', '{}', '{}')"
             )
-        deletion = subprocess.Popen(
-            pgblobs_command("user", "delete", "alice", "--yes", "--dsn", dsn),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        deletion = start_deletion(dsn, "alice")
         wait_until(lambda: waiting_for_a_user_lock(dsn), "the last step waiting for the lock")
         assert remaining(dsn, "alice")[:2] == (0, 0)
         writer.commit()
