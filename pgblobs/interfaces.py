@@ -143,7 +143,8 @@ class IOpenBlob(Interface):
 class IBlobStore(IBlobsBackend):
     """What the web site needs of a store beyond ``IBlobsBackend``: opening
     versions (so the status line and headers are known before any byte is
-    sent), many at once, and writing many blobs in one transaction."""
+    sent), many at once, writing many blobs in one transaction, and a
+    listing's pages one request at a time."""
 
     def open_blob(user: str, blob_id: str, namespace: str = "") -> Deferred[IOpenBlob]:
         """The blob's live version; fails with ``BlobNotFound`` when there is none."""
@@ -175,6 +176,29 @@ class IBlobStore(IBlobsBackend):
         callable returning a Deferred) may still refuse the whole lot once
         every byte is in. Fails with ``BlobExists`` when an id is taken or
         listed twice, ``QuotaExceeded`` when the lot does not fit.
+        """
+
+    def list_blob_page(
+        user: str,
+        limit: int,
+        page: str | None = None,
+        namespace: str = "",
+        order_by: str | None = None,
+        deleted: bool = False,
+        filter_flag: str | None = None,
+    ) -> Deferred[tuple[list[str], str | None]]:
+        """One page of ``list_blobs``, for clients that page through a
+        listing request by request: fire with ``(ids, next_page)``.
+
+        ``ids`` are at most ``limit`` (1 or more) ids in the listing's
+        order, from the start of the listing, or from where the ``page``
+        token given with the previous page says. ``next_page`` is the token
+        of the page after, None when no id follows. Following the tokens
+        gives every id listed throughout exactly once, in order, whatever is
+        added or deleted meanwhile; one added or deleted meanwhile may or
+        may not be in it. A token is opaque, URL-safe text; a malformed one,
+        or one made for other arguments, fails with ``InvalidArgument``;
+        other failures are those of ``list_blobs``.
         """
 
     def close() -> Deferred[None]:

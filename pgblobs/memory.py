@@ -10,6 +10,7 @@ processes, by design.
 import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from twisted.internet import defer
@@ -21,9 +22,11 @@ from zope.interface import implementer
 from pgblobs import names, settings, transfer
 from pgblobs.errors import BlobExists, BlobNotFound, QuotaExceeded
 from pgblobs.interfaces import IBlobStore, IOpenBlob, deferred
+from pgblobs.listings import Listing, PageOf
 from pgblobs.names import ByteRange
 
 _ORDER = itertools.count()  # creation order, as the dates PostgreSQL would give
+_ONE_DATE = datetime(2000, 1, 1, tzinfo=UTC)  # of every blob's listing key (see list_blob_page)
 
 
 @dataclass
@@ -217,6 +220,24 @@ class MemoryBlobsBackend:
     async def count(self, user: str, namespace: str = "") -> int:
         return sum(not stored.deleted for _, stored in self._latest(user, namespace))
 
+    def _listed(
+        self,
+        user: str,
+        namespace: str,
+        order_by: str | None,
+        deleted: bool,
+        filter_flag: str | None,
+    ) -> list[tuple[str, _Stored]]:
+        """What list_blobs lists, in its order."""
+        newest_first = names.descending(order_by)
+        chosen = self._latest(user, namespace)
+        if filter_flag is not None:
+            flag = names.flag(filter_flag)
+            chosen = [(i, s) for i, s in chosen if flag in s.flags and not deleted]
+        chosen = [(i, s) for i, s in chosen if s.deleted == deleted]
+        chosen.sort(key=lambda pair: pair[1].order, reverse=newest_first)
+        return chosen
+
     @deferred
     async def list_blobs(
         self,
@@ -226,14 +247,35 @@ class MemoryBlobsBackend:
         deleted: bool = False,
         filter_flag: str | None = None,
     ) -> list[str]:
-        newest_first = names.descending(order_by)
-        chosen = self._latest(user, namespace)
-        if filter_flag is not None:
-            flag = names.flag(filter_flag)
-            chosen = [(i, s) for i, s in chosen if flag in s.flags and not deleted]
-        chosen = [(i, s) for i, s in chosen if s.deleted == deleted]
-        chosen.sort(key=lambda pair: pair[1].order, reverse=newest_first)
-        return [blob_id for blob_id, _ in chosen]
+        return [
+            blob_id for blob_id, _ in self._listed(user, namespace, order_by, deleted, filter_flag)
+        ]
+
+    @deferred
+    async def list_blob_page(
+        self,
+        user: str,
+        limit: int,
+        page: str | None = None,
+        namespace: str = "",
+        order_by: str | None = None,
+        deleted: bool = False,
+        filter_flag: str | None = None,
+    ) -> tuple[list[str], str | None]:
+        wanted = PageOf(
+            Listing(user, namespace, deleted, filter_flag), names.descending(order_by), limit, page
+        )
+        # The key of PostgreSQL's rows, (date, row): here one date for all,
+        # the creation order for the row.
+        following = [
+            (blob_id, (_ONE_DATE, stored.order))
+            for blob_id, stored in self._listed(user, namespace, order_by, deleted, filter_flag)
+            if wanted.follows((_ONE_DATE, stored.order))
+        ]
+        ids = [blob_id for blob_id, _ in following[:limit]]
+        if len(following) <= limit:
+            return ids, None
+        return ids, wanted.next_token(following[limit][1])
 
     @deferred
     async def get_total_storage(self, user: str) -> int:

@@ -1,5 +1,6 @@
 """list_blob_pages: the ids of list_blobs, page by page, on both backends;
-the next page waits for the consumer; every page is an index range scan."""
+the next page waits for the consumer; every page is an index range scan.
+list_blob_page: the same pages one call at a time, each by its token."""
 
 import pytest
 from twisted.internet import defer
@@ -157,6 +158,77 @@ async def test_bad_arguments_fail_before_any_page(blobs):
         with pytest.raises(error):
             await blobs.list_blob_pages(each_page=pages.append, **arguments)
     assert pages == []
+
+
+async def pages_by_token(store, user, limit=PAGE, **listing):
+    """list_blob_page from the first page to the last, each asked by the token of the one before."""
+    pages, token = [], None
+    while True:
+        ids, token = await store.list_blob_page(user, limit, token, **listing)
+        pages.append(ids)
+        if token is None:
+            return pages
+
+
+@deferred_test
+async def test_pages_by_token_hold_exactly_the_ids_of_list_blobs_in_order(blobs):
+    await populate(blobs)
+    for listing in LISTINGS:
+        pages = await pages_by_token(blobs, "alice", **listing)
+        expected = await blobs.list_blobs("alice", **listing)
+        assert flat(pages) == expected, listing
+        # Whole pages but the last, and no token for a page with nothing to begin with.
+        assert [len(page) for page in pages[:-1]] == [PAGE] * (len(pages) - 1), (listing, pages)
+        assert 0 < len(pages[-1]) <= PAGE or expected == [], (listing, pages)
+    assert await pages_by_token(
+        blobs, "alice", limit=2, order_by="-date", filter_flag="PENDING"
+    ) == [
+        ["d08", "d06"],
+        ["d04", "d00"],
+    ]
+    assert await blobs.list_blob_page("alice", 10_000) == (await blobs.list_blobs("alice"), None)
+
+
+@deferred_test
+async def test_a_page_token_goes_on_where_its_page_ended_whatever_changed(blobs):
+    for i in range(6):
+        await write(blobs, "alice", f"w{i}", b"x")
+    first, token = await blobs.list_blob_page("alice", 2)
+    assert first == ["w0", "w1"]
+    await blobs.delete_blob("alice", "w0")  # behind: an offset would skip w2
+    await blobs.delete_blob("alice", "w2")  # where the next page began
+    await write(blobs, "alice", "w6", b"x")
+    ids, later = await blobs.list_blob_page("alice", 2, token)
+    assert ids == ["w3", "w4"] and later is not None
+    assert await blobs.list_blob_page("alice", 5, later) == (["w5", "w6"], None)
+
+
+@deferred_test
+async def test_a_bad_limit_or_token_fails_with_invalid_argument(blobs):
+    for i in range(3):
+        await write(blobs, "alice", f"w{i}", b"x")
+    _, token = await blobs.list_blob_page("alice", 1)
+    for arguments in [
+        dict(limit=0),
+        dict(limit=-1),
+        dict(limit=1, page="garbage"),
+        dict(limit=1, page=token[:-1] + ("A" if token[-1] != "A" else "B")),
+        dict(limit=1, page=token, order_by="-date"),
+        dict(limit=1, page=token, deleted=True),
+        dict(limit=1, page=token, namespace="mail"),
+        dict(limit=1, page=token, filter_flag=Flags.PENDING),
+    ]:
+        with pytest.raises(InvalidArgument):
+            await blobs.list_blob_page("alice", **arguments)
+    with pytest.raises(InvalidArgument):
+        await blobs.list_blob_page("bob", 1, token)
+    for arguments, error in [
+        (dict(user="no/such"), InvalidName),
+        (dict(user="alice", order_by="size"), InvalidArgument),
+        (dict(user="alice", filter_flag="DONE"), InvalidFlag),
+    ]:
+        with pytest.raises(error):
+            await blobs.list_blob_page(limit=1, **arguments)
 
 
 PAGE_STATEMENTS = [

@@ -14,6 +14,7 @@ _FALSE = {"false", "0", ""}
 # ASCII digits only (str.isdigit also takes '\xb2', which int() refuses), and no
 # more of them than any blob's size needs: 19 fit a PostgreSQL bigint.
 _BYTE_RANGE = re.compile(r"([0-9]{0,19})-([0-9]{0,19})")
+_NUMBER = re.compile(r"[0-9]{1,19}")
 _Kind = TypeVar("_Kind")
 
 
@@ -39,6 +40,16 @@ def boolean(request: IRequest, name: str) -> bool:
     if value.lower() in _FALSE:
         return False
     raise InvalidArgument(f"invalid {name} {value!r}: use True or False")
+
+
+def number(request: IRequest, name: str, lowest: int, highest: int) -> int | None:
+    """A whole number from ``lowest`` to ``highest``, or None when absent."""
+    value = text(request, name)
+    if value is None:
+        return None
+    if not _NUMBER.fullmatch(value) or not lowest <= int(value) <= highest:
+        raise InvalidArgument(f"invalid {name} {value[:30]!r}: use {lowest} to {highest}")
+    return int(value)
 
 
 def json_body(raw: bytes, kind: type[_Kind]) -> _Kind:

@@ -4,6 +4,8 @@ Each render checks names (400), then the token (401/403), then hands over to
 the backend; its errors become statuses through web/status.py.
 """
 
+from urllib.parse import quote, urlencode
+
 from twisted.web.resource import IResource
 
 from pgblobs import names
@@ -13,6 +15,9 @@ from pgblobs.web.request import StreamingRequest
 from pgblobs.web.resources import Missing, OfBlob, OfUser, body_of, rendered
 from pgblobs.web.responses import ExactBody, JsonList, send, send_json
 from pgblobs.web.status import BodyTooLarge
+
+# The most ids one page of a listing holds: an answer a client can take whole.
+MAX_LIMIT = 10_000
 
 
 class UserBlobs(OfUser):
@@ -42,6 +47,22 @@ class UserBlobs(OfUser):
                 names.flag(filter_flag)
         except InvalidFlag as error:
             raise InvalidArgument(str(error)) from None
+        order_by = arguments.text(request, "order_by")
+        deleted = arguments.boolean(request, "deleted")
+        limit = arguments.number(request, "limit", 1, MAX_LIMIT)
+        page = arguments.text(request, "page")
+        if limit is not None:
+            ids, next_page = await store.list_blob_page(
+                user, limit, page, namespace, order_by, deleted, filter_flag
+            )
+            if next_page is not None:
+                request.setHeader(b"Link", next_link(request, next_page))
+            send_json(request, ids)
+            return
+        if page is not None:
+            # A page token says where a page begins, not how long it is: a
+            # client that follows Link headers always sends both.
+            raise InvalidArgument("page needs limit")
         # Page by page: a listing of a million ids is never built, parsed
         # or encoded at once on the reactor every request shares.
         listing = JsonList(request)
@@ -49,8 +70,8 @@ class UserBlobs(OfUser):
             user,
             listing.add,
             namespace,
-            order_by=arguments.text(request, "order_by"),
-            deleted=arguments.boolean(request, "deleted"),
+            order_by=order_by,
+            deleted=deleted,
             filter_flag=filter_flag,
         )
         listing.finish()
@@ -117,6 +138,24 @@ class Blob(OfBlob):
         key = await self._authorized_key(request)
         await self._context.store.delete_blob(key.user, key.blob_id, key.namespace)
         send(request, 200)
+
+
+def next_link(request: StreamingRequest, token: str) -> bytes:
+    """The Link header (RFC 8288) to the page of ``token``: this request's
+    path and parameters, ``page`` replaced. An absolute-path reference, so
+    it means the same wherever the client resolves it against this
+    request's URL; every parameter percent-encoded (a ``+`` in a query
+    would read as a space)."""
+    segments = request.prepath or []  # the path up to this resource, decoded
+    path = b"/" + b"/".join(quote(segment, safe="").encode("ascii") for segment in segments)
+    query = [
+        (name, value)
+        for name, values in (request.args or {}).items()
+        if name != b"page"
+        for value in values
+    ]
+    query.append((b"page", token.encode("ascii")))
+    return b'<%s?%s>; rel="next"' % (path, urlencode(query, safe="", quote_via=quote).encode())
 
 
 def key_args(key: names.BlobKey) -> tuple[str, str, str]:
