@@ -31,6 +31,11 @@ class _Live:
     size: int
     sha256: bytes
 
+    @classmethod
+    def of(cls, size: int, sha256: memoryview | bytes) -> "_Live":
+        """From a row's size and sha256 (bytea)."""
+        return cls(int(size), bytes(sha256))
+
     def repeated_by(self, digest: transfer.ContentDigest) -> bool:
         return digest.size == self.size and digest.sha256 == self.sha256
 
@@ -110,7 +115,9 @@ class Writes:
         precheck = (
             await self._database.fetch("write_precheck", dict(key.params(), **self._quota()))
         )[0]
-        live = _live_of(precheck.live_size, precheck.live_sha256)
+        live = None
+        if precheck.live_size is not None:
+            live = _Live.of(precheck.live_size, precheck.live_sha256)
         room: int | None = precheck.room
         # A retry stores nothing, so only a new blob must fit.
         if live is None:
@@ -154,7 +161,7 @@ class Writes:
         rows = await self._database.fetch(
             "live_digests", {"user": user, "namespace": namespace, "blob_ids": blob_ids}
         )
-        return {row.blob_id: _Live(int(row.size), bytes(row.sha256)) for row in rows}
+        return {row.blob_id: _Live.of(row.size, row.sha256) for row in rows}
 
     async def many(
         self,
@@ -174,7 +181,7 @@ class Writes:
             dict(keys[0].params(), blob_ids=[key.blob_id for key in keys], **self._quota()),
         )
         room = rows[0].room
-        live = {row.taken: _Live(int(row.size), bytes(row.sha256)) for row in rows if row.taken}
+        live = {row.taken: _Live.of(row.size, row.sha256) for row in rows if row.taken}
         # A blob whose id a live blob of its size has must repeat that
         # blob's bytes (checked as they pass), and is not stored again.
         repeats: dict[int, bytes] = {}
@@ -231,8 +238,3 @@ class Writes:
             key.blob_id in live and live[key.blob_id].repeated_by(pipe.digest)
             for key, pipe in zip(keys, pipes, strict=True)
         )
-
-
-def _live_of(size: int | None, sha256: bytes | None) -> _Live | None:
-    """The live blob a precheck found (None: the id is free)."""
-    return None if size is None or sha256 is None else _Live(int(size), bytes(sha256))
