@@ -52,9 +52,13 @@ class IBlobsBackend(Interface):
 
         ``flags`` (pgblobs' addition) are set in the same transaction: the
         blob is never seen without them. Fires once the blob is durably
-        stored. Fails with ``BlobExists`` when
-        the id is taken, ``QuotaExceeded`` when the user's quota would be
-        passed; in both cases, and on any other failure, nothing is stored.
+        stored. When a live blob has the id, the write is done without
+        storing anything if it repeats that blob's very bytes (same size and
+        sha256; for an ``IStampedBody``, the same bytes after the stamp): a
+        client retrying a write whose answer it lost. Fails with
+        ``BlobExists`` when the id is taken by other bytes, ``QuotaExceeded``
+        when the user's quota would be passed; in both cases, and on any
+        other failure, nothing is stored.
         """
 
     def delete_blob(user: str, blob_id: str, namespace: str = "") -> Deferred[None]:
@@ -174,8 +178,11 @@ class IBlobStore(IBlobsBackend):
         called, on the reactor, when its blob's turn comes, and returns the
         IBodyProducer of exactly ``size`` bytes. ``before_commit`` (a
         callable returning a Deferred) may still refuse the whole lot once
-        every byte is in. Fails with ``BlobExists`` when an id is taken or
-        listed twice, ``QuotaExceeded`` when the lot does not fit.
+        every byte is in. A blob whose id a live blob has is done, and not
+        stored again, when its bytes repeat that blob's (as in
+        ``write_blob``); the others are stored. Fails with ``BlobExists``
+        when an id is taken by other bytes or listed twice,
+        ``QuotaExceeded`` when the new blobs do not fit.
         """
 
     def list_blob_page(
@@ -211,6 +218,20 @@ class IBodyOnDemand(IBodyProducer):
     saves the client the upload, so a store checks what it can first."""
 
     sent_on_demand = Attribute("True when the body comes only once production starts.")
+
+
+class IStampedBody(IBodyProducer):
+    """A body whose head the server writes, not the client (a delivered
+    mail's preamble, which carries the time of delivery): a retried write
+    repeats the live blob when its bytes after the stamp are that blob's."""
+
+    stamp_length = Attribute("How many bytes at the head of the body are the server's (int).")
+
+
+def stamp_length(body: IBodyProducer) -> int:
+    """How many bytes at the head of ``body`` are the server's: none unless
+    it is an IStampedBody."""
+    return int(body.stamp_length) if IStampedBody.providedBy(body) else 0
 
 
 def deferred(

@@ -19,6 +19,7 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from pgblobs.errors import InvalidArgument
+from pgblobs.interfaces import IStampedBody
 
 NAMESPACE = "MX"
 MAGIC = b"\x13\x37"
@@ -72,11 +73,12 @@ class Preamble:
         return cls.decode(base64.urlsafe_b64decode(head))
 
 
-@implementer(IBodyProducer)
+@implementer(IStampedBody)
 class DeliveredMessage:
     """The blob a delivery stores: the encoded preamble, a space, then the
     message's bytes as ``message`` (an IBodyProducer of known length)
-    produces them, streamed."""
+    produces them, streamed. The preamble and space are its stamp: the MX
+    retrying a delivery sends the same message, stamped at another time."""
 
     def __init__(
         self, blob_id: str, message: IBodyProducer, delivered_at: float | None = None
@@ -85,6 +87,7 @@ class DeliveredMessage:
             blob_id, "0", message.length, int(time.time() if delivered_at is None else delivered_at)
         )
         self._head = base64.urlsafe_b64encode(preamble.encode()) + b" "
+        self.stamp_length = len(self._head)
         self._message = message
         self.length = len(self._head) + message.length
 

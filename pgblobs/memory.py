@@ -16,12 +16,12 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer
-from twisted.web.iweb import IBodyProducer
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from pgblobs import names, settings, transfer
 from pgblobs.errors import BlobExists, BlobNotFound, QuotaExceeded
-from pgblobs.interfaces import IBlobStore, IOpenBlob, deferred
+from pgblobs.interfaces import IBlobStore, IOpenBlob, deferred, stamp_length
 from pgblobs.listings import Listing, PageOf
 from pgblobs.names import ByteRange
 
@@ -83,6 +83,15 @@ class MemoryBlobsBackend:
     def _taken(self, key: names.BlobKey) -> bool:
         return key in self._blobs and not self._blobs[key].deleted
 
+    def _size(self, key: names.BlobKey) -> int:
+        return len(self._blobs[key].content)
+
+    def _repeats(self, key: names.BlobKey, content: bytes, stamp: int) -> bool:
+        """Whether the live blob ``key`` has ``content``, its first ``stamp``
+        bytes aside (see IStampedBody)."""
+        live = self._blobs[key].content
+        return len(live) == len(content) and live[stamp:] == content[stamp:]
+
     def _used(self, user: str) -> int:
         return sum(
             len(stored.content)
@@ -117,10 +126,12 @@ class MemoryBlobsBackend:
     ) -> None:
         key = names.BlobKey.of(user, blob_id, namespace)
         flags = names.flag_list(flags)
-        if self._taken(key):
-            raise BlobExists("a live blob already has this id")
+        if self._taken(key) and producer.length not in (UNKNOWN_LENGTH, self._size(key)):
+            raise BlobExists("a live blob already has this id")  # unread: it cannot repeat it
         content = await transfer.collect(producer)
-        if self._taken(key):  # written meanwhile
+        if self._taken(key):  # before, or written meanwhile
+            if self._repeats(key, content, stamp_length(producer)):
+                return
             raise BlobExists("a live blob already has this id")
         self._store(key, content, flags)
 
@@ -133,20 +144,27 @@ class MemoryBlobsBackend:
         before_commit: Callable[[], Deferred[Any]] | None = None,
     ) -> None:
         keys = names.distinct_keys(user, [blob_id for blob_id, _, _ in blobs], namespace)
-        for key in keys:
-            if self._taken(key):
+        for key, (_, size, _) in zip(keys, blobs, strict=True):
+            if self._taken(key) and self._size(key) != size:
                 raise BlobExists(f"a live blob already has the id {key.blob_id}")
         contents = [await transfer.collect(make()) for _, _, make in blobs]
         if before_commit is not None:
             await before_commit()
-        for key in keys:
-            if self._taken(key):  # written meanwhile
+        # A blob repeating the live one of its id (before, or written
+        # meanwhile) is done already; the others are new.
+        fresh = [
+            (key, content)
+            for key, content in zip(keys, contents, strict=True)
+            if not (self._taken(key) and self._repeats(key, content, 0))
+        ]
+        for key, _ in fresh:
+            if self._taken(key):
                 raise BlobExists(f"a live blob already has the id {key.blob_id}")
-        total = sum(len(content) for content in contents)
+        total = sum(len(content) for _, content in fresh)
         if self.quota_bytes is not None and self._used(user) + total > self.quota_bytes:
             raise QuotaExceeded("the blobs do not fit in the user's quota")
-        self._check_count(user, len(keys))
-        for key, content in zip(keys, contents, strict=True):
+        self._check_count(user, len(fresh))
+        for key, content in fresh:
             self._store(key, content)
 
     @deferred

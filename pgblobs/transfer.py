@@ -243,3 +243,33 @@ async def gather_small(producer: IBodyProducer) -> tuple[bytes, ContentDigest]:
     digest = ContentDigest()
     digest.update(content)
     return content, digest
+
+
+@implementer(IConsumer)
+class _Digesting:
+    """A consumer keeping nothing but the digest of what it is given, its
+    first ``skip`` bytes left out."""
+
+    def __init__(self, skip: int) -> None:
+        self.digest = ContentDigest()
+        self._skip = skip
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        pass  # nothing is held, so nothing is ever paused
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        skipped = min(self._skip, len(data))
+        self._skip -= skipped
+        self.digest.update(data[skipped:])
+
+
+async def digest_of(producer: IBodyProducer, head: bytes = b"", skip: int = 0) -> ContentDigest:
+    """The digest of ``head`` followed by what ``producer`` produces after its
+    first ``skip`` bytes; the bytes are read and dropped, never stored."""
+    digesting = _Digesting(skip)
+    digesting.digest.update(head)
+    await producer.startProducing(digesting)
+    return digesting.digest

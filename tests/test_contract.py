@@ -8,10 +8,11 @@ from zope.interface import implementer
 from zope.interface.verify import verifyClass, verifyObject
 
 from pgblobs import BlobExists, BlobNotFound, MemoryBlobsBackend
-from pgblobs.interfaces import IBlobStore, IBodyOnDemand, IOpenBlob
+from pgblobs.interfaces import IBlobStore, IBodyOnDemand, IOpenBlob, IStampedBody
+from pgblobs.mail import DeliveredMessage
 from pgblobs.versions import INLINE_LIMIT
 from pgblobs.web.request import RequestBody
-from tests.helpers import Collector, content, deferred_test, write
+from tests.helpers import Collector, content, deferred_test, producer, read, write
 
 SMALL = content(1000)
 LARGE = content(INLINE_LIMIT + 1, seed=3)
@@ -111,3 +112,44 @@ async def test_a_body_sent_on_demand_is_not_asked_for_when_its_id_is_taken(store
 
 def test_the_web_layer_declares_its_bodies_sent_on_demand():
     assert verifyClass(IBodyOnDemand, RequestBody)
+
+
+@deferred_test
+async def test_a_write_repeating_the_live_blob_is_done_and_other_bytes_are_taken(store):
+    await write(store, "alice", "small", SMALL)
+    await write(store, "alice", "large", LARGE)
+    for known_length in (True, False):
+        await write(store, "alice", "small", SMALL, known_length=known_length)
+        await write(store, "alice", "large", LARGE, known_length=known_length)
+        for other in (SMALL[:-1] + b"?", SMALL + b"?"):
+            with pytest.raises(BlobExists):
+                await write(store, "alice", "small", other, known_length=known_length)
+    # Many at once: the repeat is done, the new blob stored; other bytes fail them all.
+    await store.write_blobs(
+        "alice",
+        [("large", len(LARGE), lambda: producer(LARGE)), ("new", 3, lambda: producer(b"new"))],
+    )
+    with pytest.raises(BlobExists):
+        await store.write_blobs(
+            "alice",
+            [
+                ("newer", 1, lambda: producer(b"!")),
+                ("small", len(SMALL), lambda: producer(LARGE[: len(SMALL)])),
+            ],
+        )
+    assert sorted(await store.list_blobs("alice")) == ["large", "new", "small"]
+    assert [await read(store, "alice", name) for name in ("small", "large")] == [SMALL, LARGE]
+
+
+@deferred_test
+async def test_a_stamped_body_repeats_the_live_blob_when_its_bytes_after_the_stamp_do(store):
+    message = b"-----BEGIN PGP MESSAGE-----\n" + SMALL
+    earlier = DeliveredMessage("mail", producer(message), delivered_at=1_000_000)
+    assert verifyObject(IStampedBody, earlier)
+    await store.write_blob("alice", "mail", earlier, "MX")
+    stored = await read(store, "alice", "mail", "MX")
+    await store.write_blob("alice", "mail", DeliveredMessage("mail", producer(message)), "MX")
+    with pytest.raises(BlobExists):
+        other = message[:-1] + b"?"
+        await store.write_blob("alice", "mail", DeliveredMessage("mail", producer(other)), "MX")
+    assert await read(store, "alice", "mail", "MX") == stored

@@ -121,6 +121,9 @@ PER_USER_QUERIES = [
     "open_blob_batch",
     "open_blobs",
     "write_precheck",
+    "write_many_precheck",
+    "live_digests",
+    "live_head",
     "delete_blob",
     "set_flags",
     "account_contents",
@@ -152,6 +155,7 @@ def test_per_user_queries_are_index_scans_on_a_large_table(scratch_dsn):
         "users": ["user-42", "user-42"],
         "namespaces": ["default", "default"],
         "batch": 500,
+        "length": 737,
     }
     for name in PER_USER_QUERIES:
         plan = "\n".join(row[0] for row in sql(scratch_dsn, "EXPLAIN " + SQL[name], params))

@@ -5,14 +5,14 @@ bytes between a large object and a transfer adapter (pgblobs/transfer.py):
 an ``UploadPipe`` to read from, a ``DownloadPush`` to deliver to.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet import threads
 from twisted.internet.defer import Deferred
 
 from pgblobs.db.sync import SyncConnection
-from pgblobs.errors import BlobNotFound, QuotaExceeded
+from pgblobs.errors import BlobExists, BlobNotFound, QuotaExceeded
 from pgblobs.names import BlobKey
 from pgblobs.transfer import CHUNK, ContentDigest, DownloadPush, UploadPipe
 
@@ -84,6 +84,15 @@ def store(
         _commit_rows(connection, [(key, oid, pipe.digest)], quota, flags)
 
 
+def _repeat(pipe: UploadPipe, key: BlobKey, sha256: bytes) -> None:
+    """Everything ``pipe`` carries, read and dropped; BlobExists unless it
+    is the live blob's very bytes (its sha256 ``sha256``)."""
+    while pipe.read():
+        pass
+    if pipe.digest.sha256 != sha256:
+        raise BlobExists(f"a live blob already has the id {key.blob_id}")
+
+
 def store_all(
     connection: SyncConnection,
     reactor: Any,
@@ -92,11 +101,14 @@ def store_all(
     keys: list[BlobKey],
     quota: dict[str, int | None],
     room: int | None,
+    repeats: Mapping[int, bytes],
 ) -> None:
     """Worker: the blobs ``keys`` (of one user and namespace), their bytes
     from ``next_pipe(index)`` (run on the reactor), in one transaction
     committed only if ``confirm()`` (run on the reactor too) succeeds once
-    every byte is in.
+    every byte is in. ``repeats`` maps the index of a blob whose id a live
+    blob of the same size has to that blob's sha256: its bytes must be the
+    same (else BlobExists), and are not stored again.
 
     Content is written first and the rows last, in one statement, so the
     per-user lock is held only for that statement and the commit.
@@ -107,9 +119,13 @@ def store_all(
         for index, key in enumerate(keys):
             pipe = threads.blockingCallFromThread(reactor, next_pipe, index)
             pipe.begin()
-            written.append((key, _write(connection, pipe, allowance), pipe.digest))
+            if index in repeats:
+                _repeat(pipe, key, repeats[index])
+            else:
+                written.append((key, _write(connection, pipe, allowance), pipe.digest))
         threads.blockingCallFromThread(reactor, confirm)
-        _commit_rows(connection, written, quota)
+        if written:
+            _commit_rows(connection, written, quota)
 
 
 def load(connection: SyncConnection, push: DownloadPush, row: int, start: int, stop: int) -> None:

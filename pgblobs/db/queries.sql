@@ -8,24 +8,39 @@
 SELECT version_num FROM pgblobs.alembic_version;
 
 -- name: write_precheck (read)
--- Before reading a body: is the id taken, and how many bytes and blobs may the user still
--- store (NULL: no limit).
-SELECT EXISTS (
-           SELECT 1 FROM pgblobs.blobs
-           WHERE user_id = %(user)s AND namespace = %(namespace)s
-             AND blob_id = %(blob_id)s AND deleted_at IS NULL
-       ) AS taken,
+-- Before reading a body: the size and sha256 of the live blob that has the id (NULL: none),
+-- and how many bytes and blobs the user may still store (NULL: no limit).
+SELECT live.size AS live_size, live.sha256 AS live_sha256,
        room.bytes AS room, room.blobs AS room_blobs
-FROM pgblobs.room(%(user)s, %(default_quota)s, %(default_quota_blobs)s) AS room;
+FROM pgblobs.room(%(user)s, %(default_quota)s, %(default_quota_blobs)s) AS room
+LEFT JOIN pgblobs.blobs AS live
+  ON live.user_id = %(user)s AND live.namespace = %(namespace)s
+ AND live.blob_id = %(blob_id)s AND live.deleted_at IS NULL;
 
 -- name: write_many_precheck (read)
--- Before reading several bodies: the first of %(blob_ids)s a live blob already has
--- (NULL: none), and how many bytes and blobs the user may still store (NULL: no limit).
-SELECT (SELECT min(blob_id) FROM pgblobs.blobs
-        WHERE user_id = %(user)s AND namespace = %(namespace)s
-          AND blob_id = ANY (%(blob_ids)s::text[]) AND deleted_at IS NULL) AS taken,
+-- Before reading several bodies: how many bytes and blobs the user may still store (NULL: no
+-- limit), on one row per id of %(blob_ids)s a live blob already has, with that blob's size and
+-- sha256 (one row of NULLs there when none is taken).
+SELECT live.blob_id AS taken, live.size, live.sha256,
        room.bytes AS room, room.blobs AS room_blobs
-FROM pgblobs.room(%(user)s, %(default_quota)s, %(default_quota_blobs)s) AS room;
+FROM pgblobs.room(%(user)s, %(default_quota)s, %(default_quota_blobs)s) AS room
+LEFT JOIN pgblobs.blobs AS live
+  ON live.user_id = %(user)s AND live.namespace = %(namespace)s
+ AND live.blob_id = ANY (%(blob_ids)s::text[]) AND live.deleted_at IS NULL;
+
+-- name: live_digests (read)
+-- Size and sha256 of the live blobs among %(blob_ids)s, on the primary: a write refused at
+-- its commit (the id taken meanwhile) is done if it repeated one's very bytes.
+SELECT blob_id, size, sha256 FROM pgblobs.blobs
+WHERE user_id = %(user)s AND namespace = %(namespace)s
+  AND blob_id = ANY (%(blob_ids)s::text[]) AND deleted_at IS NULL;
+
+-- name: live_head (read)
+-- The first %(length)s bytes of the live blob, for a retried write whose head the store
+-- writes itself (a delivery's preamble, stamped with its time).
+SELECT lo_get(lo_oid, 0, %(length)s) AS head FROM pgblobs.blobs
+WHERE user_id = %(user)s AND namespace = %(namespace)s
+  AND blob_id = %(blob_id)s AND deleted_at IS NULL;
 
 -- name: put_small_blobs
 -- A batch of whole small blobs, of any users, in one statement and one commit; one

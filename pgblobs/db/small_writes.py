@@ -42,6 +42,16 @@ class _SmallWrite:
     flags: list[str]
 
 
+class TakenAtCommit(BlobExists):
+    """A live blob had the id when the write's batch committed; ``digest``
+    is that of the refused bytes, so the writer can tell whether they
+    repeat the live blob's."""
+
+    def __init__(self, digest: transfer.ContentDigest) -> None:
+        super().__init__("a live blob already has this id")
+        self.digest = digest
+
+
 class _UserBusy(Exception):
     """Another writer holds the user's lock: this small write goes again later."""
 
@@ -86,11 +96,15 @@ class SmallWrites:
         self, key: names.BlobKey, producer: IBodyProducer, length: int, flags: list[str]
     ) -> None:
         """Gather ``producer``'s ``length`` bytes on the reactor, then commit
-        them with the other small writes of the moment."""
+        them with the other small writes of the moment; TakenAtCommit when a
+        live blob has the id."""
         self.buffered += length
         try:
             content, digest = await transfer.gather_small(producer)
-            await self._commit(_SmallWrite(key, content, digest, flags))
+            try:
+                await self._commit(_SmallWrite(key, content, digest, flags))
+            except BlobExists:
+                raise TakenAtCommit(digest) from None
         finally:
             self.buffered -= length
 
