@@ -14,6 +14,8 @@ _FALSE = {"false", "0", ""}
 # ASCII digits only (str.isdigit also takes '\xb2', which int() refuses), and no
 # more of them than any blob's size needs: 19 fit a PostgreSQL bigint.
 _BYTE_RANGE = re.compile(r"([0-9]{0,19})-([0-9]{0,19})")
+# A count or a number of seconds: names.py says which are in range.
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
 _Kind = TypeVar("_Kind")
 
 
@@ -39,6 +41,16 @@ def boolean(request: IRequest, name: str) -> bool:
     if value.lower() in _FALSE:
         return False
     raise InvalidArgument(f"invalid {name} {value!r}: use True or False")
+
+
+def integer(request: IRequest, name: str, default: int) -> int:
+    """A whole number in ASCII digits (names.py judges its range)."""
+    value = text(request, name)
+    if value is None:
+        return default
+    if not _WHOLE_NUMBER.fullmatch(value):
+        raise InvalidArgument(f"invalid {name} {value[:60]!r}: use a whole number")
+    return int(value)
 
 
 def json_body(raw: bytes, kind: type[_Kind]) -> _Kind:
