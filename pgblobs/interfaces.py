@@ -201,7 +201,8 @@ class IClaims(Interface):
         PROCESSING when its lease ends goes back to PENDING within a few
         seconds and may be claimed again; giving it other flags (PROCESSED,
         FAILED), or deleting it, ends the lease. ``InvalidArgument`` when
-        ``limit`` is not 1 to 1000 or ``lease`` not 1 to 3600.
+        ``limit`` is outside 1 to settings.MAX_CLAIM_LIMIT or ``lease``
+        outside 1 to settings.MAX_CLAIM_LEASE.
         """
 
 

@@ -12,9 +12,9 @@ from zope.interface.verify import verifyObject
 
 from pgblobs import InvalidArgument, InvalidName, PostgresBlobsBackend
 from pgblobs.claims import Claims
-from pgblobs.db import queries
+from pgblobs.db import queries, schema
 from pgblobs.interfaces import IClaims
-from tests.helpers import deferred_test, seed_pending, sql, until, wait_until
+from tests.helpers import LISTED_SEED, deferred_test, seed_pending, sql, until, wait_until
 
 # The ids of the blobs under a lease.
 LEASED = "SELECT b.blob_id FROM pgblobs.claims JOIN pgblobs.blobs AS b ON b.id = blob_row"
@@ -157,3 +157,39 @@ async def test_out_of_domain_arguments_fail_before_any_database_work(arguments, 
     backend = PostgresBlobsBackend(database=None)  # any database work would crash
     with pytest.raises(error):
         await backend.claim_blobs(**{"user": "alice", **arguments})
+
+
+def test_claims_and_their_end_read_a_few_index_entries_of_large_tables(scratch_dsn):
+    """100,000 PENDING blobs of one user and 100,000 leases running, never
+    analysed: a claim of ten and a round of ending leases scan no table."""
+    schema.upgrade(scratch_dsn)
+    for table in ("blobs", "blob_flags", "claims"):
+        sql(scratch_dsn, f"ALTER TABLE pgblobs.{table} SET (autovacuum_enabled = off)")
+    sql(scratch_dsn, LISTED_SEED, {"count": 200_000})  # rows only, of "heavy"
+    sql(
+        scratch_dsn,
+        "INSERT INTO pgblobs.blob_flags (blob_row, user_id, namespace, blob_id, created_at, flag) "
+        "SELECT id, user_id, namespace, blob_id, created_at, "
+        "CASE WHEN id % 2 = 0 THEN 'PENDING' ELSE 'PROCESSING' END FROM pgblobs.blobs",
+    )
+    sql(
+        scratch_dsn,
+        "INSERT INTO pgblobs.claims (blob_row, user_id, lease_until) "
+        "SELECT id, user_id, now() + interval '1 hour' FROM pgblobs.blobs WHERE id % 2 = 1",
+    )
+    node = psycopg2.connect(scratch_dsn)
+    with node.cursor() as cursor:
+        params = {"user": "heavy", "namespace": "default", "limit": 10, "lease": 60}
+        cursor.execute(queries.SQL["claim_blobs"], params)
+        assert cursor.fetchone()[0] == [f"listed-{i}" for i in range(2, 22, 2)]
+        cursor.execute(queries.SQL["expire_claims"], {"batch": 1000})
+        assert cursor.fetchone()[0] == 0
+        cursor.execute(
+            "SELECT relname, seq_scan, idx_tup_fetch FROM pg_stat_xact_user_tables "
+            "WHERE relname IN ('blobs', 'blob_flags', 'claims') ORDER BY relname"
+        )
+        read = cursor.fetchall()
+        node.rollback()
+    node.close()
+    assert len(read) == 3
+    assert all(scans == 0 and fetched < 1000 for _, scans, fetched in read), read
