@@ -5,7 +5,8 @@ Each method validates its names first (no database work for bad input),
 then hands over: writes.py chooses how a blob travels and prechecks it
 (db/small_writes.py commits small ones together, db/largeobjects.py streams
 the rest on worker threads); versions.py opens versions and reads them;
-listings.py lists ids; db/replicas.py decides which database answers a read.
+listings.py lists ids; claims.py claims PENDING blobs and ends their leases;
+db/replicas.py decides which database answers a read.
 The few single statements left (delete, flags, counts) run here. Nothing is
 cached in the process: every answer comes from the database, which several
 server nodes may share.
@@ -22,19 +23,20 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from pgblobs import names, settings
+from pgblobs.claims import Claims
 from pgblobs.db.connector import Database
 from pgblobs.db.queries import Row
 from pgblobs.db.replicas import Replicas
 from pgblobs.db.small_writes import SmallWrites
 from pgblobs.errors import BlobNotFound
-from pgblobs.interfaces import IBlobStore, IOpenBlob, deferred
+from pgblobs.interfaces import IBlobStore, IClaims, IOpenBlob, deferred
 from pgblobs.listings import Listing, Listings, PageOf
 from pgblobs.names import ByteRange
 from pgblobs.versions import OpenBlob, Versions, load_small
 from pgblobs.writes import Writes
 
 
-@implementer(IBlobStore)
+@implementer(IBlobStore, IClaims)
 class PostgresBlobsBackend:
     """Blobs in PostgreSQL large objects, their metadata in ``pgblobs.blobs``.
 
@@ -64,6 +66,7 @@ class PostgresBlobsBackend:
         self._writes = Writes(reactor, database, self._quota, self._small_writes)
         self._versions = Versions(reactor, self.reading)
         self._listings = Listings(self.reading)
+        self._claims = Claims(database, reactor)
 
     @classmethod
     def connect(
@@ -123,10 +126,16 @@ class PostgresBlobsBackend:
 
         return defer.ensureDeferred(connecting())
 
-    def close(self) -> Deferred[None]:
-        return defer.gatherResults([self.reading.close(), self.database.close()]).addCallback(
-            lambda _: None
-        )
+    def start_expiring_claims(self, every: float = settings.CLAIM_EXPIRY_EVERY) -> None:
+        """Give claimed blobs whose lease ended back to PENDING, every
+        ``every`` seconds until ``close`` (what every serving node does)."""
+        self._claims.start_expiring(every)
+
+    @deferred
+    async def close(self) -> None:
+        # A round of the claims' loop in flight ends before its connection goes.
+        await self._claims.stop_expiring()
+        await defer.gatherResults([self.reading.close(), self.database.close()])
 
     @property
     def buffered_bytes(self) -> int:
@@ -225,6 +234,16 @@ class PostgresBlobsBackend:
     ) -> None:
         key = names.BlobKey.of(user, blob_id, namespace)
         await self._change("set_flags", dict(key.params(), flags=names.flag_list(flags)))
+
+    @deferred
+    async def claim_blobs(
+        self,
+        user: str,
+        namespace: str = "",
+        limit: int = settings.CLAIM_LIMIT,
+        lease: int = settings.CLAIM_LEASE,
+    ) -> list[str]:
+        return await self._claims.claim(user, namespace, limit, lease)
 
     @deferred
     async def count(self, user: str, namespace: str = "") -> int:

@@ -212,6 +212,31 @@ class IBlobStore(IBlobsBackend):
         """Let go of whatever the store holds (connections); fires when done."""
 
 
+class IClaims(Interface):
+    """Inbox claims (pgblobs' addition): a client reserves PENDING blobs
+    before it hands them out, so two clients of one user never both take one
+    (Soledad's incoming box). The site serves /claim only for a store that
+    provides it."""
+
+    def claim_blobs(
+        user: str,
+        namespace: str = "",
+        limit: int = settings.CLAIM_LIMIT,
+        lease: int = settings.CLAIM_LEASE,
+    ) -> Deferred[list[str]]:
+        """Move up to ``limit`` of the user's blobs in ``namespace`` that
+        carry PENDING to PROCESSING, oldest first, and fire with their ids in
+        that order. Claims at once, on any node, never return the same id.
+
+        Each claim is leased for ``lease`` seconds: a blob that still carries
+        PROCESSING when its lease ends goes back to PENDING within a few
+        seconds and may be claimed again; giving it other flags (PROCESSED,
+        FAILED), or deleting it, ends the lease. ``InvalidArgument`` when
+        ``limit`` is outside 1 to settings.MAX_CLAIM_LIMIT or ``lease``
+        outside 1 to settings.MAX_CLAIM_LEASE.
+        """
+
+
 class IBodyOnDemand(IBodyProducer):
     """A body the client sends only once the server asks for it (HTTP's
     ``Expect: 100-continue``): refusing a write before reading such a body

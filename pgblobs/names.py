@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
+from pgblobs import settings
 from pgblobs.errors import BlobExists, InvalidArgument, InvalidFlag, InvalidName
 
 ByteRange = tuple[int, int | None]  # start, end (exclusive; None: to the end)
@@ -94,6 +95,22 @@ def descending(order_by: str | None) -> bool:
     if order_by == "-date":
         return True
     raise InvalidArgument(f"invalid order_by {order_by!r}: use date, +date or -date")
+
+
+def _whole_number(kind: str, value: object, most: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+        raise InvalidArgument(f"invalid {kind} {value!r}: use a whole number from 1 to {most}")
+    return value
+
+
+def claim_limit(value: object) -> int:
+    """How many blobs one claim may take."""
+    return _whole_number("limit", value, settings.MAX_CLAIM_LIMIT)
+
+
+def lease_seconds(value: object) -> int:
+    """How long a claim's lease may last, in seconds."""
+    return _whole_number("lease", value, settings.MAX_CLAIM_LEASE)
 
 
 def byte_range(value: object) -> tuple[int, int | None]:

@@ -288,6 +288,8 @@ async def _serve_here(
     notifier: Notifier,
 ) -> tuple[list[Any], list[Any]]:
     backend = await _connect(reactor, dsn, options, notifier)
+    # Every node ends leases, whichever node granted them: one node left is enough.
+    backend.start_expiring_claims()
     database = backend.database
     tokens = KnownTokens(
         database, fallback=backend.reading.reader, cache_seconds=options.token_cache_seconds

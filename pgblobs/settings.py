@@ -56,6 +56,16 @@ LOG_FORMAT = "text"
 # Ids per page of a paged listing: one statement, and a few milliseconds of
 # the reactor, each.
 LISTING_PAGE = 10_000
+# Inbox claims (POST /claim/{user}): blobs one claim takes by default and at
+# most, and the seconds of its lease, by default and at most.
+CLAIM_LIMIT = 10
+MAX_CLAIM_LIMIT = 1000
+CLAIM_LEASE = 300
+MAX_CLAIM_LEASE = 3600
+# Seconds between a node's rounds that give claims whose lease ended back to
+# PENDING, and the most leases one round ends (one short transaction).
+CLAIM_EXPIRY_EVERY = 1.0
+CLAIM_EXPIRY_BATCH = 1000
 
 
 def dsn_from_environment() -> str | None:

@@ -64,7 +64,8 @@ def dsn(migrated_dsn):
     sql(
         migrated_dsn,
         "TRUNCATE pgblobs.blobs, pgblobs.blob_flags, pgblobs.quotas, pgblobs.tokens, "
-        "pgblobs.service_tokens, pgblobs.usage, pgblobs.closed_accounts RESTART IDENTITY",
+        "pgblobs.service_tokens, pgblobs.usage, pgblobs.closed_accounts, pgblobs.claims "
+        "RESTART IDENTITY",
     )
     yield migrated_dsn
     assert sql(migrated_dsn, ORPHANS)[0][0] == 0, "a large object outlived its blob"

@@ -39,6 +39,23 @@ LISTED_SEED = """
 """
 
 
+# %(count)s blobs of alice in %(namespace)s, named m001, m002, ... in date
+# order (oldest first), each carrying PENDING; real large objects.
+PENDING_SEED = """
+    SELECT pgblobs.insert_blobs(
+        array_agg('alice'::text), array_agg(%(namespace)s::text),
+        array_agg('m' || lpad(i::text, 3, '0')), array_agg(convert_to('message ' || i, 'UTF8')),
+        array_agg('tag'::text), array_agg('\\x00'::bytea), array_agg('PENDING'::text),
+        array_agg(now() - make_interval(secs => %(count)s - i)), '{}')
+    FROM generate_series(1, %(count)s) AS i
+"""
+
+
+def seed_pending(dsn, count, namespace="MX"):
+    sql(dsn, PENDING_SEED, {"count": count, "namespace": namespace})
+    return [f"m{i:03d}" for i in range(1, count + 1)]
+
+
 def token_header(user, token):
     """The value of the Authorization header Soledad clients send."""
     return "Token " + base64.b64encode(f"{user}:{token}".encode()).decode()

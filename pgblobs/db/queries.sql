@@ -137,6 +137,15 @@ WITH target AS (
 )
 SELECT id FROM target;
 
+-- name: claim_blobs
+-- Move up to %(limit)s of a user's PENDING blobs in a namespace to PROCESSING, oldest first,
+-- each leased for %(lease)s seconds; their ids, oldest first (pgblobs.claim_blobs).
+SELECT pgblobs.claim_blobs(%(user)s, %(namespace)s, %(limit)s, %(lease)s) AS blob_ids;
+
+-- name: expire_claims
+-- End up to %(batch)s leases whose time is up; how many blobs went back to PENDING.
+SELECT pgblobs.expire_claims(%(batch)s) AS back;
+
 -- name: count_live (read)
 -- Live blobs of a user in a namespace (the counters that migrations/0004's trigger keeps).
 SELECT coalesce((SELECT live_blobs FROM pgblobs.usage

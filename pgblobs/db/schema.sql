@@ -80,6 +80,18 @@ CREATE TABLE pgblobs.blob_flags (
 CREATE INDEX blob_flags_listing
     ON pgblobs.blob_flags (user_id, namespace, flag, created_at, blob_row) INCLUDE (blob_id);
 
+-- The lease of each claimed blob (POST /claim/{user}): when it ends, a blob still carrying
+-- PROCESSING goes back to PENDING (pgblobs.expire_claims). A row outlives the PROCESSING
+-- flag it leases until its end, when it is simply dropped: setting other flags or deleting
+-- the blob ends a lease without touching this table.
+CREATE TABLE pgblobs.claims (
+    blob_row     bigint      PRIMARY KEY REFERENCES pgblobs.blobs (id) ON DELETE CASCADE,
+    user_id      text        NOT NULL,
+    lease_until  timestamptz NOT NULL
+);
+-- The leases that ended, oldest first, with the users whose locks ending them takes.
+CREATE INDEX claims_by_lease_end ON pgblobs.claims (lease_until) INCLUDE (user_id);
+
 
 -- Quotas and usage -------------------------------------------------------------------------
 
@@ -357,6 +369,93 @@ BEGIN
 END
 $$;
 
+
+-- Claiming pending blobs -------------------------------------------------------------------
+-- POST /claim/{user}: a client reserves PENDING blobs (PROCESSING, under a lease) before it
+-- hands them out. Custom plans, as the write functions.
+
+-- Move up to p_limit of a user's PENDING blobs in a namespace to PROCESSING, oldest first,
+-- each leased for p_lease_seconds; their ids, oldest first. The user's lock comes first, in
+-- a statement of its own, so the claim below reads (with a snapshot taken after it) every
+-- claim committed before: two claims never take one blob. SKIP LOCKED passes over flags
+-- another writer is changing now.
+CREATE FUNCTION pgblobs.claim_blobs(
+    p_user text, p_namespace text, p_limit int, p_lease_seconds int)
+RETURNS text[] LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode = force_custom_plan AS $$
+DECLARE
+    v_claimed text[];
+BEGIN
+    PERFORM pgblobs.lock_users(ARRAY[p_user]);
+    WITH chosen AS (
+        SELECT f.blob_row, f.blob_id, f.created_at FROM pgblobs.blob_flags AS f
+        WHERE f.user_id = p_user AND f.namespace = p_namespace AND f.flag = 'PENDING'
+        ORDER BY f.created_at, f.blob_row
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    ), unpending AS (
+        DELETE FROM pgblobs.blob_flags AS f USING chosen
+        WHERE f.blob_row = chosen.blob_row AND f.flag = 'PENDING'
+    ), processing AS (
+        INSERT INTO pgblobs.blob_flags (blob_row, user_id, namespace, blob_id, created_at,
+                                        flag)
+        SELECT blob_row, p_user, p_namespace, blob_id, created_at, 'PROCESSING' FROM chosen
+        ON CONFLICT DO NOTHING
+    ), leased AS (
+        -- A row left by an earlier lease (its blob made PENDING again by hand) is renewed.
+        INSERT INTO pgblobs.claims (blob_row, user_id, lease_until)
+        SELECT blob_row, p_user, now() + make_interval(secs => p_lease_seconds) FROM chosen
+        ON CONFLICT (blob_row) DO UPDATE SET lease_until = EXCLUDED.lease_until
+    )
+    SELECT coalesce(array_agg(blob_id ORDER BY created_at, blob_row), '{}') INTO v_claimed
+    FROM chosen;
+    RETURN v_claimed;
+END
+$$;
+
+-- End up to p_batch leases whose time is up, oldest first: a live blob still carrying
+-- PROCESSING goes back to PENDING (how many did is the answer); the other leases are
+-- simply dropped (a flag set since, or a delete, ended them). Several nodes run it at
+-- once: the users' locks come first (name order, as every writer takes them), then the
+-- leases are read again under them, passing over those another node is ending.
+CREATE FUNCTION pgblobs.expire_claims(p_batch int)
+RETURNS int LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode = force_custom_plan AS $$
+DECLARE
+    v_users text[];
+    v_back  int;
+BEGIN
+    SELECT coalesce(array_agg(DISTINCT user_id), '{}') INTO v_users
+    FROM (SELECT user_id FROM pgblobs.claims WHERE lease_until <= now()
+          ORDER BY lease_until LIMIT p_batch) AS due;
+    PERFORM pgblobs.lock_users(v_users);
+    WITH due AS (
+        SELECT c.blob_row, b.deleted_at IS NULL AS live
+        FROM pgblobs.claims AS c JOIN pgblobs.blobs AS b ON b.id = c.blob_row
+        WHERE c.user_id = ANY (v_users) AND c.lease_until <= now()
+        ORDER BY c.lease_until
+        LIMIT p_batch
+        FOR UPDATE OF c SKIP LOCKED
+    ), ended AS (
+        DELETE FROM pgblobs.claims AS c USING due WHERE c.blob_row = due.blob_row
+    ), lapsed AS (
+        -- A tombstone's flags go too: a delete that raced the claim (its snapshot taken
+        -- before the claim committed) cannot have seen the PROCESSING the claim added.
+        DELETE FROM pgblobs.blob_flags AS f USING due
+        WHERE f.blob_row = due.blob_row AND (f.flag = 'PROCESSING' OR NOT due.live)
+        RETURNING f.blob_row, f.user_id, f.namespace, f.blob_id, f.created_at, f.flag,
+                  due.live
+    ), pending AS (
+        INSERT INTO pgblobs.blob_flags (blob_row, user_id, namespace, blob_id, created_at,
+                                        flag)
+        SELECT blob_row, user_id, namespace, blob_id, created_at, 'PENDING' FROM lapsed
+        WHERE live AND flag = 'PROCESSING'
+        ON CONFLICT DO NOTHING
+    )
+    SELECT count(*) INTO v_back FROM lapsed WHERE live AND flag = 'PROCESSING';
+    RETURN v_back;
+END
+$$;
 
 -- Triggers ---------------------------------------------------------------------------------
 

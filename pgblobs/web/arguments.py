@@ -2,7 +2,7 @@
 
 import json
 import re
-from typing import TypeVar
+from typing import TypeVar, overload
 
 from twisted.web.iweb import IRequest
 
@@ -42,11 +42,17 @@ def boolean(request: IRequest, name: str) -> bool:
     raise InvalidArgument(f"invalid {name} {value!r}: use True or False")
 
 
-def number(request: IRequest, name: str, lowest: int, highest: int) -> int | None:
-    """A whole number from ``lowest`` to ``highest``, or None when absent."""
+@overload
+def number(request: IRequest, name: str, lowest: int, highest: int) -> int | None: ...
+@overload
+def number(request: IRequest, name: str, lowest: int, highest: int, default: int) -> int: ...
+def number(
+    request: IRequest, name: str, lowest: int, highest: int, default: int | None = None
+) -> int | None:
+    """A whole number from ``lowest`` to ``highest``, or ``default`` when absent."""
     value = text(request, name)
     if value is None:
-        return None
+        return default
     if not _NUMBER.fullmatch(value) or not lowest <= int(value) <= highest:
         raise InvalidArgument(f"invalid {name} {value[:30]!r}: use {lowest} to {highest}")
     return int(value)

@@ -8,6 +8,7 @@ The public site, for users' clients:
     /metrics          Prometheus text format
     /blobs/{user}/... web/blobs.py
     /stream/{user}    web/stream.py
+    /claim/{user}     web/claims.py (for a store that provides IClaims)
 
 The services site, for the provider's own services on a local listener:
 
@@ -26,10 +27,11 @@ from twisted.web import http, server
 from twisted.web.resource import IResource
 
 from pgblobs import __version__, settings
-from pgblobs.interfaces import IBlobStore
+from pgblobs.interfaces import IBlobStore, IClaims
 from pgblobs.web.auth import Authenticator, TokenCheck
 from pgblobs.web.blobs import UserBlobs
 from pgblobs.web.channel import BlobsChannel
+from pgblobs.web.claims import UserClaims
 from pgblobs.web.incoming import UserIncoming
 from pgblobs.web.metrics import SiteMetrics
 from pgblobs.web.refusal import Refusals
@@ -191,6 +193,8 @@ def build_site(
     root = _About()
     root.putChild(b"blobs", Users(context, UserBlobs))
     root.putChild(b"stream", Users(context, UserStream))
+    if IClaims.providedBy(store):
+        root.putChild(b"claim", Users(context, UserClaims))
     root.putChild(b"health", _Health(health))
     root.putChild(b"metrics", metrics.resource())
     return BlobsSite(root, metrics, limits, limits.max_connections, access_log)
