@@ -5,7 +5,8 @@ Each method validates its names first (no database work for bad input),
 then hands over: writes.py chooses how a blob travels and prechecks it
 (db/small_writes.py commits small ones together, db/largeobjects.py streams
 the rest on worker threads); versions.py opens versions and reads them;
-listings.py lists ids; claims.py claims PENDING blobs and ends their leases;
+listings.py lists ids; feed.py reads and holds the change feed; claims.py
+claims PENDING blobs and ends their leases;
 db/replicas.py decides which database answers a read.
 The few single statements left (delete, flags, counts) run here. Nothing is
 cached in the process: every answer comes from the database, which several
@@ -29,14 +30,15 @@ from pgblobs.db.queries import Row
 from pgblobs.db.replicas import Replicas
 from pgblobs.db.small_writes import SmallWrites
 from pgblobs.errors import BlobNotFound
-from pgblobs.interfaces import IBlobStore, IClaims, IOpenBlob, deferred
+from pgblobs.feed import ChangeFeed, ChangesPage
+from pgblobs.interfaces import IBlobStore, IChangeFeed, IClaims, IOpenBlob, deferred
 from pgblobs.listings import Listing, Listings, PageOf
 from pgblobs.names import ByteRange
 from pgblobs.versions import OpenBlob, Versions, load_small
 from pgblobs.writes import Writes
 
 
-@implementer(IBlobStore, IClaims)
+@implementer(IBlobStore, IChangeFeed, IClaims)
 class PostgresBlobsBackend:
     """Blobs in PostgreSQL large objects, their metadata in ``pgblobs.blobs``.
 
@@ -53,6 +55,8 @@ class PostgresBlobsBackend:
         max_buffered_bytes: int = settings.MAX_BUFFERED_BYTES,
         replica_max_lag: float = settings.REPLICA_MAX_LAG,
         quota_blobs: int | None = settings.QUOTA_BLOBS,
+        max_held_changes_per_user: int = settings.HELD_CHANGES_PER_USER,
+        max_held_changes: int = settings.HELD_CHANGES,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -66,6 +70,7 @@ class PostgresBlobsBackend:
         self._writes = Writes(reactor, database, self._quota, self._small_writes)
         self._versions = Versions(reactor, self.reading)
         self._listings = Listings(self.reading)
+        self._feed = ChangeFeed(reactor, database, max_held_changes_per_user, max_held_changes)
         self._claims = Claims(database, reactor)
 
     @classmethod
@@ -82,6 +87,8 @@ class PostgresBlobsBackend:
         replica_dsn: Sequence[str] = (),
         replica_max_lag: float = settings.REPLICA_MAX_LAG,
         quota_blobs: int | None = settings.QUOTA_BLOBS,
+        max_held_changes_per_user: int = settings.HELD_CHANGES_PER_USER,
+        max_held_changes: int = settings.HELD_CHANGES,
     ) -> Deferred["PostgresBlobsBackend"]:
         """A Deferred firing with a backend connected to ``dsn``.
 
@@ -97,8 +104,10 @@ class PostgresBlobsBackend:
         be served by the streaming replicas at ``replica_dsn`` while they are at most
         ``replica_max_lag`` seconds behind (db/replicas.py); they are
         connected in the background, so a replica that is down delays
-        nothing. Fails with SchemaNotReady when the schema is missing or not
-        at head.
+        nothing. Change feed requests are held at most
+        ``max_held_changes_per_user`` per user and ``max_held_changes`` in
+        all (feed.py). Fails with SchemaNotReady when the schema is missing or
+        not at head.
         """
 
         def connect_to(target: str) -> Awaitable[Database]:
@@ -119,7 +128,10 @@ class PostgresBlobsBackend:
                 max_buffered_bytes,
                 replica_max_lag=replica_max_lag,
                 quota_blobs=quota_blobs,
+                max_held_changes_per_user=max_held_changes_per_user,
+                max_held_changes=max_held_changes,
             )
+            await backend._feed.start()
             for target in replica_dsn:
                 backend.reading.join(target, partial(connect_to, target))
             return backend
@@ -135,7 +147,18 @@ class PostgresBlobsBackend:
     async def close(self) -> None:
         # A round of the claims' loop in flight ends before its connection goes.
         await self._claims.stop_expiring()
+        self._feed.close()
         await defer.gatherResults([self.reading.close(), self.database.close()])
+
+    def release_held(self) -> None:
+        """Answer every held change feed request now, and hold no more (the
+        node is draining)."""
+        self._feed.release()
+
+    @property
+    def held_changes(self) -> int:
+        """Change feed requests held now, waiting for a change."""
+        return self._feed.held
 
     @property
     def buffered_bytes(self) -> int:
@@ -284,6 +307,19 @@ class PostgresBlobsBackend:
         cheap as the first (listings.py)."""
         listing = Listing(user, namespace, deleted, filter_flag)
         await self._listings.pages(listing, names.descending(order_by), each_page, page_size)
+
+    @deferred
+    async def changes(
+        self,
+        user: str,
+        since: str | None = None,
+        namespace: str | None = None,
+        limit: int = settings.CHANGES_LIMIT,
+        wait: float = 0,
+        abandoned: Deferred[Any] | None = None,
+    ) -> ChangesPage:
+        """See IChangeFeed.changes (feed.py): read from the primary."""
+        return await self._feed.read(user, since, namespace, limit, wait, abandoned)
 
     @deferred
     async def list_blob_page(

@@ -39,6 +39,16 @@ class InvalidArgument(BlobsError, ValueError):
     """Any other argument out of its domain (an order_by, a range)."""
 
 
+class CursorExpired(BlobsError):
+    """A change feed cursor older than the changes kept (``pgblobs purge``
+    removed a delete after it), or not of this database: list again."""
+
+
+class TooManyHeld(BlobsError):
+    """More change feed requests held than the bounds allow (per user, per
+    process); trying again shortly may succeed."""
+
+
 class DatabaseUnavailable(BlobsError):
     """The database cannot answer now (restarting, unreachable, overloaded);
     trying again shortly may succeed."""

@@ -212,6 +212,32 @@ class IBlobStore(IBlobsBackend):
         """Let go of whatever the store holds (connections); fires when done."""
 
 
+class IChangeFeed(Interface):
+    """What changed in a user's blobs after a cursor (GET /changes/{user}): a
+    sync that costs what changed instead of listing everything."""
+
+    held_changes = Attribute("How many requests are held now, waiting for a change (int).")
+
+    def changes(
+        user: str,
+        since: str | None = None,
+        namespace: str | None = None,
+        limit: int = 1000,
+        wait: float = 0,
+        abandoned: Deferred[Any] | None = None,
+    ) -> Deferred[Any]:
+        """A ``feed.ChangesPage``: the blobs of ``user`` (of ``namespace``
+        only, unless None) changed after the cursor ``since`` (None: from the
+        oldest change kept), each once in its latest state, in the order the
+        changes committed, at most ``limit``; its ``cursor`` goes on from
+        there. A client that passes each answer's cursor as the next
+        ``since`` misses no change. With no change to give, it waits up to
+        ``wait`` seconds for one (or until ``abandoned`` fires). Fails with
+        ``CursorExpired`` for a cursor older than what is kept,
+        ``InvalidArgument`` for a malformed one, ``TooManyHeld`` past the
+        bounds of waiting requests."""
+
+
 class IClaims(Interface):
     """Inbox claims (pgblobs' addition): a client reserves PENDING blobs
     before it hands them out, so two clients of one user never both take one

@@ -64,6 +64,8 @@ class BackendOptions:
     max_buffered_bytes: int = settings.MAX_BUFFERED_BYTES
     replica_dsn: list[str] = field(default_factory=list)
     replica_max_lag: float = settings.REPLICA_MAX_LAG
+    max_held_changes_per_user: int = settings.HELD_CHANGES_PER_USER
+    max_held_changes: int = settings.HELD_CHANGES
 
 
 @dataclass
@@ -218,6 +220,8 @@ async def _drain(
     """Stop accepting, let requests in flight finish (at most ``grace``
     seconds), then close the database connections."""
     await defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in ports])
+    # Held feed requests are answered now (nothing changed yet), not after the grace.
+    backend.release_held()
 
     def unfinished() -> int:
         return sum(len(site.in_flight) for site in sites)

@@ -87,6 +87,15 @@ def max_transfers_per_user(pool_size: int) -> int:
 # Seconds a read replica may lag behind the primary and still answer reads.
 REPLICA_MAX_LAG = 2.0
 
+# The change feed (GET /changes/{user}): requests held waiting for a change, per user (a
+# user's devices need a few each) and per process in all (the connection cap bounds them
+# too); the most changes one answer carries, its default, and the longest wait in seconds.
+HELD_CHANGES_PER_USER = 64
+HELD_CHANGES = 10_000
+CHANGES_LIMIT_MAX = 10_000
+CHANGES_LIMIT = 1000
+CHANGES_WAIT_MAX = 60.0
+
 # Descriptors a process keeps for all but client connections: its database
 # connections, files, pipes and the services listener's connections.
 DESCRIPTOR_RESERVE = 256

@@ -64,7 +64,8 @@ def dsn(migrated_dsn):
     sql(
         migrated_dsn,
         "TRUNCATE pgblobs.blobs, pgblobs.blob_flags, pgblobs.quotas, pgblobs.tokens, "
-        "pgblobs.service_tokens, pgblobs.usage, pgblobs.closed_accounts, pgblobs.claims "
+        "pgblobs.service_tokens, pgblobs.usage, pgblobs.closed_accounts, pgblobs.claims, "
+        "pgblobs.change_horizons "
         "RESTART IDENTITY",
     )
     yield migrated_dsn

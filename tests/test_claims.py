@@ -21,7 +21,7 @@ LEASED = "SELECT b.blob_id FROM pgblobs.claims JOIN pgblobs.blobs AS b ON b.id =
 # Sessions running delete_blob (its "tombstone" step) that wait for a lock.
 DELETES_WAITING = """
     SELECT count(*) FROM pg_stat_activity
-    WHERE wait_event_type = 'Lock' AND query LIKE '%%tombstone%%'
+    WHERE wait_event_type = 'Lock' AND query LIKE '%%delete_blob%%'
 """
 
 
@@ -89,9 +89,9 @@ async def test_a_round_counts_what_went_back_and_drops_the_leases_other_flags_en
 
 
 @deferred_test
-async def test_a_delete_that_raced_a_claim_leaves_no_flag_once_the_lease_ends(backend, dsn):
-    """The delete's snapshot is taken before the claim commits (it then waits
-    for the blob's row), so it cannot see the PROCESSING the claim adds."""
+async def test_a_delete_that_waits_for_a_claim_takes_its_flags_and_the_lease_goes(backend, dsn):
+    """The delete takes the user's lock before it reads the row, so it sees the
+    PROCESSING the claim added once the claim commits."""
     seed_pending(dsn, 1)
     claiming = psycopg2.connect(dsn)
     try:
@@ -106,11 +106,10 @@ async def test_a_delete_that_raced_a_claim_leaves_no_flag_once_the_lease_ends(ba
         deleting.join(30)
     finally:
         claiming.close()
-    assert flags_of(dsn) == {"m001": ["PROCESSING"]}  # the race, on a tombstone
+    assert flags_of(dsn) == {"m001": []}
     claims = Claims(backend.database, task.Clock())
     await until(lambda: sql(dsn, "SELECT now() > lease_until FROM pgblobs.claims")[0][0])
     assert await claims.expire() == 0
-    assert flags_of(dsn) == {"m001": []}
     assert sql(dsn, "SELECT count(*) FROM pgblobs.claims") == [(0,)]
 
 

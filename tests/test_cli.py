@@ -31,6 +31,8 @@ SAMPLE = ServeOptions(
         max_buffered_bytes=1000,
         replica_dsn=["host=replica1", "host=replica2"],
         replica_max_lag=0.25,
+        max_held_changes_per_user=4,
+        max_held_changes=40,
     ),
     limits=Limits(
         max_blob_bytes=10,

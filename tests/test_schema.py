@@ -121,11 +121,10 @@ PER_USER_QUERIES = [
     "open_blob_batch",
     "open_blobs",
     "write_precheck",
+    "changes",
     "write_many_precheck",
     "live_digests",
     "live_head",
-    "delete_blob",
-    "set_flags",
     "account_contents",
     "delete_account_batch",
 ]
@@ -155,6 +154,8 @@ def test_per_user_queries_are_index_scans_on_a_large_table(scratch_dsn):
         "users": ["user-42", "user-42"],
         "namespaces": ["default", "default"],
         "batch": 500,
+        "since": 0,
+        "limit": 1000,
         "length": 737,
     }
     for name in PER_USER_QUERIES:
@@ -163,7 +164,9 @@ def test_per_user_queries_are_index_scans_on_a_large_table(scratch_dsn):
         assert "Index" in plan, f"{name}:\n{plan}"
 
 
-SINGLE_BLOB_QUERIES = ["open_blob_batch", "blob_info", "write_precheck", "delete_blob", "set_flags"]
+# delete_blob and set_flags call functions, whose statements EXPLAIN does not show: the
+# write path's test below runs them and counts what they read.
+SINGLE_BLOB_QUERIES = ["open_blob_batch", "blob_info", "write_precheck"]
 
 
 def test_single_blob_statements_use_the_live_key_before_any_statistics(scratch_dsn):
@@ -267,6 +270,7 @@ def test_write_statements_use_their_indexes_without_statistics(scratch_dsn):
         )
         one = {"user": "heavy", "namespace": "default", "blob_id": "b4"}
         cursor.execute(SQL["write_precheck"], dict(one, default_quota=1, default_quota_blobs=1))
+        cursor.execute(SQL["set_flags"], dict(one, flags=["PENDING"]))
         cursor.execute(SQL["delete_blob"], one)
         # What the statements read of pgblobs.blobs, in this transaction: by
         # scanning it, and through each of its indexes.

@@ -101,8 +101,8 @@ def upgrade():
             ), ended AS (
                 DELETE FROM pgblobs.claims AS c USING due WHERE c.blob_row = due.blob_row
             ), lapsed AS (
-                -- A tombstone's flags go too: a delete that raced the claim (its snapshot taken
-                -- before the claim committed) cannot have seen the PROCESSING the claim added.
+                -- A tombstone's flags go too: a delete of the previous release (it takes no user's
+                -- lock, so its snapshot may predate the claim) cannot see the PROCESSING added.
                 DELETE FROM pgblobs.blob_flags AS f USING due
                 WHERE f.blob_row = due.blob_row AND (f.flag = 'PROCESSING' OR NOT due.live)
                 RETURNING f.blob_row, f.user_id, f.namespace, f.blob_id, f.created_at, f.flag,

@@ -127,6 +127,13 @@ _SERVE_LIMITS: list[tuple[str, Callable[[str], Any], Any, str]] = [
      "writes on the primary; a change on the primary (a delete, a revoked token) is seen by "
      "every read that starts this long after it, even with the primary down "
      "(default: %(default)s)"),
+    ("--max-held-changes-per-user", positive, settings.HELD_CHANGES_PER_USER,
+     "GET /changes requests with wait= one user may have held at once in each process "
+     "(a device needs one or two); past it, 429 with Retry-After (default: %(default)s)"),
+    ("--max-held-changes", positive, settings.HELD_CHANGES,
+     "GET /changes requests held at once in each process, all users together (each also "
+     "holds a connection, which --max-connections bounds as well); past it, 429 with "
+     "Retry-After. A held request holds no database connection (default: %(default)s)"),
     ("--drain-seconds", float, settings.DRAIN_SECONDS,
      "on SIGTERM, how long requests in flight may take (default: %(default)s)"),
 ]  # fmt: skip

@@ -95,19 +95,10 @@ WHERE id = ANY (%(rows)s::bigint[]) AND deleted_at IS NULL;
 SELECT lo_oid FROM pgblobs.blobs WHERE id = %(row)s AND deleted_at IS NULL;
 
 -- name: delete_blob
--- Make a live blob a tombstone, drop its flags and unlink its content, atomically; no row means no such blob.
-WITH target AS (
-    SELECT id, lo_oid FROM pgblobs.blobs
-    WHERE user_id = %(user)s AND namespace = %(namespace)s
-      AND blob_id = %(blob_id)s AND deleted_at IS NULL
-    FOR UPDATE
-), tombstone AS (
-    UPDATE pgblobs.blobs AS b SET deleted_at = now(), lo_oid = NULL
-    FROM target WHERE b.id = target.id
-), unflagged AS (
-    DELETE FROM pgblobs.blob_flags AS f USING target WHERE f.blob_row = target.id
-)
-SELECT lo_unlink(lo_oid) FROM target;
+-- Make a live blob a tombstone, drop its flags and unlink its content, atomically, under the
+-- user's lock (pgblobs.delete_blob); no row means no such blob.
+SELECT 1 AS deleted
+WHERE pgblobs.delete_blob(%(user)s, %(namespace)s, %(blob_id)s);
 
 -- name: blob_info (read)
 -- Size, tag and flags of one live blob.
@@ -119,23 +110,36 @@ WHERE b.user_id = %(user)s AND b.namespace = %(namespace)s
   AND b.blob_id = %(blob_id)s AND b.deleted_at IS NULL;
 
 -- name: set_flags
--- Replace a live blob's flags with %(flags)s; no row means no such blob.
-WITH target AS (
-    SELECT id, user_id, namespace, blob_id, created_at FROM pgblobs.blobs
-    WHERE user_id = %(user)s AND namespace = %(namespace)s
-      AND blob_id = %(blob_id)s AND deleted_at IS NULL
-    FOR UPDATE
-), dropped AS (
-    DELETE FROM pgblobs.blob_flags AS f USING target
-    WHERE f.blob_row = target.id AND f.flag <> ALL (%(flags)s::text[])
-), added AS (
-    INSERT INTO pgblobs.blob_flags (blob_row, user_id, namespace, blob_id, created_at, flag)
-    SELECT target.id, target.user_id, target.namespace, target.blob_id, target.created_at,
-           new_flag
-    FROM target, unnest(%(flags)s::text[]) AS new_flag
-    ON CONFLICT DO NOTHING
-)
-SELECT id FROM target;
+-- Replace a live blob's flags with %(flags)s, under the user's lock (pgblobs.set_flags); no row
+-- means no such blob.
+SELECT 1 AS flagged
+WHERE pgblobs.set_flags(%(user)s, %(namespace)s, %(blob_id)s, %(flags)s::text[]);
+
+-- name: changes (read)
+-- The change feed (pgblobs/feed.py): a user's blobs changed after the number %(since)s, in
+-- %(namespace)s only unless it is NULL, oldest change first, at most %(limit)s + 1 (the one
+-- more says more are ready); each in its state now, flags included. Every row also carries
+-- the user's horizon (the newest number purge removed) and the newest number handed out, which
+-- a cursor cannot be below or beyond; with no change, one row of them alone. Read from the
+-- primary only (the numbers must never go backwards for a client).
+SELECT horizon.purged_through,
+       coalesce(pg_sequence_last_value('pgblobs.change_numbers'), 0) AS newest,
+       c.blob_id, c.namespace, c.size, c.tag, c.deleted, c.stored, c.last_change, c.changed_at,
+       c.flags
+FROM (SELECT coalesce(max(purged_through), 0) AS purged_through
+      FROM pgblobs.change_horizons WHERE user_id = %(user)s) AS horizon
+LEFT JOIN LATERAL (
+    SELECT b.blob_id, b.namespace, b.size, b.tag, b.deleted_at IS NOT NULL AS deleted,
+           b.stored_change > %(since)s AS stored, b.last_change, b.changed_at,
+           ARRAY(SELECT f.flag FROM pgblobs.blob_flags AS f
+                 WHERE f.blob_row = b.id ORDER BY f.flag) AS flags
+    FROM pgblobs.blobs AS b
+    WHERE b.user_id = %(user)s AND b.last_change > %(since)s
+      AND (%(namespace)s::text IS NULL OR b.namespace = %(namespace)s::text)
+    ORDER BY b.last_change
+    LIMIT %(limit)s + 1
+) AS c ON true
+ORDER BY c.last_change;
 
 -- name: claim_blobs
 -- Move up to %(limit)s of a user's PENDING blobs in a namespace to PROCESSING, oldest first,
@@ -341,12 +345,23 @@ ORDER BY day DESC;
 SELECT count(*) AS tombstones FROM pgblobs.blobs WHERE deleted_at < %(cutoff)s;
 
 -- name: purge_tombstones
--- Remove one batch of tombstones deleted before %(cutoff)s; short, so locks stay short.
-DELETE FROM pgblobs.blobs WHERE id IN (
-    SELECT id FROM pgblobs.blobs WHERE deleted_at < %(cutoff)s
-    ORDER BY deleted_at LIMIT %(batch)s
-    FOR UPDATE SKIP LOCKED
-);
+-- Remove one batch of tombstones deleted before %(cutoff)s (short, so locks stay short), and
+-- raise their users' change horizons past them: a feed cursor older than a purged delete
+-- must list again. How many went.
+WITH gone AS (
+    DELETE FROM pgblobs.blobs WHERE id IN (
+        SELECT id FROM pgblobs.blobs WHERE deleted_at < %(cutoff)s
+        ORDER BY deleted_at LIMIT %(batch)s
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING user_id, last_change
+), horizons AS (
+    INSERT INTO pgblobs.change_horizons AS h (user_id, purged_through)
+    SELECT user_id, max(last_change) FROM gone GROUP BY user_id ORDER BY user_id
+    ON CONFLICT (user_id) DO UPDATE
+    SET purged_through = greatest(h.purged_through, EXCLUDED.purged_through)
+)
+SELECT count(*) AS purged FROM gone;
 
 -- name: large_objects (read)
 -- Large objects in this database, counted (or, unless %(exact)s, estimated from the
@@ -435,20 +450,28 @@ SELECT pgblobs.insert_blob_rows(%(users)s::text[], %(namespaces)s::text[], %(blo
                                 %(dates)s::timestamptz[]);
 
 -- name: import_tombstones
--- Tombstones from another store, dated as they were.
+-- Tombstones from another store, dated as they were, under their users' locks (taken before
+-- any row is written, as every writer does).
+WITH locked AS MATERIALIZED (SELECT pgblobs.lock_users(%(users)s::text[]))
 INSERT INTO pgblobs.blobs (user_id, namespace, blob_id, size, created_at, deleted_at)
 SELECT user_id, namespace, blob_id, 0, deleted_at, deleted_at
 FROM unnest(%(users)s::text[], %(namespaces)s::text[], %(blob_ids)s::text[],
-            %(dates)s::timestamptz[]) AS i(user_id, namespace, blob_id, deleted_at);
+            %(dates)s::timestamptz[]) AS i(user_id, namespace, blob_id, deleted_at)
+WHERE EXISTS (SELECT FROM locked);
 
 -- name: import_delete_blobs
 -- What delete_blob does, for the live rows %(rows)s that another store deleted: each a
 -- tombstone dated %(dates)s (when that store deleted it, so a later write there is seen as
--- later), its flags dropped and its content unlinked; the usage triggers count them out.
-WITH target AS (
+-- later), its flags dropped and its content unlinked; the usage triggers count them out. The
+-- users' locks come before the rows' (as in pgblobs.delete_blob).
+WITH locked AS MATERIALIZED (
+    SELECT pgblobs.lock_users(ARRAY(SELECT DISTINCT user_id FROM pgblobs.blobs
+                                    WHERE id = ANY (%(rows)s::bigint[])))
+), target AS (
     SELECT b.id, b.lo_oid, item.deleted_at
     FROM unnest(%(rows)s::bigint[], %(dates)s::timestamptz[]) AS item(id, deleted_at)
     JOIN pgblobs.blobs AS b ON b.id = item.id AND b.deleted_at IS NULL
+    WHERE EXISTS (SELECT FROM locked)
     FOR UPDATE OF b
 ), tombstone AS (
     UPDATE pgblobs.blobs AS b SET deleted_at = target.deleted_at, lo_oid = NULL

@@ -22,6 +22,10 @@ END $$;
 
 -- Blobs ------------------------------------------------------------------------------------
 
+-- Change numbers, handed out under the user's lock (pgblobs.number_change), so a user's
+-- changes are numbered in the order they commit.
+CREATE SEQUENCE pgblobs.change_numbers AS bigint;
+
 -- One row per blob: its content is a large object; a tombstone keeps the name (so clients
 -- learn of the delete) and no content.
 CREATE TABLE pgblobs.blobs (
@@ -35,6 +39,11 @@ CREATE TABLE pgblobs.blobs (
     sha256      bytea,
     created_at  timestamptz NOT NULL DEFAULT now(),
     deleted_at  timestamptz,
+    -- The change feed (revision 0014): the number the row was stored with, the number of its
+    -- latest change (pgblobs.number_change), and when that change was made.
+    stored_change bigint      NOT NULL,
+    last_change   bigint      NOT NULL,
+    changed_at    timestamptz NOT NULL,
     -- A live blob always has content; a tombstone never keeps any.
     CONSTRAINT blobs_live_has_content CHECK (
         (deleted_at IS NULL AND lo_oid IS NOT NULL AND tag IS NOT NULL AND sha256 IS NOT NULL)
@@ -64,6 +73,8 @@ CREATE UNIQUE INDEX blobs_live_key
 -- Reviving a name (writing an id a tombstone has) is one probe however many tombstones.
 CREATE INDEX blobs_tombstone_key
     ON pgblobs.blobs (blob_id, namespace, user_id) WHERE deleted_at IS NOT NULL;
+-- A user's changes after a cursor, in their order (the change feed).
+CREATE INDEX blobs_changes ON pgblobs.blobs (user_id, last_change);
 
 -- Flags of live blobs (deleting a blob drops them). Each row carries the blob's id and date,
 -- so filter_flag is one index-only scan of blob_flags_listing.
@@ -149,6 +160,19 @@ CREATE TABLE pgblobs.closed_accounts (
 COMMENT ON TABLE pgblobs.closed_accounts IS
     'Users whose account pgblobs user delete closed: no blob or token of theirs is '
     'accepted; deleting the row gives the name back';
+
+
+-- The change feed -------------------------------------------------------------------------
+
+-- Per user, the newest change number that pgblobs purge removed with its tombstone: a feed
+-- cursor below it has missed a delete, and is answered 410.
+CREATE TABLE pgblobs.change_horizons (
+    user_id        text   PRIMARY KEY,
+    purged_through bigint NOT NULL
+);
+COMMENT ON TABLE pgblobs.change_horizons IS
+    'Per user, the newest change number pgblobs purge removed with a tombstone: '
+    'a feed cursor below it has missed a delete';
 
 
 -- Replicas ---------------------------------------------------------------------------------
@@ -369,6 +393,58 @@ BEGIN
 END
 $$;
 
+-- Deleting a blob and replacing its flags: the user's lock first, as every writer takes it,
+-- then the row's (pgblobs.number_change would take the user's after the row's, and a writer
+-- holding the user's lock while it waits for the row would deadlock with it). True when there
+-- was a live blob.
+CREATE FUNCTION pgblobs.delete_blob(p_user text, p_namespace text, p_blob_id text)
+RETURNS boolean LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode = force_custom_plan AS $$
+DECLARE
+    v_row bigint;
+    v_oid oid;
+BEGIN
+    PERFORM pgblobs.lock_users(ARRAY[p_user]);
+    SELECT id, lo_oid INTO v_row, v_oid FROM pgblobs.blobs
+    WHERE blob_id = p_blob_id AND namespace = p_namespace
+      AND user_id = p_user AND deleted_at IS NULL
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    UPDATE pgblobs.blobs SET deleted_at = now(), lo_oid = NULL WHERE id = v_row;
+    DELETE FROM pgblobs.blob_flags WHERE blob_row = v_row;
+    PERFORM lo_unlink(v_oid);
+    RETURN true;
+END
+$$;
+
+CREATE FUNCTION pgblobs.set_flags(
+    p_user text, p_namespace text, p_blob_id text, p_flags text[])
+RETURNS boolean LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode = force_custom_plan AS $$
+DECLARE
+    v_row  bigint;
+    v_date timestamptz;
+BEGIN
+    PERFORM pgblobs.lock_users(ARRAY[p_user]);
+    SELECT id, created_at INTO v_row, v_date FROM pgblobs.blobs
+    WHERE blob_id = p_blob_id AND namespace = p_namespace
+      AND user_id = p_user AND deleted_at IS NULL
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    DELETE FROM pgblobs.blob_flags WHERE blob_row = v_row AND flag <> ALL (p_flags);
+    INSERT INTO pgblobs.blob_flags (blob_row, user_id, namespace, blob_id, created_at,
+                                    flag)
+    SELECT v_row, p_user, p_namespace, p_blob_id, v_date, new_flag
+    FROM unnest(p_flags) AS new_flag
+    ON CONFLICT DO NOTHING;
+    RETURN true;
+END
+$$;
+
 
 -- Claiming pending blobs -------------------------------------------------------------------
 -- POST /claim/{user}: a client reserves PENDING blobs (PROCESSING, under a lease) before it
@@ -439,8 +515,8 @@ BEGIN
     ), ended AS (
         DELETE FROM pgblobs.claims AS c USING due WHERE c.blob_row = due.blob_row
     ), lapsed AS (
-        -- A tombstone's flags go too: a delete that raced the claim (its snapshot taken
-        -- before the claim committed) cannot have seen the PROCESSING the claim added.
+        -- A tombstone's flags go too: a delete of the previous release (it takes no user's
+        -- lock, so its snapshot may predate the claim) cannot see the PROCESSING added.
         DELETE FROM pgblobs.blob_flags AS f USING due
         WHERE f.blob_row = due.blob_row AND (f.flag = 'PROCESSING' OR NOT due.live)
         RETURNING f.blob_row, f.user_id, f.namespace, f.blob_id, f.created_at, f.flag,
@@ -509,6 +585,55 @@ CREATE TRIGGER blobs_track_usage_delete
 CREATE TRIGGER blobs_track_usage_update
     AFTER UPDATE ON pgblobs.blobs REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION pgblobs.track_usage();
+
+-- The change feed's numbers (revision 0014): every row written gets the next number under its
+-- user's lock, taken first and held until commit, so a user's changes are numbered in the order
+-- they commit and a reader that has seen a number has seen every lower one of that user. The
+-- NOTIFY wakes held feed requests on every node.
+CREATE FUNCTION pgblobs.number_change() RETURNS trigger
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    -- The user's lock first, held until commit: numbers then follow commit order.
+    PERFORM pg_advisory_xact_lock(pgblobs.user_lock_key(NEW.user_id));
+    NEW.last_change := nextval('pgblobs.change_numbers');
+    IF TG_OP = 'INSERT' OR OLD.stored_change IS NULL THEN
+        NEW.stored_change := NEW.last_change;
+    END IF;
+    -- A statement may date its change (the upgrade's numbering does); else now.
+    IF TG_OP = 'INSERT' OR NEW.changed_at IS NOT DISTINCT FROM OLD.changed_at THEN
+        NEW.changed_at := now();
+    END IF;
+    PERFORM pg_notify('pgblobs_changes', NEW.user_id);
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER blobs_number_change
+    BEFORE INSERT OR UPDATE ON pgblobs.blobs
+    FOR EACH ROW EXECUTE FUNCTION pgblobs.number_change();
+
+-- A statement that changes flags renumbers their live blobs, but those this transaction
+-- numbered already (their flags are read with them).
+CREATE FUNCTION pgblobs.number_flag_change() RETURNS trigger
+LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode = force_custom_plan AS $$
+BEGIN
+    -- Probes of the key alone: a join, or a test of deleted_at (the partial indexes), might
+    -- read the user's live blobs; only live blobs have flags. A row this transaction wrote
+    -- (xmin is its id) has a number from it already.
+    UPDATE pgblobs.blobs AS b SET changed_at = now()
+    WHERE b.id = ANY (ARRAY(SELECT DISTINCT f.blob_row FROM changed_flags AS f))
+      AND b.xmin::text <> (txid_current() % 4294967296)::text;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER blob_flags_number_change_insert
+    AFTER INSERT ON pgblobs.blob_flags REFERENCING NEW TABLE AS changed_flags
+    FOR EACH STATEMENT EXECUTE FUNCTION pgblobs.number_flag_change();
+CREATE TRIGGER blob_flags_number_change_delete
+    AFTER DELETE ON pgblobs.blob_flags REFERENCING OLD TABLE AS changed_flags
+    FOR EACH STATEMENT EXECUTE FUNCTION pgblobs.number_flag_change();
 
 -- Every token change is sent on the channel pgblobs_tokens as 'user:NAME' or 'service:NAME',
 -- so nodes may cache valid tokens and forget them the moment one is revoked.

@@ -49,7 +49,9 @@ def purge(connection: SyncConnection, older_than: datetime.timedelta, dry_run: b
     if dry_run or not total:
         return total
     return drain(
-        lambda: connection.execute("purge_tombstones", {"cutoff": cutoff, "batch": BATCH}),
+        lambda: int(
+            connection.fetch("purge_tombstones", {"cutoff": cutoff, "batch": BATCH})[0].purged
+        ),
         total,
         "purging",
         unit="tombstones",

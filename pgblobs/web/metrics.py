@@ -74,6 +74,14 @@ class SiteMetrics:
             for name, description, figure in _LARGE_OBJECT_GAUGES
         ]
 
+    def held_changes(self, count: Callable[[], int]) -> None:
+        """Show ``count()``, the change feed requests held, from now on."""
+        Gauge(
+            "pgblobs_changes_held",
+            "GET /changes requests held waiting for a change",
+            registry=self.registry,
+        ).set_function(count)
+
     def large_objects(self, measured: "Capacity") -> None:
         """Show ``measured`` (an ops.capacity.Capacity) from now on."""
         for gauge, figure in self._large_objects:

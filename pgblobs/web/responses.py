@@ -64,7 +64,7 @@ def send_error(request: StreamingRequest, failure: Failure) -> None:
         return
     if code == 401:
         request.setHeader(b"WWW-Authenticate", b"Token")
-    if code == 503:
+    if code in (429, 503):
         request.setHeader(b"Retry-After", b"%d" % RETRY_AFTER_SECONDS)
     if isinstance(error, MethodNotAllowed):
         request.setHeader(b"Allow", ", ".join(error.allowed).encode("ascii"))

@@ -8,6 +8,7 @@ The public site, for users' clients:
     /metrics          Prometheus text format
     /blobs/{user}/... web/blobs.py
     /stream/{user}    web/stream.py
+    /changes/{user}   web/changes.py (when the store has a change feed)
     /claim/{user}     web/claims.py (for a store that provides IClaims)
 
 The services site, for the provider's own services on a local listener:
@@ -27,9 +28,10 @@ from twisted.web import http, server
 from twisted.web.resource import IResource
 
 from pgblobs import __version__, settings
-from pgblobs.interfaces import IBlobStore, IClaims
+from pgblobs.interfaces import IBlobStore, IChangeFeed, IClaims
 from pgblobs.web.auth import Authenticator, TokenCheck
 from pgblobs.web.blobs import UserBlobs
+from pgblobs.web.changes import UserChanges
 from pgblobs.web.channel import BlobsChannel
 from pgblobs.web.claims import UserClaims
 from pgblobs.web.incoming import UserIncoming
@@ -193,6 +195,9 @@ def build_site(
     root = _About()
     root.putChild(b"blobs", Users(context, UserBlobs))
     root.putChild(b"stream", Users(context, UserStream))
+    if IChangeFeed.providedBy(store):
+        root.putChild(b"changes", Users(context, UserChanges))
+        metrics.held_changes(lambda: cast(IChangeFeed, store).held_changes)
     if IClaims.providedBy(store):
         root.putChild(b"claim", Users(context, UserClaims))
     root.putChild(b"health", _Health(health))

@@ -8,12 +8,14 @@ from pgblobs.errors import (
     AccountClosed,
     BlobExists,
     BlobNotFound,
+    CursorExpired,
     DatabaseUnavailable,
     InvalidArgument,
     InvalidFlag,
     InvalidName,
     QuotaExceeded,
     TokenStoreUnavailable,
+    TooManyHeld,
     TransferStopped,
 )
 
@@ -88,14 +90,17 @@ STATUS = {
     MethodNotAllowed: 405,
     BodyStalled: 408,
     LengthRequired: 411,
+    CursorExpired: 410,
     BodyTooLarge: 413,
     TooManyIds: 413,
     RangeNotSatisfiable: 416,
+    TooManyHeld: 429,
     DatabaseUnavailable: 503,
     TokenStoreUnavailable: 503,
 }
 
-# Sent with 503: a restarting database (or the provider's CouchDB) is back in seconds.
+# Sent with 503 and 429: a restarting database (or the provider's CouchDB) is back in
+# seconds, and so is room for a held feed request.
 RETRY_AFTER_SECONDS = 2
 
 
