@@ -28,7 +28,7 @@ user's changes commit, so a client can ask for what changed after a number.
   a delete, and is answered 410.
 
 Online: the columns are added without a rewrite, rows that exist are numbered
-in batches (each its own transaction, under the users' locks), NOT NULL comes
+in batches (each its own transaction), NOT NULL comes
 from a validated CHECK (no scan under an exclusive lock), and the index is
 built CONCURRENTLY. Nodes of the previous release keep serving: their inserts
 hold the user's lock already, and their deletes and flag changes are
@@ -72,6 +72,12 @@ def upgrade():
         CREATE FUNCTION pgblobs.number_change() RETURNS trigger
         LANGUAGE plpgsql VOLATILE AS $$
         BEGIN
+            IF TG_OP = 'UPDATE' AND OLD.last_change IS NULL AND NEW.last_change IS NOT NULL THEN
+                -- The upgrade to revision 0014 numbering the rows before it: nobody reads the feed
+                -- yet, and a user's lock taken here, after the row's, could deadlock with a writer.
+                NEW.stored_change := NEW.last_change;
+                RETURN NEW;
+            END IF;
             -- The user's lock first, held until commit: numbers then follow commit order.
             PERFORM pg_advisory_xact_lock(pgblobs.user_lock_key(NEW.user_id));
             NEW.last_change := nextval('pgblobs.change_numbers');
@@ -187,22 +193,24 @@ def upgrade():
 
 def _number_existing_rows():
     """Number the rows written before this revision, a batch per transaction,
-    dated as they were written (or deleted)."""
+    dated as they were written (or deleted). No user's lock: nobody reads the
+    feed before the upgrade ends, and pgblobs.number_change takes none for
+    these rows (a lock taken after the rows' would deadlock with a delete of
+    the previous release, which locks the row before the user)."""
     op.execute(f"""
         DO $$
         DECLARE
             v_last bigint := 0;
-            v_users text[];
         BEGIN
             LOOP
-                SELECT max(id), array_agg(DISTINCT user_id) INTO v_last, v_users
-                FROM (SELECT id, user_id FROM pgblobs.blobs
+                SELECT max(id) INTO v_last
+                FROM (SELECT id FROM pgblobs.blobs
                       WHERE id > v_last AND last_change IS NULL
                       ORDER BY id LIMIT {BACKFILL_BATCH}) AS batch;
                 EXIT WHEN v_last IS NULL;
-                PERFORM pgblobs.lock_users(v_users);
                 UPDATE pgblobs.blobs
-                SET changed_at = coalesce(deleted_at, created_at)
+                SET last_change = nextval('pgblobs.change_numbers'),
+                    changed_at = coalesce(deleted_at, created_at)
                 WHERE id <= v_last AND last_change IS NULL;
                 COMMIT;
             END LOOP;

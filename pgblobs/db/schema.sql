@@ -593,6 +593,12 @@ CREATE TRIGGER blobs_track_usage_update
 CREATE FUNCTION pgblobs.number_change() RETURNS trigger
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
+    IF TG_OP = 'UPDATE' AND OLD.last_change IS NULL AND NEW.last_change IS NOT NULL THEN
+        -- The upgrade to revision 0014 numbering the rows before it: nobody reads the feed
+        -- yet, and a user's lock taken here, after the row's, could deadlock with a writer.
+        NEW.stored_change := NEW.last_change;
+        RETURN NEW;
+    END IF;
     -- The user's lock first, held until commit: numbers then follow commit order.
     PERFORM pg_advisory_xact_lock(pgblobs.user_lock_key(NEW.user_id));
     NEW.last_change := nextval('pgblobs.change_numbers');

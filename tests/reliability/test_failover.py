@@ -4,6 +4,7 @@ a steady write load; the primary is SIGKILLed and the standby promoted with
 pg_ctl, as a failover manager would. The nodes find the new primary by
 themselves and nothing acknowledged is lost."""
 
+import json
 import os
 import threading
 import time
@@ -92,3 +93,31 @@ def test_killing_the_primary_and_promoting_the_standby_loses_nothing(replicated)
     finally:
         for node in nodes:
             node.stop()
+
+
+def test_feed_cursors_stay_valid_across_a_failover(replicated):
+    """A cursor handed out by the old primary goes on, on the promoted
+    standby, to exactly the changes made there: change numbers never go back
+    (a sequence's values are in the WAL ahead of their use)."""
+    primary, standby = replicated
+    dsn = multi_host(primary, standby)
+    token = token_for(dsn, "alice")
+    node = ServeProcess("--dsn", dsn)
+    try:
+        client = Client(node.url, "alice", token, timeout=10)
+        for i in range(5):
+            assert client.put(f"before-{i}", os.urandom(100))[0] == 200
+        status, _, body = client.request("GET", "/changes/alice")
+        assert status == 200
+        cursor = json.loads(body)["cursor"]
+        primary._process.kill()
+        primary._process.wait()
+        as_postgres(find_program("pg_ctl"), "promote", "-w", "-D", str(standby.data))
+        wait_until(lambda: client.put("after-0", b"on the new primary")[0] == 200, "writing")
+        assert client.put("after-1", b"and again")[0] == 200
+        status, _, body = client.request("GET", f"/changes/alice?since={cursor}")
+        assert status == 200, body
+        assert [c["id"] for c in json.loads(body)["changes"]] == ["after-0", "after-1"]
+    finally:
+        assert node.stop() == 0
+        primary.stop()
