@@ -362,3 +362,43 @@ def test_cursors_survive_a_restart_of_the_node(migrated_dsn, dsn):
         assert [c["id"] for c in changes] == ["after"]
     finally:
         node.stop()
+
+
+def test_claims_and_lease_ends_are_flags_changes(nodes, dsn):
+    one, other = clients(nodes, dsn)
+    deliver(nodes[0], dsn, "mail-2", b"another message")
+    _, cursor = follow(one)
+    status, _, claimed = other.request("POST", "/claim/alice?namespace=MX&lease=1")
+    assert (status, json.loads(claimed)) == (200, ["mail-2"])
+    changes, cursor = follow(one, cursor)
+    assert [(c["id"], c["change"], c["flags"]) for c in changes] == [
+        ("mail-2", "flags", ["PROCESSING"])
+    ]
+    status, _, answer = feed(one, since=cursor, wait=10)  # the lease ends on its own
+    assert status == 200
+    assert [(c["id"], c["change"], c["flags"]) for c in answer["changes"]] == [
+        ("mail-2", "flags", ["PENDING"])
+    ]
+
+
+def test_held_requests_past_the_node_bound_are_429(migrated_dsn, dsn):
+    node = ServeProcess("--dsn", migrated_dsn, "--max-held-changes", "2")
+    try:
+        alice, bob = (clients([node], dsn, user)[0] for user in ("alice", "bob"))
+        cursors = {client.user: follow(client)[1] for client in (alice, bob)}
+        holders = [
+            threading.Thread(
+                target=feed, args=(client,), kwargs={"since": cursors[client.user], "wait": 20}
+            )
+            for client in (alice, bob)
+        ]
+        for holder in holders:
+            holder.start()
+        wait_until(lambda: held_on(node) == 2, "two requests held")
+        status, headers, body = feed(alice, since=cursors["alice"], wait=20)
+        assert status == 429 and headers["Retry-After"] == "2" and b"on this node" in body
+    finally:
+        assert node.stop() == 0  # draining answers the held requests at once
+    for holder in holders:
+        holder.join(10)
+        assert not holder.is_alive()
