@@ -32,7 +32,10 @@ in batches (each its own transaction), NOT NULL comes
 from a validated CHECK (no scan under an exclusive lock), and the index is
 built CONCURRENTLY. Nodes of the previous release keep serving: their inserts
 hold the user's lock already, and their deletes and flag changes are
-numbered by the triggers.
+numbered by the triggers. Those take the row's lock before the user's (the
+trigger's): one racing a new node's write of the same blob can deadlock,
+which PostgreSQL breaks within deadlock_timeout by failing one of the two;
+so roll the nodes soon after the upgrade.
 
 Revision ID: 0014
 Revises: 0013
