@@ -67,7 +67,9 @@ BACKUP_COUNTS ?= 100000 1000000
 # pgblobs against the large-object ceiling, plain files, nginx and bare twisted.web (small
 # requests driven by wrk); writes bench/results.md; sustained writes from an empty database
 # (bench/sustained.md); one user's big stream upload against other users' small writes; the
-# cutover from a Soledad store, step by step (bench/cutover.md).
+# cutover from a Soledad store, step by step (bench/cutover.md); the change feed against
+# Soledad's two listings per sync, push latency across nodes, 1,000 held requests'
+# memory and CPU (bench/changes.md).
 bench: setup
 	$(PIP) install --quiet -e '.[test,bench]'
 	@command -v nginx >/dev/null 2>&1 || ls /usr/sbin/nginx >/dev/null 2>&1 || \
@@ -78,6 +80,7 @@ bench: setup
 	$(PY) -m bench.sustained
 	$(PY) -m bench.stall
 	$(PY) -m bench.cutover
+	$(PY) -m bench.changes
 	$(PY) -m bench.backups $(BACKUP_COUNTS)
 
 # The restore drill (README "Backups and restore"): base backup, archived WAL, point-in-time
