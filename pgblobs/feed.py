@@ -4,9 +4,10 @@ requests held until something does.
 Every change to a blob row gets a number under its user's lock
 (pgblobs.number_change, revision 0014), so a user's numbers follow the order
 their transactions commit: a reader that has seen a number has seen every
-lower number of that user, whichever node or writer made it. A cursor is the
-last number a reader saw; the answer holds each blob changed after it once,
-in its latest state. The feed is read from the primary only: a replica
+lower number of that user, whichever node or writer made it. A cursor holds
+the last number a reader saw (and the purge horizon its read was checked
+against); the answer holds each blob changed after it once, in its latest
+state. The feed is read from the primary only: a replica
 behind it would answer an older state than a cursor it handed out, and a
 cursor must never move backwards.
 
@@ -34,21 +35,34 @@ from pgblobs.errors import CursorExpired, InvalidArgument, TooManyHeld
 
 CHANNEL = "pgblobs_changes"
 POLL_WHILE_DEAF = 1.0
-_CURSOR = re.compile(r"c([0-9]{1,19})")
+_CURSOR = re.compile(r"c([0-9]{1,19})\.([0-9]{1,19})")
 
 
-def encode_cursor(number: int) -> str:
-    """The cursor after change ``number``: opaque to clients."""
-    return f"c{number}"
+@dataclass(frozen=True)
+class Cursor:
+    """Where a reader is: it has seen every change of its user up to
+    ``number``, and it needs no delete that purge removed up to ``horizon``
+    (the horizon its read was checked against: a reader that started after a
+    purge never saw what it removed)."""
 
+    number: int
+    horizon: int
 
-def decode_cursor(cursor: str) -> int:
-    """The change number a cursor stands for; InvalidArgument when it is none
-    this server handed out."""
-    matched = _CURSOR.fullmatch(cursor)
-    if matched is None or int(matched.group(1)) >= 2**63:
-        raise InvalidArgument(f"invalid cursor {cursor[:40]!r}: pass one an answer gave")
-    return int(matched.group(1))
+    def __str__(self) -> str:
+        return f"c{self.number}.{self.horizon}"
+
+    @classmethod
+    def parse(cls, text: str) -> "Cursor":
+        """InvalidArgument when ``text`` is no cursor this server hands out."""
+        matched = _CURSOR.fullmatch(text)
+        if matched is None or max(int(part) for part in matched.groups()) >= 2**63:
+            raise InvalidArgument(f"invalid cursor {text[:40]!r}: pass one an answer gave")
+        return cls(int(matched.group(1)), int(matched.group(2)))
+
+    def missed(self, purged_through: int) -> bool:
+        """Whether a purge removed, after this cursor was handed out, a delete
+        its reader has not seen."""
+        return purged_through > max(self.number, self.horizon)
 
 
 @dataclass(frozen=True)
@@ -156,9 +170,9 @@ class ChangeFeed:
         params = {
             "user": user,
             "namespace": None if namespace is None else names.namespace_name(namespace),
-            "since": 0 if since is None else decode_cursor(since),
+            "since": 0 if since is None else Cursor.parse(since).number,
             "limit": limit,
-            "checked": since is not None,
+            "cursor": None if since is None else Cursor.parse(since),
         }
         if wait <= 0 or self._closing:
             return await self._read(params)
@@ -181,21 +195,31 @@ class ChangeFeed:
     async def _read(self, params: dict[str, Any]) -> ChangesPage:
         rows = await self._database.fetch("changes", params)
         first = rows[0]
-        since = params["since"]
-        if params["checked"] and (since < first.purged_through or since > first.newest):
-            # Below the horizon: a purged delete would be missed. Beyond the newest
-            # number: a cursor of a database this one is not (restored from an older
-            # backup, say), whose next numbers the client has passed already.
+        asked: Cursor | None = params["cursor"]
+        if asked is not None and (
+            asked.missed(first.purged_through) or asked.number > first.newest
+        ):
+            # Beyond the newest number: a cursor of a database this one is not
+            # (restored from an older backup, say), whose next numbers the
+            # client has passed already.
             raise CursorExpired(
                 "the cursor is older than the changes kept (or from another database): "
                 "list the blobs again, then follow the feed from a cursor without since"
             )
         found = [row for row in rows if row.blob_id is not None]
         shown = found[: params["limit"]]
+        more = len(found) > len(shown)
+        if more:
+            number = shown[-1].last_change
+        else:
+            # Everything of the namespace is given: the cursor goes on past the
+            # user's changes elsewhere too (committed, as every lower number of
+            # the user), so the next read does not look at them again.
+            number = max([params["since"], first.user_newest] + [r.last_change for r in shown])
         return ChangesPage(
             changes=[_change(row) for row in shown],
-            cursor=encode_cursor(shown[-1].last_change if shown else since),
-            more=len(found) > len(shown),
+            cursor=str(Cursor(number, first.purged_through)),
+            more=more,
         )
 
     @contextmanager

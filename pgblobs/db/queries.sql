@@ -119,11 +119,14 @@ WHERE pgblobs.set_flags(%(user)s, %(namespace)s, %(blob_id)s, %(flags)s::text[])
 -- The change feed (pgblobs/feed.py): a user's blobs changed after the number %(since)s, in
 -- %(namespace)s only unless it is NULL, oldest change first, at most %(limit)s + 1 (the one
 -- more says more are ready); each in its state now, flags included. Every row also carries
--- the user's horizon (the newest number purge removed) and the newest number handed out, which
--- a cursor cannot be below or beyond; with no change, one row of them alone. Read from the
--- primary only (the numbers must never go backwards for a client).
+-- the user's horizon (the newest number purge removed), the user's newest number (in any
+-- namespace: a cursor may go on to it) and the newest number handed out (no cursor is
+-- beyond it); with no change, one row of them alone. Read from the primary only (the numbers
+-- must never go backwards for a client).
 SELECT horizon.purged_through,
        coalesce(pg_sequence_last_value('pgblobs.change_numbers'), 0) AS newest,
+       (SELECT coalesce(max(u.last_change), 0) FROM pgblobs.blobs AS u
+        WHERE u.user_id = %(user)s) AS user_newest,
        c.blob_id, c.namespace, c.size, c.tag, c.deleted, c.stored, c.last_change, c.changed_at,
        c.flags
 FROM (SELECT coalesce(max(purged_through), 0) AS purged_through
