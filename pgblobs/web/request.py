@@ -180,6 +180,12 @@ class RequestBody:
         self._outcome = outcome or "complete"
         self._floor.not_wanted()
         self._channel.not_waiting_on_client(self.WAIT)
+        if outcome is None:
+            # No more body: reading again lets the channel hear a client that
+            # leaves (its FIN) while the request waits, a held feed request
+            # say; twisted.web buffers what a client pipelines meanwhile, and
+            # pauses again past its small buffer.
+            self._transport.resumeProducing()
         if self._consumer is not None:
             self._settle()
 
