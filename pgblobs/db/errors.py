@@ -15,7 +15,9 @@ from pgblobs.errors import AccountClosed, BlobExists, DatabaseUnavailable, Quota
 _QUOTA_EXCEEDED = "PB507"  # raised by the write functions (db/schema.sql)
 _ACCOUNT_CLOSED = "PB410"  # raised by the trigger refuse_closed_accounts (db/schema.sql)
 _SERVER_GOING_AWAY = {"57P01", "57P02", "57P03"}  # admin/crash shutdown, cannot connect now
-_BUSY = {errorcodes.QUERY_CANCELED, errorcodes.TOO_MANY_CONNECTIONS}
+# A deadlock is broken by failing one side, which may try again at once: the one a
+# previous-release node's delete can meet during a rolling upgrade (revision 0014).
+_BUSY = {errorcodes.QUERY_CANCELED, errorcodes.TOO_MANY_CONNECTIONS, errorcodes.DEADLOCK_DETECTED}
 
 # How txpostgres reports a link that broke under a statement, beside psycopg2's own errors.
 _LINK_BROKEN = (

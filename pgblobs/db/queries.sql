@@ -397,9 +397,14 @@ ORDER BY b.id;
 -- name: bury_row
 -- Turn a live blob whose content is lost into a tombstone (dropping its flags, as
 -- delete_blob does), so clients learn it is gone.
-WITH unflagged AS (DELETE FROM pgblobs.blob_flags WHERE blob_row = %(id)s)
+-- The user's lock comes before the row's (as in pgblobs.delete_blob).
+WITH locked AS MATERIALIZED (
+    SELECT pgblobs.lock_users(ARRAY(SELECT user_id FROM pgblobs.blobs WHERE id = %(id)s))
+), unflagged AS (
+    DELETE FROM pgblobs.blob_flags WHERE blob_row = %(id)s AND EXISTS (SELECT FROM locked)
+)
 UPDATE pgblobs.blobs SET deleted_at = now(), lo_oid = NULL
-WHERE id = %(id)s AND deleted_at IS NULL;
+WHERE id = %(id)s AND deleted_at IS NULL AND EXISTS (SELECT FROM locked);
 
 -- name: live_blobs_for_check (read)
 -- Every live blob with what its content should be, in id order, after %(after)s.
@@ -540,7 +545,16 @@ LEFT JOIN pgblobs.closed_accounts AS c ON c.user_id = %(user)s;
 
 -- name: close_account
 -- Close a user's account: from this commit on, no blob row or token of theirs is accepted
--- (the trigger refuse_closed_accounts). No row: it was closed already.
+-- (the trigger refuse_closed_accounts), and every feed cursor of theirs is 410: the user's
+-- change horizon goes past every number handed out, by taking one, since the deletion
+-- removes changes without a trace and a name given back must not look unchanged to an old
+-- device. No row: it was closed already.
+WITH horizon AS (
+    INSERT INTO pgblobs.change_horizons AS h (user_id, purged_through)
+    VALUES (%(user)s, nextval('pgblobs.change_numbers'))
+    ON CONFLICT (user_id) DO UPDATE
+    SET purged_through = greatest(h.purged_through, EXCLUDED.purged_through)
+)
 INSERT INTO pgblobs.closed_accounts (user_id) VALUES (%(user)s)
 ON CONFLICT (user_id) DO NOTHING;
 

@@ -414,6 +414,7 @@ BEGIN
     END IF;
     UPDATE pgblobs.blobs SET deleted_at = now(), lo_oid = NULL WHERE id = v_row;
     DELETE FROM pgblobs.blob_flags WHERE blob_row = v_row;
+    DELETE FROM pgblobs.claims WHERE blob_row = v_row;  -- a delete ends a lease
     PERFORM lo_unlink(v_oid);
     RETURN true;
 END
@@ -436,6 +437,9 @@ BEGIN
         RETURN false;
     END IF;
     DELETE FROM pgblobs.blob_flags WHERE blob_row = v_row AND flag <> ALL (p_flags);
+    IF NOT 'PROCESSING' = ANY (p_flags) THEN
+        DELETE FROM pgblobs.claims WHERE blob_row = v_row;  -- PROCESSED, FAILED end a lease
+    END IF;
     INSERT INTO pgblobs.blob_flags (blob_row, user_id, namespace, blob_id, created_at,
                                     flag)
     SELECT v_row, p_user, p_namespace, p_blob_id, v_date, new_flag
