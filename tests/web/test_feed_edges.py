@@ -18,7 +18,6 @@ from tests.helpers import (
     pgblobs_command,
     seed_pending,
     sql,
-    token_header,
     wait_until,
 )
 from tests.processes import ServeProcess, free_port
@@ -337,37 +336,6 @@ def next_second():
     wait_until(lambda: int(time.time()) > now, "the next second", every=0.01)
 
 
-def test_a_delivery_retried_while_the_first_is_in_flight_is_not_409(node, dsn):
-    """The MX times out on a delivery (the usual way an answer is lost) and sends
-    it again while the first is still being stored. The first commits; the retry,
-    refused by the live key at its commit, is compared whole with the live blob,
-    stamp included (_repeated_meanwhile), and the stamps differ by a second: 409
-    for the very same message, which the precheck path would have answered 200."""
-    service = pgblobs_cli("service-token", "create", "mx", "--dsn", dsn).stdout.strip()
-    message = bytes(range(256)) * 2048  # 512 KiB: streamed into a large object
-    head = (
-        f"PUT /incoming/alice/mail-1 HTTP/1.1\r\nHost: pgblobs\r\n"
-        f"Authorization: {token_header('mx', service)}\r\n"
-        f"Content-Length: {len(message)}\r\n\r\n"
-    ).encode()
-    half = len(message) // 2
-    first, retry = (socket.create_connection(("127.0.0.1", node.services_port)) for _ in "12")
-    try:
-        first.sendall(head + message[:half])
-        wait_until(lambda: in_transaction(dsn) == 1, "the first delivery streaming")
-        next_second()
-        retry.sendall(head + message[:half])
-        wait_until(lambda: in_transaction(dsn) == 2, "the retry streaming too")
-        first.sendall(message[half:])
-        assert first.recv(100).startswith(b"HTTP/1.1 200"), "the first delivery stored"
-        retry.sendall(message[half:])
-        answer = retry.recv(1000)
-    finally:
-        first.close()
-        retry.close()
-    assert answer.startswith(b"HTTP/1.1 200"), answer
-
-
 INSERT_ONE = (
     "SELECT pgblobs.insert_blobs(ARRAY[%s], ARRAY[''], ARRAY['one'], ARRAY['x'::bytea], "
     "ARRAY['tag'], ARRAY['\\x00'::bytea], '{}', '{}', '{}')"
@@ -390,66 +358,3 @@ def committing_in_thread(dsn, user, synchronous_commit):
     thread = threading.Thread(target=commit)
     thread.start()
     return connection, thread, committed
-
-
-def test_a_commit_waiting_for_its_standby_does_not_hold_up_other_users_commits(dsn):
-    """Every blob write now NOTIFYs (pgblobs.number_change, once per row), and a
-    transaction that notified takes PostgreSQL's one notification-queue lock at
-    commit and holds it until its commit is done, synchronous replication
-    included. With the synchronous standby the README recommends, every write of
-    every user waits in one line, one replication round trip each: here bob's
-    commit (itself not waiting for any standby) cannot end while alice's waits."""
-    sql(dsn, "ALTER SYSTEM SET synchronous_standby_names = 'review_absent_standby'")
-    sql(dsn, "SELECT pg_reload_conf()")
-    sessions = []
-    try:
-        wait_until(
-            lambda: sql(dsn, "SHOW synchronous_standby_names")[0][0] == "review_absent_standby",
-            "the standby named",
-        )
-        sessions.append(committing_in_thread(dsn, "alice", "on"))
-        wait_until(
-            lambda: (
-                sql(dsn, "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")[0][0]
-                == 1
-            ),
-            "alice's commit waiting for the standby",
-        )
-        sessions.append(committing_in_thread(dsn, "bob", "local"))
-        _, _, bob_committed = sessions[-1]
-        waits = "SELECT wait_event_type, wait_event FROM pg_stat_activity WHERE state = 'active'"
-        assert bob_committed.wait(10), ("bob's commit waits behind alice's", sql(dsn, waits))
-    finally:
-        sql(dsn, "ALTER SYSTEM RESET synchronous_standby_names")
-        sql(dsn, "SELECT pg_reload_conf()")
-        for connection, thread, _ in sessions:
-            thread.join(30)
-            connection.close()
-
-
-def test_a_put_retried_while_the_first_is_in_flight_is_not_507_near_the_quota(alice, dsn):
-    """A client times out on a large PUT and sends it again while the first is still
-    being stored; the user has room for the blob once. The first commits; the
-    retry's commit (pgblobs.store_blobs_v2) checks the quota before the live key,
-    so it is 507, never reaching the check that would find the same bytes (200)."""
-    blob = bytes(range(256)) * 1200  # 300 KiB: streamed into a large object
-    sql(dsn, "INSERT INTO pgblobs.quotas (user_id, quota_bytes) VALUES ('alice', 400 * 1024)")
-    head = (
-        f"PUT /blobs/alice/big HTTP/1.1\r\nHost: pgblobs\r\nAuthorization: {alice.auth}\r\n"
-        f"Content-Length: {len(blob)}\r\n\r\n"
-    ).encode()
-    half = len(blob) // 2
-    first, retry = (socket.create_connection((alice.host, alice.port)) for _ in "12")
-    try:
-        first.sendall(head + blob[:half])
-        wait_until(lambda: in_transaction(dsn) == 1, "the first PUT streaming")
-        retry.sendall(head + blob[:half])
-        wait_until(lambda: in_transaction(dsn) == 2, "the retry streaming too")
-        first.sendall(blob[half:])
-        assert first.recv(100).startswith(b"HTTP/1.1 200"), "the first PUT stored"
-        retry.sendall(blob[half:])
-        answer = retry.recv(1000)
-    finally:
-        first.close()
-        retry.close()
-    assert answer.startswith(b"HTTP/1.1 200"), answer
