@@ -18,6 +18,11 @@ class BlobExists(BlobsError):
     """A live blob already has that user, namespace and id."""
 
 
+class BlobReserved(BlobExists):
+    """A resumable upload in progress has reserved that user, namespace and
+    id: no other write may make that blob until the upload ends."""
+
+
 class QuotaExceeded(BlobsError):
     """Storing the blob would take its user past the quota."""
 
@@ -47,6 +52,34 @@ class CursorExpired(BlobsError):
 class TooManyHeld(BlobsError):
     """More change feed requests held than the bounds allow (per user, per
     process); trying again shortly may succeed."""
+
+
+class UploadNotFound(BlobsError):
+    """No upload in progress has that id for that user (it completed, was
+    terminated, expired, or never was)."""
+
+
+class UploadOffsetMismatch(BlobsError):
+    """A PATCH whose Upload-Offset is not the upload's offset now: the client
+    asks HEAD where to go on from."""
+
+
+class UploadBusy(BlobsError):
+    """Another request is writing that upload now; trying again once it has
+    ended may succeed."""
+
+
+class UploadTooLong(BlobsError):
+    """Bytes beyond an upload's declared Upload-Length."""
+
+
+class ChecksumMismatch(BlobsError):
+    """A PATCH body whose Upload-Checksum did not match: none of it was kept."""
+
+
+class TooManyUploads(BlobsError):
+    """The user has as many uploads in progress as allowed
+    (``--max-uploads-per-user``); one must end before another begins."""
 
 
 class DatabaseUnavailable(BlobsError):

@@ -10,10 +10,19 @@ from psycopg2 import errorcodes
 from twisted.internet import error as internet_error
 from txpostgres import reconnection, txpostgres
 
-from pgblobs.errors import AccountClosed, BlobExists, DatabaseUnavailable, QuotaExceeded
+from pgblobs.errors import (
+    AccountClosed,
+    BlobExists,
+    BlobReserved,
+    DatabaseUnavailable,
+    QuotaExceeded,
+    TooManyUploads,
+)
 
 _QUOTA_EXCEEDED = "PB507"  # raised by the write functions (db/schema.sql)
 _ACCOUNT_CLOSED = "PB410"  # raised by the trigger refuse_closed_accounts (db/schema.sql)
+_NAME_RESERVED = "PB409"  # an upload has the name: refuse_reserved_names, create_upload
+_TOO_MANY_UPLOADS = "PB429"  # raised by pgblobs.create_upload
 _SERVER_GOING_AWAY = {"57P01", "57P02", "57P03"}  # admin/crash shutdown, cannot connect now
 # A deadlock is broken by failing one side, which may try again at once: the one a
 # previous-release node's delete can meet during a rolling upgrade (revision 0014).
@@ -53,6 +62,10 @@ def translate(error: BaseException) -> BaseException:
         if code == _ACCOUNT_CLOSED:
             # The client's answer; the database's own message names the command.
             return AccountClosed("the user's account is closed")
+        if code == _NAME_RESERVED:
+            return BlobReserved("an upload in progress has reserved this id")
+        if code == _TOO_MANY_UPLOADS:
+            return TooManyUploads(str(error.diag.message_primary))
         if code == errorcodes.UNIQUE_VIOLATION and error.diag.constraint_name == "blobs_live_key":
             return BlobExists("a live blob already has this id")
     if isinstance(error, reconnection.ConnectionDead) or connection_lost(error):

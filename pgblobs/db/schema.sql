@@ -175,6 +175,32 @@ COMMENT ON TABLE pgblobs.change_horizons IS
     'a feed cursor below it has missed a delete';
 
 
+-- Resumable uploads ------------------------------------------------------------------------
+
+-- One row per upload in progress (tus, /uploads/{user}/): the bytes received so far are in
+-- its large object. It reserves its blob's name (uploads_key) and, through pgblobs.room, its
+-- whole length and one blob of the user's quota, until it completes, is terminated or expires.
+CREATE TABLE pgblobs.uploads (
+    upload_id     text        PRIMARY KEY,
+    user_id       text        NOT NULL,
+    namespace     text        NOT NULL,
+    blob_id       text        NOT NULL,
+    lo_oid        oid         NOT NULL,
+    upload_length bigint      NOT NULL CHECK (upload_length >= 0),
+    upload_offset bigint      NOT NULL DEFAULT 0,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    expires_at    timestamptz NOT NULL,
+    CONSTRAINT uploads_offset_within_length
+        CHECK (upload_offset BETWEEN 0 AND upload_length)
+);
+COMMENT ON TABLE pgblobs.uploads IS
+    'Resumable uploads in progress: each reserves its blob''s name and its length '
+    'of the user''s quota until it completes, is terminated or expires';
+CREATE UNIQUE INDEX uploads_key ON pgblobs.uploads (blob_id, namespace, user_id);
+CREATE INDEX uploads_by_user ON pgblobs.uploads (user_id) INCLUDE (upload_length);
+CREATE INDEX uploads_by_expiry ON pgblobs.uploads (expires_at);
+
+
 -- Replicas ---------------------------------------------------------------------------------
 
 -- One row (the first beat makes it, so there is no seed row): a counter the primary bumps,
@@ -214,14 +240,18 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- The bytes and the blobs a user may still store (NULL: no limit), the one place the quota
--- arithmetic is written.
+-- arithmetic is written: live blobs count, and so does every upload in progress, for its whole
+-- declared length and one blob (revision 0015).
 CREATE FUNCTION pgblobs.room(
     p_user text, p_default_quota bigint, p_default_quota_blobs bigint,
     OUT bytes bigint, OUT blobs bigint)
 LANGUAGE sql STABLE AS $$
-    SELECT pgblobs.effective_quota(p_user, p_default_quota) - coalesce(sum(live_bytes), 0),
-           p_default_quota_blobs - coalesce(sum(live_blobs), 0)
-    FROM pgblobs.usage WHERE user_id = p_user
+    SELECT pgblobs.effective_quota(p_user, p_default_quota) - used.bytes - reserved.bytes,
+           p_default_quota_blobs - used.blobs - reserved.blobs
+    FROM (SELECT coalesce(sum(live_bytes), 0) AS bytes, coalesce(sum(live_blobs), 0) AS blobs
+          FROM pgblobs.usage WHERE user_id = p_user) AS used,
+         (SELECT coalesce(sum(upload_length), 0) AS bytes, count(*) AS blobs
+          FROM pgblobs.uploads WHERE user_id = p_user) AS reserved
 $$;
 
 
@@ -537,6 +567,115 @@ BEGIN
 END
 $$;
 
+-- Resumable uploads (revision 0015) -------------------------------------------------------
+-- /uploads/{user}/ (tus 1.0): pgblobs/uploads.py. A PATCH holds its upload's advisory lock
+-- (session level, on a content connection) from before it reads the row until it ends, and
+-- commits its bytes in steps (db/upload_steps.py). Custom plans, as the write functions.
+
+-- The key of an upload's advisory lock.
+CREATE FUNCTION pgblobs.upload_lock_key(p_upload_id text) RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT hashtextextended('pgblobs.upload:' || p_upload_id, 0)
+$$;
+
+-- Begin an upload of p_length bytes as the blob (p_user, p_namespace, p_blob_id), expiring
+-- p_expiry_seconds from now unless a PATCH comes first; when it expires. Under the user's
+-- lock: the name must be free (a live blob: the live key; an upload: PB409), the user may
+-- have fewer than p_max_uploads in progress (PB429), and the length must fit (PB507).
+CREATE FUNCTION pgblobs.create_upload(
+    p_upload_id text, p_user text, p_namespace text, p_blob_id text, p_length bigint,
+    p_expiry_seconds double precision, p_max_uploads int, p_default_quota bigint,
+    p_default_quota_blobs bigint)
+RETURNS timestamptz LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode = force_custom_plan AS $$
+DECLARE
+    v_bytes   bigint;
+    v_blobs   bigint;
+    v_expires timestamptz := now() + make_interval(secs => p_expiry_seconds);
+BEGIN
+    PERFORM pgblobs.lock_users(ARRAY[p_user]);
+    IF EXISTS (SELECT 1 FROM pgblobs.blobs
+               WHERE blob_id = p_blob_id AND namespace = p_namespace
+                 AND user_id = p_user AND deleted_at IS NULL) THEN
+        RAISE EXCEPTION 'a live blob already has the id %', p_blob_id
+            USING ERRCODE = 'unique_violation', CONSTRAINT = 'blobs_live_key';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pgblobs.uploads
+               WHERE blob_id = p_blob_id AND namespace = p_namespace
+                 AND user_id = p_user) THEN
+        RAISE EXCEPTION 'an upload in progress has reserved the id %', p_blob_id
+            USING ERRCODE = 'PB409';
+    END IF;
+    IF (SELECT count(*) FROM pgblobs.uploads WHERE user_id = p_user) >= p_max_uploads THEN
+        RAISE EXCEPTION 'user % has % uploads in progress already', p_user, p_max_uploads
+            USING ERRCODE = 'PB429';
+    END IF;
+    SELECT bytes, blobs INTO v_bytes, v_blobs
+    FROM pgblobs.room(p_user, p_default_quota, p_default_quota_blobs);
+    IF v_bytes < p_length THEN
+        RAISE EXCEPTION 'the upload does not fit in the quota of user %', p_user
+            USING ERRCODE = 'PB507';
+    END IF;
+    IF v_blobs < 1 THEN
+        RAISE EXCEPTION 'user % has as many blobs as the quota allows', p_user
+            USING ERRCODE = 'PB507';
+    END IF;
+    INSERT INTO pgblobs.uploads (upload_id, user_id, namespace, blob_id, lo_oid,
+                                 upload_length, expires_at)
+    VALUES (p_upload_id, p_user, p_namespace, p_blob_id, lo_create(0), p_length,
+            v_expires);
+    RETURN v_expires;
+END
+$$;
+
+-- An upload whose last byte this transaction wrote becomes its blob, with its large object,
+-- as if it had been PUT: in listings, usage and the change feed from this commit on.
+CREATE FUNCTION pgblobs.complete_upload(p_upload_id text, p_tag text, p_sha256 bytea)
+RETURNS void LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode = force_custom_plan AS $$
+DECLARE
+    v_upload pgblobs.uploads;
+BEGIN
+    SELECT * INTO STRICT v_upload FROM pgblobs.uploads WHERE upload_id = p_upload_id;
+    -- The user's lock before the row's, as every writer takes them.
+    PERFORM pgblobs.lock_users(ARRAY[v_upload.user_id]);
+    DELETE FROM pgblobs.uploads WHERE upload_id = p_upload_id;
+    PERFORM pgblobs.insert_blob_rows(
+        ARRAY[v_upload.user_id], ARRAY[v_upload.namespace], ARRAY[v_upload.blob_id],
+        ARRAY[v_upload.lo_oid], ARRAY[v_upload.upload_length], ARRAY[p_tag],
+        ARRAY[p_sha256], '{}', '{}');
+END
+$$;
+
+-- Remove the uploads p_upload_ids and their large objects (termination, expiry, fsck
+-- --repair, account deletion); which went.
+CREATE FUNCTION pgblobs.end_uploads(p_upload_ids text[])
+RETURNS text[] LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode = force_custom_plan AS $$
+DECLARE
+    v_ended text[];
+    v_oids  oid[];
+BEGIN
+    -- An upload a PATCH holds now is passed over: its bytes are on their way.
+    WITH free AS (
+        SELECT id FROM unnest(p_upload_ids) AS id
+        WHERE pg_try_advisory_xact_lock(pgblobs.upload_lock_key(id))
+    ), ended AS (
+        DELETE FROM pgblobs.uploads AS u USING free WHERE u.upload_id = free.id
+        RETURNING u.upload_id, u.lo_oid
+    )
+    SELECT coalesce(array_agg(upload_id), '{}'), coalesce(array_agg(lo_oid), '{}')
+    INTO v_ended, v_oids FROM ended;
+    -- A large object already lost (fsck's broken uploads) is skipped, since
+    -- lo_unlink would fail the whole statement.
+    PERFORM lo_unlink(o.lo) FROM unnest(v_oids) AS o(lo)
+    WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_largeobject_metadata AS m
+                  WHERE m.oid = o.lo);
+    RETURN v_ended;
+END
+$$;
+
+
 -- Triggers ---------------------------------------------------------------------------------
 
 -- Keeps pgblobs.usage right on every path that changes blob rows (the API, import-fs, fsck
@@ -691,6 +830,34 @@ CREATE TRIGGER blobs_refuse_closed_accounts
 CREATE TRIGGER tokens_refuse_closed_accounts
     AFTER INSERT ON pgblobs.tokens REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION pgblobs.refuse_closed_accounts();
+CREATE TRIGGER uploads_refuse_closed_accounts
+    AFTER INSERT ON pgblobs.uploads REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION pgblobs.refuse_closed_accounts();
+
+-- A statement making a live blob of a name that an upload in progress has reserved fails
+-- (PB409), whichever path it comes by (revision 0015).
+CREATE FUNCTION pgblobs.refuse_reserved_names() RETURNS trigger
+LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode = force_custom_plan AS $$
+DECLARE
+    v_blob_id text;
+BEGIN
+    SELECT n.blob_id INTO v_blob_id FROM new_rows AS n
+    JOIN pgblobs.uploads AS u
+      ON u.blob_id = n.blob_id AND u.namespace = n.namespace AND u.user_id = n.user_id
+    WHERE n.deleted_at IS NULL
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'an upload in progress has reserved the id %', v_blob_id
+            USING ERRCODE = 'PB409';
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER blobs_refuse_reserved_names
+    AFTER INSERT ON pgblobs.blobs REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION pgblobs.refuse_reserved_names();
 
 
 -- Reporting --------------------------------------------------------------------------------
