@@ -54,6 +54,7 @@ ORPHANS = """
     SELECT count(*) FROM pg_largeobject_metadata AS m
     WHERE NOT EXISTS (SELECT 1 FROM pgblobs.blobs AS b
                       WHERE b.lo_oid = m.oid AND b.deleted_at IS NULL)
+      AND NOT EXISTS (SELECT 1 FROM pgblobs.uploads AS u WHERE u.lo_oid = m.oid)
 """
 
 
@@ -65,7 +66,7 @@ def dsn(migrated_dsn):
         migrated_dsn,
         "TRUNCATE pgblobs.blobs, pgblobs.blob_flags, pgblobs.quotas, pgblobs.tokens, "
         "pgblobs.service_tokens, pgblobs.usage, pgblobs.closed_accounts, pgblobs.claims, "
-        "pgblobs.change_horizons "
+        "pgblobs.change_horizons, pgblobs.uploads "
         "RESTART IDENTITY",
     )
     yield migrated_dsn

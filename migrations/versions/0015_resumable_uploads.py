@@ -55,6 +55,8 @@ def upgrade():
             user_id       text        NOT NULL,
             namespace     text        NOT NULL,
             blob_id       text        NOT NULL,
+            -- Upload-Metadata as the client sent it, which HEAD answers with.
+            upload_metadata text      NOT NULL,
             lo_oid        oid         NOT NULL,
             upload_length bigint      NOT NULL CHECK (upload_length >= 0),
             upload_offset bigint      NOT NULL DEFAULT 0,
@@ -95,9 +97,9 @@ def upgrade():
     """)
     op.execute("""
         CREATE FUNCTION pgblobs.create_upload(
-            p_upload_id text, p_user text, p_namespace text, p_blob_id text, p_length bigint,
-            p_expiry_seconds double precision, p_max_uploads int, p_default_quota bigint,
-            p_default_quota_blobs bigint)
+            p_upload_id text, p_user text, p_namespace text, p_blob_id text, p_metadata text,
+            p_length bigint, p_expiry_seconds double precision, p_max_uploads int,
+            p_default_quota bigint, p_default_quota_blobs bigint)
         RETURNS timestamptz LANGUAGE plpgsql VOLATILE
         SET plan_cache_mode = force_custom_plan AS $$
         DECLARE
@@ -132,10 +134,10 @@ def upgrade():
                 RAISE EXCEPTION 'user % has as many blobs as the quota allows', p_user
                     USING ERRCODE = 'PB507';
             END IF;
-            INSERT INTO pgblobs.uploads (upload_id, user_id, namespace, blob_id, lo_oid,
-                                         upload_length, expires_at)
-            VALUES (p_upload_id, p_user, p_namespace, p_blob_id, lo_create(0), p_length,
-                    v_expires);
+            INSERT INTO pgblobs.uploads (upload_id, user_id, namespace, blob_id, upload_metadata,
+                                         lo_oid, upload_length, expires_at)
+            VALUES (p_upload_id, p_user, p_namespace, p_blob_id, p_metadata, lo_create(0),
+                    p_length, v_expires);
             RETURN v_expires;
         END
         $$
@@ -224,8 +226,8 @@ def downgrade():
     op.execute("DROP FUNCTION pgblobs.end_uploads(text[])")
     op.execute("DROP FUNCTION pgblobs.complete_upload(text, text, bytea)")
     op.execute(
-        "DROP FUNCTION pgblobs.create_upload(text, text, text, text, bigint, double precision, "
-        "int, bigint, bigint)"
+        "DROP FUNCTION pgblobs.create_upload(text, text, text, text, text, bigint, "
+        "double precision, int, bigint, bigint)"
     )
     op.execute("DROP FUNCTION pgblobs.upload_lock_key(text)")
     # room as revision 0009 wrote it, before any upload reserved room.

@@ -185,6 +185,8 @@ CREATE TABLE pgblobs.uploads (
     user_id       text        NOT NULL,
     namespace     text        NOT NULL,
     blob_id       text        NOT NULL,
+    -- Upload-Metadata as the client sent it, which HEAD answers with.
+    upload_metadata text      NOT NULL,
     lo_oid        oid         NOT NULL,
     upload_length bigint      NOT NULL CHECK (upload_length >= 0),
     upload_offset bigint      NOT NULL DEFAULT 0,
@@ -583,9 +585,9 @@ $$;
 -- lock: the name must be free (a live blob: the live key; an upload: PB409), the user may
 -- have fewer than p_max_uploads in progress (PB429), and the length must fit (PB507).
 CREATE FUNCTION pgblobs.create_upload(
-    p_upload_id text, p_user text, p_namespace text, p_blob_id text, p_length bigint,
-    p_expiry_seconds double precision, p_max_uploads int, p_default_quota bigint,
-    p_default_quota_blobs bigint)
+    p_upload_id text, p_user text, p_namespace text, p_blob_id text, p_metadata text,
+    p_length bigint, p_expiry_seconds double precision, p_max_uploads int,
+    p_default_quota bigint, p_default_quota_blobs bigint)
 RETURNS timestamptz LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode = force_custom_plan AS $$
 DECLARE
@@ -620,10 +622,10 @@ BEGIN
         RAISE EXCEPTION 'user % has as many blobs as the quota allows', p_user
             USING ERRCODE = 'PB507';
     END IF;
-    INSERT INTO pgblobs.uploads (upload_id, user_id, namespace, blob_id, lo_oid,
-                                 upload_length, expires_at)
-    VALUES (p_upload_id, p_user, p_namespace, p_blob_id, lo_create(0), p_length,
-            v_expires);
+    INSERT INTO pgblobs.uploads (upload_id, user_id, namespace, blob_id, upload_metadata,
+                                 lo_oid, upload_length, expires_at)
+    VALUES (p_upload_id, p_user, p_namespace, p_blob_id, p_metadata, lo_create(0),
+            p_length, v_expires);
     RETURN v_expires;
 END
 $$;
