@@ -9,9 +9,13 @@ SELECT version_num FROM pgblobs.alembic_version;
 
 -- name: write_precheck (read)
 -- Before reading a body: the size and sha256 of the live blob that has the id (NULL: none),
--- and how many bytes and blobs the user may still store (NULL: no limit).
+-- how many bytes and blobs the user may still store (NULL: no limit), and whether an upload
+-- in progress has reserved the id.
 SELECT live.size AS live_size, live.sha256 AS live_sha256,
-       room.bytes AS room, room.blobs AS room_blobs
+       room.bytes AS room, room.blobs AS room_blobs,
+       EXISTS (SELECT 1 FROM pgblobs.uploads AS u
+               WHERE u.blob_id = %(blob_id)s AND u.namespace = %(namespace)s
+                 AND u.user_id = %(user)s) AS reserved
 FROM pgblobs.room(%(user)s, %(default_quota)s, %(default_quota_blobs)s) AS room
 LEFT JOIN pgblobs.blobs AS live
   ON live.user_id = %(user)s AND live.namespace = %(namespace)s
@@ -597,3 +601,54 @@ DELETE FROM pgblobs.usage WHERE user_id = %(user)s;
 -- name: mark_account_emptied
 -- Note that nothing of a closed account is left.
 UPDATE pgblobs.closed_accounts SET emptied_at = now() WHERE user_id = %(user)s;
+
+-- name: create_upload
+-- Begin a resumable upload (pgblobs.create_upload): when it expires unless a PATCH comes.
+SELECT pgblobs.create_upload(%(upload_id)s, %(user)s, %(namespace)s, %(blob_id)s,
+                             %(metadata)s, %(length)s, %(expiry)s, %(max_uploads)s,
+                             %(default_quota)s, %(default_quota_blobs)s) AS expires_at;
+
+-- name: upload_state (read)
+-- One upload of a user still in progress (not past its expiry), on the primary.
+SELECT upload_id, user_id, namespace, blob_id, upload_metadata, lo_oid, upload_length,
+       upload_offset, expires_at
+FROM pgblobs.uploads
+WHERE upload_id = %(upload_id)s AND user_id = %(user)s AND expires_at > now();
+
+-- name: hold_upload
+-- Take the upload's advisory lock for this session, unless another session has it (a PATCH
+-- in progress); released by release_upload, or when the connection ends.
+SELECT pg_try_advisory_lock(pgblobs.upload_lock_key(%(upload_id)s)) AS held;
+
+-- name: release_upload
+SELECT pg_advisory_unlock(pgblobs.upload_lock_key(%(upload_id)s)) AS released;
+
+-- name: advance_upload
+-- A PATCH's step is in: the upload's new offset, and a new expiry from now.
+UPDATE pgblobs.uploads
+SET upload_offset = %(offset)s, expires_at = now() + make_interval(secs => %(expiry)s)
+WHERE upload_id = %(upload_id)s
+RETURNING expires_at;
+
+-- name: complete_upload
+-- The upload's last bytes are in (this transaction): it becomes its blob.
+SELECT pgblobs.complete_upload(%(upload_id)s, %(tag)s, %(sha256)s);
+
+-- name: terminate_upload
+-- Remove a user's upload and its large object, unless a PATCH holds it now; the ids removed
+-- (none: no such upload, or held).
+SELECT pgblobs.end_uploads(ARRAY(SELECT upload_id FROM pgblobs.uploads
+                                 WHERE upload_id = %(upload_id)s AND user_id = %(user)s))
+       AS ended;
+
+-- name: expire_uploads
+-- Remove up to %(batch)s uploads past their expiry (oldest first) with their large objects,
+-- but those a PATCH holds now; how many went.
+SELECT cardinality(pgblobs.end_uploads(ARRAY(
+           SELECT upload_id FROM pgblobs.uploads WHERE expires_at <= now()
+           ORDER BY expires_at LIMIT %(batch)s))) AS removed;
+
+-- name: uploads_in_progress (read)
+-- Uploads in progress in the whole database, and the bytes they have received so far.
+SELECT count(*) AS uploads, coalesce(sum(upload_offset), 0) AS received_bytes
+FROM pgblobs.uploads;

@@ -583,7 +583,8 @@ $$;
 -- Begin an upload of p_length bytes as the blob (p_user, p_namespace, p_blob_id), expiring
 -- p_expiry_seconds from now unless a PATCH comes first; when it expires. Under the user's
 -- lock: the name must be free (a live blob: the live key; an upload: PB409), the user may
--- have fewer than p_max_uploads in progress (PB429), and the length must fit (PB507).
+-- have fewer than p_max_uploads in progress (PB429), and the length must fit (PB507). An
+-- upload of no bytes is its blob at once.
 CREATE FUNCTION pgblobs.create_upload(
     p_upload_id text, p_user text, p_namespace text, p_blob_id text, p_metadata text,
     p_length bigint, p_expiry_seconds double precision, p_max_uploads int,
@@ -626,6 +627,10 @@ BEGIN
                                  lo_oid, upload_length, expires_at)
     VALUES (p_upload_id, p_user, p_namespace, p_blob_id, p_metadata, lo_create(0),
             p_length, v_expires);
+    IF p_length = 0 THEN
+        -- Nothing to wait for: the blob is whole at once (the tag of no bytes is empty).
+        PERFORM pgblobs.complete_upload(p_upload_id, '', sha256(''::bytea));
+    END IF;
     RETURN v_expires;
 END
 $$;
