@@ -6,7 +6,8 @@ then hands over: writes.py chooses how a blob travels and prechecks it
 (db/small_writes.py commits small ones together, db/largeobjects.py streams
 the rest on worker threads); versions.py opens versions and reads them;
 listings.py lists ids; feed.py reads and holds the change feed; claims.py
-claims PENDING blobs and ends their leases;
+claims PENDING blobs and ends their leases; uploads.py keeps resumable
+uploads;
 db/replicas.py decides which database answers a read.
 The few single statements left (delete, flags, counts) run here. Nothing is
 cached in the process: every answer comes from the database, which several
@@ -29,22 +30,34 @@ from pgblobs.db.connector import Database
 from pgblobs.db.queries import Row
 from pgblobs.db.replicas import Replicas
 from pgblobs.db.small_writes import SmallWrites
+from pgblobs.db.upload_steps import Checksum
 from pgblobs.errors import BlobNotFound
 from pgblobs.feed import ChangeFeed, ChangesPage
-from pgblobs.interfaces import IBlobStore, IChangeFeed, IClaims, IOpenBlob, deferred
+from pgblobs.interfaces import (
+    IBlobStore,
+    IChangeFeed,
+    IClaims,
+    IOpenBlob,
+    IUploads,
+    deferred,
+)
 from pgblobs.listings import Listing, Listings, PageOf
 from pgblobs.names import ByteRange
+from pgblobs.uploads import Uploads, UploadState
 from pgblobs.versions import OpenBlob, Versions, load_small
 from pgblobs.writes import Writes
 
 
-@implementer(IBlobStore, IChangeFeed, IClaims)
+@implementer(IBlobStore, IChangeFeed, IClaims, IUploads)
 class PostgresBlobsBackend:
     """Blobs in PostgreSQL large objects, their metadata in ``pgblobs.blobs``.
 
     ``quota_bytes`` is the default quota of every user (None: unlimited);
     a row in ``pgblobs.quotas`` overrides it for one user. ``quota_blobs``
-    bounds every user's number of live blobs (None: no limit).
+    bounds every user's number of live blobs (None: no limit). A
+    resumable upload lives ``upload_expiry`` seconds after its creation or
+    its last PATCH step, and a user may have ``max_uploads_per_user`` in
+    progress.
     """
 
     def __init__(
@@ -57,6 +70,8 @@ class PostgresBlobsBackend:
         quota_blobs: int | None = settings.QUOTA_BLOBS,
         max_held_changes_per_user: int = settings.HELD_CHANGES_PER_USER,
         max_held_changes: int = settings.HELD_CHANGES,
+        upload_expiry: float = settings.UPLOAD_EXPIRY,
+        max_uploads_per_user: int = settings.MAX_UPLOADS_PER_USER,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -72,6 +87,7 @@ class PostgresBlobsBackend:
         self._listings = Listings(self.reading)
         self._feed = ChangeFeed(reactor, database, max_held_changes_per_user, max_held_changes)
         self._claims = Claims(database, reactor)
+        self._uploads = Uploads(reactor, database, self._quota, upload_expiry, max_uploads_per_user)
 
     @classmethod
     def connect(
@@ -89,6 +105,8 @@ class PostgresBlobsBackend:
         quota_blobs: int | None = settings.QUOTA_BLOBS,
         max_held_changes_per_user: int = settings.HELD_CHANGES_PER_USER,
         max_held_changes: int = settings.HELD_CHANGES,
+        upload_expiry: float = settings.UPLOAD_EXPIRY,
+        max_uploads_per_user: int = settings.MAX_UPLOADS_PER_USER,
     ) -> Deferred["PostgresBlobsBackend"]:
         """A Deferred firing with a backend connected to ``dsn``.
 
@@ -106,8 +124,8 @@ class PostgresBlobsBackend:
         connected in the background, so a replica that is down delays
         nothing. Change feed requests are held at most
         ``max_held_changes_per_user`` per user and ``max_held_changes`` in
-        all (feed.py). Fails with SchemaNotReady when the schema is missing or
-        not at head.
+        all (feed.py). Resumable uploads: see the class. Fails with
+        SchemaNotReady when the schema is missing or not at head.
         """
 
         def connect_to(target: str) -> Awaitable[Database]:
@@ -130,6 +148,8 @@ class PostgresBlobsBackend:
                 quota_blobs=quota_blobs,
                 max_held_changes_per_user=max_held_changes_per_user,
                 max_held_changes=max_held_changes,
+                upload_expiry=upload_expiry,
+                max_uploads_per_user=max_uploads_per_user,
             )
             await backend._feed.start()
             for target in replica_dsn:
@@ -138,15 +158,17 @@ class PostgresBlobsBackend:
 
         return defer.ensureDeferred(connecting())
 
-    def start_expiring_claims(self, every: float = settings.CLAIM_EXPIRY_EVERY) -> None:
-        """Give claimed blobs whose lease ended back to PENDING, every
-        ``every`` seconds until ``close`` (what every serving node does)."""
-        self._claims.start_expiring(every)
+    def start_sweeps(self) -> None:
+        """Until ``close``, what every serving node does: give claimed blobs
+        whose lease ended back to PENDING, and remove uploads past their
+        expiry, each every second or so."""
+        self._claims.start_expiring()
+        self._uploads.start_expiring()
 
     @deferred
     async def close(self) -> None:
-        # A round of the claims' loop in flight ends before its connection goes.
-        await self._claims.stop_expiring()
+        # A round of a sweep in flight ends before its connection goes.
+        await defer.gatherResults([self._claims.stop_expiring(), self._uploads.stop_expiring()])
         self._feed.close()
         await defer.gatherResults([self.reading.close(), self.database.close()])
 
@@ -267,6 +289,31 @@ class PostgresBlobsBackend:
         lease: int = settings.CLAIM_LEASE,
     ) -> list[str]:
         return await self._claims.claim(user, namespace, limit, lease)
+
+    @deferred
+    async def create_upload(
+        self, user: str, blob_id: str, length: int, namespace: str = "", metadata: str = ""
+    ) -> UploadState:
+        return await self._uploads.create(user, blob_id, length, namespace, metadata)
+
+    @deferred
+    async def upload_state(self, user: str, upload_id: str) -> UploadState:
+        return await self._uploads.state(user, upload_id)
+
+    @deferred
+    async def append_upload(
+        self,
+        user: str,
+        upload_id: str,
+        offset: int,
+        producer: IBodyProducer,
+        checksum: Checksum | None = None,
+    ) -> UploadState:
+        return await self._uploads.append(user, upload_id, offset, producer, checksum)
+
+    @deferred
+    async def terminate_upload(self, user: str, upload_id: str) -> None:
+        await self._uploads.terminate(user, upload_id)
 
     @deferred
     async def count(self, user: str, namespace: str = "") -> int:

@@ -263,6 +263,50 @@ class IClaims(Interface):
         """
 
 
+class IUploads(Interface):
+    """Resumable uploads (pgblobs' addition, served as tus 1.0 under
+    /uploads/{user}/): a blob's bytes arrive over many requests, to any
+    node, and it becomes live when the last one is in. Each method fires
+    with an ``uploads.UploadState``, and fails with ``UploadNotFound`` for
+    an upload that is not in progress (never made, completed, terminated
+    or expired)."""
+
+    def create_upload(
+        user: str, blob_id: str, length: int, namespace: str = "", metadata: str = ""
+    ) -> Deferred[Any]:
+        """Begin an upload of ``length`` bytes that will be the blob
+        ``blob_id``; ``metadata`` is kept for the client (tus's
+        Upload-Metadata). From now until it ends the id is reserved (a write
+        of it fails with ``BlobReserved``) and so are ``length`` bytes and
+        one blob of the user's quota. ``BlobExists`` when a live blob or
+        another upload has the id, ``QuotaExceeded`` when it does not fit,
+        ``TooManyUploads`` past the uploads a user may have in progress. An
+        upload of no bytes is its blob at once."""
+
+    def upload_state(user: str, upload_id: str) -> Deferred[Any]:
+        """Where the upload stands: every byte its offset counts is durable."""
+
+    def append_upload(
+        user: str,
+        upload_id: str,
+        offset: int,
+        producer: IBodyProducer,
+        checksum: Any = None,
+    ) -> Deferred[Any]:
+        """Append what ``producer`` produces at ``offset``, which must be the
+        upload's offset now (else ``UploadOffsetMismatch``); when the offset
+        reaches the length, the blob is live in the same transaction.
+        ``checksum`` (an ``upload_steps.Checksum``, optional): the body is kept
+        only if it matches (else ``ChecksumMismatch``). ``UploadBusy`` while
+        another append of the upload runs, on any node; ``UploadTooLong``
+        for bytes past the length. Without a checksum, a body cut short
+        keeps what arrived, in whole committed steps."""
+
+    def terminate_upload(user: str, upload_id: str) -> Deferred[None]:
+        """End the upload and remove its bytes; ``UploadBusy`` while an
+        append of it runs."""
+
+
 class IBodyOnDemand(IBodyProducer):
     """A body the client sends only once the server asks for it (HTTP's
     ``Expect: 100-continue``): refusing a write before reading such a body

@@ -69,6 +69,11 @@ def blob_name(value: object) -> str:
     return _checked("blob id", value)
 
 
+def upload_name(value: object) -> str:
+    """An upload's id, as the server makes them (URL-safe base64)."""
+    return _checked("upload id", value)
+
+
 def namespace_name(value: object) -> str:
     """The empty (or absent) namespace is the default one."""
     if value is None or value == "":

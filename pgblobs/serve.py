@@ -66,6 +66,8 @@ class BackendOptions:
     replica_max_lag: float = settings.REPLICA_MAX_LAG
     max_held_changes_per_user: int = settings.HELD_CHANGES_PER_USER
     max_held_changes: int = settings.HELD_CHANGES
+    upload_expiry: float = settings.UPLOAD_EXPIRY
+    max_uploads_per_user: int = settings.MAX_UPLOADS_PER_USER
 
 
 @dataclass
@@ -292,8 +294,9 @@ async def _serve_here(
     notifier: Notifier,
 ) -> tuple[list[Any], list[Any]]:
     backend = await _connect(reactor, dsn, options, notifier)
-    # Every node ends leases, whichever node granted them: one node left is enough.
-    backend.start_expiring_claims()
+    # Every node ends leases and removes expired uploads, whichever node made
+    # them: one node left is enough.
+    backend.start_sweeps()
     database = backend.database
     tokens = KnownTokens(
         database, fallback=backend.reading.reader, cache_seconds=options.token_cache_seconds

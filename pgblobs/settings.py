@@ -67,6 +67,17 @@ MAX_CLAIM_LEASE = 3600
 CLAIM_EXPIRY_EVERY = 1.0
 CLAIM_EXPIRY_BATCH = 1000
 
+# Resumable uploads (tus, /uploads/{user}/): seconds an upload lives after its creation or
+# its last PATCH step, uploads one user may have in progress, and the bytes of a PATCH body
+# committed at a time (each step is durable on its own: a client cut off resumes from the
+# last whole step, at most this far behind). Every node sweeps expired uploads this often,
+# at most this many a round.
+UPLOAD_EXPIRY = 24 * 3600.0
+MAX_UPLOADS_PER_USER = 20
+UPLOAD_STEP = 4 * 1024 * 1024
+UPLOAD_EXPIRY_EVERY = 1.0
+UPLOAD_EXPIRY_BATCH = 100
+
 
 def dsn_from_environment() -> str | None:
     """The DSN set in the environment, or None."""

@@ -34,12 +34,19 @@ _TAG_BYTES = 16
 _WAIT = 1.0  # seconds between checks for a stopped transfer while blocked
 
 
-class ContentDigest:
-    """Size, sha256 and tag of content seen chunk by chunk."""
+def tag_of(tail: bytes) -> str:
+    """The tag of content ending in ``tail``: urlsafe base64 of its last 16
+    bytes (the AES-GCM tag of Soledad blobs)."""
+    return base64.urlsafe_b64encode(tail[-_TAG_BYTES:]).decode("ascii")
 
-    def __init__(self) -> None:
+
+class ContentDigest:
+    """Size, sha256 and tag of content seen chunk by chunk; ``carried`` goes
+    on from the sha256 of content seen before (a resumed upload's)."""
+
+    def __init__(self, carried: "hashlib._Hash | None" = None) -> None:
         self.size = 0
-        self._sha256 = hashlib.sha256()
+        self._sha256 = carried or hashlib.sha256()
         self._tail = b""
 
     def update(self, chunk: bytes) -> None:
@@ -51,10 +58,13 @@ class ContentDigest:
     def sha256(self) -> bytes:
         return self._sha256.digest()
 
+    def sha256_state(self) -> "hashlib._Hash":
+        """A copy of the sha256 so far, to go on from later."""
+        return self._sha256.copy()
+
     @property
     def tag(self) -> str:
-        """urlsafe base64 of the last 16 bytes (the AES-GCM tag of Soledad blobs)."""
-        return base64.urlsafe_b64encode(self._tail).decode("ascii")
+        return tag_of(self._tail)
 
 
 @implementer(IConsumer)
@@ -69,7 +79,9 @@ class UploadPipe:
     HIGH_WATER = 4 * CHUNK
     LOW_WATER = CHUNK
 
-    def __init__(self, reactor: Any, producer: IBodyProducer) -> None:
+    def __init__(
+        self, reactor: Any, producer: IBodyProducer, digest: ContentDigest | None = None
+    ) -> None:
         self._reactor = reactor
         self._ready = threading.Condition()
         self._chunks: deque[bytes] = deque()
@@ -83,7 +95,7 @@ class UploadPipe:
         self.producer: IPushProducer | None = producer
         # Hashed here on the reactor thread, which is otherwise idle during
         # an upload: sha256 then overlaps the worker's database writes.
-        self.digest = ContentDigest()
+        self.digest = digest or ContentDigest()
 
     def _start(self) -> None:
         if self._ended:
@@ -166,6 +178,17 @@ class UploadPipe:
         if low:
             self._reactor.callFromThread(self._drained)
         return b"".join(parts)
+
+
+def give_up(pipes: list[UploadPipe]) -> None:
+    """Stop the uploads of a failed write; raise the producer's own error
+    if one failed first, since its reason is the real one."""
+    for pipe in pipes:
+        if pipe.error is not None:
+            pipe.error.raiseException()
+    for pipe in pipes:
+        pipe.abort(Failure(TransferStopped("the blob could not be stored")))
+        pipe.stop_producer()
 
 
 @implementer(IPushProducer)

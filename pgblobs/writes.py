@@ -10,14 +10,13 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 
 from pgblobs import names, transfer
 from pgblobs.db import largeobjects
 from pgblobs.db.connector import Database
 from pgblobs.db.small_writes import TOO_MANY_BLOBS, QuotaParams, SmallWrites, TakenAtCommit
-from pgblobs.errors import BlobExists, QuotaExceeded, TransferStopped
+from pgblobs.errors import BlobExists, BlobReserved, QuotaExceeded
 from pgblobs.interfaces import IBodyOnDemand, IStampedBody, stamp_length
 from pgblobs.versions import INLINE_LIMIT
 
@@ -44,17 +43,6 @@ class _Live:
 class _Precheck:
     room: int | None  # the bytes the user may still store (None: no limit)
     live: _Live | None  # the live blob that has the id, if one has
-
-
-def _give_up(pipes: list[transfer.UploadPipe]) -> None:
-    """Stop the uploads of a failed write; raise the producer's own error
-    if one failed first, since its reason is the real one."""
-    for pipe in pipes:
-        if pipe.error is not None:
-            pipe.error.raiseException()
-    for pipe in pipes:
-        pipe.abort(Failure(TransferStopped("the blob could not be stored")))
-        pipe.stop_producer()
 
 
 class Writes:
@@ -100,13 +88,16 @@ class Writes:
             await self._database.in_thread(
                 largeobjects.store, pipe, key, self._quota(), precheck.room, flags, owner=key.user
             )
+        except BlobReserved:
+            transfer.give_up([pipe])
+            raise
         except BlobExists:
             # Taken meanwhile: refused by the live key once every byte had
             # passed through the pipe, so its digest is the whole body's.
-            _give_up([pipe])
+            transfer.give_up([pipe])
             await self._repeated_meanwhile(key, pipe.digest)
         except BaseException:
-            _give_up([pipe])
+            transfer.give_up([pipe])
             raise
 
     async def _precheck(self, key: names.BlobKey, length: int | None) -> _Precheck:
@@ -115,6 +106,8 @@ class Writes:
         precheck = (
             await self._database.fetch("write_precheck", dict(key.params(), **self._quota()))
         )[0]
+        if precheck.reserved:
+            raise BlobReserved("an upload in progress has reserved this id")
         live = None
         if precheck.live_size is not None:
             live = _Live.of(precheck.live_size, precheck.live_sha256)
@@ -217,13 +210,13 @@ class Writes:
                 owner=keys[0].user,
             )
         except BlobExists as taken:
-            _give_up(pipes)
+            transfer.give_up(pipes)
             # Taken meanwhile (the rollback stored none of them): done only
             # when another writer stored every one of these very blobs.
             if not await self._all_repeated(keys, pipes):
                 raise taken from None
         except BaseException:
-            _give_up(pipes)
+            transfer.give_up(pipes)
             raise
 
     async def _all_repeated(

@@ -33,6 +33,8 @@ SAMPLE = ServeOptions(
         replica_max_lag=0.25,
         max_held_changes_per_user=4,
         max_held_changes=40,
+        upload_expiry=120.5,
+        max_uploads_per_user=3,
     ),
     limits=Limits(
         max_blob_bytes=10,

@@ -134,6 +134,12 @@ _SERVE_LIMITS: list[tuple[str, Callable[[str], Any], Any, str]] = [
      "GET /changes requests held at once in each process, all users together (each also "
      "holds a connection, which --max-connections bounds as well); past it, 429 with "
      "Retry-After. A held request holds no database connection (default: %(default)s)"),
+    ("--upload-expiry", positive_float, settings.UPLOAD_EXPIRY,
+     "seconds a resumable upload (/uploads) lives after its creation or its last PATCH "
+     "step; then any node removes it and its bytes (default: %(default)s, a day)"),
+    ("--max-uploads-per-user", positive, settings.MAX_UPLOADS_PER_USER,
+     "resumable uploads one user may have in progress, on all nodes together; past it, "
+     "creating one is a 429 (default: %(default)s)"),
     ("--drain-seconds", float, settings.DRAIN_SECONDS,
      "on SIGTERM, how long requests in flight may take (default: %(default)s)"),
 ]  # fmt: skip

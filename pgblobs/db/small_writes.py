@@ -14,7 +14,7 @@ from twisted.web.iweb import IBodyProducer
 from pgblobs import names, settings, transfer
 from pgblobs.db.batching import Coalescer
 from pgblobs.db.connector import Database
-from pgblobs.errors import BlobExists, DatabaseUnavailable, QuotaExceeded
+from pgblobs.errors import BlobExists, BlobReserved, DatabaseUnavailable, QuotaExceeded
 
 # Group-commit batches of small writes in flight at once; more writes wait
 # and fill the next batch (see db/batching.py).
@@ -103,6 +103,8 @@ class SmallWrites:
             content, digest = await transfer.gather_small(producer)
             try:
                 await self._commit(_SmallWrite(key, content, digest, flags))
+            except BlobReserved:
+                raise
             except BlobExists:
                 raise TakenAtCommit(digest) from None
         finally:

@@ -53,6 +53,18 @@ def number(
     value = text(request, name)
     if value is None:
         return default
+    return _whole_number(name, value, lowest, highest)
+
+
+def header_number(request: IRequest, name: str, lowest: int, highest: int) -> int | None:
+    """A header's whole number from ``lowest`` to ``highest``, or None when absent."""
+    value = request.getHeader(name.encode("ascii"))
+    if value is None:
+        return None
+    return _whole_number(name, value.decode("latin-1"), lowest, highest)
+
+
+def _whole_number(name: str, value: str, lowest: int, highest: int) -> int:
     if not _NUMBER.fullmatch(value) or not lowest <= int(value) <= highest:
         raise InvalidArgument(f"invalid {name} {value[:30]!r}: use {lowest} to {highest}")
     return int(value)

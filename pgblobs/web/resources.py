@@ -70,12 +70,19 @@ def _allowed_methods(kind: type) -> list[str]:
         for name in dir(kind)
         if name.startswith("render_") and name[len("render_") :].isupper()
     }
-    # Resource defines render_HEAD for everyone; it means something only beside GET.
-    methods.discard("HEAD")
+    # Resource defines render_HEAD for everyone; it means something only beside GET,
+    # or where a resource answers HEAD itself.
+    if not _answers_head(kind):
+        methods.discard("HEAD")
     if "GET" in methods:
         methods.add("HEAD")
     _METHODS_OF[kind] = sorted(methods)
     return _METHODS_OF[kind]
+
+
+def _answers_head(kind: type) -> bool:
+    """Whether a Handler class answers HEAD itself (tus's HEAD has no GET)."""
+    return getattr(kind, "render_HEAD", None) is not Resource.render_HEAD
 
 
 class Handler(Resource):
@@ -97,9 +104,9 @@ class Handler(Resource):
             request.route = self.route
         # Every render_GET here sends its own response, and send() leaves
         # the body out of a HEAD answer: so GET serves both.
-        render: Callable[[StreamingRequest], int | bytes] = getattr(
-            self, "render_" + ("GET" if method == "HEAD" else method)
-        )
+        if method == "HEAD" and not _answers_head(type(self)):
+            method = "GET"
+        render: Callable[[StreamingRequest], int | bytes] = getattr(self, "render_" + method)
         return render(request)
 
 

@@ -18,6 +18,7 @@ from pgblobs.web.status import (
     RETRY_AFTER_SECONDS,
     MethodNotAllowed,
     RangeNotSatisfiable,
+    TusVersionUnsupported,
     status_of,
 )
 
@@ -34,8 +35,9 @@ def send(
     if request.gone or request.answered:
         return
     request.setResponseCode(code)
-    request.setHeader(b"Content-Type", content_type)
-    request.setHeader(b"Content-Length", b"%d" % len(body))
+    if code != 204:  # No Content has neither (RFC 9110)
+        request.setHeader(b"Content-Type", content_type)
+        request.setHeader(b"Content-Length", b"%d" % len(body))
     if body and request.method != b"HEAD":
         request.write(body)
     request.finish()
@@ -68,6 +70,8 @@ def send_error(request: StreamingRequest, failure: Failure) -> None:
         request.setHeader(b"Retry-After", b"%d" % RETRY_AFTER_SECONDS)
     if isinstance(error, MethodNotAllowed):
         request.setHeader(b"Allow", ", ".join(error.allowed).encode("ascii"))
+    if isinstance(error, TusVersionUnsupported):
+        request.setHeader(b"Tus-Version", b"1.0.0")
     if isinstance(error, RangeNotSatisfiable):
         request.setHeader(b"Content-Range", b"bytes */%d" % error.size)
     message = str(error)[:300]

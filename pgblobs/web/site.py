@@ -10,6 +10,8 @@ The public site, for users' clients:
     /stream/{user}    web/stream.py
     /changes/{user}   web/changes.py (when the store has a change feed)
     /claim/{user}     web/claims.py (for a store that provides IClaims)
+    /uploads/{user}/  web/uploads.py, tus resumable uploads (for a store that
+                      provides IUploads)
 
 The services site, for the provider's own services on a local listener:
 
@@ -28,7 +30,7 @@ from twisted.web import http, server
 from twisted.web.resource import IResource
 
 from pgblobs import __version__, settings
-from pgblobs.interfaces import IBlobStore, IChangeFeed, IClaims
+from pgblobs.interfaces import IBlobStore, IChangeFeed, IClaims, IUploads
 from pgblobs.web.auth import Authenticator, TokenCheck
 from pgblobs.web.blobs import UserBlobs
 from pgblobs.web.changes import UserChanges
@@ -41,6 +43,7 @@ from pgblobs.web.request import StreamingRequest
 from pgblobs.web.resources import Context, Handler, Missing, Users, rendered
 from pgblobs.web.responses import send, send_json
 from pgblobs.web.stream import MAX_STREAMED_SIZE, UserStream
+from pgblobs.web.uploads import UserUploads
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,8 @@ def build_site(
         metrics.held_changes(lambda: cast(IChangeFeed, store).held_changes)
     if IClaims.providedBy(store):
         root.putChild(b"claim", Users(context, UserClaims))
+    if IUploads.providedBy(store):
+        root.putChild(b"uploads", Users(context, UserUploads))
     root.putChild(b"health", _Health(health))
     root.putChild(b"metrics", metrics.resource())
     return BlobsSite(root, metrics, limits, limits.max_connections, access_log)

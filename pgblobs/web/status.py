@@ -8,6 +8,7 @@ from pgblobs.errors import (
     AccountClosed,
     BlobExists,
     BlobNotFound,
+    ChecksumMismatch,
     CursorExpired,
     DatabaseUnavailable,
     InvalidArgument,
@@ -16,7 +17,12 @@ from pgblobs.errors import (
     QuotaExceeded,
     TokenStoreUnavailable,
     TooManyHeld,
+    TooManyUploads,
     TransferStopped,
+    UploadBusy,
+    UploadNotFound,
+    UploadOffsetMismatch,
+    UploadTooLong,
 )
 
 
@@ -65,6 +71,15 @@ class NotFound(RequestError):
     """A path that names no resource."""
 
 
+class UnsupportedMediaType(RequestError):
+    """A body of a content type the route does not take (a tus PATCH's must
+    be application/offset+octet-stream)."""
+
+
+class TusVersionUnsupported(RequestError):
+    """A tus request without ``Tus-Resumable: 1.0.0``."""
+
+
 class MethodNotAllowed(RequestError):
     """A method the resource does not answer."""
 
@@ -76,7 +91,10 @@ class MethodNotAllowed(RequestError):
 STATUS = {
     BlobNotFound: 404,
     NotFound: 404,
+    UploadNotFound: 404,
+    # BlobReserved is a BlobExists: a client of /blobs hears what it always has.
     BlobExists: 409,
+    UploadOffsetMismatch: 409,
     InvalidFlag: 406,
     QuotaExceeded: 507,
     InvalidName: 400,
@@ -90,11 +108,18 @@ STATUS = {
     MethodNotAllowed: 405,
     BodyStalled: 408,
     LengthRequired: 411,
+    TusVersionUnsupported: 412,
     CursorExpired: 410,
     BodyTooLarge: 413,
     TooManyIds: 413,
+    UploadTooLong: 413,
+    UnsupportedMediaType: 415,
     RangeNotSatisfiable: 416,
+    UploadBusy: 423,
     TooManyHeld: 429,
+    TooManyUploads: 429,
+    # tus's checksum extension: "Checksum Mismatch".
+    ChecksumMismatch: 460,
     DatabaseUnavailable: 503,
     TokenStoreUnavailable: 503,
 }
