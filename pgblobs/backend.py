@@ -301,6 +301,12 @@ class PostgresBlobsBackend:
         return await self._uploads.state(user, upload_id)
 
     @deferred
+    async def reserving_upload(
+        self, user: str, blob_id: str, namespace: str = ""
+    ) -> UploadState | None:
+        return await self._uploads.reserving(user, blob_id, namespace)
+
+    @deferred
     async def append_upload(
         self,
         user: str,

@@ -286,6 +286,10 @@ class IUploads(Interface):
     def upload_state(user: str, upload_id: str) -> Deferred[Any]:
         """Where the upload stands: every byte its offset counts is durable."""
 
+    def reserving_upload(user: str, blob_id: str, namespace: str = "") -> Deferred[Any]:
+        """The upload in progress that has reserved the blob's id, or None:
+        a client that lost the answer to its creation finds it again."""
+
     def append_upload(
         user: str,
         upload_id: str,

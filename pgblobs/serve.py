@@ -335,8 +335,8 @@ async def _serve_here(
         }
     # Measured once before the node says it serves, so /metrics never shows
     # the gauges' zeros as if they were figures.
-    await _measure_large_objects(database, site.metrics)
-    refresh = task.LoopingCall(_measure_large_objects, database, site.metrics)
+    await _measure_storage(database, site.metrics)
+    refresh = task.LoopingCall(_measure_storage, database, site.metrics)
     refresh.start(LARGE_OBJECTS_EVERY, now=False)
     reactor.addSystemEventTrigger("before", "shutdown", refresh.stop)
     every_port = ports["public"] + ports["services"]
@@ -357,16 +357,19 @@ async def _serve_here(
     return ports["public"], ports["services"]
 
 
-def _measure_large_objects(database: Database, metrics: SiteMetrics) -> Deferred[None]:
-    """Refresh the large-object gauges of /metrics (an estimate: cheap at any size)."""
+def _measure_storage(database: Database, metrics: SiteMetrics) -> Deferred[None]:
+    """Refresh the large-object gauges of /metrics (an estimate: cheap at any
+    size), and those of the uploads in progress that hold large objects."""
 
     async def measuring() -> None:
         try:
             rows = await database.fetch("large_objects", {"exact": False})
+            uploads = await database.fetch("uploads_in_progress", {})
         except Exception as error:  # the next round tries again; the gauges keep their values
             _log.warn("could not measure large objects: {error}", error=error)
             return
         metrics.large_objects(capacity.of_row(rows[0]))
+        metrics.uploads(int(uploads[0].uploads), int(uploads[0].received_bytes))
 
     return defer.ensureDeferred(measuring())
 

@@ -151,6 +151,12 @@ class Uploads:
             raise UploadNotFound("no such upload")
         return UploadState.of(rows[0])
 
+    async def reserving(self, user: str, blob_id: str, namespace: str) -> UploadState | None:
+        """The upload in progress that has reserved the blob's id, if one has."""
+        key = names.BlobKey.of(user, blob_id, namespace)
+        rows = await self._database.fetch("upload_of_blob", key.params())
+        return UploadState.of(rows[0]) if rows else None
+
     async def append(
         self,
         user: str,

@@ -652,3 +652,11 @@ SELECT cardinality(pgblobs.end_uploads(ARRAY(
 -- Uploads in progress in the whole database, and the bytes they have received so far.
 SELECT count(*) AS uploads, coalesce(sum(upload_offset), 0) AS received_bytes
 FROM pgblobs.uploads;
+
+-- name: upload_of_blob (read)
+-- The upload in progress that has reserved a blob's name, if one has.
+SELECT upload_id, user_id, namespace, blob_id, upload_metadata, lo_oid, upload_length,
+       upload_offset, expires_at
+FROM pgblobs.uploads
+WHERE blob_id = %(blob_id)s AND namespace = %(namespace)s AND user_id = %(user)s
+  AND expires_at > now();

@@ -73,6 +73,16 @@ class SiteMetrics:
             (Gauge(name, description, registry=self.registry), figure)
             for name, description, figure in _LARGE_OBJECT_GAUGES
         ]
+        self._uploads = Gauge(
+            "pgblobs_uploads_in_progress",
+            "Resumable uploads in progress in the database",
+            registry=self.registry,
+        )
+        self._upload_bytes = Gauge(
+            "pgblobs_upload_received_bytes",
+            "Bytes the resumable uploads in progress have received",
+            registry=self.registry,
+        )
 
     def held_changes(self, count: Callable[[], int]) -> None:
         """Show ``count()``, the change feed requests held, from now on."""
@@ -86,6 +96,11 @@ class SiteMetrics:
         """Show ``measured`` (an ops.capacity.Capacity) from now on."""
         for gauge, figure in self._large_objects:
             gauge.set(getattr(measured, figure))
+
+    def uploads(self, in_progress: int, received_bytes: int) -> None:
+        """Show the uploads in progress and the bytes they hold, from now on."""
+        self._uploads.set(in_progress)
+        self._upload_bytes.set(received_bytes)
 
     def resource(self) -> Handler:
         return _MetricsPage(self.registry)

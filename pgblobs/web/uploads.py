@@ -17,7 +17,7 @@ from twisted.web.resource import IResource
 
 from pgblobs import names
 from pgblobs.db.upload_steps import Checksum
-from pgblobs.errors import InvalidArgument
+from pgblobs.errors import BlobReserved, InvalidArgument
 from pgblobs.interfaces import IUploads
 from pgblobs.uploads import UploadState
 from pgblobs.web import arguments
@@ -89,7 +89,15 @@ class UserUploads(_Tus):
             _require_offset_content(request)
             checksum = _checksum(request)  # refused before anything is made
         await self._context.auth.require(request, user)
-        state = await uploads.create_upload(user, blob_id, length, namespace, raw_metadata)
+        try:
+            state = await uploads.create_upload(user, blob_id, length, namespace, raw_metadata)
+        except BlobReserved:
+            # The user's own upload of the blob: a client that lost the answer
+            # to its creation hears where it is, and resumes it (HEAD).
+            reserving = await uploads.reserving_upload(user, blob_id, namespace)
+            if reserving is not None:
+                request.setHeader(b"Location", _location(user, reserving))
+            raise
         if with_upload and not state.completed:
             try:
                 state = await uploads.append_upload(
@@ -100,8 +108,7 @@ class UserUploads(_Tus):
                 # resume it: it goes, and the blob's id and quota are free.
                 await uploads.terminate_upload(user, state.upload_id)
                 raise
-        location = "/".join(("", "uploads", user, state.upload_id))
-        request.setHeader(b"Location", location.encode("ascii"))
+        request.setHeader(b"Location", _location(user, state))
         _answer(request, 201, state)
 
 
@@ -149,6 +156,12 @@ class Upload(_Tus):
         await self._context.auth.require(request, user)
         await uploads.terminate_upload(user, self._upload_id)
         send(request, 204)
+
+
+def _location(user: str, state: UploadState) -> bytes:
+    """The upload's URL, as an absolute path (tus clients resolve it against
+    the creation's URL, so it holds behind any proxy)."""
+    return "/".join(("", "uploads", user, state.upload_id)).encode("ascii")
 
 
 def _answer(request: StreamingRequest, code: int, state: UploadState) -> None:
