@@ -74,13 +74,20 @@ class UploadPipe:
 
     The producer is started only once a worker (and so a connection) has
     taken the upload on: an upload queued for a connection buffers nothing.
+    When the producer fails, the worker hears it at once, unless
+    ``keeps_arrived``: then it is given what had arrived first (a resumable
+    upload keeps every byte that reached it).
     """
 
     HIGH_WATER = 4 * CHUNK
     LOW_WATER = CHUNK
 
     def __init__(
-        self, reactor: Any, producer: IBodyProducer, digest: ContentDigest | None = None
+        self,
+        reactor: Any,
+        producer: IBodyProducer,
+        digest: ContentDigest | None = None,
+        keeps_arrived: bool = False,
     ) -> None:
         self._reactor = reactor
         self._ready = threading.Condition()
@@ -88,6 +95,7 @@ class UploadPipe:
         self._buffered = 0
         self._ended = False
         self.error: Failure | None = None
+        self._keeps_arrived = keeps_arrived
         self._paused = False  # touched on the reactor thread only
         self._started = False
         self._source = producer
@@ -144,7 +152,8 @@ class UploadPipe:
             self._ended = True
             if self.error is None:
                 self.error = reason
-            self._chunks.clear()
+            if not self._keeps_arrived:
+                self._chunks.clear()
             self._ready.notify()
 
     def _drained(self) -> None:
@@ -163,7 +172,7 @@ class UploadPipe:
         with self._ready:
             while not self._chunks and not self._ended:
                 self._ready.wait()
-            if self.error is not None:
+            if self.error is not None and not self._chunks:
                 raise TransferStopped("the upload was aborted")
             parts, taken = [], 0
             while self._chunks and taken < limit:

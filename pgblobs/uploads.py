@@ -174,7 +174,9 @@ class Uploads:
         if producer.length is not UNKNOWN_LENGTH and offset + producer.length > before.length:
             raise UploadTooLong(f"the upload has {before.length} bytes (Upload-Length)")
         carried = self._sha256s.take(upload_id, offset)
-        pipe = transfer.UploadPipe(self._reactor, producer, transfer.ContentDigest(carried))
+        pipe = transfer.UploadPipe(
+            self._reactor, producer, transfer.ContentDigest(carried), keeps_arrived=True
+        )
         patch = upload_steps.Patch(
             upload_id, user, offset, pipe, checksum, self._step, self._expiry, carried is not None
         )
