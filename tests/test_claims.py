@@ -7,7 +7,7 @@ import threading
 import psycopg2
 import pytest
 from twisted.internet import task
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from zope.interface.verify import verifyObject
 
 from pgblobs import InvalidArgument, InvalidName, PostgresBlobsBackend
@@ -123,7 +123,7 @@ async def test_a_failed_round_is_logged_and_the_next_one_runs(backend, dsn):
     try:
         claims.start_expiring(every=1.0)
         await until(
-            lambda: any("could not end the claims" in str(e.get("log_format")) for e in logged),
+            lambda: any("could not end the claims" in formatEvent(e) for e in logged),
             "a failure logged",
         )
     finally:
