@@ -46,7 +46,9 @@ _KEPT_STATES = 1024
 
 @dataclass(frozen=True)
 class UploadState:
-    """Where an upload stands."""
+    """Where an upload stands. A finished upload is remembered until its
+    expiry, so that a client that lost the answer to its last PATCH hears
+    that every byte is in."""
 
     upload_id: str
     length: int
@@ -61,6 +63,7 @@ class UploadState:
 
     @classmethod
     def of(cls, row: Row) -> "UploadState":
+        """From a row of upload_state (a finished upload's offset is its length)."""
         return cls(
             row.upload_id,
             int(row.upload_length),
@@ -171,8 +174,12 @@ class Uploads:
         before = await self.state(user, upload_id)
         if offset != before.offset:
             raise UploadOffsetMismatch(f"Upload-Offset is {before.offset}, not {offset}")
-        if producer.length is not UNKNOWN_LENGTH and offset + producer.length > before.length:
-            raise UploadTooLong(f"the upload has {before.length} bytes (Upload-Length)")
+        if producer.length is UNKNOWN_LENGTH or offset + producer.length > before.length:
+            # A body of unknown length is stopped where the upload ends.
+            if before.completed or producer.length is not UNKNOWN_LENGTH:
+                raise UploadTooLong(f"the upload has {before.length} bytes (Upload-Length)")
+        if before.completed:  # a retry of the PATCH whose answer was lost: nothing to add
+            return before
         carried = self._sha256s.take(upload_id, offset)
         pipe = transfer.UploadPipe(
             self._reactor, producer, transfer.ContentDigest(carried), keeps_arrived=True

@@ -66,7 +66,7 @@ def dsn(migrated_dsn):
         migrated_dsn,
         "TRUNCATE pgblobs.blobs, pgblobs.blob_flags, pgblobs.quotas, pgblobs.tokens, "
         "pgblobs.service_tokens, pgblobs.usage, pgblobs.closed_accounts, pgblobs.claims, "
-        "pgblobs.change_horizons, pgblobs.uploads "
+        "pgblobs.change_horizons, pgblobs.uploads, pgblobs.finished_uploads "
         "RESTART IDENTITY",
     )
     yield migrated_dsn

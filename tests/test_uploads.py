@@ -241,8 +241,32 @@ async def test_an_upload_of_no_bytes_is_its_blob_at_once(backend, dsn):
     state = await backend.create_upload("alice", "empty", 0)
     assert state.completed
     assert stored(dsn, "empty") == (0, hashlib.sha256(b"").digest(), "")
+    assert (await backend.upload_state("alice", state.upload_id)).completed
+
+
+@deferred_test
+async def test_a_finished_upload_is_remembered_but_reserves_nothing(backend, dsn):
+    state = await backend.create_upload("alice", "done", 5, metadata="blob_id ZG9uZQ==")
+    await backend.append_upload("alice", state.upload_id, 0, producer(b"12345"))
+    # The answer to that PATCH was lost: HEAD says every byte is in, and the
+    # retry of the PATCH (nothing left to send) is answered as it would have been.
+    finished = await backend.upload_state("alice", state.upload_id)
+    assert (finished.offset, finished.length, finished.completed) == (5, 5, True)
+    assert finished.metadata == "blob_id ZG9uZQ=="
+    again = await backend.append_upload("alice", state.upload_id, 5, producer(b""))
+    assert again.completed
+    with pytest.raises(UploadTooLong):
+        await backend.append_upload("alice", state.upload_id, 5, producer(b"6"))
+    with pytest.raises(UploadOffsetMismatch):
+        await backend.append_upload("alice", state.upload_id, 0, producer(b"12345"))
+    # The id is the blob's now, not the upload's: once deleted it is free.
+    await backend.delete_blob("alice", "done")
+    await write(backend, "alice", "done", b"again")
+    # Terminating a finished upload forgets it; its blob stays.
+    await backend.terminate_upload("alice", state.upload_id)
     with pytest.raises(UploadNotFound):
         await backend.upload_state("alice", state.upload_id)
+    assert await backend.get_blob_size("alice", "done") == 5
 
 
 @deferred_test

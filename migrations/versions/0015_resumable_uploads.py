@@ -18,6 +18,9 @@ becomes the blob when its last byte is in.
 - ``pgblobs.complete_upload`` turns an upload whose bytes are all in into
   its blob, in the transaction that wrote its last bytes: under the user's
   lock, the row goes and the blob row comes with the upload's large object.
+  ``pgblobs.finished_uploads`` remembers the upload until its expiry, so a
+  client that lost the answer to its last PATCH hears from HEAD that every
+  byte is in (and the id is no longer reserved: the blob is live).
 - ``pgblobs.end_uploads`` removes uploads and their large objects
   (termination, expiry, fsck --repair, account deletion), passing over any
   that a PATCH holds now: a PATCH holds its upload's advisory lock
@@ -78,6 +81,21 @@ def upgrade():
         CREATE INDEX uploads_by_user ON pgblobs.uploads (user_id) INCLUDE (upload_length)
     """)
     op.execute("CREATE INDEX uploads_by_expiry ON pgblobs.uploads (expires_at)")
+    op.execute("""
+        CREATE TABLE pgblobs.finished_uploads (
+            upload_id       text        PRIMARY KEY,
+            user_id         text        NOT NULL,
+            upload_metadata text        NOT NULL,
+            upload_length   bigint      NOT NULL,
+            expires_at      timestamptz NOT NULL
+        )
+    """)
+    op.execute("""
+        COMMENT ON TABLE pgblobs.finished_uploads IS
+            'Uploads that completed, until their expiry: a client that lost the answer to '
+            'its last PATCH hears from HEAD that every byte is in'
+    """)
+    op.execute("CREATE INDEX finished_uploads_by_expiry ON pgblobs.finished_uploads (expires_at)")
     op.execute(f"""
         CREATE OR REPLACE FUNCTION {_ROOM_SIGNATURE}
         LANGUAGE sql STABLE AS $$
@@ -157,6 +175,10 @@ def upgrade():
             -- The user's lock before the row's, as every writer takes them.
             PERFORM pgblobs.lock_users(ARRAY[v_upload.user_id]);
             DELETE FROM pgblobs.uploads WHERE upload_id = p_upload_id;
+            INSERT INTO pgblobs.finished_uploads (upload_id, user_id, upload_metadata, upload_length,
+                                                  expires_at)
+            VALUES (p_upload_id, v_upload.user_id, v_upload.upload_metadata, v_upload.upload_length,
+                    v_upload.expires_at);
             PERFORM pgblobs.insert_blob_rows(
                 ARRAY[v_upload.user_id], ARRAY[v_upload.namespace], ARRAY[v_upload.blob_id],
                 ARRAY[v_upload.lo_oid], ARRAY[v_upload.upload_length], ARRAY[p_tag],
@@ -246,3 +268,4 @@ def downgrade():
     # Uploads in progress go with their large objects.
     op.execute("SELECT lo_unlink(lo_oid) FROM pgblobs.uploads")
     op.execute("DROP TABLE pgblobs.uploads")
+    op.execute("DROP TABLE pgblobs.finished_uploads")

@@ -609,10 +609,14 @@ SELECT pgblobs.create_upload(%(upload_id)s, %(user)s, %(namespace)s, %(blob_id)s
                              %(default_quota)s, %(default_quota_blobs)s) AS expires_at;
 
 -- name: upload_state (read)
--- One upload of a user still in progress (not past its expiry), on the primary.
-SELECT upload_id, user_id, namespace, blob_id, upload_metadata, lo_oid, upload_length,
-       upload_offset, expires_at
+-- One upload of a user in progress, or finished (its offset is its length), and not past its
+-- expiry; on the primary.
+SELECT upload_id, upload_metadata, lo_oid, upload_length, upload_offset, expires_at
 FROM pgblobs.uploads
+WHERE upload_id = %(upload_id)s AND user_id = %(user)s AND expires_at > now()
+UNION ALL
+SELECT upload_id, upload_metadata, NULL, upload_length, upload_length, expires_at
+FROM pgblobs.finished_uploads
 WHERE upload_id = %(upload_id)s AND user_id = %(user)s AND expires_at > now();
 
 -- name: hold_upload
@@ -635,15 +639,27 @@ RETURNING expires_at;
 SELECT pgblobs.complete_upload(%(upload_id)s, %(tag)s, %(sha256)s);
 
 -- name: terminate_upload
--- Remove a user's upload and its large object, unless a PATCH holds it now; the ids removed
--- (none: no such upload, or held).
+-- Remove a user's upload and its large object, unless a PATCH holds it now, or forget a
+-- finished one (its blob stays); the ids removed (none: no such upload, or held).
+WITH forgotten AS (
+    DELETE FROM pgblobs.finished_uploads
+    WHERE upload_id = %(upload_id)s AND user_id = %(user)s
+    RETURNING upload_id
+)
 SELECT pgblobs.end_uploads(ARRAY(SELECT upload_id FROM pgblobs.uploads
                                  WHERE upload_id = %(upload_id)s AND user_id = %(user)s))
-       AS ended;
+       || ARRAY(SELECT upload_id FROM forgotten) AS ended;
 
 -- name: expire_uploads
 -- Remove up to %(batch)s uploads past their expiry (oldest first) with their large objects,
--- but those a PATCH holds now; how many went.
+-- but those a PATCH holds now, and forget finished uploads past theirs; how many uploads in
+-- progress went.
+WITH forgotten AS (
+    DELETE FROM pgblobs.finished_uploads
+    WHERE upload_id = ANY (ARRAY(SELECT upload_id FROM pgblobs.finished_uploads
+                                 WHERE expires_at <= now()
+                                 ORDER BY expires_at LIMIT %(batch)s))
+)
 SELECT cardinality(pgblobs.end_uploads(ARRAY(
            SELECT upload_id FROM pgblobs.uploads WHERE expires_at <= now()
            ORDER BY expires_at LIMIT %(batch)s))) AS removed;
@@ -655,8 +671,7 @@ FROM pgblobs.uploads;
 
 -- name: upload_of_blob (read)
 -- The upload in progress that has reserved a blob's name, if one has.
-SELECT upload_id, user_id, namespace, blob_id, upload_metadata, lo_oid, upload_length,
-       upload_offset, expires_at
+SELECT upload_id, upload_metadata, lo_oid, upload_length, upload_offset, expires_at
 FROM pgblobs.uploads
 WHERE blob_id = %(blob_id)s AND namespace = %(namespace)s AND user_id = %(user)s
   AND expires_at > now();

@@ -202,6 +202,20 @@ CREATE UNIQUE INDEX uploads_key ON pgblobs.uploads (blob_id, namespace, user_id)
 CREATE INDEX uploads_by_user ON pgblobs.uploads (user_id) INCLUDE (upload_length);
 CREATE INDEX uploads_by_expiry ON pgblobs.uploads (expires_at);
 
+-- Uploads that completed, until their expiry: a client that lost the answer to its last PATCH
+-- hears from HEAD that every byte is in. They reserve nothing (their blob is live).
+CREATE TABLE pgblobs.finished_uploads (
+    upload_id       text        PRIMARY KEY,
+    user_id         text        NOT NULL,
+    upload_metadata text        NOT NULL,
+    upload_length   bigint      NOT NULL,
+    expires_at      timestamptz NOT NULL
+);
+COMMENT ON TABLE pgblobs.finished_uploads IS
+    'Uploads that completed, until their expiry: a client that lost the answer to '
+    'its last PATCH hears from HEAD that every byte is in';
+CREATE INDEX finished_uploads_by_expiry ON pgblobs.finished_uploads (expires_at);
+
 
 -- Replicas ---------------------------------------------------------------------------------
 
@@ -636,7 +650,8 @@ END
 $$;
 
 -- An upload whose last byte this transaction wrote becomes its blob, with its large object,
--- as if it had been PUT: in listings, usage and the change feed from this commit on.
+-- as if it had been PUT: in listings, usage and the change feed from this commit on; it is
+-- remembered as finished until its expiry.
 CREATE FUNCTION pgblobs.complete_upload(p_upload_id text, p_tag text, p_sha256 bytea)
 RETURNS void LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode = force_custom_plan AS $$
@@ -647,6 +662,10 @@ BEGIN
     -- The user's lock before the row's, as every writer takes them.
     PERFORM pgblobs.lock_users(ARRAY[v_upload.user_id]);
     DELETE FROM pgblobs.uploads WHERE upload_id = p_upload_id;
+    INSERT INTO pgblobs.finished_uploads (upload_id, user_id, upload_metadata, upload_length,
+                                          expires_at)
+    VALUES (p_upload_id, v_upload.user_id, v_upload.upload_metadata, v_upload.upload_length,
+            v_upload.expires_at);
     PERFORM pgblobs.insert_blob_rows(
         ARRAY[v_upload.user_id], ARRAY[v_upload.namespace], ARRAY[v_upload.blob_id],
         ARRAY[v_upload.lo_oid], ARRAY[v_upload.upload_length], ARRAY[p_tag],
