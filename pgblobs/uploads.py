@@ -174,10 +174,10 @@ class Uploads:
         before = await self.state(user, upload_id)
         if offset != before.offset:
             raise UploadOffsetMismatch(f"Upload-Offset is {before.offset}, not {offset}")
-        if producer.length is UNKNOWN_LENGTH or offset + producer.length > before.length:
-            # A body of unknown length is stopped where the upload ends.
-            if before.completed or producer.length is not UNKNOWN_LENGTH:
-                raise UploadTooLong(f"the upload has {before.length} bytes (Upload-Length)")
+        # A body of unknown length is stopped where the upload ends (the content thread).
+        known = producer.length is not UNKNOWN_LENGTH
+        if (known and offset + producer.length > before.length) or (before.completed and not known):
+            raise UploadTooLong(f"the upload has {before.length} bytes (Upload-Length)")
         if before.completed:  # a retry of the PATCH whose answer was lost: nothing to add
             return before
         carried = self._sha256s.take(upload_id, offset)
