@@ -1,6 +1,7 @@
 """Clients that stop reading, stop sending or trickle: they are cut off, and
 they never hold up another user's transfers."""
 
+import base64
 import socket
 import threading
 import time
@@ -280,3 +281,82 @@ def test_a_silent_connection_between_requests_is_closed(serve):
     started = time.monotonic()
     assert is_closed(connection, within=10)
     assert 1.5 < time.monotonic() - started < 5
+
+
+def create_upload(client, blob_id, length):
+    """A tus upload of ``length`` bytes for ``blob_id``; its path."""
+    status, headers, body = client.request(
+        "POST",
+        f"/uploads/{client.user}/",
+        headers={
+            "Tus-Resumable": "1.0.0",
+            "Upload-Length": str(length),
+            "Upload-Metadata": "blob_id " + base64.b64encode(blob_id.encode()).decode(),
+        },
+    )
+    assert status == 201, body
+    return headers["Location"]
+
+
+def stalled_patch(node, client, path, length, sent):
+    """A PATCH that announces ``length`` bytes from offset 0 and sends only ``sent``."""
+    connection = connect(node)
+    head = (
+        f"PATCH {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {client.auth}\r\n"
+        "Tus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n"
+        f"Content-Type: application/offset+octet-stream\r\nContent-Length: {length}\r\n\r\n"
+    )
+    connection.sendall(head.encode() + b"x" * sent)
+    return connection
+
+
+def upload_offset(client, path):
+    status, headers, _ = client.request("HEAD", path, headers={"Tus-Resumable": "1.0.0"})
+    assert status == 200
+    return int(headers["Upload-Offset"])
+
+
+def test_a_patch_that_stops_arriving_is_cut_and_keeps_what_arrived(dsn, users, serve):
+    node = serve("--idle-timeout", "2", "--pool-size", "2")
+    alice = Client(node.url, "alice", users["alice"])
+    path = create_upload(alice, "stalled", 5_000_000)
+    connection = stalled_patch(node, alice, path, 5_000_000, 1_000_000)
+    connection.settimeout(10)
+    assert connection.recv(1000).startswith(b"HTTP/1.1 408 ")
+    assert is_closed(connection, within=10)
+    assert open_transactions(dsn) == 0 and content_in_use(node) == 0
+    # Every byte that reached the server is kept: the client goes on from there.
+    assert upload_offset(alice, path) == 1_000_000
+
+
+def test_one_users_stalled_patches_leave_room_for_everyone_else(users, serve):
+    node = serve("--idle-timeout", "60", "--pool-size", "4")
+    alice = Client(node.url, "alice", users["alice"])
+    bob = Client(node.url, "bob", users["bob"])
+    stalled = [
+        stalled_patch(node, alice, create_upload(alice, f"slow-{i}", 2_000_000), 2_000_000, 1)
+        for i in range(6)
+    ]
+    try:
+        # A moment for alice's PATCHes to take what her share allows (how
+        # many depends on it: nothing exact to wait for).
+        time.sleep(2)
+        started = time.monotonic()
+        path = create_upload(bob, "mine", 1 << 20)
+        status, headers, _ = bob.request(
+            "PATCH",
+            path,
+            body=content(1 << 20),
+            headers={
+                "Tus-Resumable": "1.0.0",
+                "Upload-Offset": "0",
+                "Content-Type": "application/offset+octet-stream",
+            },
+        )
+        assert (status, headers.get("Upload-Offset")) == (204, str(1 << 20))
+        assert bob.put("more", content(1 << 20, seed=2))[0] == 200
+        assert time.monotonic() - started < 5, "bob waited for alice's stalled PATCHes"
+        assert bob.get("mine")[::2] == (200, content(1 << 20))
+    finally:
+        for connection in stalled:
+            connection.close()
