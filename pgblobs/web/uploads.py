@@ -11,6 +11,7 @@ database, so each request may go to any node.
 
 import base64
 import binascii
+import re
 
 from twisted.web import http
 from twisted.web.resource import IResource
@@ -31,6 +32,8 @@ EXTENSIONS = b"creation,creation-with-upload,termination,expiration,checksum"
 CHECKSUM_ALGORITHMS = ("sha1", "sha256")
 _OFFSET_CONTENT = b"application/offset+octet-stream"
 _MOST_BYTES = 2**63 - 1  # a PostgreSQL bigint
+# A Host header that may be written back in a URL: a name or address, and a port.
+_HOST = re.compile(rb"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 class _Tus(OfUser):
@@ -96,7 +99,7 @@ class UserUploads(_Tus):
             # to its creation hears where it is, and resumes it (HEAD).
             reserving = await uploads.reserving_upload(user, blob_id, namespace)
             if reserving is not None:
-                request.setHeader(b"Location", _location(user, reserving))
+                request.setHeader(b"Location", _location(request, user, reserving))
             raise
         if with_upload and not state.completed:
             try:
@@ -108,7 +111,7 @@ class UserUploads(_Tus):
                 # resume it: it goes, and the blob's id and quota are free.
                 await uploads.terminate_upload(user, state.upload_id)
                 raise
-        request.setHeader(b"Location", _location(user, state))
+        request.setHeader(b"Location", _location(request, user, state))
         _answer(request, 201, state)
 
 
@@ -158,10 +161,15 @@ class Upload(_Tus):
         send(request, 204)
 
 
-def _location(user: str, state: UploadState) -> bytes:
-    """The upload's URL, as an absolute path (tus clients resolve it against
-    the creation's URL, so it holds behind any proxy)."""
-    return "/".join(("", "uploads", user, state.upload_id)).encode("ascii")
+def _location(request: StreamingRequest, user: str, state: UploadState) -> bytes:
+    """The upload's URL: on the host the client asked for (its Host header),
+    as tus servers answer; an absolute path without one, which clients
+    resolve against the creation's URL."""
+    path = "/".join(("", "uploads", user, state.upload_id)).encode("ascii")
+    host = request.getHeader(b"host")
+    if not host or not _HOST.fullmatch(host):
+        return path
+    return b"%s://%s%s" % (b"https" if request.isSecure() else b"http", host, path)
 
 
 def _answer(request: StreamingRequest, code: int, state: UploadState) -> None:
