@@ -62,7 +62,7 @@ def test_tuspy_uploads_a_blob_that_is_then_everywhere_a_put_one_is(alice, tokens
     for blob_id, checksum in (("plain", False), ("summed", True)):
         tus = tuspy(f"http://{alice.host}:{alice.port}", "alice", tokens["alice"])
         uploader(tus, data, blob_id, chunk_size=MIB, upload_checksum=checksum).upload()
-        status, headers, body = alice.get(blob_id)
+        status, _, body = alice.get(blob_id)
         assert status == 200 and sha256(body) == sha256(data)
         stored = sql(dsn, "SELECT sha256 FROM pgblobs.blobs WHERE blob_id = %s", (blob_id,))
         assert bytes(stored[0][0]) == hashlib.sha256(data).digest()
