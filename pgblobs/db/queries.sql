@@ -381,11 +381,34 @@ FROM pg_catalog.pg_class AS c
 WHERE c.oid = 'pg_catalog.pg_largeobject_metadata'::regclass;
 
 -- name: orphan_large_objects (read)
--- Large objects of the current role that no blob row references.
+-- Large objects of the current role that no blob row and no upload in progress references.
 SELECT m.oid FROM pg_largeobject_metadata AS m
 WHERE m.lomowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
   AND NOT EXISTS (SELECT 1 FROM pgblobs.blobs AS b WHERE b.lo_oid = m.oid)
+  AND NOT EXISTS (SELECT 1 FROM pgblobs.uploads AS u WHERE u.lo_oid = m.oid)
 ORDER BY m.oid;
+
+-- name: uploads_for_check (read)
+-- Uploads in progress that are past their expiry by more than %(grace)s seconds (no node
+-- swept them), or whose large object is missing (stored NULL) or holds fewer bytes than
+-- upload_offset says were received. One statement, so the rows and the large objects are
+-- seen in one snapshot (a read-only descriptor reads as of it); the descriptors close with it.
+SELECT * FROM (
+    SELECT u.upload_id, u.user_id, u.namespace, u.blob_id, u.upload_offset, u.expires_at,
+           u.expires_at < now() - make_interval(secs => %(grace)s) AS abandoned,
+           CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_largeobject_metadata AS m
+                             WHERE m.oid = u.lo_oid)
+                -- 262144 is INV_READ: lo_lseek64 to the end says how many bytes it holds.
+                THEN lo_lseek64(lo_open(u.lo_oid, 262144), 0, 2) END AS stored
+    FROM pgblobs.uploads AS u
+) AS checked
+WHERE abandoned OR stored IS NULL OR stored < upload_offset
+ORDER BY user_id, namespace, blob_id;
+
+-- name: end_uploads
+-- Remove uploads in progress and their large objects (pgblobs.end_uploads), but those a
+-- PATCH holds now; the ids removed.
+SELECT pgblobs.end_uploads(%(upload_ids)s::text[]) AS ended;
 
 -- name: unlink_large_object
 -- Remove one large object.
