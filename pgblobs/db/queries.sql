@@ -331,12 +331,28 @@ FROM (SELECT 1) AS one
 LEFT JOIN pgblobs.quotas AS q ON q.user_id = %(user)s;
 
 -- name: report_usage (read)
--- Usage per user, biggest first; %(user)s NULL for everyone, %(top)s NULL for no limit.
-SELECT user_id, live_blobs, live_bytes, live_kib, tombstones, first_write, last_write,
-       CASE WHEN has_quota_override THEN quota_override_bytes ELSE %(default_quota)s END
-           AS quota_bytes
-FROM pgblobs.usage_by_user
-WHERE %(user)s::text IS NULL OR user_id = %(user)s
+-- Usage per user, biggest first, with the uploads in progress (a user who has only those too):
+-- the bytes they have received and the bytes they reserve; %(user)s NULL for everyone,
+-- %(top)s NULL for no limit.
+WITH uploading AS (
+    SELECT user_id, count(*) AS uploads, sum(upload_offset)::bigint AS received_bytes,
+           sum(upload_length)::bigint AS reserved_bytes
+    FROM pgblobs.uploads
+    WHERE %(user)s::text IS NULL OR user_id = %(user)s
+    GROUP BY user_id
+), used AS (
+    SELECT * FROM pgblobs.usage_by_user WHERE %(user)s::text IS NULL OR user_id = %(user)s
+)
+SELECT coalesce(b.user_id, u.user_id) AS user_id, coalesce(b.live_blobs, 0) AS live_blobs,
+       coalesce(b.live_bytes, 0) AS live_bytes, coalesce(b.live_kib, 0) AS live_kib,
+       coalesce(b.tombstones, 0) AS tombstones, b.first_write, b.last_write,
+       CASE WHEN q.user_id IS NULL THEN %(default_quota)s ELSE q.quota_bytes END
+           AS quota_bytes,
+       coalesce(u.uploads, 0) AS uploads, coalesce(u.received_bytes, 0) AS received_bytes,
+       coalesce(u.reserved_bytes, 0) AS reserved_bytes
+FROM used AS b
+FULL JOIN uploading AS u ON u.user_id = b.user_id
+LEFT JOIN pgblobs.quotas AS q ON q.user_id = coalesce(b.user_id, u.user_id)
 ORDER BY live_bytes DESC, user_id
 LIMIT %(top)s;
 
@@ -688,8 +704,11 @@ SELECT cardinality(pgblobs.end_uploads(ARRAY(
            ORDER BY expires_at LIMIT %(batch)s))) AS removed;
 
 -- name: uploads_in_progress (read)
--- Uploads in progress in the whole database, and the bytes they have received so far.
-SELECT count(*) AS uploads, coalesce(sum(upload_offset), 0) AS received_bytes
+-- Uploads in progress in the whole database, of how many users, the bytes they have received
+-- so far and the bytes they reserve (their whole lengths).
+SELECT count(*) AS uploads, count(DISTINCT user_id) AS users,
+       coalesce(sum(upload_offset), 0) AS received_bytes,
+       coalesce(sum(upload_length), 0) AS reserved_bytes
 FROM pgblobs.uploads;
 
 -- name: upload_of_blob (read)

@@ -2,7 +2,7 @@
 
 import psycopg2
 
-from tests.helpers import content, deferred_test, pgblobs_cli, read, sql, write
+from tests.helpers import content, create_upload, deferred_test, pgblobs_cli, read, sql, write
 
 
 @deferred_test
@@ -67,26 +67,6 @@ async def test_fsck_recounts_usage_counters_that_drifted(backend, dsn):
     assert pgblobs_cli("fsck", "--repair", "--dsn", dsn).returncode == 1
     assert pgblobs_cli("fsck", "--dsn", dsn).returncode == 0
     assert await backend.get_total_storage("alice") == 1
-
-
-def create_upload(dsn, upload_id, length, received=b"", user="alice"):
-    """An upload in progress of ``user``, made as the server makes one, with
-    ``received`` already in its large object; its large object's oid."""
-    sql(
-        dsn,
-        "SELECT pgblobs.create_upload(%(id)s, %(user)s, 'default', %(id)s, '', %(length)s, "
-        "3600, 20, NULL, NULL)",
-        {"id": upload_id, "user": user, "length": length},
-    )
-    oid = sql(dsn, "SELECT lo_oid FROM pgblobs.uploads WHERE upload_id = %(id)s", {"id": upload_id})
-    if received:
-        sql(dsn, "SELECT lo_put(%(oid)s, 0, %(bytes)s)", {"oid": oid[0][0], "bytes": received})
-        sql(
-            dsn,
-            "UPDATE pgblobs.uploads SET upload_offset = %(n)s WHERE upload_id = %(id)s",
-            {"n": len(received), "id": upload_id},
-        )
-    return oid[0][0]
 
 
 def uploads(dsn):
