@@ -572,7 +572,7 @@ SELECT pgblobs.lock_users(%(users)s::text[]);
 
 -- name: account_contents (read)
 -- What pgblobs holds of a user: live blobs and bytes (the usage counters), tombstones,
--- tokens, quota and usage rows, and whether the account is closed and when it was emptied.
+-- tokens, quota and usage rows, uploads in progress and finished ones, and whether the account is closed and when it was emptied.
 SELECT (SELECT coalesce(sum(live_blobs), 0) FROM pgblobs.usage WHERE user_id = %(user)s)
            AS blobs,
        (SELECT coalesce(sum(live_bytes), 0) FROM pgblobs.usage WHERE user_id = %(user)s)
@@ -582,6 +582,9 @@ SELECT (SELECT coalesce(sum(live_blobs), 0) FROM pgblobs.usage WHERE user_id = %
        (SELECT count(*) FROM pgblobs.tokens WHERE user_id = %(user)s) AS tokens,
        (SELECT count(*) FROM pgblobs.quotas WHERE user_id = %(user)s) AS quota_rows,
        (SELECT count(*) FROM pgblobs.usage WHERE user_id = %(user)s) AS usage_rows,
+       (SELECT count(*) FROM pgblobs.uploads WHERE user_id = %(user)s) AS uploads,
+       (SELECT count(*) FROM pgblobs.finished_uploads WHERE user_id = %(user)s)
+           AS finished_uploads,
        c.user_id IS NOT NULL AS closed, c.emptied_at
 FROM (SELECT 1) AS one
 LEFT JOIN pgblobs.closed_accounts AS c ON c.user_id = %(user)s;
@@ -636,6 +639,28 @@ FROM gone;
 -- name: forget_usage
 -- Drop a user's usage counters (once none of their blob rows is left).
 DELETE FROM pgblobs.usage WHERE user_id = %(user)s;
+
+-- name: end_account_uploads
+-- Remove up to %(batch)s uploads in progress of a user with their large objects, but those a
+-- PATCH holds now (pgblobs.end_uploads); how many went, how many of those had a large object
+-- (fsck's broken ones have none), and how many of the user's are left.
+WITH candidates AS MATERIALIZED (
+    SELECT u.upload_id,
+           EXISTS (SELECT 1 FROM pg_catalog.pg_largeobject_metadata AS m
+                   WHERE m.oid = u.lo_oid) AS stored
+    FROM pgblobs.uploads AS u WHERE u.user_id = %(user)s
+), ended AS MATERIALIZED (
+    SELECT unnest(pgblobs.end_uploads(ARRAY(
+        SELECT upload_id FROM candidates ORDER BY upload_id LIMIT %(batch)s))) AS upload_id
+)
+SELECT (SELECT count(*) FROM ended) AS uploads,
+       (SELECT count(*) FROM ended JOIN candidates USING (upload_id) WHERE stored)
+           AS large_objects,
+       (SELECT count(*) FROM candidates) - (SELECT count(*) FROM ended) AS remaining;
+
+-- name: forget_finished_uploads
+-- Forget a user's finished uploads (their blobs are gone with the account).
+DELETE FROM pgblobs.finished_uploads WHERE user_id = %(user)s;
 
 -- name: mark_account_emptied
 -- Note that nothing of a closed account is left.
