@@ -131,7 +131,14 @@ class ChangeFeed:
     def start(self) -> Deferred[None]:
         """Listen for the changes' notifications."""
         self._listener = Listener(
-            self._reactor, self._database.dsn, CHANNEL, self._changed, self._deaf
+            self._reactor,
+            self._database.dsn,
+            CHANNEL,
+            self._changed,
+            on_reset=self._deaf,
+            # A request that read while deaf may have missed a change
+            # committed before the LISTEN came back: it reads again.
+            on_heard=self._rouse_all,
         )
         return self._listener.start()
 

@@ -96,6 +96,7 @@ class UploadPipe:
         self._ended = False
         self.error: Failure | None = None
         self._keeps_arrived = keeps_arrived
+        self.begun = False  # touched on the worker thread only: bytes were asked for
         self._paused = False  # touched on the reactor thread only
         self._started = False
         self._source = producer
@@ -165,6 +166,7 @@ class UploadPipe:
 
     def begin(self) -> None:
         """The worker has its connection: let the bytes come."""
+        self.begun = True
         self._reactor.callFromThread(self._start)
 
     def read(self, limit: int = CHUNK) -> bytes:

@@ -188,7 +188,11 @@ class Uploads:
             upload_id, user, offset, pipe, checksum, self._step, self._expiry, carried is not None
         )
         try:
-            appended = await self._database.in_thread(upload_steps.append, patch, owner=user)
+            # A connection found lost before the body was asked for (the
+            # first use after a database restart, say) is replaced, once.
+            appended = await self._database.in_thread(
+                upload_steps.append, patch, owner=user, retry=lambda: not pipe.begun
+            )
         except BaseException:
             transfer.give_up([pipe])
             raise

@@ -30,7 +30,9 @@ CHECK_DEADLINE = 2.0
 
 
 class Listener:
-    """Calls ``on_notify(payload)`` for each notification on ``channel``."""
+    """Calls ``on_notify(payload)`` for each notification on ``channel``;
+    ``on_heard()`` (optional) once it hears again after a loss, since what
+    was read while it was deaf may predate a notification it missed."""
 
     def __init__(
         self,
@@ -39,6 +41,7 @@ class Listener:
         channel: str,
         on_notify: Callable[[str], None],
         on_reset: Callable[[], None],
+        on_heard: Callable[[], None] | None = None,
     ) -> None:
         self._reactor = reactor
         self._dsn = dsn
@@ -47,6 +50,7 @@ class Listener:
         self._channel = channel
         self._on_notify = on_notify
         self._on_reset = on_reset
+        self._on_heard = on_heard
         self.listening = False
         detector = Reconnector(reactor, recovered=self._relisten, lost=self._lost)
         self._connection = txpostgres.Connection(reactor, detector=detector)
@@ -90,6 +94,8 @@ class Listener:
     def _relisten(self, detector: Reconnector) -> None:
         def heard(_: object) -> None:
             self.listening = True
+            if self._on_heard is not None:
+                self._on_heard()
 
         # A failed LISTEN means the connection died again: the detector
         # has started over, and ``listening`` stays false.

@@ -18,24 +18,20 @@ from pgblobs.feed import Change, ChangesPage
 from pgblobs.interfaces import IChangeFeed
 from pgblobs.web import arguments
 from pgblobs.web.request import StreamingRequest
-from pgblobs.web.resources import OfUser, rendered
+from pgblobs.web.resources import UserLeaf, rendered
 from pgblobs.web.responses import send_json
-from pgblobs.web.status import NotFound
 
 # Seconds as a client writes them: digits, and a fraction if it likes.
 _SECONDS = re.compile(r"[0-9]{1,5}(\.[0-9]{1,6})?")
 
 
-class UserChanges(OfUser):
+class UserChanges(UserLeaf):
     """/changes/{user}: what changed in the user's blobs after a cursor."""
 
-    isLeaf = True
     route = "changes"
 
     @rendered
     async def render_GET(self, request: StreamingRequest) -> None:
-        if request.postpath and request.postpath != [b""]:
-            raise NotFound("no such resource: the feed is /changes/{user}")
         user = names.user_name(self._user)
         namespace = arguments.text(request, "namespace")
         if namespace is not None:

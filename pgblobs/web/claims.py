@@ -11,19 +11,15 @@ from pgblobs import names, settings
 from pgblobs.interfaces import IClaims
 from pgblobs.web import arguments
 from pgblobs.web.request import StreamingRequest
-from pgblobs.web.resources import OfUser, rendered
+from pgblobs.web.resources import UserLeaf, rendered
 from pgblobs.web.responses import send_json
-from pgblobs.web.status import NotFound
 
 
-class UserClaims(OfUser):
-    isLeaf = True
+class UserClaims(UserLeaf):
     route = "claim"
 
     @rendered
     async def render_POST(self, request: StreamingRequest) -> None:
-        if request.postpath not in ([], [b""]):
-            raise NotFound("no such resource")
         user = names.user_name(self._user)
         namespace = names.namespace_name(arguments.text(request, "namespace", ""))
         limit = arguments.number(

@@ -120,6 +120,18 @@ class OfUser(Handler):
         self._user = user
 
 
+class UserLeaf(OfUser):
+    """A resource that is all of ``/{path}/{user}`` (a trailing slash
+    allowed): anything after the user is 404."""
+
+    isLeaf = True
+
+    def render(self, request: StreamingRequest) -> int | bytes:
+        if request.postpath not in ([], [b""]):
+            return Missing().render(request)
+        return super().render(request)
+
+
 class OfBlob(OfUser):
     """A resource below ``/{path}/{user}/{blob_id}``."""
 

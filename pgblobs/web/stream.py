@@ -18,9 +18,9 @@ from pgblobs import names
 from pgblobs.errors import InvalidArgument, TransferStopped
 from pgblobs.web import arguments
 from pgblobs.web.request import StreamingRequest
-from pgblobs.web.resources import OfUser, body_of, rendered
+from pgblobs.web.resources import UserLeaf, body_of, rendered
 from pgblobs.web.responses import exactly, send
-from pgblobs.web.status import BodyTooLarge, MalformedBody, NotFound, TooManyIds
+from pgblobs.web.status import BodyTooLarge, MalformedBody, TooManyIds
 from pgblobs.web.stream_body import BlobSequence
 
 _TAG_WIDTH = 24
@@ -29,14 +29,11 @@ MAX_STREAMED_SIZE = 16**8 - 1  # a record header carries the size in 8 hex digit
 _WINDOW = 25
 
 
-class UserStream(OfUser):
-    isLeaf = True
+class UserStream(UserLeaf):
     route = "stream"
 
     @rendered
     async def render_POST(self, request: StreamingRequest) -> None:
-        if request.postpath not in ([], [b""]):
-            raise NotFound("no such resource")
         user = names.user_name(self._user)
         namespace = names.namespace_name(arguments.text(request, "namespace", ""))
         direction = arguments.text(request, "direction")

@@ -13,6 +13,7 @@ import base64
 import binascii
 import re
 
+from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.resource import IResource
 
@@ -26,6 +27,8 @@ from pgblobs.web.request import StreamingRequest
 from pgblobs.web.resources import Context, Missing, OfUser, body_of, rendered
 from pgblobs.web.responses import send
 from pgblobs.web.status import BodyTooLarge, TusVersionUnsupported, UnsupportedMediaType
+
+_log = Logger()
 
 TUS_VERSION = b"1.0.0"
 EXTENSIONS = b"creation,creation-with-upload,termination,expiration,checksum"
@@ -42,6 +45,11 @@ class _Tus(OfUser):
 
     def render(self, request: StreamingRequest) -> int | bytes:
         request.setHeader(b"Tus-Resumable", TUS_VERSION)
+        # tus: a client whose environment sends no PATCH or DELETE names the
+        # method here, and the request's own is ignored.
+        override = request.getHeader(b"x-http-method-override")
+        if override is not None:
+            request.method = override.strip().upper()
         return super().render(request)
 
     def _uploads(self, request: StreamingRequest) -> IUploads:
@@ -108,8 +116,12 @@ class UserUploads(_Tus):
                 )
             except BaseException:
                 # The client never heard where the upload is, so none could
-                # resume it: it goes, and the blob's id and quota are free.
-                await uploads.terminate_upload(user, state.upload_id)
+                # resume it: it goes, and the blob's id and quota are free
+                # (or, if the database cannot say so now, at its expiry).
+                try:
+                    await uploads.terminate_upload(user, state.upload_id)
+                except Exception as error:
+                    _log.warn("could not end upload {id}: {error}", id=state.upload_id, error=error)
                 raise
         request.setHeader(b"Location", _location(request, user, state))
         _answer(request, 201, state)
