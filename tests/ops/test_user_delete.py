@@ -245,6 +245,8 @@ def test_deleting_an_account_interrupted_and_resumed_while_another_user_is_serve
             "tokens": 0,  # revoked by the first run
             "quota rows": 1,
             "usage rows": 2,  # the namespaces default and mail
+            "uploads": 0,
+            "finished uploads": 0,
         }
         assert alice.put("again", b"new")[0] == 401
         wait_until(lambda: traffic.requests > 200, "serving bob after the deletion")
