@@ -77,6 +77,9 @@ MAX_UPLOADS_PER_USER = 20
 UPLOAD_STEP = 4 * 1024 * 1024
 UPLOAD_EXPIRY_EVERY = 1.0
 UPLOAD_EXPIRY_BATCH = 100
+# Seconds `user delete` waits, by default, for PATCHes in progress that hold uploads of the
+# user (each ends with its body, or when the stall clock cuts it).
+HELD_UPLOAD_WAIT = 60.0
 
 
 def dsn_from_environment() -> str | None:

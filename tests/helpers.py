@@ -273,3 +273,28 @@ def statements_sent(backend):
 
     backend.database.fetch = recording
     return sent
+
+
+def create_upload(dsn, upload_id, length, received=b"", user="alice"):
+    """An upload of ``user`` made as the server makes one (its blob id is its
+    upload id), with ``received`` already in its large object; the large
+    object's oid (None: of no bytes, it became its blob at once)."""
+    sql(
+        dsn,
+        "SELECT pgblobs.create_upload(%(id)s, %(user)s, 'default', %(id)s, '', %(length)s, "
+        "3600, 20, NULL, NULL)",
+        {"id": upload_id, "user": user, "length": length},
+    )
+    rows = sql(
+        dsn, "SELECT lo_oid FROM pgblobs.uploads WHERE upload_id = %(id)s", {"id": upload_id}
+    )
+    if not rows:
+        return None
+    if received:
+        sql(dsn, "SELECT lo_put(%(oid)s, 0, %(bytes)s)", {"oid": rows[0][0], "bytes": received})
+        sql(
+            dsn,
+            "UPDATE pgblobs.uploads SET upload_offset = %(n)s WHERE upload_id = %(id)s",
+            {"n": len(received), "id": upload_id},
+        )
+    return rows[0][0]

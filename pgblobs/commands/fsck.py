@@ -19,6 +19,11 @@ def _fsck(connection: SyncConnection, args: argparse.Namespace) -> None:
         print(f"blob {user}/{namespace}/{blob_id}: {problem}")
     for user, namespace in findings.drifted_usage:
         print(f"usage counters of {user}/{namespace} differ from its blobs")
+    for upload in findings.uploads:
+        print(
+            f"upload {upload.upload_id} of {upload.user}/{upload.namespace}/{upload.blob_id}: "
+            f"{upload.problem}"
+        )
     for warning in findings.warnings:
         print(f"warning: {warning}")
     if findings.clean:
@@ -28,7 +33,13 @@ def _fsck(connection: SyncConnection, args: argparse.Namespace) -> None:
         print(
             f"repaired: unlinked {len(findings.orphans)} orphan(s), made "
             f"{len(findings.broken_rows)} broken blob(s) tombstones, recounted "
-            f"{len(findings.drifted_usage)} usage counter(s)"
+            f"{len(findings.drifted_usage)} usage counter(s), removed "
+            f"{len(findings.uploads) - len(findings.held_uploads)} upload(s)"
+        )
+    for upload_id in findings.held_uploads:
+        print(
+            f"skipped upload {upload_id}: a PATCH holds it now; run fsck --repair again "
+            "once it ends"
         )
     raise SystemExit(1)
 
@@ -40,7 +51,8 @@ def configure_parser(commands: Subcommands) -> None:
     fsck.add_argument(
         "--repair",
         action="store_true",
-        help="unlink orphan large objects; make rows without content tombstones",
+        help="unlink orphan large objects; make rows without content tombstones; remove "
+        "abandoned uploads and those whose content is short (but any a PATCH holds now)",
     )
     fsck.add_argument(
         "--verify-content",

@@ -1,4 +1,4 @@
-"""``pgblobs report usage|daily|large-objects``: usage reports."""
+"""``pgblobs report usage|daily|large-objects|uploads``: usage reports."""
 
 import argparse
 from collections.abc import Callable, Mapping
@@ -30,6 +30,12 @@ def _report(connection: SyncConnection, args: argparse.Namespace) -> None:
             report.DAILY_COLUMNS,
             report.SIZE_COLUMNS,
         )
+    elif args.report == "uploads":
+        rows, columns, shown = (
+            report.uploads(connection),
+            report.UPLOADS_COLUMNS,
+            report.SIZE_COLUMNS,
+        )
     else:
         rows, columns = report.large_objects(connection), report.LARGE_OBJECT_COLUMNS
         shown = dict(report.SIZE_COLUMNS, oids_used_percent=lambda v: f"{v}%")
@@ -40,7 +46,9 @@ def configure_parser(commands: Subcommands) -> None:
     report = commands.add_parser("report", help="usage reports").add_subparsers(
         dest="report", required=True, metavar="REPORT"
     )
-    usage = report.add_parser("usage", help="usage per user, biggest first")
+    usage = report.add_parser(
+        "usage", help="usage per user, biggest first, with the uploads in progress"
+    )
     usage.add_argument("--user", help="only this user")
     usage.add_argument("--top", type=non_negative, help="only the N biggest users")
     usage.add_argument(
@@ -56,7 +64,12 @@ def configure_parser(commands: Subcommands) -> None:
         help="large objects, their bytes on disk, and the OIDs left (a cluster has about 4.29 "
         "billion)",
     )
-    for parser in (usage, daily, large_objects):
+    uploads = report.add_parser(
+        "uploads",
+        help="resumable uploads in progress: how many, of how many users, bytes received "
+        "and bytes reserved",
+    )
+    for parser in (usage, daily, large_objects, uploads):
         parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
         database_options(parser)
         parser.set_defaults(run=_report)

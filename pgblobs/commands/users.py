@@ -3,7 +3,13 @@
 import argparse
 import sys
 
-from pgblobs.commands.common import Subcommands, database_options, with_connection
+from pgblobs import settings
+from pgblobs.commands.common import (
+    Subcommands,
+    database_options,
+    non_negative_seconds,
+    with_connection,
+)
 from pgblobs.db.sync import SyncConnection
 from pgblobs.ops.output import human_size
 
@@ -39,16 +45,24 @@ def _delete(connection: SyncConnection, args: argparse.Namespace) -> None:
         return
     summary = (
         f"{held.blobs} blob(s), {human_size(held.bytes)}, {held.tombstones} tombstone(s), "
-        f"{held.tokens} token(s)" + (", a quota override" if held.quota_rows else "")
+        f"{held.tokens} token(s), {held.uploads} upload(s) in progress"
+        + (", a quota override" if held.quota_rows else "")
     )
     if not args.yes and not _confirmed(args.user, summary):
         raise SystemExit("pgblobs: nothing deleted")
     try:
-        removed = accounts.delete_account(connection, args.user)
+        removed = accounts.delete_account(connection, args.user, args.held_upload_wait)
     except KeyboardInterrupt:
         raise SystemExit(
             f"pgblobs: interrupted; the account of {args.user} is closed and partly deleted: "
             f"run `pgblobs user delete {args.user} --yes` again to finish"
+        ) from None
+    except accounts.UploadsHeld as held_uploads:
+        raise SystemExit(
+            f"pgblobs: {held_uploads.count} upload(s) of {args.user} still held by a PATCH "
+            f"in progress after {held_uploads.waited:g} s; the account is closed and its "
+            f"blobs are deleted: run `pgblobs user delete {args.user} --yes` again once the "
+            "PATCH ends (with its body, or when the stall clock cuts it)"
         ) from None
     resumed = " (resuming an earlier, interrupted deletion)" if removed.resumed else ""
     print(f"deleted user {args.user}{resumed}:")
@@ -66,19 +80,28 @@ def configure_parser(commands: Subcommands) -> None:
         "delete",
         help="remove everything of USER, in short batches while nodes serve",
         description="Remove every blob, tombstone, flag, large object, token, quota and usage "
-        "row of USER. First the account is closed and its tokens revoked, in one commit: "
-        "every node refuses the user's next request (401), and no write of the user commits "
-        "from then on. Then the blob rows go a few hundred per transaction, each with its "
-        "large object, so other users never wait; the usage and quota rows go last. It "
-        "prints what it removed. The account stays closed: new tokens and blobs of USER are "
-        "refused (deleting its row from pgblobs.closed_accounts gives the name back). "
-        "Interrupted, run it again: it finishes the job. Without --yes it asks on the "
-        "terminal, and refuses when stdin is not one. A user of whom pgblobs holds nothing "
-        "is said so, exit 0.",
+        "row and every upload of USER. First the account is closed and its tokens revoked, in "
+        "one commit: every node refuses the user's next request (401), and no write of the "
+        "user commits from then on. Then the blob rows go a few hundred per transaction, each "
+        "with its large object, so other users never wait; then the uploads in progress, with "
+        "theirs (one a PATCH holds is tried again for up to --held-upload-wait seconds); the "
+        "usage and quota rows go last. It prints what it removed. The account stays closed: "
+        "new tokens, blobs and uploads of USER are refused (deleting its row from "
+        "pgblobs.closed_accounts gives the name back). Interrupted, run it again: it finishes "
+        "the job. Without --yes it asks on the terminal, and refuses when stdin is not one. A "
+        "user of whom pgblobs holds nothing is said so, exit 0.",
     )
     delete.add_argument("user", metavar="USER")
     delete.add_argument(
         "--yes", action="store_true", help="do not ask (needed when stdin is not a terminal)"
+    )
+    delete.add_argument(
+        "--held-upload-wait",
+        type=non_negative_seconds,
+        default=settings.HELD_UPLOAD_WAIT,
+        metavar="SECONDS",
+        help="how long to wait for PATCHes in progress that hold uploads of USER (default "
+        "%(default)g)",
     )
     database_options(delete)
     delete.set_defaults(run=_delete)

@@ -331,12 +331,28 @@ FROM (SELECT 1) AS one
 LEFT JOIN pgblobs.quotas AS q ON q.user_id = %(user)s;
 
 -- name: report_usage (read)
--- Usage per user, biggest first; %(user)s NULL for everyone, %(top)s NULL for no limit.
-SELECT user_id, live_blobs, live_bytes, live_kib, tombstones, first_write, last_write,
-       CASE WHEN has_quota_override THEN quota_override_bytes ELSE %(default_quota)s END
-           AS quota_bytes
-FROM pgblobs.usage_by_user
-WHERE %(user)s::text IS NULL OR user_id = %(user)s
+-- Usage per user, biggest first, with the uploads in progress (a user who has only those too):
+-- the bytes they have received and the bytes they reserve; %(user)s NULL for everyone,
+-- %(top)s NULL for no limit.
+WITH uploading AS (
+    SELECT user_id, count(*) AS uploads, sum(upload_offset)::bigint AS received_bytes,
+           sum(upload_length)::bigint AS reserved_bytes
+    FROM pgblobs.uploads
+    WHERE %(user)s::text IS NULL OR user_id = %(user)s
+    GROUP BY user_id
+), used AS (
+    SELECT * FROM pgblobs.usage_by_user WHERE %(user)s::text IS NULL OR user_id = %(user)s
+)
+SELECT coalesce(b.user_id, u.user_id) AS user_id, coalesce(b.live_blobs, 0) AS live_blobs,
+       coalesce(b.live_bytes, 0) AS live_bytes, coalesce(b.live_kib, 0) AS live_kib,
+       coalesce(b.tombstones, 0) AS tombstones, b.first_write, b.last_write,
+       CASE WHEN q.user_id IS NULL THEN %(default_quota)s ELSE q.quota_bytes END
+           AS quota_bytes,
+       coalesce(u.uploads, 0) AS uploads, coalesce(u.received_bytes, 0) AS received_bytes,
+       coalesce(u.reserved_bytes, 0) AS reserved_bytes
+FROM used AS b
+FULL JOIN uploading AS u ON u.user_id = b.user_id
+LEFT JOIN pgblobs.quotas AS q ON q.user_id = coalesce(b.user_id, u.user_id)
 ORDER BY live_bytes DESC, user_id
 LIMIT %(top)s;
 
@@ -381,11 +397,34 @@ FROM pg_catalog.pg_class AS c
 WHERE c.oid = 'pg_catalog.pg_largeobject_metadata'::regclass;
 
 -- name: orphan_large_objects (read)
--- Large objects of the current role that no blob row references.
+-- Large objects of the current role that no blob row and no upload in progress references.
 SELECT m.oid FROM pg_largeobject_metadata AS m
 WHERE m.lomowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
   AND NOT EXISTS (SELECT 1 FROM pgblobs.blobs AS b WHERE b.lo_oid = m.oid)
+  AND NOT EXISTS (SELECT 1 FROM pgblobs.uploads AS u WHERE u.lo_oid = m.oid)
 ORDER BY m.oid;
+
+-- name: uploads_for_check (read)
+-- Uploads in progress that are past their expiry by more than %(grace)s seconds (no node
+-- swept them), or whose large object is missing (stored NULL) or holds fewer bytes than
+-- upload_offset says were received. One statement, so the rows and the large objects are
+-- seen in one snapshot (a read-only descriptor reads as of it); the descriptors close with it.
+SELECT * FROM (
+    SELECT u.upload_id, u.user_id, u.namespace, u.blob_id, u.upload_offset, u.expires_at,
+           u.expires_at < now() - make_interval(secs => %(grace)s) AS abandoned,
+           CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_largeobject_metadata AS m
+                             WHERE m.oid = u.lo_oid)
+                -- 262144 is INV_READ: lo_lseek64 to the end says how many bytes it holds.
+                THEN lo_lseek64(lo_open(u.lo_oid, 262144), 0, 2) END AS stored
+    FROM pgblobs.uploads AS u
+) AS checked
+WHERE abandoned OR stored IS NULL OR stored < upload_offset
+ORDER BY user_id, namespace, blob_id;
+
+-- name: end_uploads
+-- Remove uploads in progress and their large objects (pgblobs.end_uploads), but those a
+-- PATCH holds now; the ids removed.
+SELECT pgblobs.end_uploads(%(upload_ids)s::text[]) AS ended;
 
 -- name: unlink_large_object
 -- Remove one large object.
@@ -533,7 +572,7 @@ SELECT pgblobs.lock_users(%(users)s::text[]);
 
 -- name: account_contents (read)
 -- What pgblobs holds of a user: live blobs and bytes (the usage counters), tombstones,
--- tokens, quota and usage rows, and whether the account is closed and when it was emptied.
+-- tokens, quota and usage rows, uploads in progress and finished ones, and whether the account is closed and when it was emptied.
 SELECT (SELECT coalesce(sum(live_blobs), 0) FROM pgblobs.usage WHERE user_id = %(user)s)
            AS blobs,
        (SELECT coalesce(sum(live_bytes), 0) FROM pgblobs.usage WHERE user_id = %(user)s)
@@ -543,6 +582,9 @@ SELECT (SELECT coalesce(sum(live_blobs), 0) FROM pgblobs.usage WHERE user_id = %
        (SELECT count(*) FROM pgblobs.tokens WHERE user_id = %(user)s) AS tokens,
        (SELECT count(*) FROM pgblobs.quotas WHERE user_id = %(user)s) AS quota_rows,
        (SELECT count(*) FROM pgblobs.usage WHERE user_id = %(user)s) AS usage_rows,
+       (SELECT count(*) FROM pgblobs.uploads WHERE user_id = %(user)s) AS uploads,
+       (SELECT count(*) FROM pgblobs.finished_uploads WHERE user_id = %(user)s)
+           AS finished_uploads,
        c.user_id IS NOT NULL AS closed, c.emptied_at
 FROM (SELECT 1) AS one
 LEFT JOIN pgblobs.closed_accounts AS c ON c.user_id = %(user)s;
@@ -597,6 +639,28 @@ FROM gone;
 -- name: forget_usage
 -- Drop a user's usage counters (once none of their blob rows is left).
 DELETE FROM pgblobs.usage WHERE user_id = %(user)s;
+
+-- name: end_account_uploads
+-- Remove up to %(batch)s uploads in progress of a user with their large objects, but those a
+-- PATCH holds now (pgblobs.end_uploads); how many went, how many of those had a large object
+-- (fsck's broken ones have none), and how many of the user's are left.
+WITH candidates AS MATERIALIZED (
+    SELECT u.upload_id,
+           EXISTS (SELECT 1 FROM pg_catalog.pg_largeobject_metadata AS m
+                   WHERE m.oid = u.lo_oid) AS stored
+    FROM pgblobs.uploads AS u WHERE u.user_id = %(user)s
+), ended AS MATERIALIZED (
+    SELECT unnest(pgblobs.end_uploads(ARRAY(
+        SELECT upload_id FROM candidates ORDER BY upload_id LIMIT %(batch)s))) AS upload_id
+)
+SELECT (SELECT count(*) FROM ended) AS uploads,
+       (SELECT count(*) FROM ended JOIN candidates USING (upload_id) WHERE stored)
+           AS large_objects,
+       (SELECT count(*) FROM candidates) - (SELECT count(*) FROM ended) AS remaining;
+
+-- name: forget_finished_uploads
+-- Forget a user's finished uploads (their blobs are gone with the account).
+DELETE FROM pgblobs.finished_uploads WHERE user_id = %(user)s;
 
 -- name: mark_account_emptied
 -- Note that nothing of a closed account is left.
@@ -665,8 +729,11 @@ SELECT cardinality(pgblobs.end_uploads(ARRAY(
            ORDER BY expires_at LIMIT %(batch)s))) AS removed;
 
 -- name: uploads_in_progress (read)
--- Uploads in progress in the whole database, and the bytes they have received so far.
-SELECT count(*) AS uploads, coalesce(sum(upload_offset), 0) AS received_bytes
+-- Uploads in progress in the whole database, of how many users, the bytes they have received
+-- so far and the bytes they reserve (their whole lengths).
+SELECT count(*) AS uploads, count(DISTINCT user_id) AS users,
+       coalesce(sum(upload_offset), 0) AS received_bytes,
+       coalesce(sum(upload_length), 0) AS reserved_bytes
 FROM pgblobs.uploads;
 
 -- name: upload_of_blob (read)

@@ -2,7 +2,8 @@
 
 "Ours" means large objects owned by the role fsck connects as: run it as the
 role `pgblobs serve` uses, on the database pgblobs has to itself (recommended),
-and every such large object that no blob row references is an orphan.
+and every such large object that no blob row and no upload in progress
+references is an orphan.
 """
 
 import hashlib
@@ -16,6 +17,21 @@ from pgblobs.ops import capacity
 from pgblobs.ops.output import progress
 from pgblobs.ops.reading import each_row, large_object_chunks, live_bytes
 
+# Every node sweeps expired uploads each second: one expired for longer than
+# this was left behind (no node is running, or none can reach the database).
+ABANDONED_AFTER = 60.0
+
+
+@dataclass(frozen=True)
+class BrokenUpload:
+    """An upload in progress that fsck reports: abandoned, or its content short."""
+
+    upload_id: str
+    user: str
+    namespace: str
+    blob_id: str
+    problem: str
+
 
 @dataclass
 class Findings:
@@ -25,20 +41,29 @@ class Findings:
     # (user, namespace, blob id, what)
     mismatches: list[tuple[str, str, str, str]] = field(default_factory=list)
     drifted_usage: list[tuple[str, str]] = field(default_factory=list)  # (user, namespace)
+    uploads: list[BrokenUpload] = field(default_factory=list)
+    # Of those, the ones --repair left because a PATCH held them (it runs on).
+    held_uploads: list[str] = field(default_factory=list)  # upload ids
     warnings: list[str] = field(default_factory=list)  # nothing wrong yet, but soon
     repaired: bool = False
 
     @property
     def clean(self) -> bool:
-        return not (self.orphans or self.broken_rows or self.mismatches or self.drifted_usage)
+        return not (
+            self.orphans
+            or self.broken_rows
+            or self.mismatches
+            or self.drifted_usage
+            or self.uploads
+        )
 
 
 def fsck(
     connection: SyncConnection, repair: bool = False, verify_content: bool = False
 ) -> Findings:
     """What is inconsistent (and, with ``verify_content``, which contents
-    differ from their rows); with ``repair``, the orphans and broken rows
-    removed and drifted usage recounted."""
+    differ from their rows); with ``repair``, the orphans, broken rows and
+    abandoned or broken uploads removed and drifted usage recounted."""
     findings = Findings()
     headroom = capacity.measure(connection).warning
     if headroom is not None:
@@ -46,6 +71,7 @@ def fsck(
     findings.orphans = [row.oid for row in connection.fetch("orphan_large_objects")]
     broken = connection.fetch("rows_without_content")
     findings.broken_rows = [(row.user_id, row.namespace, row.blob_id) for row in broken]
+    findings.uploads = _check_uploads(connection)
     if verify_content:
         findings.mismatches = _verify_content(connection)
     if repair and (findings.orphans or broken):
@@ -54,6 +80,11 @@ def fsck(
                 connection.fetch("unlink_large_object", {"oid": oid})
             for row in broken:
                 connection.execute("bury_row", {"id": row.id})
+        findings.repaired = True
+    if repair and findings.uploads:
+        doomed = [upload.upload_id for upload in findings.uploads]
+        ended = set(connection.fetch("end_uploads", {"upload_ids": doomed})[0].ended)
+        findings.held_uploads = [upload_id for upload_id in doomed if upload_id not in ended]
         findings.repaired = True
     # Counted after any repair, which itself moves the counters.
     findings.drifted_usage = [
@@ -65,6 +96,25 @@ def fsck(
                 connection.execute("recount_usage", {"user": user, "namespace": namespace})
         findings.repaired = True
     return findings
+
+
+def _check_uploads(connection: SyncConnection) -> list[BrokenUpload]:
+    found = []
+    for row in connection.fetch("uploads_for_check", {"grace": ABANDONED_AFTER}):
+        if row.stored is None:
+            problem = "its large object is missing"
+        elif row.stored < row.upload_offset:
+            problem = (
+                f"its large object holds {row.stored} bytes where the row says "
+                f"{row.upload_offset} were received"
+            )
+        else:
+            problem = (
+                f"abandoned: it expired at {row.expires_at.isoformat(timespec='seconds')} "
+                "and no node removed it"
+            )
+        found.append(BrokenUpload(row.upload_id, row.user_id, row.namespace, row.blob_id, problem))
+    return found
 
 
 def _verify_content(connection: SyncConnection) -> list[tuple[str, str, str, str]]:

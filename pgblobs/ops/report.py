@@ -1,4 +1,5 @@
-"""Usage reports from the reporting views (migrations/versions/0003)."""
+"""Usage reports from the reporting views (migrations/versions/0003), and the
+resumable uploads in progress (pgblobs.uploads)."""
 
 from pgblobs.db.sync import SyncConnection
 from pgblobs.ops import capacity
@@ -14,7 +15,13 @@ USAGE_COLUMNS = [
     "last_write",
     "quota_bytes",
     "used_percent",
+    # Uploads in progress: how many, the bytes they have received so far, and
+    # the bytes they reserve of the quota (their whole lengths).
+    "uploads",
+    "received_bytes",
+    "reserved_bytes",
 ]
+UPLOADS_COLUMNS = ["uploads", "users", "received_bytes", "reserved_bytes"]
 DAILY_COLUMNS = ["day", "blobs_written", "bytes_written", "blobs_deleted", "bytes_deleted"]
 LARGE_OBJECT_COLUMNS = ["large_objects", "disk_bytes", "oids_left", "oids_used_percent"]
 SIZE_COLUMNS = {
@@ -23,6 +30,8 @@ SIZE_COLUMNS = {
     "quota_bytes": human_size,
     "bytes_written": human_size,
     "bytes_deleted": human_size,
+    "received_bytes": human_size,
+    "reserved_bytes": human_size,
 }
 
 
@@ -32,8 +41,9 @@ def usage(
     user: str | None = None,
     top: int | None = None,
 ) -> list[dict[str, object]]:
-    """One dict per user, biggest first. ``quota_bytes`` is the override, or
-    ``default_quota`` for users without one (None: unlimited)."""
+    """One dict per user (with blobs, tombstones or uploads in progress),
+    biggest first. ``quota_bytes`` is the override, or ``default_quota`` for
+    users without one (None: unlimited)."""
     rows = connection.fetch(
         "report_usage", {"user": user, "top": top, "default_quota": default_quota}
     )
@@ -52,6 +62,9 @@ def usage(
                 "last_write": row.last_write,
                 "quota_bytes": quota,
                 "used_percent": used,
+                "uploads": row.uploads,
+                "received_bytes": int(row.received_bytes),
+                "reserved_bytes": int(row.reserved_bytes),
             }
         )
     return report
@@ -76,3 +89,10 @@ def large_objects(connection: SyncConnection) -> list[dict[str, object]]:
             "oids_used_percent": round(100 * measured.used_fraction, 4),
         }
     ]
+
+
+def uploads(connection: SyncConnection) -> list[dict[str, object]]:
+    """One row: the uploads in progress, of how many users, the bytes they
+    have received and the bytes they reserve."""
+    row = connection.fetch("uploads_in_progress")[0]
+    return [{column: int(getattr(row, column)) for column in UPLOADS_COLUMNS}]

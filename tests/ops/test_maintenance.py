@@ -1,6 +1,8 @@
 """`pgblobs purge` and `pgblobs fsck` on planted problems."""
 
-from tests.helpers import content, deferred_test, pgblobs_cli, read, sql, write
+import psycopg2
+
+from tests.helpers import content, create_upload, deferred_test, pgblobs_cli, read, sql, write
 
 
 @deferred_test
@@ -65,3 +67,52 @@ async def test_fsck_recounts_usage_counters_that_drifted(backend, dsn):
     assert pgblobs_cli("fsck", "--repair", "--dsn", dsn).returncode == 1
     assert pgblobs_cli("fsck", "--dsn", dsn).returncode == 0
     assert await backend.get_total_storage("alice") == 1
+
+
+def uploads(dsn):
+    return [row[0] for row in sql(dsn, "SELECT upload_id FROM pgblobs.uploads ORDER BY 1")]
+
+
+def test_fsck_knows_uploads_in_progress_and_repairs_abandoned_and_broken_ones(dsn):
+    fine = create_upload(dsn, "fine", 100, b"ten bytes!")
+    assert pgblobs_cli("fsck", "--repair", "--dsn", dsn).stdout.strip() == "clean"
+    create_upload(dsn, "old", 100, b"abc")
+    sql(
+        dsn,
+        "UPDATE pgblobs.uploads SET expires_at = now() - interval '1 hour' WHERE upload_id = 'old'",
+    )
+    create_upload(dsn, "short", 100, b"ten bytes!")
+    sql(dsn, "UPDATE pgblobs.uploads SET upload_offset = 50 WHERE upload_id = 'short'")
+    lost = create_upload(dsn, "lost", 100, b"abc")
+    sql(dsn, "SELECT lo_unlink(%(oid)s)", {"oid": lost})
+    found = pgblobs_cli("fsck", "--dsn", dsn)
+    assert found.returncode == 1
+    lines = found.stdout.splitlines()
+    assert "upload lost of alice/default/lost: its large object is missing" in lines
+    assert (
+        "upload short of alice/default/short: its large object holds 10 bytes where the row "
+        "says 50 were received"
+    ) in lines
+    assert any(
+        line.startswith("upload old of alice/default/old: abandoned: it expired at ")
+        and line.endswith("and no node removed it")
+        for line in lines
+    ), found.stdout
+    assert "fine" not in found.stdout and "orphan" not in found.stdout
+    # A PATCH of "old" is under way: repair leaves it, and says so.
+    patch = psycopg2.connect(dsn)
+    try:
+        with patch.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(pgblobs.upload_lock_key('old'))")
+        repaired = pgblobs_cli("fsck", "--repair", "--dsn", dsn)
+        assert repaired.returncode == 1
+        assert "removed 2 upload(s)" in repaired.stdout, repaired.stdout
+        assert "skipped upload old: a PATCH holds it now" in repaired.stdout
+        assert uploads(dsn) == ["fine", "old"]
+    finally:
+        patch.close()  # its session lock goes with it
+    assert "removed 1 upload(s)" in pgblobs_cli("fsck", "--repair", "--dsn", dsn).stdout
+    assert pgblobs_cli("fsck", "--dsn", dsn).stdout.strip() == "clean"
+    assert uploads(dsn) == ["fine"]
+    assert sql(dsn, "SELECT lo_get(%(oid)s)", {"oid": fine})[0][0].tobytes() == b"ten bytes!"
+    assert sql(dsn, "SELECT count(*) FROM pg_largeobject_metadata")[0][0] == 1

@@ -6,7 +6,8 @@ import json
 import urllib.request
 
 from pgblobs.ops.capacity import OID_SPACE, Capacity
-from tests.helpers import content, deferred_test, pgblobs_cli, sql, write
+from pgblobs.settings import QUOTA_BYTES
+from tests.helpers import content, create_upload, deferred_test, pgblobs_cli, sql, write
 
 
 @deferred_test
@@ -72,6 +73,58 @@ async def test_report_usage_formats(backend, dsn):
         pgblobs_cli("report", "daily", "--days", "7", "--format", "json", "--dsn", dsn).stdout
     )
     assert daily[0]["blobs_written"] == 2
+
+
+def report(dsn, *args):
+    done = pgblobs_cli("report", *args, "--dsn", dsn)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@deferred_test
+async def test_report_shows_the_uploads_in_progress(backend, dsn):
+    await write(backend, "alice", "a", content(1000))
+    await write(backend, "bob", "a", content(10))
+    create_upload(dsn, "alice-1", 500, b"ten bytes!", user="alice")
+    create_upload(dsn, "alice-2", 300, user="alice")
+    sql(dsn, "INSERT INTO pgblobs.quotas VALUES ('carol', 4096)")
+    create_upload(dsn, "carol-1", 2048, content(1024), user="carol")
+    uploading = {"uploads", "received_bytes", "reserved_bytes", "quota_bytes", "blobs"}
+    usage = {
+        row["user"]: {k: v for k, v in row.items() if k in uploading}
+        for row in json.loads(report(dsn, "usage", "--format", "json"))
+    }
+    assert usage == {
+        "alice": dict(
+            blobs=1, quota_bytes=QUOTA_BYTES, uploads=2, received_bytes=10, reserved_bytes=800
+        ),
+        "bob": dict(
+            blobs=1, quota_bytes=QUOTA_BYTES, uploads=0, received_bytes=0, reserved_bytes=0
+        ),
+        # A user with nothing but an upload in progress is in the report too.
+        "carol": dict(
+            blobs=0, quota_bytes=4096, uploads=1, received_bytes=1024, reserved_bytes=2048
+        ),
+    }
+    [carol] = csv.DictReader(
+        io.StringIO(report(dsn, "usage", "--user", "carol", "--format", "csv"))
+    )
+    assert (carol["uploads"], carol["received_bytes"], carol["reserved_bytes"]) == (
+        "1",
+        "1024",
+        "2048",
+    )
+    lines = report(dsn, "usage").splitlines()
+    assert lines[0].split()[-3:] == ["uploads", "received_bytes", "reserved_bytes"]
+    [carol_line] = [line for line in lines if line.startswith("carol")]
+    assert carol_line.split()[-5:] == ["1", "1.0", "KiB", "2.0", "KiB"]
+    overall = {"uploads": 3, "users": 2, "received_bytes": 1034, "reserved_bytes": 2848}
+    assert json.loads(report(dsn, "uploads", "--format", "json")) == [overall]
+    [as_csv] = csv.DictReader(io.StringIO(report(dsn, "uploads", "--format", "csv")))
+    assert as_csv == {key: str(value) for key, value in overall.items()}
+    table = report(dsn, "uploads").splitlines()
+    assert table[0].split() == ["uploads", "users", "received_bytes", "reserved_bytes"]
+    assert table[2].split() == ["3", "2", "1.0", "KiB", "2.8", "KiB"]
 
 
 def test_reporting_role_may_read_the_views_and_nothing_else(dsn):

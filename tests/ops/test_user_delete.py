@@ -18,6 +18,7 @@ from pgblobs.errors import AccountClosed
 from pgblobs.versions import INLINE_LIMIT
 from tests.helpers import (
     create_token,
+    create_upload,
     deferred_test,
     gather,
     pgblobs_cli,
@@ -244,6 +245,8 @@ def test_deleting_an_account_interrupted_and_resumed_while_another_user_is_serve
             "tokens": 0,  # revoked by the first run
             "quota rows": 1,
             "usage rows": 2,  # the namespaces default and mail
+            "uploads": 0,
+            "finished uploads": 0,
         }
         assert alice.put("again", b"new")[0] == 401
         wait_until(lambda: traffic.requests > 200, "serving bob after the deletion")
@@ -459,3 +462,103 @@ def waiting_for_a_user_lock(dsn):
         dsn,
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
     )[0][0]
+
+
+def uploads_of(dsn, user):
+    """The ids of ``user``'s uploads in progress, and of its finished ones."""
+    return [
+        [
+            row[0]
+            for row in sql(
+                dsn,
+                f"SELECT upload_id FROM pgblobs.{table} WHERE user_id = %(user)s ORDER BY 1",
+                {"user": user},
+            )
+        ]
+        for table in ("uploads", "finished_uploads")
+    ]
+
+
+def holding(dsn, upload_id):
+    """A second session holding an upload's lock, as a PATCH in progress does."""
+    patch = psycopg2.connect(dsn)
+    with patch.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(pgblobs.upload_lock_key(%s))", (upload_id,))
+    return patch
+
+
+def tried_uploads(dsn):
+    """Whether a deletion has run (or is running) end_account_uploads."""
+    return sql(
+        dsn,
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE query LIKE '%%WITH candidates AS%%' AND pid <> pg_backend_pid()",
+    )[0][0]
+
+
+def test_uploads_in_progress_go_with_the_account(dsn):
+    seed(dsn, "alice", blobs=3, large=1, tombstones=0)
+    create_upload(dsn, "a-empty", 10, user="alice")
+    create_upload(dsn, "a-half", 10, b"hello", user="alice")
+    create_upload(dsn, "a-done", 0, user="alice")  # of no bytes: finished at once
+    create_upload(dsn, "b-half", 10, b"hello", user="bob")
+    assert uploads_of(dsn, "alice") == [["a-empty", "a-half"], ["a-done"]]
+    done = pgblobs_cli("user", "delete", "alice", "--yes", "--dsn", dsn)
+    assert done.returncode == 0, done.stderr
+    counts = reported(done.stdout)
+    assert counts["uploads"] == 2 and counts["finished uploads"] == 1, done.stdout
+    # Four seeded blobs, the finished upload's blob, and the two uploads in progress.
+    assert counts["blobs"] == 5 and counts["large objects"] == 7
+    assert uploads_of(dsn, "alice") == [[], []]
+    assert holdings(dsn, "alice") == dict.fromkeys(HOLDINGS, 0)
+    assert uploads_of(dsn, "bob") == [["b-half"], []]
+    with pytest.raises(psycopg2.Error) as refused:
+        create_upload(dsn, "a-late", 10, user="alice")
+    assert refused.value.pgcode == "PB410"  # the trigger uploads_refuse_closed_accounts
+    again = pgblobs_cli("user", "delete", "alice", "--yes", "--dsn", dsn)
+    assert "its account was deleted already" in again.stdout
+
+
+def test_an_upload_a_patch_holds_is_tried_again_until_it_is_free(dsn):
+    seed(dsn, "alice", blobs=3, large=0, tombstones=0)
+    create_upload(dsn, "a-free", 10, b"hello", user="alice")
+    create_upload(dsn, "a-held", 10, b"hello", user="alice")
+    patch = holding(dsn, "a-held")
+    try:
+        deletion = start_deletion(dsn, "alice")
+        wait_until(lambda: tried_uploads(dsn), "the deletion at the uploads")
+        wait_until(lambda: uploads_of(dsn, "alice")[0] == ["a-held"], "a-free removed")
+        assert deletion.poll() is None
+        assert remaining(dsn, "alice") == (0, 0, 0)
+    finally:
+        patch.close()  # the PATCH ends: its session lock goes with it
+    stdout, stderr = deletion.communicate(timeout=60)
+    assert deletion.returncode == 0, stderr
+    assert reported(stdout)["uploads"] == 2 and reported(stdout)["large objects"] == 5
+    assert uploads_of(dsn, "alice") == [[], []]
+    assert holdings(dsn, "alice") == dict.fromkeys(HOLDINGS, 0)
+
+
+def test_an_upload_held_past_the_wait_is_said_so(dsn):
+    seed(dsn, "alice", blobs=3, large=0, tombstones=0)
+    create_upload(dsn, "a-held", 10, b"hello", user="alice")
+    patch = holding(dsn, "a-held")
+    try:
+        done = pgblobs_cli(
+            "user", "delete", "alice", "--yes", "--held-upload-wait", "0.5", "--dsn", dsn
+        )
+    finally:
+        patch.close()
+    assert done.returncode == 1
+    assert (
+        "pgblobs: 1 upload(s) of alice still held by a PATCH in progress after 0.5 s; the "
+        "account is closed and its blobs are deleted: run `pgblobs user delete alice --yes` "
+        "again once the PATCH ends"
+    ) in done.stderr, done.stderr
+    assert remaining(dsn, "alice") == (0, 0, 0)
+    assert uploads_of(dsn, "alice") == [["a-held"], []]
+    finished = pgblobs_cli("user", "delete", "alice", "--yes", "--dsn", dsn)
+    assert finished.returncode == 0 and "resuming" in finished.stdout, finished.stderr
+    assert reported(finished.stdout)["uploads"] == 1
+    assert uploads_of(dsn, "alice") == [[], []]
+    assert holdings(dsn, "alice") == dict.fromkeys(HOLDINGS, 0)
