@@ -81,6 +81,7 @@ bench: setup
 	$(PY) -m bench.stall
 	$(PY) -m bench.cutover
 	$(PY) -m bench.changes
+	$(PY) -m bench.uploads
 	$(PY) -m bench.backups $(BACKUP_COUNTS)
 
 # The restore drill (README "Backups and restore"): base backup, archived WAL, point-in-time
