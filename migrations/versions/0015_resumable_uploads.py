@@ -96,6 +96,7 @@ def upgrade():
             'its last PATCH hears from HEAD that every byte is in'
     """)
     op.execute("CREATE INDEX finished_uploads_by_expiry ON pgblobs.finished_uploads (expires_at)")
+    op.execute("CREATE INDEX finished_uploads_by_user ON pgblobs.finished_uploads (user_id)")
     op.execute(f"""
         CREATE OR REPLACE FUNCTION {_ROOM_SIGNATURE}
         LANGUAGE sql STABLE AS $$

@@ -572,7 +572,8 @@ SELECT pgblobs.lock_users(%(users)s::text[]);
 
 -- name: account_contents (read)
 -- What pgblobs holds of a user: live blobs and bytes (the usage counters), tombstones,
--- tokens, quota and usage rows, uploads in progress and finished ones, and whether the account is closed and when it was emptied.
+-- tokens, quota and usage rows, uploads in progress and finished ones, and whether the
+-- account is closed and when it was emptied.
 SELECT (SELECT coalesce(sum(live_blobs), 0) FROM pgblobs.usage WHERE user_id = %(user)s)
            AS blobs,
        (SELECT coalesce(sum(live_bytes), 0) FROM pgblobs.usage WHERE user_id = %(user)s)

@@ -215,6 +215,8 @@ COMMENT ON TABLE pgblobs.finished_uploads IS
     'Uploads that completed, until their expiry: a client that lost the answer to '
     'its last PATCH hears from HEAD that every byte is in';
 CREATE INDEX finished_uploads_by_expiry ON pgblobs.finished_uploads (expires_at);
+-- An account's deletion finds them.
+CREATE INDEX finished_uploads_by_user ON pgblobs.finished_uploads (user_id);
 
 
 -- Replicas ---------------------------------------------------------------------------------
