@@ -26,8 +26,18 @@ def alice(dsn):
     return token_for(dsn, "alice")
 
 
-def served(dsn, *options):
-    return ServeProcess("--dsn", dsn, "--quota-bytes", "unlimited", *options)
+@pytest.fixture
+def served(dsn):
+    """Starts `pgblobs serve` nodes on the test's database, stopped after the test."""
+    nodes = []
+
+    def start():
+        nodes.append(ServeProcess("--dsn", dsn, "--quota-bytes", "unlimited"))
+        return nodes[-1]
+
+    yield start
+    for node in nodes:
+        node.stop()
 
 
 def assert_stored_as_put(client, blob_id, data):
@@ -43,8 +53,8 @@ def assert_stored_as_put(client, blob_id, data):
     assert changes[0]["tag"] == headers["Tag"]
 
 
-def test_tuspy_resumes_64_mib_after_a_cut_in_the_middle_of_a_patch(dsn, alice):
-    node = served(dsn)
+def test_tuspy_resumes_64_mib_after_a_cut_in_the_middle_of_a_patch(dsn, alice, served):
+    node = served()
     data = os.urandom(64 * MIB)
     # Cut the connection 3 MiB into the fourth 8 MiB PATCH (each on a
     # connection of its own through the proxy: tuspy opens one per request).
@@ -75,7 +85,6 @@ def test_tuspy_resumes_64_mib_after_a_cut_in_the_middle_of_a_patch(dsn, alice):
     usage = sql(dsn, "SELECT live_bytes FROM pgblobs.usage WHERE user_id = 'alice'")
     assert usage == [(64 * MIB,)]
     assert sql(dsn, "SELECT count(*) FROM pgblobs.uploads") == [(0,)]
-    node.stop()
 
 
 def partial_patch(node, alice_client, path, offset, body, sent):
@@ -91,33 +100,31 @@ def partial_patch(node, alice_client, path, offset, body, sent):
     return connection
 
 
-def test_a_node_killed_mid_patch_loses_no_acknowledged_byte_and_another_finishes(dsn, alice):
-    one, two = served(dsn), served(dsn)
+def test_a_node_killed_mid_patch_loses_no_acknowledged_byte_and_another_finishes(
+    dsn, alice, served
+):
+    one, two = served(), served()
     data = os.urandom(40 * MIB)
-    try:
-        up = uploader(tuspy(one.url, "alice", alice), data, "killed")
-        up.upload(stop_at=16 * MIB)  # two PATCHes acknowledged by node one
-        acknowledged = up.offset
-        path = path_of(up.url)
-        on_two = Client(two.url, "alice", alice)
-        # A third PATCH, 6 of its 8 MiB sent: at least one 4 MiB step commits.
-        connection = partial_patch(
-            one, on_two, path, acknowledged, data[acknowledged : acknowledged + 8 * MIB], 6 * MIB
-        )
-        wait_until(lambda: offset_of(on_two, path) >= acknowledged + 4 * MIB, "a step committed")
-        one.stop(signal.SIGKILL)
-        connection.close()
-        # Node two sees every acknowledged byte and every committed step, and
-        # takes the upload over (node one's lock went with its connection).
-        survived = offset_of(on_two, path)
-        assert survived >= acknowledged + 4 * MIB
-        finish = uploader(tuspy(two.url, "alice", alice), data, "killed", url=two.url + path)
-        assert finish.offset == survived
-        finish.upload()
-        assert_stored_as_put(on_two, "killed", data)
-    finally:
-        one.stop(signal.SIGKILL)
-        two.stop()
+    up = uploader(tuspy(one.url, "alice", alice), data, "killed")
+    up.upload(stop_at=16 * MIB)  # two PATCHes acknowledged by node one
+    acknowledged = up.offset
+    path = path_of(up.url)
+    on_two = Client(two.url, "alice", alice)
+    # A third PATCH, 6 of its 8 MiB sent: at least one 4 MiB step commits.
+    connection = partial_patch(
+        one, on_two, path, acknowledged, data[acknowledged : acknowledged + 8 * MIB], 6 * MIB
+    )
+    wait_until(lambda: offset_of(on_two, path) >= acknowledged + 4 * MIB, "a step committed")
+    one.stop(signal.SIGKILL)
+    connection.close()
+    # Node two sees every acknowledged byte and every committed step, and
+    # takes the upload over (node one's lock went with its connection).
+    survived = offset_of(on_two, path)
+    assert survived >= acknowledged + 4 * MIB
+    finish = uploader(tuspy(two.url, "alice", alice), data, "killed", url=two.url + path)
+    assert finish.offset == survived
+    finish.upload()
+    assert_stored_as_put(on_two, "killed", data)
 
 
 def test_a_postgresql_restart_mid_upload_loses_no_acknowledged_byte(open_tmp):
