@@ -1,7 +1,6 @@
 """Clients that stop reading, stop sending or trickle: they are cut off, and
 they never hold up another user's transfers."""
 
-import base64
 import socket
 import threading
 import time
@@ -11,6 +10,7 @@ import pytest
 from tests.helpers import content, sql, wait_until
 from tests.processes import ServeProcess
 from tests.reliability.clients import Client, token_for
+from tests.tus import created, offset_of, patch
 
 pytestmark = pytest.mark.slow
 
@@ -283,21 +283,6 @@ def test_a_silent_connection_between_requests_is_closed(serve):
     assert 1.5 < time.monotonic() - started < 5
 
 
-def create_upload(client, blob_id, length):
-    """A tus upload of ``length`` bytes for ``blob_id``; its path."""
-    status, headers, body = client.request(
-        "POST",
-        f"/uploads/{client.user}/",
-        headers={
-            "Tus-Resumable": "1.0.0",
-            "Upload-Length": str(length),
-            "Upload-Metadata": "blob_id " + base64.b64encode(blob_id.encode()).decode(),
-        },
-    )
-    assert status == 201, body
-    return headers["Location"]
-
-
 def stalled_patch(node, client, path, length, sent):
     """A PATCH that announces ``length`` bytes from offset 0 and sends only ``sent``."""
     connection = connect(node)
@@ -310,23 +295,17 @@ def stalled_patch(node, client, path, length, sent):
     return connection
 
 
-def upload_offset(client, path):
-    status, headers, _ = client.request("HEAD", path, headers={"Tus-Resumable": "1.0.0"})
-    assert status == 200
-    return int(headers["Upload-Offset"])
-
-
 def test_a_patch_that_stops_arriving_is_cut_and_keeps_what_arrived(dsn, users, serve):
     node = serve("--idle-timeout", "2", "--pool-size", "2")
     alice = Client(node.url, "alice", users["alice"])
-    path = create_upload(alice, "stalled", 5_000_000)
+    path = created(alice, "stalled", 5_000_000)
     connection = stalled_patch(node, alice, path, 5_000_000, 1_000_000)
     connection.settimeout(10)
     assert connection.recv(1000).startswith(b"HTTP/1.1 408 ")
     assert is_closed(connection, within=10)
     assert open_transactions(dsn) == 0 and content_in_use(node) == 0
     # Every byte that reached the server is kept: the client goes on from there.
-    assert upload_offset(alice, path) == 1_000_000
+    assert offset_of(alice, path) == 1_000_000
 
 
 def test_one_users_stalled_patches_leave_room_for_everyone_else(users, serve):
@@ -334,7 +313,7 @@ def test_one_users_stalled_patches_leave_room_for_everyone_else(users, serve):
     alice = Client(node.url, "alice", users["alice"])
     bob = Client(node.url, "bob", users["bob"])
     stalled = [
-        stalled_patch(node, alice, create_upload(alice, f"slow-{i}", 2_000_000), 2_000_000, 1)
+        stalled_patch(node, alice, created(alice, f"slow-{i}", 2_000_000), 2_000_000, 1)
         for i in range(6)
     ]
     try:
@@ -342,17 +321,8 @@ def test_one_users_stalled_patches_leave_room_for_everyone_else(users, serve):
         # many depends on it: nothing exact to wait for).
         time.sleep(2)
         started = time.monotonic()
-        path = create_upload(bob, "mine", 1 << 20)
-        status, headers, _ = bob.request(
-            "PATCH",
-            path,
-            body=content(1 << 20),
-            headers={
-                "Tus-Resumable": "1.0.0",
-                "Upload-Offset": "0",
-                "Content-Type": "application/offset+octet-stream",
-            },
-        )
+        path = created(bob, "mine", 1 << 20)
+        status, headers, _ = patch(bob, path, 0, content(1 << 20))
         assert (status, headers.get("Upload-Offset")) == (204, str(1 << 20))
         assert bob.put("more", content(1 << 20, seed=2))[0] == 200
         assert time.monotonic() - started < 5, "bob waited for alice's stalled PATCHes"
